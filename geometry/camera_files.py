@@ -1,0 +1,79 @@
+"""FaceLift's ``opencv_cameras.json``: read and write (w2c on disk, c2w in memory).
+
+Layout: ``{"id": ..., "frames": [{"w", "h", "fx", "fy", "cx", "cy", "w2c": 4x4, "file_path": "images/cam_000.png"}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from geometry.cameras import check_c2w, check_intrinsics, invert_rigid
+
+
+@dataclass
+class CameraFile:
+    """Cameras of one scene: c2w [V, 4, 4], fxfycxcy [V, 4], sizes [(H, W)], file_paths (relative, may be None)."""
+
+    scene_id: str
+    c2w: Tensor
+    fxfycxcy: Tensor
+    sizes: list[tuple[int, int]]
+    file_paths: list[str | None]
+
+
+def read_camera_file(path: str | Path) -> CameraFile:
+    """Parse and validate an ``opencv_cameras.json``; errors name the file, the frame and the problem."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: camera file is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: camera file is not valid JSON ({e})") from None
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not frames:
+        raise ValueError(f"{path}: camera file has no 'frames'")
+    c2w, k, sizes, files = [], [], [], []
+    for i, fr in enumerate(frames):
+        where = f"{path} frame {i}"
+        missing = [key for key in ("w2c", "fx", "fy", "cx", "cy", "w", "h") if key not in fr]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+        try:
+            w2c = torch.tensor(fr["w2c"], dtype=torch.float64)
+            intr = torch.tensor([fr["fx"], fr["fy"], fr["cx"], fr["cy"]], dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: cameras are not numbers ({e})") from None
+        check_c2w(w2c, where)
+        check_intrinsics(intr, where)
+        c2w.append(invert_rigid(w2c))
+        k.append(intr)
+        sizes.append((int(fr["h"]), int(fr["w"])))
+        files.append(fr.get("file_path"))
+    return CameraFile(str(data.get("id", path.parent.name)), torch.stack(c2w).float(), torch.stack(k).float(), sizes,
+                      files)
+
+
+def write_camera_file(path: str | Path, cams: CameraFile) -> None:
+    """Write ``cams`` as FaceLift's ``opencv_cameras.json`` (atomically). Matrices are stored in float64 text."""
+    path = Path(path)
+    w2c = invert_rigid(cams.c2w.double())
+    frames = []
+    for i, ((h, w), fp) in enumerate(zip(cams.sizes, cams.file_paths)):
+        fx, fy, cx, cy = (float(x) for x in cams.fxfycxcy[i].double())
+        frame = {"w": w, "h": h, "fx": fx, "fy": fy, "cx": cx, "cy": cy, "w2c": w2c[i].tolist()}
+        if fp is not None:
+            frame["file_path"] = fp
+        frames.append(frame)
+    text = json.dumps({"id": cams.scene_id, "frames": frames}, indent=1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,131 @@
+"""Inspect and compare camera rigs; check a data set's cameras against a rig.
+
+    python -m tools.rig show NAME [--size S] [--json]
+    python -m tools.rig compare A B [--angle-tol 1.0] [--dist-tol 0.05] [--json]     (exit 1 when they differ)
+    python -m tools.rig check DATA_DIR --rig NAME [--json]                          (exit 1 on mismatch)
+
+``check`` reads every ``opencv_cameras.json`` below DATA_DIR. Scenes with as many views as the rig are compared view
+by view (diffusion data must be in rig order); scenes with other view counts (reconstruction data) are summarised:
+camera distances (the normalization the pretrained GS-LRM needs), elevations and field of view against the rig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from geometry.camera_files import read_camera_file
+from geometry.cameras import fov_from_focal, spherical_from_c2w
+from geometry.rig import load_rig
+
+
+def _show(args: argparse.Namespace) -> int:
+    rig = load_rig(args.name)
+    rows = rig.describe(args.size)
+    if args.json:
+        print(json.dumps({"rig": rig.to_dict(), "fingerprint": rig.fingerprint, "size": args.size or rig.image_size,
+                          "views": rows}))
+        return 0
+    print(f"rig {rig.name}  fingerprint {rig.fingerprint}  up {rig.up_axis}  size {args.size or rig.image_size}px")
+    print(f"{'view':<14}{'azimuth':>9}{'elev':>8}{'dist':>8}{'fov':>7}{'focal':>9}  position")
+    for r in rows:
+        print(f"{r['view']:<14}{r['azimuth_deg']:9.1f}{r['elevation_deg']:8.1f}{r['distance']:8.3f}"
+              f"{r['fov_deg']:7.1f}{r['focal_px']:9.2f}  {r['position']}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    diff = load_rig(args.a).compare(load_rig(args.b), angle_tol_deg=args.angle_tol, dist_tol=args.dist_tol)
+    print(json.dumps(diff.to_dict()) if args.json else diff)
+    return 0 if diff.ok else 1
+
+
+def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_tol: float = 0.05) -> dict:
+    """Compare every scene's cameras under ``data_dir`` with the rig; returns a JSON-able report."""
+    rig = load_rig(rig_name)
+    files = sorted(data_dir.rglob("opencv_cameras.json"))
+    if not files:
+        raise FileNotFoundError(f"{data_dir}: no opencv_cameras.json found below it")
+    per_scene, dists, elevs, fovs = [], [], [], []
+    for f in files:
+        cams = read_camera_file(f)
+        _, el, d = spherical_from_c2w(cams.c2w.double(), up=rig.up_axis)
+        dists.append(d)
+        elevs.append(el)
+        fovs += [fov_from_focal(float(k[0]), w) for k, (_, w) in zip(cams.fxfycxcy, cams.sizes)]
+        if len(cams.c2w) == rig.num_views:
+            diff = rig.compare_cameras(cams.c2w, name=str(f.parent), angle_tol_deg=angle_tol, dist_tol=dist_tol)
+            per_scene.append({"scene": str(f.parent), "ok": diff.ok, "worst_angle_deg": diff.worst_angle_deg,
+                              "worst_distance": diff.worst_distance})
+    d, e = torch.cat(dists), torch.cat(elevs)
+    report = {
+        "rig": rig.name, "fingerprint": rig.fingerprint, "scenes": len(files),
+        "distance": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean()), "rig": rig.radius},
+        "elevation_deg": {"min": float(e.min()), "max": float(e.max()), "rig": list(rig.elevations_deg)},
+        "fov_deg": {"min": min(fovs), "max": max(fovs), "rig": rig.fov_deg},
+        "rig_order_scenes": per_scene,
+    }
+    problems = []
+    if (d - rig.radius).abs().max() > dist_tol:
+        problems.append(f"camera distances span {report['distance']['min']:.3f}..{report['distance']['max']:.3f}, "
+                        f"the rig expects {rig.radius}: enable camera normalization (normalize_cameras: true)")
+    if max(abs(x - rig.fov_deg) for x in fovs) > angle_tol:
+        problems.append(f"fields of view span {min(fovs):.2f}..{max(fovs):.2f} deg, the rig has {rig.fov_deg}")
+    bad = [s["scene"] for s in per_scene if not s["ok"]]
+    if bad:
+        problems.append(f"{len(bad)} scene(s) in rig view count do not match the rig, e.g. {bad[0]}")
+    report["problems"], report["ok"] = problems, not problems
+    return report
+
+
+def _check(args: argparse.Namespace) -> int:
+    report = check_dataset(Path(args.data_dir), args.rig, args.angle_tol, args.dist_tol)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['scenes']} scene(s) under {args.data_dir} vs rig {report['rig']} ({report['fingerprint']})")
+        for key in ("distance", "elevation_deg", "fov_deg"):
+            r = report[key]
+            print(f"  {key:<14} min {r['min']:8.3f}  max {r['max']:8.3f}  rig {r['rig']}")
+        for s in report["rig_order_scenes"]:
+            print(f"  {'ok ' if s['ok'] else 'BAD'} {s['scene']}  worst angle {s['worst_angle_deg']:.2f} deg")
+        print("OK" if report["ok"] else "\n".join(f"PROBLEM: {p}" for p in report["problems"]))
+    return 0 if report["ok"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.rig", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("show", help="print a rig's cameras")
+    s.add_argument("name")
+    s.add_argument("--size", type=int, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_show)
+    for name, func, pos in (("compare", _compare, ("a", "b")), ("check", _check, ("data_dir",))):
+        c = sub.add_parser(name)
+        for a in pos:
+            c.add_argument(a)
+        if name == "check":
+            c.add_argument("--rig", required=True)
+        c.add_argument("--angle-tol", type=float, default=1.0)
+        c.add_argument("--dist-tol", type=float, default=0.05)
+        c.add_argument("--json", action="store_true")
+        c.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
