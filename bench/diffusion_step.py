@@ -1,0 +1,193 @@
+"""Training-step benchmark of the multi-view diffusion UNet: one JSON line per configuration.
+
+Full size: SD 2.1 unCLIP UNet (random weights, 8 input channels), 6 views at 512 px (latent 64), 1 and 2 scenes per
+step, bf16 autocast, fused AdamW, gradient checkpointing off/on, multi-view attention ``sparse`` / ``joint``, and
+plain diffusers (its default SDPA processor, views independent) as the throughput reference.
+
+Each line: step_ms (median of timed steps), images_per_s (scenes x views / s), peak_mem_gb (max allocated),
+tflops_per_step (model FLOPs of forward + backward counted by torch.utils.flop_counter.FlopCounterMode on one
+scene, times the scenes, without checkpoint recomputation), mfu (model FLOPs / step time / peak; peak = 989e12, H100 SXM dense bf16).
+
+    python bench/diffusion_step.py                  # on CUDA, the full grid
+    python bench/diffusion_step.py --tiny           # tiny UNet on CPU (a smoke test of this script)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from lightning_modules.mv_attention import install_multiview_attention
+from lightning_modules.pretrained import sd21_unclip_unet_config, tiny_unet_config
+
+PEAK_FLOPS = 989e12
+ATTENTIONS = ("sparse", "joint", "diffusers")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny UNet on CPU, fp32, 1 step (smoke test)")
+    p.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
+    p.add_argument("--views", type=int, default=6)
+    p.add_argument("--latent", type=int, default=64, help="latent size (512 px / 8)")
+    p.add_argument("--batches", default="1,2", help="scenes per step, comma separated")
+    p.add_argument("--attention", default=",".join(ATTENTIONS))
+    p.add_argument("--grad-checkpointing", default="off,on")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=77, help="cross-attention tokens per view")
+    return p.parse_args(argv)
+
+
+def make_unet(tiny: bool, latent: int, device: torch.device) -> UNet2DConditionModel:
+    cfg = tiny_unet_config(8, latent, 32, 16, 32) if tiny else sd21_unclip_unet_config(8, latent)
+    with torch.device(device):
+        return UNet2DConditionModel(**cfg)
+
+
+def set_attention(unet: UNet2DConditionModel, mode: str, views: int) -> None:
+    if mode == "diffusers":
+        unet.set_attn_processor(AttnProcessor2_0())
+    else:
+        install_multiview_attention(unet, views, mode)
+
+
+def make_inputs(unet: UNet2DConditionModel, n: int, latent: int, tokens: int, device: torch.device
+                ) -> dict[str, torch.Tensor]:
+    cfg = unet.config
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device)
+
+    return {
+        "x": rnd(n, cfg.in_channels, latent, latent),
+        "t": torch.randint(0, 1000, (n,), generator=g).to(device),
+        "ctx": rnd(n, tokens, cfg.cross_attention_dim),
+        "cls": rnd(n, cfg.projection_class_embeddings_input_dim),
+        "target": rnd(n, cfg.out_channels, latent, latent),
+    }
+
+
+def forward_backward(unet: UNet2DConditionModel, inp: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None
+                     ) -> None:
+    device_type = inp["x"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        pred = unet(inp["x"], inp["t"], encoder_hidden_states=inp["ctx"], class_labels=inp["cls"]).sample
+    loss = F.mse_loss(pred.float(), inp["target"])
+    loss.backward()
+
+
+def count_flops(unet: UNet2DConditionModel, inp: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> float:
+    """Model FLOPs of one forward + backward (checkpointing off, so recomputation is not counted)."""
+    was_gc = unet.is_gradient_checkpointing
+    if was_gc:
+        unet.disable_gradient_checkpointing()
+    with FlopCounterMode(display=False) as fc:
+        forward_backward(unet, inp, autocast_dtype)
+    unet.zero_grad(set_to_none=True)
+    if was_gc:
+        unet.enable_gradient_checkpointing()
+    return float(fc.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckpt: bool, args: argparse.Namespace,
+               device: torch.device, autocast_dtype: torch.dtype | None, flops_cache: dict) -> dict:
+    set_attention(unet, attention, args.views)
+    if grad_ckpt:
+        unet.enable_gradient_checkpointing()
+    else:
+        unet.disable_gradient_checkpointing()
+    unet.train()
+    n = scenes * args.views
+    inp = make_inputs(unet, n, args.latent, args.tokens, device)
+    if attention not in flops_cache:  # FLOPs are linear in the number of scenes: count one scene (less memory)
+        one = make_inputs(unet, args.views, args.latent, args.tokens, device)
+        flops_cache[attention] = count_flops(unet, one, autocast_dtype)
+        del one
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.warmup + args.steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        forward_backward(unet, inp, autocast_dtype)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+    del opt
+    flops = flops_cache[attention] * scenes
+    return {
+        "bench": "diffusion_step", "attention": attention, "scenes": scenes, "views": args.views,
+        "latent": args.latent, "image_px": args.latent * 8, "grad_checkpointing": grad_ckpt,
+        "dtype": "bf16" if autocast_dtype == torch.bfloat16 else "fp32", "step_ms": round(step_s * 1e3, 2),
+        "images_per_s": round(n / step_s, 2), "peak_mem_gb": peak,
+        "tflops_per_step": round(flops / 1e12, 6), "mfu": round(flops / step_s / PEAK_FLOPS, 6),
+        "steps": args.steps, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.tiny:
+        args.views = min(args.views, 2)
+        args.latent = 8 if args.latent == 64 else args.latent
+        args.batches = "1"
+        args.steps, args.warmup, args.tokens = 1, 0, 4
+    device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("CUDA is not available; run with --tiny for the CPU smoke test")
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    unet = make_unet(args.tiny, args.latent, device)
+    flops_cache: dict = {}
+    results = []
+    for scenes in [int(b) for b in args.batches.split(",")]:
+        for attention in args.attention.split(","):
+            for gc_flag in args.grad_checkpointing.split(","):
+                grad_ckpt = gc_flag.strip() == "on"
+                try:
+                    row = run_config(unet, attention.strip(), scenes, grad_ckpt, args, device, autocast_dtype,
+                                     flops_cache)
+                except torch.cuda.OutOfMemoryError as e:  # report and continue with the next configuration
+                    row = {"bench": "diffusion_step", "attention": attention, "scenes": scenes,
+                           "grad_checkpointing": grad_ckpt, "error": f"out of memory: {str(e).splitlines()[0]}"}
+                    unet.zero_grad(set_to_none=True)
+                print(json.dumps(row), flush=True)
+                results.append(row)
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Image grids of validation predictions, labelled with view names, to TensorBoard / W&B and PNG files.
+
+Reconstruction modules (``predict_views``): one pair of rows per scene — rendered novel views over the ground truth —
+with a header naming each column's view (``rig.view_names``, looked up through ``batch["index"][..., 0]``).
+Diffusion modules (``last_val_grid``, made by their validation step): the reference | generated views |
+ground truth grid, with the same kind of header. PNGs go to ``<run>/logs/images/step_<N>_<tag>.png`` (through
+:class:`callbacks.paths.CheckpointPaths`; the trainer's log dir when the run has no resolver).
+
+Example:
+    >>> grid = labelled_grid(torch.rand(2, 3, 3, 16, 16), ["front", "right", "back"], ["pred", "gt"])
+    >>> grid.shape[2], grid.dtype
+    (3, dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+HEADER_PX = 14
+ROW_LABEL_PX = 34
+
+
+def _to_uint8(images: Tensor) -> np.ndarray:
+    """[..., 3, H, W] in [0, 1] -> [..., H, W, 3] uint8."""
+    return (images.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def labelled_grid(images: Tensor, column_labels: Sequence[str], row_labels: Sequence[str] | None = None) -> np.ndarray:
+    """images [R, C, 3, H, W] in [0, 1] -> one uint8 image [HEADER + R*H, (label +) C*W, 3] with a header row of
+    ``column_labels`` (C names) and, when given, ``row_labels`` (R names) down the left."""
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"labelled_grid wants [R, C, 3, H, W], got {tuple(images.shape)}")
+    r, c, _, h, w = images.shape
+    if len(column_labels) != c or (row_labels is not None and len(row_labels) != r):
+        raise ValueError(f"labelled_grid: {c} columns / {r} rows but {len(column_labels)} column labels and "
+                         f"{None if row_labels is None else len(row_labels)} row labels")
+    tiles = _to_uint8(images)  # [R, C, H, W, 3]
+    body = tiles.transpose(0, 2, 1, 3, 4).reshape(r * h, c * w, 3)
+    left = ROW_LABEL_PX if row_labels is not None else 0
+    canvas = Image.new("RGB", (left + c * w, HEADER_PX + r * h), (255, 255, 255))
+    canvas.paste(Image.fromarray(body), (left, HEADER_PX))
+    draw = ImageDraw.Draw(canvas)
+    for j, name in enumerate(column_labels):
+        draw.text((left + j * w + 2, 1), str(name)[: max(1, w // 6)], fill=(0, 0, 0))
+    for i, name in enumerate(row_labels or []):
+        draw.text((2, HEADER_PX + i * h + h // 2 - 5), str(name)[: max(1, left // 6)], fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def view_names_for(pl_module: Any, index: Tensor | None, views: slice | None, count: int) -> list[str]:
+    """Names of the views in a batch's columns: ``rig.view_names[index[0, v, 0]]`` when known, else ``view_<i>``."""
+    rig = getattr(pl_module, "rig", None)
+    names = list(getattr(rig, "view_names", []) or [])
+    if index is None:
+        return [names[i] if i < len(names) else f"view_{i}" for i in range(count)]
+    idx = index[0, views, 0].tolist() if views is not None else index[0, :, 0].tolist()
+    return [names[i] if 0 <= i < len(names) else f"view_{i}" for i in idx][:count]
+
+
+class ImageLogger(Callback):
+    """Log labelled validation image grids (first validation batch) every ``every_n_steps`` optimizer steps.
+
+    Args:
+        every_n_steps: minimum number of optimizer steps between two logged grids.
+        max_scenes: scenes (rows) per grid.
+        write_png: also write the grid as a PNG under the run's ``logs/images``.
+    """
+
+    def __init__(self, every_n_steps: int = 1000, max_scenes: int = 4, write_png: bool = True):
+        super().__init__()
+        self.every_n_steps = int(every_n_steps)
+        self.max_scenes = int(max_scenes)
+        self.write_png = write_png
+        self._last_step: int | None = None
+        self.last_grid: np.ndarray | None = None
+        self.last_path: Path | None = None
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        return self._last_step is None or trainer.global_step - self._last_step >= self.every_n_steps
+
+    @torch.no_grad()
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx != 0 or not self._due(trainer):
+            return
+        grid = self.make_grid(pl_module, batch)
+        if grid is None:
+            return
+        self._last_step = trainer.global_step
+        tag, image = grid
+        self.last_grid = image
+        if trainer.is_global_zero:
+            self._emit(trainer, tag, image)
+
+    def make_grid(self, pl_module: pl.LightningModule, batch: dict) -> tuple[str, np.ndarray] | None:
+        if hasattr(pl_module, "predict_views"):
+            return "novel_views", self._reconstruction_grid(pl_module, batch)
+        grid = getattr(pl_module, "last_val_grid", None)
+        if isinstance(grid, Tensor):
+            return "generated_views", self._diffusion_grid(pl_module, grid)
+        return None
+
+    def _reconstruction_grid(self, pl_module: Any, batch: dict) -> np.ndarray:
+        out = pl_module.predict_views(batch)
+        pred, target = out["pred"][: self.max_scenes], out["target"][: self.max_scenes]
+        v_sup = pred.shape[1]
+        v_all = batch["images"].shape[1]
+        sup = slice(v_all - v_sup, v_all)
+        names = view_names_for(pl_module, batch.get("index"), sup, v_sup)
+        rows = torch.stack([pred, target], dim=1).flatten(0, 1)  # [2B, Vs, 3, H, W]
+        row_labels = [label for i in range(pred.shape[0]) for label in (f"{i} pred", f"{i} gt")]
+        return labelled_grid(rows, names, row_labels)
+
+    def _diffusion_grid(self, pl_module: Any, grid: Tensor) -> np.ndarray:
+        names = list(getattr(getattr(pl_module, "rig", None), "view_names", []) or [])
+        _, gh, gw = grid.shape
+        cols = 1 + 2 * len(names) if names else 1
+        w = gw // cols
+        if not names or w * cols != gw:
+            return labelled_grid(grid[None, None], ["reference | generated | ground truth"])
+        tiles = grid.view(3, gh // w, w, cols, w).permute(1, 3, 0, 2, 4)  # [R, C, 3, w, w]
+        labels = ["reference", *names, *(f"gt {n}" for n in names)]
+        return labelled_grid(tiles, labels)
+
+    def _emit(self, trainer: pl.Trainer, tag: str, image: np.ndarray) -> None:
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_image"):  # TensorBoard
+                exp.add_image(f"val/{tag}", image, step, dataformats="HWC")
+            elif hasattr(logger, "log_image"):  # W&B
+                logger.log_image(f"val/{tag}", [image], step=step)
+        if self.write_png:
+            folder = self._image_dir(trainer)
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.last_path = folder / f"step_{step:07d}_{tag}.png"
+                Image.fromarray(image).save(self.last_path)
+
+    def _image_dir(self, trainer: pl.Trainer) -> Path | None:
+        from callbacks.paths import CheckpointPaths
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, CheckpointPaths) and cb._paths is not None:
+                return cb.paths.resolve("images", under="logs")
+        return Path(trainer.log_dir) / "images" if trainer.log_dir else None
+
+
+__all__ = ["ImageLogger", "labelled_grid", "view_names_for"]

@@ -1,0 +1,168 @@
+"""Domain-gap augmentation (kornia, batched on the batch's device): make clean synthetic inputs look captured.
+
+Only what the model sees as input changes: ``input_images`` = augmented reference view (diffusion, [B, 1, 3, H, W])
+or augmented input views (reconstruction, [B, Vin, 3, H, W]); optional ``input_c2w`` [B, Vin, 4, 4] with a small
+pose error (reconstruction). ``images`` / ``ref_images`` / ``c2w`` (the supervision) are never edited.
+
+Config: ``{kind: {op: {p: probability, ...strength}}}`` per source kind (``synthetic`` / ``real``); ``None`` gives
+DEFAULTS (realism for synthetic, nothing for real); a kind given replaces that kind's defaults entirely.
+Ops, applied in this order, each independently per image with its probability:
+    background {strength}: shift the background color (where alpha < 1) by up to +-strength per channel
+    lighting {brightness, contrast, saturation, hue}: kornia ColorJitter
+    gamma {gamma: [lo, hi]}
+    gaussian_blur {sigma: [lo, hi], kernel_size}
+    motion_blur {kernel_size, angle, direction}
+    noise {std}: Gaussian sensor noise
+    jpeg {quality: [lo, hi]}: kornia RandomJPEG
+    pose_error {rotation_deg, translation} (reconstruction): rotate each input camera about its centre by up to
+        rotation_deg and move it by translation * (its distance to the origin), Gaussian per axis.
+
+Example:
+    >>> import torch
+    >>> aug = DomainGapAugment({"synthetic": {"noise": {"p": 1.0, "std": 0.05}}}, seed=0)
+    >>> batch = {"ref_images": torch.full((2, 1, 3, 8, 8), 0.5), "kind": ["synthetic", "real"]}
+    >>> out = aug(batch, "diffusion", step=0)
+    >>> bool((out["input_images"][0] != 0.5).any()), bool((out["input_images"][1] == 0.5).all())
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import kornia.augmentation as KA
+import torch
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+from torch import Tensor
+
+DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "synthetic": {
+        "background": {"p": 0.3, "strength": 0.08},
+        "lighting": {"p": 0.6, "brightness": 0.2, "contrast": 0.2, "saturation": 0.15, "hue": 0.02},
+        "gamma": {"p": 0.3, "gamma": [0.8, 1.25]},
+        "gaussian_blur": {"p": 0.3, "sigma": [0.3, 1.2], "kernel_size": 5},
+        "motion_blur": {"p": 0.15, "kernel_size": 5, "angle": 45.0, "direction": 0.5},
+        "noise": {"p": 0.5, "std": 0.02},
+        "jpeg": {"p": 0.3, "quality": [40, 95]},
+    },
+    "real": {},
+}
+IMAGE_OPS = ("background", "lighting", "gamma", "gaussian_blur", "motion_blur", "noise", "jpeg")
+OPS = (*IMAGE_OPS, "pose_error")
+
+
+def resolve_config(config: dict[str, Any] | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per-kind op configs: DEFAULTS with the kinds given in ``config`` replaced; unknown ops are an error."""
+    out = copy.deepcopy(DEFAULTS)
+    for kind, ops in (config or {}).items():
+        ops = dict(ops or {})
+        unknown = set(ops) - set(OPS)
+        if unknown:
+            raise ValueError(f"augment.{kind}: unknown ops {sorted(unknown)}; known: {list(OPS)}")
+        for name, op in ops.items():
+            if not isinstance(op, dict) or not 0.0 <= float(op.get("p", 1.0)) <= 1.0:
+                raise ValueError(f"augment.{kind}.{name}: expected a mapping with p in [0, 1], got {op!r}")
+        out[kind] = ops
+    return out
+
+
+def _kornia_op(name: str, cfg: dict[str, Any]) -> KA.AugmentationBase2D | None:
+    p = float(cfg.get("p", 1.0))
+    if name == "lighting":
+        return KA.ColorJitter(cfg.get("brightness", 0.0), cfg.get("contrast", 0.0), cfg.get("saturation", 0.0),
+                              cfg.get("hue", 0.0), p=p)
+    if name == "gamma":
+        return KA.RandomGamma(tuple(cfg.get("gamma", (0.8, 1.25))), p=p)
+    if name == "gaussian_blur":
+        k = int(cfg.get("kernel_size", 5))
+        return KA.RandomGaussianBlur((k, k), tuple(cfg.get("sigma", (0.3, 1.2))), p=p)
+    if name == "motion_blur":
+        return KA.RandomMotionBlur(int(cfg.get("kernel_size", 5)), float(cfg.get("angle", 45.0)),
+                                   float(cfg.get("direction", 0.5)), p=p)
+    if name == "noise":
+        return KA.RandomGaussianNoise(std=float(cfg.get("std", 0.02)), p=p)
+    if name == "jpeg":
+        return KA.RandomJPEG(jpeg_quality=tuple(float(q) for q in cfg.get("quality", (40, 95))), p=p)
+    return None
+
+
+def shift_background(x: Tensor, alpha: Tensor, cfg: dict[str, Any]) -> Tensor:
+    """x [N, 3, H, W] + (1 - alpha [N, 1, H, W]) * delta, delta ~ U(-strength, strength)^3 for a p-fraction of N."""
+    n = len(x)
+    apply = (torch.rand(n, device=x.device) < float(cfg.get("p", 1.0))).to(x.dtype)
+    s = float(cfg.get("strength", 0.08))
+    delta = (torch.rand(n, 3, device=x.device) * 2 - 1) * s * apply[:, None]
+    return x + (1.0 - alpha) * delta[:, :, None, None]
+
+
+def perturb_poses(c2w: Tensor, cfg: dict[str, Any]) -> Tensor:
+    """Cameras c2w [N, 4, 4]: each (with probability p) rotated about its own centre by an angle ~ U(0, rotation_deg)
+    about a random axis and moved by N(0, translation * distance to the origin) per axis."""
+    n = len(c2w)
+    apply = (torch.rand(n, device=c2w.device) < float(cfg.get("p", 1.0))).to(c2w.dtype)
+    axis = torch.nn.functional.normalize(torch.randn(n, 3, device=c2w.device, dtype=c2w.dtype), dim=-1)
+    angle = torch.rand(n, 1, device=c2w.device, dtype=c2w.dtype) * math.radians(float(cfg.get("rotation_deg", 1.0)))
+    rot = axis_angle_to_rotation_matrix(axis * angle * apply[:, None])
+    out = c2w.clone()
+    out[:, :3, :3] = rot @ c2w[:, :3, :3]
+    dist = c2w[:, :3, 3].norm(dim=-1, keepdim=True)
+    shift = torch.randn(n, 3, device=c2w.device, dtype=c2w.dtype) * float(cfg.get("translation", 0.01)) * dist
+    out[:, :3, 3] = c2w[:, :3, 3] + shift * apply[:, None]
+    return out
+
+
+class DomainGapAugment:
+    """Callable on a collated batch (see module docstring); deterministic for (seed, step)."""
+
+    def __init__(self, config: dict[str, Any] | None = None, seed: int = 0) -> None:
+        self.config = resolve_config(config)
+        self.seed = int(seed)
+        self.ops = {kind: [(n, cfg, _kornia_op(n, cfg)) for n, cfg in ops.items() if n in IMAGE_OPS]
+                    for kind, ops in self.config.items()}
+
+    def wants_pose_error(self) -> bool:
+        return any("pose_error" in ops for ops in self.config.values())
+
+    def augment_images(self, x: Tensor, alpha: Tensor | None, kind: str) -> Tensor:
+        """Apply ``kind``'s image ops to x [N, 3, H, W] (alpha [N, 1, H, W] for the background op)."""
+        for name, cfg, op in self.ops.get(kind, []):
+            if name == "background":
+                if alpha is not None:
+                    x = shift_background(x, alpha, cfg)
+            else:
+                x = op(x.clamp(0.0, 1.0))
+        return x.clamp(0.0, 1.0)
+
+    def __call__(self, batch: dict[str, Any], stage: str, step: int) -> dict[str, Any]:
+        """Write ``input_images`` (and ``input_c2w`` when a kind has pose_error) into ``batch``; returns it."""
+        if stage == "diffusion":
+            clean, alpha, c2w = batch["ref_images"], batch.get("ref_alpha"), None
+        else:
+            vin = int(batch["num_input_views"].reshape(-1)[0])
+            clean, alpha, c2w = batch["images"][:, :vin], batch.get("alpha"), batch["c2w"][:, :vin]
+            alpha = None if alpha is None else alpha[:, :vin]
+        b, v = clean.shape[:2]
+        kinds = list(batch.get("kind") or ["synthetic"] * b)
+        out = clean.clone()
+        out_c2w = None if c2w is None else c2w.clone()
+        devices = [clean.device] if clean.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed * 1_000_003 + int(step))
+            for kind in sorted(set(kinds)):
+                sel = torch.tensor([k == kind for k in kinds], device=clean.device)
+                if self.ops.get(kind):
+                    x = clean[sel].flatten(0, 1)
+                    a = None if alpha is None else alpha[sel].flatten(0, 1)
+                    out[sel] = self.augment_images(x, a, kind).view(-1, v, *clean.shape[2:]).to(out.dtype)
+                pose_cfg = self.config.get(kind, {}).get("pose_error")
+                if pose_cfg and out_c2w is not None:
+                    out_c2w[sel] = perturb_poses(c2w[sel].flatten(0, 1), pose_cfg).view(-1, v, 4, 4)
+        batch["input_images"] = out
+        if out_c2w is not None and self.wants_pose_error():
+            batch["input_c2w"] = out_c2w
+        return batch
+
+
+__all__ = ["DEFAULTS", "DomainGapAugment", "perturb_poses", "resolve_config", "shift_background"]

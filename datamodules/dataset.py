@@ -1,0 +1,214 @@
+"""From a (source, scene) draw to a sample dict, and the iterable dataset that streams a mixing plan.
+
+Sample dict (docs/ARCHITECTURE.md): ``images`` [V, 3, H, W], ``alpha`` [V, 1, H, W], ``c2w`` [V, 4, 4],
+``fxfycxcy`` [V, 4], ``index`` [V, 2] long (view_idx, scene_idx), ``background`` [3], ``source``, ``kind``, ``rig``,
+``scene_id``; diffusion adds ``ref_images`` [1, 3, H, W], ``ref_alpha``, ``ref_c2w``, ``ref_fxfycxcy``, ``ref_view``;
+reconstruction adds ``num_input_views``. Each streamed sample also carries ``skipped``: the draws skipped (bad
+samples, ``on_bad_sample: skip``) just before it, so the main process can count them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from datamodules.io import (
+    SampleError,
+    background_color,
+    center_views,
+    composite,
+    estimate_background,
+    normalize_scene_cameras,
+    resize_views,
+    validate_cameras,
+    validate_pixels,
+)
+from datamodules.mixing import MixingPlan
+from datamodules.sources import Source
+from datamodules.views import diffusion_views, reconstruction_views
+from geometry.rig import Rig
+
+STAGES = ("diffusion", "reconstruction")
+
+
+@dataclasses.dataclass
+class SceneBuilder:
+    """Turns one scene of a source into a sample for ``stage`` (module docstring)."""
+
+    stage: str
+    rig: Rig
+    image_size: int
+    num_views: int = 8
+    num_input_views: int = 4
+    reference_view: str = "fixed"
+    reference_index: int = 0
+    rig_tolerance_deg: float = 2.0
+    rig_distance_tolerance: float = 0.1
+    normalize_cameras: bool = False
+    target_radius: float = 2.7
+    center_crop: bool = False
+    center_fill: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+
+    def select(self, num_data_views: int, rng: np.random.Generator) -> tuple[list[int], int | None]:
+        """(views of the sample, reference view or None)."""
+        if self.stage == "diffusion":
+            ref, targets = diffusion_views(num_data_views, self.rig.num_views, self.reference_view,
+                                           self.reference_index, rng)
+            return targets, ref
+        return reconstruction_views(num_data_views, self.num_views, self.num_input_views, rng), None
+
+    def check_rig(self, c2w: Tensor, where: str) -> None:
+        """Diffusion: the scene's first rig.num_views cameras must match the rig; SampleError otherwise."""
+        diff = self.rig.compare_cameras(c2w[: self.rig.num_views], name=where, angle_tol_deg=self.rig_tolerance_deg,
+                                        dist_tol=self.rig_distance_tolerance)
+        if not diff.ok:
+            worst = diff.worst_view()
+            what = (f"worst view {worst.view!r} differs by {max(worst.angle_deg, worst.rotation_deg):.2f} deg "
+                    f"(distance diff {diff.worst_distance:.3f})") if worst else "; ".join(diff.problems)
+            raise SampleError(f"{where}: cameras do not match rig {self.rig.name!r} within "
+                              f"{self.rig_tolerance_deg} deg / {self.rig_distance_tolerance}: {what}\n{diff}")
+
+    def build(self, source: Source, scene: int, rng: np.random.Generator) -> dict[str, Any]:
+        cams = source.cameras(scene)
+        where = cams.where
+        validate_cameras(cams.c2w, cams.fxfycxcy, where)
+        c2w = cams.c2w
+        if self.normalize_cameras:
+            c2w, _, _ = normalize_scene_cameras(c2w, self.target_radius, source.up_axis or self.rig.up_axis,
+                                                self.rig.up_axis)
+        if self.stage == "diffusion":
+            self.check_rig(c2w, where)
+        views, ref = self.select(len(c2w), rng)
+        wanted = ([ref] if ref is not None else []) + views
+        decode = sorted(set(wanted) | ({0} if self.center_crop else set()))
+        rgb, alpha, _has_bg = source.pixels(scene, decode)
+        sizes = None if cams.sizes is None else [cams.sizes[v] for v in decode]
+        validate_pixels(rgb, alpha, where, len(decode), sizes)
+        k = cams.fxfycxcy[decode]
+        as_is = source.background == "as_is" or alpha is None
+        if alpha is None:
+            alpha = torch.ones_like(rgb[:, :1])
+        premult = rgb if as_is else rgb * alpha
+        if self.center_crop:
+            premult, alpha, k = center_views(premult, alpha, k, self.image_size, self.center_fill,
+                                             "border" if as_is else "zeros", box_alpha=alpha[decode.index(0)])
+        else:
+            premult, alpha, k = resize_views(premult, alpha, k, self.image_size)
+        if as_is:
+            images, bg = premult.clamp(0, 1), estimate_background(premult, alpha)
+        else:
+            bg = background_color(source.background, rng)
+            images = composite(premult, alpha, bg)
+        pos = {v: i for i, v in enumerate(decode)}
+        sel = torch.tensor([pos[v] for v in views])
+        sample: dict[str, Any] = {
+            "images": images[sel].contiguous(), "alpha": alpha[sel].contiguous(), "c2w": c2w[views].float(),
+            "fxfycxcy": k[sel].float(),
+            "index": torch.stack([torch.tensor(views), torch.full((len(views),), scene)], dim=-1).long(),
+            "background": bg.float(), "source": source.name, "kind": source.kind, "rig": self.rig.name,
+            "scene_id": cams.scene_id,
+        }
+        if ref is not None:
+            r = pos[ref]
+            sample.update({"ref_images": images[r : r + 1].clone(), "ref_alpha": alpha[r : r + 1].clone(),
+                           "ref_c2w": c2w[ref : ref + 1].float(), "ref_fxfycxcy": k[r : r + 1].float(),
+                           "ref_view": torch.tensor(ref, dtype=torch.long)})
+        else:
+            sample["num_input_views"] = torch.tensor(self.num_input_views, dtype=torch.long)
+        return sample
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors (leading B); other values become lists; ``skipped`` lists are concatenated."""
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        if key == "skipped":
+            out[key] = [x for v in vals for x in v]
+        elif isinstance(vals[0], Tensor):
+            out[key] = torch.stack(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialized, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class MixedSceneDataset(IterableDataset):
+    """Streams this rank/worker's share of a MixingPlan's epoch as sample dicts.
+
+    Args:
+        sources: the sources.  indices: per source, the scene indices it may draw (train or held-out part).
+        builder: SceneBuilder.  num_samples: draws per epoch over all ranks.  on_bad_sample: "raise" | "skip".
+    """
+
+    def __init__(self, sources: list[Source], indices: list[np.ndarray], builder: SceneBuilder, num_samples: int,
+                 seed: int = 0, on_bad_sample: str = "raise", epoch: int = 0, max_retries: int = 32) -> None:
+        if on_bad_sample not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
+        self.sources, self.indices, self.builder = sources, [np.asarray(i) for i in indices], builder
+        self.num_samples, self.seed, self.on_bad_sample = int(num_samples), int(seed), on_bad_sample
+        self.epoch, self.max_retries = int(epoch), int(max_retries)
+        self.plan = MixingPlan([len(i) for i in self.indices], [s.weight for s in sources], seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.plan.per_rank(self.num_samples, rank_and_world()[1])
+
+    def slot(self) -> tuple[int, int, int, int]:
+        """(rank, world size, worker, workers) of the calling process."""
+        rank, world = rank_and_world()
+        info = get_worker_info()
+        return rank, world, (info.id if info else 0), (info.num_workers if info else 1)
+
+    def draws(self) -> np.ndarray:
+        """This process's draws of the current epoch: [n, 3] (source, scene position, occurrence)."""
+        return self.plan.draws(self.epoch, self.num_samples, *self.slot())
+
+    def sample(self, k: int, pos: int, t: int) -> dict[str, Any]:
+        """Build draw (source k, scene position pos, occurrence t); with on_bad_sample=skip, bad scenes are recorded
+        in ``skipped`` and replaced by the next scenes of this slot's share of the source."""
+        rank, world, worker, workers = self.slot()
+        share = self.plan.share(self.epoch, k, rank * workers + worker, world * workers)
+        start = int(np.nonzero(share == pos)[0][0]) if (share == pos).any() else 0
+        skipped: list[dict[str, str]] = []
+        src = self.sources[k]
+        for attempt in range(min(self.max_retries, len(share)) if self.on_bad_sample == "skip" else 1):
+            p = int(share[(start + attempt) % len(share)]) if attempt else pos
+            scene = int(self.indices[k][p])
+            rng = np.random.default_rng([self.seed, self.epoch, k, p, t])
+            try:
+                out = self.builder.build(src, scene, rng)
+            except SampleError as e:
+                if self.on_bad_sample == "raise":
+                    raise SampleError(f"source {src.name!r} scene {scene}: {e}") from None
+                skipped.append({"source": src.name, "scene": str(scene), "problem": str(e).split("\n")[0]})
+                continue
+            out["skipped"] = skipped
+            return out
+        raise SampleError(f"source {src.name!r}: {len(skipped)} consecutive bad samples, last: "
+                          f"{skipped[-1]['problem'] if skipped else '?'}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for k, pos, t in self.draws():
+            yield self.sample(int(k), int(pos), int(t))
+
+
+__all__ = ["MixedSceneDataset", "SceneBuilder", "collate_samples", "rank_and_world"]

@@ -1,0 +1,388 @@
+"""Readers that turn a source (procedural generator, FaceLift-layout folders, webdataset shards) into raw scenes.
+
+A source is random-access: ``len(source)`` scenes; ``source.cameras(i)`` is cheap (camera file only) and
+``source.pixels(i, views)`` decodes just the requested views. Raw pixels are straight RGB [v, 3, H, W] and alpha
+[v, 1, H, W] (or None) in [0, 1]; ``has_background`` says the RGB already holds a real background.
+
+Source config (one dict of the DataModule's ``sources``):
+    name, kind (synthetic | real), format (procedural | facelift | facelift_mvdiffusion | shards), weight,
+    background (white | gray | black | random | as_is), up_axis (data world up, for normalization; default the rig's)
+    procedural: num_scenes, realistic, num_views, seed, camera_jitter_deg, rig (default: the stage's rig)
+    facelift / facelift_mvdiffusion: path (folder of sample dirs, one sample dir) or list_file; mvdiffusion: rig
+    shards: urls (paths, brace patterns ``shard-{000000..000009}.tar``, globs or a directory of .tar files)
+
+Shard layout (written by ``tools.make_shards``): one webdataset sample per scene, key ``NNNNNNNN_<scene dir>``,
+members ``KEY.cameras.json`` (the scene's ``opencv_cameras.json`` bytes, verbatim) and ``KEY.VVV.png`` (view VVV's PNG
+bytes, verbatim, in camera-frame order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes
+from geometry.camera_files import read_camera_file
+from geometry.cameras import check_c2w, check_intrinsics, invert_rigid
+from geometry.rig import Rig, load_rig
+
+FORMATS = ("procedural", "facelift", "facelift_mvdiffusion", "shards")
+KINDS = ("synthetic", "real")
+CAMERA_FILE = "opencv_cameras.json"
+SOURCE_KEYS = {
+    "name", "kind", "format", "weight", "background", "up_axis", "path", "list_file", "urls", "num_scenes",
+    "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset",
+}
+
+
+@dataclasses.dataclass
+class SceneCameras:
+    """One scene's cameras: c2w [V, 4, 4], fxfycxcy [V, 4] for images of ``sizes`` [(H, W)] (None: not declared)."""
+
+    scene_id: str
+    where: str  # what errors name: a sample directory, shard member or procedural index
+    c2w: Tensor
+    fxfycxcy: Tensor
+    sizes: list[tuple[int, int]] | None = None
+
+
+class Source:
+    """Base: name, kind, weight, background; subclasses implement __len__, cameras, pixels."""
+
+    def __init__(self, name: str, kind: str, weight: float = 1.0, background: str = "white",
+                 up_axis: str | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"source {name!r}: kind must be one of {KINDS}, got {kind!r}")
+        if background not in BACKGROUND_CHOICES:
+            raise ValueError(f"source {name!r}: background must be one of {BACKGROUND_CHOICES}, got {background!r}")
+        if not weight >= 0:
+            raise ValueError(f"source {name!r}: weight must be >= 0, got {weight}")
+        self.name, self.kind, self.weight, self.background, self.up_axis = name, kind, float(weight), background, up_axis
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def cameras(self, i: int) -> SceneCameras:
+        raise NotImplementedError
+
+    def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
+        """(rgb [v, 3, H, W], alpha [v, 1, H, W] | None, has_background) of the requested views."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, kind={self.kind}, scenes={len(self)}, weight={self.weight})"
+
+
+# ---- procedural ----------------------------------------------------------------------------------------------------
+class ProceduralSource(Source):
+    """Scenes from ``datamodules.procedural.make_scene`` at the stage's image size, deterministic per index."""
+
+    def __init__(self, name: str, kind: str, rig: Rig, num_scenes: int, num_views: int, size: int,
+                 realistic: bool = False, seed: int = 0, camera_jitter_deg: float = 0.0, index_offset: int = 0,
+                 **kw: Any) -> None:
+        super().__init__(name, kind, **kw)
+        if num_scenes < 1 or num_views < 1:
+            raise ValueError(f"source {name!r}: num_scenes and num_views must be >= 1")
+        self.rig, self.num_scenes, self.num_views, self.size = rig, int(num_scenes), int(num_views), int(size)
+        self.realistic, self.seed, self.jitter = bool(realistic), int(seed), float(camera_jitter_deg)
+        self.index_offset = int(index_offset)
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return self.num_scenes
+
+    def _scene(self, i: int) -> dict[str, Any]:
+        if i not in self._cache:
+            from datamodules.procedural import make_scene
+
+            self._cache = {i: make_scene(i + self.index_offset, self.rig, self.num_views, self.size, self.realistic,
+                                         self.seed, self.jitter)}
+        return self._cache[i]
+
+    def cameras(self, i: int) -> SceneCameras:
+        s = self._scene(i)
+        return SceneCameras(s["scene_id"], f"{self.name} procedural scene {i + self.index_offset}", s["c2w"],
+                            s["fxfycxcy"])
+
+    def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
+        s = self._scene(i)
+        return s["images"][views], s["alpha"][views], bool(s["has_background"])
+
+
+# ---- FaceLift folders ----------------------------------------------------------------------------------------------
+def resolve_list_entries(list_file: str | Path) -> list[Path]:
+    """Sample directories named by a list file: each entry as is when it exists, else relative to the list file's
+    folder (or its parent) by its trailing path components; otherwise ValueError naming the entries."""
+    list_file = Path(list_file)
+    try:
+        entries = [ln.strip() for ln in list_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    except OSError as e:
+        raise FileNotFoundError(f"{list_file}: cannot read list file ({e.strerror or e})") from None
+    base = list_file.resolve().parent
+    found, missing = [], []
+    for entry in entries:
+        p = resolve_entry(entry, base)
+        (found if p is not None else missing).append(p if p is not None else entry)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"{list_file}: {len(missing)} of {len(entries)} entries not found as given nor "
+                                f"relative to {base}: {shown}")
+    if not found:
+        raise ValueError(f"{list_file}: list file has no entries")
+    return found
+
+
+def resolve_entry(entry: str, base: Path) -> Path | None:
+    """``entry`` if it is a directory; else base/<trailing components of entry> (longest first); else None."""
+    p = Path(entry)
+    if p.is_dir():
+        return p
+    parts = [x for x in p.parts if x not in ("/", "")]
+    for n in range(len(parts), 0, -1):
+        for root in (base, base.parent):
+            cand = root.joinpath(*parts[-n:])
+            if cand.is_dir():
+                return cand
+    return None
+
+
+def sample_dirs(path: str | Path, marker: str | None = CAMERA_FILE) -> list[Path]:
+    """Sample directories under ``path``: itself when it holds ``marker``, else its sorted sub-directories that do
+    (marker None: sub-directories holding PNGs). A ``.txt`` path is a list file."""
+    path = Path(path)
+    if path.is_file():
+        return resolve_list_entries(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: data folder does not exist")
+
+    def is_sample(d: Path) -> bool:
+        return (d / marker).is_file() if marker else any(d.glob("*.png"))
+
+    if is_sample(path):
+        return [path]
+    dirs = sorted(d for d in path.iterdir() if d.is_dir() and is_sample(d))
+    if not dirs:
+        what = marker or "PNG images"
+        raise FileNotFoundError(f"{path}: no sample directories (sub-folders with {what}) found")
+    return dirs
+
+
+class FaceLiftFolderSource(Source):
+    """FaceLift layout: ``sample_x/opencv_cameras.json`` + ``sample_x/images/cam_XXX.png`` (RGBA, 8/16-bit)."""
+
+    def __init__(self, name: str, kind: str, path: str | None = None, list_file: str | None = None, **kw: Any) -> None:
+        super().__init__(name, kind, **kw)
+        if (path is None) == (list_file is None):
+            raise ValueError(f"source {name!r}: give exactly one of path / list_file")
+        self.dirs = resolve_list_entries(list_file) if list_file else sample_dirs(path)
+
+    def __len__(self) -> int:
+        return len(self.dirs)
+
+    def cameras(self, i: int) -> SceneCameras:
+        d = self.dirs[i]
+        try:
+            cams = read_camera_file(d / CAMERA_FILE)
+        except (ValueError, FileNotFoundError) as e:
+            raise SampleError(str(e)) from None
+        return SceneCameras(cams.scene_id, str(d), cams.c2w, cams.fxfycxcy, cams.sizes)
+
+    def image_paths(self, i: int) -> list[Path]:
+        d = self.dirs[i]
+        cams = json.loads((d / CAMERA_FILE).read_text())["frames"]
+        return [d / (fr.get("file_path") or f"images/cam_{v:03d}.png") for v, fr in enumerate(cams)]
+
+    def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
+        paths = self.image_paths(i)
+        chosen = [paths[v] for v in views]
+        rgb, alpha = load_png_views([read_bytes(p) for p in chosen], [str(p) for p in chosen])
+        return rgb, alpha, False
+
+
+class MVDiffusionFolderSource(Source):
+    """FaceLift's mvdiffusion layout: ``sample_x/cam_000.png ...`` with no camera file; the PNGs are the rig's
+    views in rig order (checked on FaceLift's sample: front, front-right, right, back, left, front-left — the
+    [2, 1, 0, 5, 4, 3] permutation of its camera file is already applied to the file names), so cameras come from
+    the rig at the images' size."""
+
+    def __init__(self, name: str, kind: str, rig: Rig, path: str | None = None, list_file: str | None = None,
+                 **kw: Any) -> None:
+        super().__init__(name, kind, **kw)
+        if (path is None) == (list_file is None):
+            raise ValueError(f"source {name!r}: give exactly one of path / list_file")
+        self.rig = rig
+        self.dirs = resolve_list_entries(list_file) if list_file else sample_dirs(path, marker=None)
+
+    def __len__(self) -> int:
+        return len(self.dirs)
+
+    def _files(self, i: int) -> list[Path]:
+        files = sorted(self.dirs[i].glob("*.png"))
+        if len(files) != self.rig.num_views:
+            raise SampleError(f"{self.dirs[i]}: {len(files)} PNG views, but rig {self.rig.name} has "
+                              f"{self.rig.num_views}")
+        return files
+
+    def cameras(self, i: int) -> SceneCameras:
+        files = self._files(i)
+        w, h, _, _ = png_header(read_bytes(files[0])[:64], str(files[0]))
+        if w != h:
+            raise SampleError(f"{files[0]}: rig views must be square, got {w}x{h}")
+        c2w, k = self.rig.cameras(w)
+        return SceneCameras(self.dirs[i].name, str(self.dirs[i]), c2w, k, [(h, w)] * len(files))
+
+    def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
+        files = [self._files(i)[v] for v in views]
+        rgb, alpha = load_png_views([read_bytes(p) for p in files], [str(p) for p in files])
+        return rgb, alpha, False
+
+
+# ---- webdataset shards ---------------------------------------------------------------------------------------------
+def expand_urls(urls: str | list[str]) -> list[str]:
+    """Local shard paths from paths, brace patterns, globs or directories (sorted within each pattern)."""
+    from braceexpand import braceexpand
+
+    out: list[str] = []
+    for spec in [urls] if isinstance(urls, str) else list(urls):
+        if "://" in spec or spec.startswith("pipe:"):
+            raise ValueError(f"shard url {spec!r}: only local tar files are supported (random access by index)")
+        for item in braceexpand(spec):
+            if os.path.isdir(item):
+                out.extend(sorted(glob.glob(os.path.join(item, "*.tar"))))
+            elif any(c in item for c in "*?["):
+                out.extend(sorted(glob.glob(item)))
+            else:
+                out.append(item)
+    missing = [u for u in out if not os.path.isfile(u)]
+    if missing or not out:
+        raise FileNotFoundError(f"shards not found: {missing[:5] or urls}")
+    return out
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """webdataset's (key, extension): the key is the path up to the first dot of the file name."""
+    d, base = os.path.split(name)
+    key, _, ext = base.partition(".")
+    return (os.path.join(d, key) if d else key), ext
+
+
+def index_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """[(key, {extension: (byte offset, size)})] of one tar shard, in file order."""
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isfile():
+                    key, ext = split_member(m.name)
+                    samples.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, OSError) as e:
+        raise SampleError(f"{path}: cannot read tar shard ({e})") from None
+    return list(samples.items())
+
+
+class ShardSource(Source):
+    """webdataset tar shards, random access through a member index built at construction."""
+
+    def __init__(self, name: str, kind: str, urls: str | list[str], **kw: Any) -> None:
+        super().__init__(name, kind, **kw)
+        self.shards = expand_urls(urls)
+        self.entries: list[tuple[int, str, dict[str, tuple[int, int]]]] = [
+            (s, key, members) for s, path in enumerate(self.shards) for key, members in index_shard(path)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _read(self, i: int, ext: str) -> bytes:
+        s, key, members = self.entries[i]
+        if ext not in members:
+            raise SampleError(f"{self.shards[s]} sample {key}: member '{key}.{ext}' is missing")
+        off, size = members[ext]
+        with open(self.shards[s], "rb") as f:
+            f.seek(off)
+            return f.read(size)
+
+    def where(self, i: int) -> str:
+        s, key, _ = self.entries[i]
+        return f"{self.shards[s]} sample {key}"
+
+    def cameras(self, i: int) -> SceneCameras:
+        return parse_camera_json(self._read(i, "cameras.json"), self.where(i))
+
+    def view_exts(self, i: int) -> list[str]:
+        return sorted(e for e in self.entries[i][2] if e.endswith(".png") and e[:-4].isdigit())
+
+    def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
+        exts = self.view_exts(i)
+        missing = [v for v in views if v >= len(exts)]
+        if missing:
+            raise SampleError(f"{self.where(i)}: views {missing} requested, the shard sample has {len(exts)} PNGs")
+        blobs = [self._read(i, exts[v]) for v in views]
+        rgb, alpha = load_png_views(blobs, [f"{self.where(i)} member {exts[v]}" for v in views])
+        return rgb, alpha, False
+
+
+def parse_camera_json(data: bytes, where: str) -> SceneCameras:
+    """Cameras from ``opencv_cameras.json`` bytes (w2c per frame) — the same checks as geometry.camera_files."""
+    try:
+        frames = json.loads(data)["frames"]
+        w2c = torch.tensor([fr["w2c"] for fr in frames], dtype=torch.float64)
+        k = torch.tensor([[fr["fx"], fr["fy"], fr["cx"], fr["cy"]] for fr in frames], dtype=torch.float64)
+        sizes = [(int(fr["h"]), int(fr["w"])) for fr in frames]
+        scene_id = str(json.loads(data).get("id", where))
+    except (ValueError, KeyError, TypeError) as e:
+        raise SampleError(f"{where}: bad camera json ({type(e).__name__}: {e})") from None
+    for v in range(len(w2c)):
+        try:
+            check_c2w(w2c[v], f"{where} view {v}")
+            check_intrinsics(k[v], f"{where} view {v}")
+        except ValueError as e:
+            raise SampleError(str(e)) from None
+    return SceneCameras(scene_id, where, invert_rigid(w2c).float(), k.float(), sizes)
+
+
+# ---- factory -------------------------------------------------------------------------------------------------------
+def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> Source:
+    """A Source from one config dict (module docstring). ``rig``/``num_views``/``size``: the stage's defaults."""
+    cfg = dict(cfg)
+    name = str(cfg.get("name") or cfg.get("format", "source"))
+    unknown = set(cfg) - SOURCE_KEYS
+    if unknown:
+        raise ValueError(f"source {name!r}: unknown keys {sorted(unknown)}; known: {sorted(SOURCE_KEYS)}")
+    fmt = cfg.get("format", "procedural")
+    if fmt not in FORMATS:
+        raise ValueError(f"source {name!r}: format must be one of {FORMATS}, got {fmt!r}")
+    kind = cfg.get("kind", "synthetic")
+    base = {"weight": float(cfg.get("weight", 1.0)), "up_axis": cfg.get("up_axis")}
+    src_rig = load_rig(cfg["rig"]) if cfg.get("rig") else rig
+    if fmt == "procedural":
+        realistic = bool(cfg.get("realistic", False))
+        background = cfg.get("background", "as_is" if realistic else "white")
+        return ProceduralSource(name, kind, src_rig, int(cfg.get("num_scenes", 1000)),
+                                int(cfg.get("num_views", num_views)), size, realistic, int(cfg.get("seed", 0)),
+                                float(cfg.get("camera_jitter_deg", 0.0)), int(cfg.get("index_offset", 0)),
+                                background=background, **base)
+    background = cfg.get("background", "white")
+    if fmt == "facelift":
+        return FaceLiftFolderSource(name, kind, cfg.get("path"), cfg.get("list_file"), background=background, **base)
+    if fmt == "facelift_mvdiffusion":
+        return MVDiffusionFolderSource(name, kind, src_rig, cfg.get("path"), cfg.get("list_file"),
+                                       background=background, **base)
+    if not cfg.get("urls"):
+        raise ValueError(f"source {name!r}: format shards needs 'urls'")
+    return ShardSource(name, kind, cfg["urls"], background=background, **base)
+
+
+__all__ = [
+    "FaceLiftFolderSource", "MVDiffusionFolderSource", "ProceduralSource", "SceneCameras", "ShardSource", "Source",
+    "build_source", "expand_urls", "index_shard", "parse_camera_json", "resolve_entry", "resolve_list_entries",
+    "sample_dirs",
+]

@@ -1,0 +1,581 @@
+"""DiffusionModule: one reference image -> the rig's views, with a multi-view diffusers UNet (FaceLift's MVDiffusion).
+
+Model (SD 2.1 unCLIP layout, see ``lightning_modules.pretrained``): the UNet sees [noisy latent, reference latent]
+(8 channels), class labels = [CLIP image embedding of the reference (noised by the unCLIP image normalizer +
+noise schedule at ``noise_level``), sinusoidal embedding of the noise level] (2 x E), and the rig's per-view
+embeddings as cross-attention context (``lightning_modules.view_conditioning``). The views of a scene are folded
+into the batch in rig order, [(B V), ...], and the UNet's self-attention spans them
+(``lightning_modules.mv_attention``, mode ``sparse`` or ``joint``, stored in checkpoints and exports).
+
+Batches (diffusion stage, docs/ARCHITECTURE.md): ``images`` [B, V, 3, H, W] targets in rig order in [0, 1],
+``ref_images`` [B, 1, 3, H, W], optional ``input_images`` [B, 1, 3, H, W] (augmented reference: the model's input
+when present), ``kind`` list[str], ``rig`` list[str] (must name the module's rig).
+
+Example (tiny random components, CPU):
+    >>> m = DiffusionModule(rig="facelift_6view", view_embeddings="learned", view_init="scratch", image_size=32,
+    ...                     view_tokens=4)
+    >>> out = m.sample(torch.rand(1, 3, 32, 32), num_inference_steps=2)
+    >>> tuple(out["images"].shape), tuple(out["c2w"].shape)
+    ((1, 6, 3, 32, 32), (6, 4, 4))
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from diffusers.models.embeddings import get_timestep_embedding
+from torch import Tensor
+
+from geometry.rig import Rig, load_rig
+from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
+from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler
+from lightning_modules.pretrained import (
+    PipelineComponents,
+    build_tiny_components,
+    load_pipeline_components,
+    save_pipeline_components,
+)
+from lightning_modules.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
+from lightning_modules.view_conditioning import ViewEmbeddings
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+EXPORT_META = "mvlift.json"
+EXPORT_RIG = "rig.json"
+FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.")
+SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
+            "dpm": DPMSolverMultistepScheduler}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+           dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normal noise; drawn on the generator's device then moved (reproducible across devices)."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def min_snr_weights(alphas_cumprod: Tensor, timesteps: Tensor, gamma: float | None, prediction_type: str) -> Tensor:
+    """Min-SNR-γ loss weights per sample [N] (Hang et al. 2023): min(SNR, γ)/SNR for epsilon, /(SNR+1) for v."""
+    ac = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = ac / (1.0 - ac)
+    if not gamma:
+        return torch.ones_like(snr)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
+
+
+def clip_input_size(feature_extractor: Any) -> tuple[int, int]:
+    """(height, width) the CLIP image processor crops to (dict, SizeDict or int)."""
+    crop = feature_extractor.crop_size
+    if isinstance(crop, int):
+        return crop, crop
+    get = crop.get if isinstance(crop, dict) else (lambda k: getattr(crop, k))
+    return int(get("height")), int(get("width"))
+
+
+def _batch_rigs(batch: dict) -> list[str]:
+    rig = batch.get("rig")
+    if rig is None:
+        return []
+    return [rig] if isinstance(rig, str) else [str(r) for r in rig]
+
+
+def _kinds(batch: dict, b: int) -> list[str]:
+    kind = batch.get("kind")
+    if kind is None:
+        return ["all"] * b
+    return [kind] * b if isinstance(kind, str) else list(kind)
+
+
+class DiffusionModule(pl.LightningModule):
+    """Multi-view diffusion training, sampling and export. Constructor arguments are plain types (LightningCLI)."""
+
+    ema_target = "unet"  # the EMA callback keeps a shadow of self.unet and calls export(..., ema_weights=...)
+
+    def __init__(
+        self,
+        rig: str = "facelift_6view",
+        pretrained: str | None = None,
+        unet_subfolder: str = "unet",
+        attention: str = "sparse",
+        view_embeddings: str = "facelift",
+        facelift_embeds: str | None = None,
+        view_embeddings_path: str | None = None,
+        view_init: str = "nearest_facelift",
+        view_tokens: int = 77,
+        train_view_embeddings: bool = True,
+        image_size: int = 512,
+        prediction_type: str | None = None,
+        noise_level: int = 0,
+        # tiny random components when pretrained is None (demo / tests)
+        tiny_width: int = 32,
+        tiny_cross_attention_dim: int = 32,
+        tiny_image_embed_dim: int = 16,
+        # training
+        snr_gamma: float | None = 5.0,
+        cond_drop_prob: float = 0.05,
+        lr: float = 1e-5,
+        weight_decay: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        max_steps: int = 100_000,
+        decay: str = "constant",
+        freeze: list[str] | None = None,
+        lr_groups: dict[str, float] | None = None,
+        optimizer: str = "adamw",
+        grad_checkpointing: bool = False,
+        # validation
+        val_inference_steps: int = 20,
+        val_guidance_scale: float = 3.0,
+        val_sample_batches: int = 1,
+        val_sample_every_n_steps: int = 1000,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.attention_mode = check_mode(attention)
+        if optimizer not in ("adamw", "adamw8bit", "auto"):
+            raise ValueError(f"optimizer must be adamw|adamw8bit|auto, got {optimizer!r}")
+        if view_embeddings not in ("facelift", "learned"):
+            raise ValueError(f"view_embeddings must be 'facelift' or 'learned', got {view_embeddings!r}")
+        self.rig: Rig = load_rig(rig)
+
+        if pretrained:
+            c = load_pipeline_components(pretrained, unet_subfolder=unet_subfolder)
+        else:
+            c = build_tiny_components(image_size=image_size, cross_attention_dim=tiny_cross_attention_dim,
+                                      image_embed_dim=tiny_image_embed_dim, width=tiny_width,
+                                      prediction_type=prediction_type or "epsilon")
+        self._set_components(c, prediction_type)
+        upstream_sparse = c.upstream_unet_config.get("sparse_mv_attention")
+        if upstream_sparse is not None and (attention == "sparse") != bool(upstream_sparse):
+            log.warning("%s: the UNet was trained with %s multi-view attention; this module uses %r (as configured)",
+                        pretrained, "sparse" if upstream_sparse else "joint", attention)
+        self.view_embeddings = self._make_view_embeddings()
+        self.view_embeddings.requires_grad_(self.view_embeddings.learnable and train_view_embeddings)
+        install_multiview_attention(self.unet, self.rig.num_views, self.attention_mode)
+        if grad_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self._last_sample_step: int | None = None
+        self.last_val_grid: Tensor | None = None
+        from lightning_modules.metrics import KindMetrics
+
+        self.val_metrics = KindMetrics(("psnr", "ssim"))
+
+    # ---- construction -----------------------------------------------------------------------------------------
+    def _set_components(self, c: PipelineComponents, prediction_type: str | None) -> None:
+        self.unet: UNet2DConditionModel = c.unet
+        self.vae = c.vae.requires_grad_(False).eval()
+        self.image_encoder = c.image_encoder.requires_grad_(False).eval()
+        self.image_normalizer = c.image_normalizer.requires_grad_(False)
+        self.feature_extractor = c.feature_extractor
+        self.image_noising_scheduler = c.image_noising_scheduler
+        self.pipeline_notes = list(c.notes)
+        pt = prediction_type or c.scheduler_config.get("prediction_type", "epsilon")
+        if pt not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {pt!r}")
+        self.prediction_type = pt
+        self.scheduler_config = {**c.scheduler_config, "prediction_type": pt}
+        self.train_scheduler = DDPMScheduler.from_config(self.scheduler_config)
+        fe = c.feature_extractor
+        self.clip_size = clip_input_size(fe)
+        self.register_buffer("clip_mean", torch.tensor(fe.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("clip_std", torch.tensor(fe.image_std).view(1, 3, 1, 1), persistent=False)
+        self.latent_scale = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._components = c
+
+    def _make_view_embeddings(self) -> ViewEmbeddings:
+        h = self.hparams
+        dim = int(self.unet.config.cross_attention_dim)
+        if h.view_embeddings_path:
+            emb = ViewEmbeddings.load(h.view_embeddings_path, self.rig)
+            if emb.source != h.view_embeddings:
+                raise ValueError(f"{h.view_embeddings_path}: holds {emb.source!r} view embeddings but "
+                                 f"view_embeddings={h.view_embeddings!r}")
+        elif h.view_embeddings == "facelift":
+            if not h.facelift_embeds:
+                raise ValueError("view_embeddings='facelift' needs facelift_embeds=PATH to FaceLift's "
+                                 "fixed_prompt_embeds_6view.pt (or view_embeddings_path to an export's file)")
+            emb = ViewEmbeddings.from_facelift(h.facelift_embeds, self.rig)
+        elif h.view_init == "nearest_facelift":
+            if not h.facelift_embeds:
+                raise ValueError("view_init='nearest_facelift' needs facelift_embeds=PATH; use view_init='scratch' "
+                                 "to start learned view embeddings from random values")
+            emb = ViewEmbeddings.from_nearest_facelift(self.rig, h.facelift_embeds)
+        elif h.view_init == "scratch":
+            emb = ViewEmbeddings.from_scratch(self.rig, tokens=h.view_tokens, dim=dim)
+        else:
+            raise ValueError(f"view_init must be 'nearest_facelift' or 'scratch', got {h.view_init!r}")
+        if emb.dim != dim:
+            raise ValueError(f"view embeddings are {emb.dim}-dimensional but the UNet's cross_attention_dim is {dim}")
+        if emb.num_views != self.rig.num_views:
+            raise ValueError(f"view embeddings have {emb.num_views} views, rig {self.rig.name!r} has "
+                             f"{self.rig.num_views}")
+        return emb
+
+    def train(self, mode: bool = True) -> DiffusionModule:
+        """Frozen components (VAE, CLIP image encoder) stay in eval mode."""
+        super().train(mode)
+        self.vae.eval()
+        self.image_encoder.eval()
+        return self
+
+    @property
+    def view_rig(self) -> str:
+        """Name of the rig the view conditioning was made for (always the module's rig)."""
+        return self.view_embeddings.rig_name
+
+    # ---- conditioning -----------------------------------------------------------------------------------------
+    def check_batch_rig(self, batch: dict) -> None:
+        """Every scene of ``batch`` must come from the module's rig (error naming both otherwise)."""
+        for name in _batch_rigs(batch):
+            if name != self.rig.name:
+                raise ValueError(f"batch rig {name!r} does not match the diffusion model's rig {self.rig.name!r}: "
+                                 "targets must be rendered/captured with the rig the model generates")
+        v = batch["images"].shape[1]
+        if v != self.rig.num_views:
+            raise ValueError(f"batch has {v} target views; rig {self.rig.name!r} has {self.rig.num_views}")
+
+    def clip_pixels(self, images: Tensor) -> Tensor:
+        """images [N, 3, H, W] in [0, 1] -> CLIP input [N, 3, h, w] (resize + normalise as the feature extractor)."""
+        x = F.interpolate(images.float(), size=self.clip_size, mode="bicubic", align_corners=False, antialias=True)
+        return (x.clamp(0, 1) - self.clip_mean) / self.clip_std
+
+    @torch.no_grad()
+    def encode_latents(self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None
+                       ) -> Tensor:
+        """images [N, 3, H, W] in [0, 1] -> scaled VAE latents [N, 4, H/f, W/f] (posterior mode or a sample)."""
+        dist = self.vae.encode(images.to(self.vae.dtype) * 2.0 - 1.0).latent_dist
+        z = dist.sample(generator=generator) if sample else dist.mode()
+        return z * self.latent_scale
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """[N, 4, h, w] -> images [N, 3, h*f, w*f] in [0, 1]."""
+        x = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
+        return (x.float() / 2.0 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Tensor, noise_level: int, generator: torch.Generator | None = None) -> Tensor:
+        """unCLIP image conditioning: images [B, 3, H, W] in [0, 1] -> [B, 2E] = [noised CLIP embedding,
+        sinusoidal noise-level embedding]."""
+        emb = self.image_encoder(self.clip_pixels(images).to(self.image_encoder.dtype)).image_embeds.float()
+        levels = torch.full((emb.shape[0],), int(noise_level), device=emb.device, dtype=torch.long)
+        noise = _randn(tuple(emb.shape), generator, emb.device)
+        x = self.image_normalizer.scale(emb)
+        x = self.image_noising_scheduler.add_noise(x, noise, levels)
+        x = self.image_normalizer.unscale(x)
+        level_emb = get_timestep_embedding(levels, emb.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0)
+        return torch.cat([x, level_emb.to(x)], dim=1)
+
+    def conditions(self, ref: Tensor, noise_level: int, drop: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """ref [B, 3, H, W] in [0, 1] -> (reference latents [(B V), 4, h, w], image embeddings [(B V), 2E]);
+        scenes where ``drop`` [B] is True get zeros for both (classifier-free guidance's unconditional input)."""
+        v = self.rig.num_views
+        ref_lat = self.encode_latents(ref)
+        img_emb = self.image_embeddings(ref, noise_level, generator)
+        if drop is not None:
+            keep = (~drop).to(ref_lat.dtype)
+            ref_lat = ref_lat * keep.view(-1, 1, 1, 1)
+            img_emb = img_emb * keep.view(-1, 1).to(img_emb.dtype)
+        return ref_lat.repeat_interleave(v, dim=0), img_emb.repeat_interleave(v, dim=0)
+
+    def denoise(self, noisy: Tensor, timesteps: Tensor, ref_latents: Tensor, image_embeds: Tensor,
+                context: Tensor) -> Tensor:
+        """UNet prediction [(B V), 4, h, w] from noisy latents, per-sample timesteps [(B V)], reference latents,
+        image embeddings [(B V), 2E] and view context [(B V), T, D]."""
+        dtype = self.unet.dtype if not torch.is_autocast_enabled(noisy.device.type) else noisy.dtype
+        x = torch.cat([noisy, ref_latents.to(noisy.dtype)], dim=1).to(dtype)
+        return self.unet(x, timesteps, encoder_hidden_states=context.to(dtype),
+                         class_labels=image_embeds.to(dtype)).sample
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def reference_input(self, batch: dict) -> Tensor:
+        """The model's reference input [B, 3, H, W]: the augmented reference when present, else the clean one."""
+        ref = batch.get("input_images")
+        if ref is None:
+            ref = batch["ref_images"]
+        if ref.ndim != 5 or ref.shape[1] != 1:
+            raise ValueError(f"reference images must be [B, 1, 3, H, W], got {list(ref.shape)}")
+        return ref[:, 0]
+
+    def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, cond_drop_prob: float | None = None
+                       ) -> dict[str, Tensor]:
+        """Min-SNR-weighted denoising loss of a batch: {"loss", "mse"} scalars. One timestep per scene (shared by its
+        views); conditions dropped together per scene with ``cond_drop_prob``. Deterministic for a ``generator``."""
+        self.check_batch_rig(batch)
+        images = batch["images"]
+        b, v = images.shape[:2]
+        device = images.device
+        p = self.hparams.cond_drop_prob if cond_drop_prob is None else cond_drop_prob
+        with torch.no_grad():
+            latents = self.encode_latents(images.flatten(0, 1), sample=True, generator=generator).float()
+        drop = _rand((b,), generator, device) < p if p > 0 else None
+        ref_lat, img_emb = self.conditions(self.reference_input(batch), self.hparams.noise_level, drop, generator)
+        noise = _randn(tuple(latents.shape), generator, device)
+        n_train = self.train_scheduler.config.num_train_timesteps
+        if generator is None:
+            t_scene = torch.randint(0, n_train, (b,), device=device)
+        else:
+            t_scene = torch.randint(0, n_train, (b,), generator=generator, device=generator.device).to(device)
+        t = t_scene.repeat_interleave(v)
+        noisy = self.train_scheduler.add_noise(latents, noise, t)
+        target = noise if self.prediction_type == "epsilon" else self.train_scheduler.get_velocity(latents, noise, t)
+        context = self.view_embeddings.for_batch(b)
+        pred = self.denoise(noisy, t, ref_lat, img_emb, context)
+        mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        w = min_snr_weights(self.train_scheduler.alphas_cumprod, t, self.hparams.snr_gamma, self.prediction_type)
+        return {"loss": (mse * w).mean(), "mse": mse.mean().detach()}
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        terms = self.diffusion_loss(batch)
+        b = batch["images"].shape[0]
+        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True)
+        self.log("train/mse", terms["mse"], batch_size=b)
+        return terms["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.stack(grads).norm())
+
+    def configure_optimizers(self) -> dict:
+        h = self.hparams
+        groups = build_param_groups(self, h.freeze, h.lr_groups, h.lr, h.weight_decay)
+        opt = self._make_optimizer(groups)
+        sched = build_scheduler(opt, h.warmup_steps, h.max_steps, h.decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        choice, betas = self.hparams.optimizer, tuple(self.hparams.betas)
+        if choice in ("adamw8bit", "auto"):
+            try:
+                import bitsandbytes as bnb  # optional dependency
+            except ImportError:
+                if choice == "adamw8bit":
+                    raise ImportError("optimizer='adamw8bit' needs bitsandbytes (pip install bitsandbytes)") from None
+                log.warning("optimizer='auto': bitsandbytes not installed, using torch AdamW")
+            else:
+                return bnb.optim.AdamW8bit(groups, betas=betas)
+        return build_adamw(groups, betas=betas)
+
+    # ---- sampling -----------------------------------------------------------------------------------------------
+    def make_sampler(self, name: str = "ddim"):
+        """A diffusers scheduler for sampling from the model's noise schedule and prediction type."""
+        if name not in SAMPLERS:
+            raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
+        return SAMPLERS[name].from_config(self.scheduler_config)
+
+    @torch.no_grad()
+    def sample(self, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
+               scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0) -> dict[str, Any]:
+        """Generate the rig's views from reference images.
+
+        ref_images [B, 3, H, W] in [0, 1] (resized to ``image_size`` when needed) ->
+        {"images" [B, V, 3, S, S] in [0, 1], "c2w" [V, 4, 4], "fxfycxcy" [V, 4] (the model's rig at S px),
+        "rig": rig.to_dict()}. Seeded: the same seed gives the same views on the same device.
+        """
+        if ref_images.ndim != 4 or ref_images.shape[1] != 3:
+            raise ValueError(f"ref_images must be [B, 3, H, W], got {list(ref_images.shape)}")
+        size = int(self.hparams.image_size)
+        device = self.device
+        ref = ref_images.to(device).float()
+        if tuple(ref.shape[-2:]) != (size, size):
+            ref = F.interpolate(ref, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        b, v = ref.shape[0], self.rig.num_views
+        gen = torch.Generator("cpu").manual_seed(int(seed))
+        level = self.hparams.noise_level if noise_level is None else noise_level
+        ref_lat, img_emb = self.conditions(ref, level, None, gen)
+        context = self.view_embeddings.for_batch(b)
+        cfg = guidance_scale != 1.0
+        if cfg:  # [unconditional; conditional], each scene-major with its V views
+            ref_lat = torch.cat([torch.zeros_like(ref_lat), ref_lat])
+            img_emb = torch.cat([torch.zeros_like(img_emb), img_emb])
+            context = torch.cat([context, context])
+        sampler = self.make_sampler(scheduler)
+        sampler.set_timesteps(num_inference_steps, device=device)
+        h = size // self.vae_factor
+        latents = _randn((b * v, 4, h, h), gen, device) * sampler.init_noise_sigma
+        step_kwargs = {}
+        params = inspect.signature(sampler.step).parameters
+        if "eta" in params:
+            step_kwargs["eta"] = eta
+        if "generator" in params:
+            step_kwargs["generator"] = gen
+        for t in sampler.timesteps:
+            x = sampler.scale_model_input(latents, t)
+            x = torch.cat([x, x]) if cfg else x
+            tt = t.expand(x.shape[0]).to(device)
+            pred = self.denoise(x, tt, ref_lat, img_emb, context).float()
+            if cfg:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond - uncond)
+            latents = sampler.step(pred, t, latents, **step_kwargs).prev_sample
+        images = self.decode_latents(latents).view(b, v, 3, size, size)
+        c2w, k = self.rig.cameras(size, device=device)
+        return {"images": images, "c2w": c2w, "fxfycxcy": k, "rig": self.rig.to_dict()}
+
+    # ---- validation ---------------------------------------------------------------------------------------------
+    def _should_sample(self) -> bool:
+        last = self._last_sample_step
+        return last is None or self.global_step - last >= self.hparams.val_sample_every_n_steps \
+            or self.global_step == last
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        b = batch["images"].shape[0]
+        gen = torch.Generator("cpu").manual_seed(batch_idx)
+        terms = self.diffusion_loss(batch, generator=gen, cond_drop_prob=0.0)
+        self.log("val/loss", terms["loss"], batch_size=b, sync_dist=True)
+        if batch_idx >= self.hparams.val_sample_batches or not self._should_sample():
+            return
+        self._last_sample_step = self.global_step
+        ref = self.reference_input(batch)
+        out = self.sample(ref, self.hparams.val_inference_steps, self.hparams.val_guidance_scale, seed=batch_idx)
+        target = batch["images"]
+        if out["images"].shape[-2:] != target.shape[-2:]:
+            target = F.interpolate(target.flatten(0, 1), size=out["images"].shape[-2:], mode="bilinear",
+                                   antialias=True).view_as(out["images"])
+        from lightning_modules.metrics import view_metrics
+
+        self.val_metrics.update(view_metrics(out["images"], target), _kinds(batch, b))
+        if batch_idx == 0:
+            self.last_val_grid = image_grid(ref, out["images"], target)
+            self._log_grid(self.last_val_grid)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        for name, value in values.items():
+            self.log(f"val/{name}", value, sync_dist=True)
+        self.val_metrics.reset()
+
+    def _log_grid(self, grid: Tensor) -> None:
+        logger = self.logger
+        exp = getattr(logger, "experiment", None) if logger is not None else None
+        if exp is not None and hasattr(exp, "add_image"):  # TensorBoard
+            exp.add_image("val/views (reference | generated | ground truth)", grid, self.global_step)
+        elif logger is not None and hasattr(logger, "log_image"):  # W&B
+            logger.log_image("val/views", [grid], step=self.global_step,
+                             caption=[f"reference | {' '.join(self.rig.view_names)} | ground truth"])
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def mvlift_metadata(self) -> dict[str, Any]:
+        return {"stage": "diffusion", "rig": self.rig.to_dict(), "attention": self.attention_mode,
+                "version": FORMAT_VERSION, "prediction_type": self.prediction_type,
+                "view_embeddings": self.view_embeddings.source,
+                "view_rig_fingerprint": self.view_embeddings.rig_fingerprint,
+                "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mvlift"] = self.mvlift_metadata()
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):  # frozen VAE / CLIP come from `pretrained`, not from every checkpoint
+            for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+                del state[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("mvlift") or {}
+        if meta.get("stage", "diffusion") != "diffusion":
+            raise ValueError(f"checkpoint is a {meta.get('stage')!r} checkpoint, not a diffusion one")
+        if "attention" in meta and meta["attention"] != self.attention_mode:
+            raise ValueError(f"checkpoint was trained with {meta['attention']!r} multi-view attention but this module "
+                             f"uses {self.attention_mode!r}; the mode is never switched silently")
+        if "rig" in meta:
+            stored = Rig.from_dict(meta["rig"])
+            if stored.fingerprint != self.rig.fingerprint:
+                raise ValueError(f"checkpoint rig {stored.name!r} ({stored.fingerprint}) does not match the module's "
+                                 f"rig {self.rig.name!r} ({self.rig.fingerprint})")
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for k, val in self.state_dict().items():
+                if k.startswith(FROZEN_PREFIXES) and k not in state:
+                    state[k] = val
+
+    # ---- export -------------------------------------------------------------------------------------------------
+    def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
+        """Write a self-contained pipeline folder: unet/ (+ unet_ema/), vae/, image_encoder/, feature_extractor/,
+        scheduler/, image_normalizer/, image_noising_scheduler/, view_embeddings.safetensors, rig.json, mvlift.json.
+        ``ema_weights``: the EMA shadow of ``self.unet`` (names with or without the ``unet.`` prefix)."""
+        out = Path(out_dir)
+        c = self._components
+        c.scheduler_config = self.scheduler_config
+        save_pipeline_components(c, out, unet=self.unet)
+        if ema_weights is not None:
+            ema_unet = UNet2DConditionModel.from_config(self.unet.config)
+            state = {k.removeprefix("unet."): v.detach().cpu() for k, v in ema_weights.items()
+                     if not k.startswith(("vae.", "image_encoder.", "view_embeddings.", "image_normalizer."))}
+            missing, unexpected = ema_unet.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"ema_weights do not match the UNet: missing {missing[:5]}, unexpected "
+                                 f"{unexpected[:5]}")
+            ema_unet.save_pretrained(str(out / "unet_ema"))
+        self.view_embeddings.save(out / VIEW_EMBEDDINGS_FILE)
+        (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
+        hp = {k: v for k, v in dict(self.hparams).items()
+              if k not in ("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder")}
+        meta = {**self.mvlift_metadata(), "pipeline_notes": self.pipeline_notes, "hparams": hp}
+        (out / EXPORT_META).write_text(json.dumps(meta, indent=2, default=list))
+        return out
+
+    @classmethod
+    def from_export(cls, path: str | Path, ema: bool = False, **overrides: Any) -> DiffusionModule:
+        """Rebuild a module from an ``export`` folder (``ema`` picks unet_ema/)."""
+        path = Path(path)
+        meta_path = path / EXPORT_META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{path}: not a diffusion export (no {EXPORT_META})")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("stage") != "diffusion":
+            raise ValueError(f"{meta_path}: stage is {meta.get('stage')!r}, expected 'diffusion'")
+        if ema and not (path / "unet_ema").is_dir():
+            raise FileNotFoundError(f"{path}: no unet_ema/ (exported without EMA weights)")
+        hp = dict(meta.get("hparams") or {})
+        if isinstance(hp.get("betas"), list):
+            hp["betas"] = tuple(hp["betas"])
+        hp.update(rig=str(path / EXPORT_RIG), pretrained=str(path), unet_subfolder="unet_ema" if ema else "unet",
+                  attention=meta["attention"], prediction_type=meta["prediction_type"],
+                  view_embeddings=meta["view_embeddings"], view_embeddings_path=str(path / VIEW_EMBEDDINGS_FILE))
+        hp.update(overrides)
+        module = cls(**hp)
+        if multiview_attention_mode(module.unet) != meta["attention"]:
+            raise RuntimeError("multi-view attention mode not restored")
+        return module
+
+
+def image_grid(ref: Tensor, generated: Tensor, target: Tensor, max_scenes: int = 4) -> Tensor:
+    """One row per scene: reference | generated views | ground-truth views.
+
+    ref [B, 3, H, W], generated / target [B, V, 3, H, W] in [0, 1] -> [3, rows*H, (1 + 2V)*W].
+    """
+    n = min(max_scenes, ref.shape[0])
+    size = generated.shape[-2:]
+    ref = F.interpolate(ref[:n].float(), size=size, mode="bilinear", antialias=True) if ref.shape[-2:] != size \
+        else ref[:n].float()
+    rows = [torch.cat([ref[i], *generated[i].float(), *target[i].float()], dim=-1) for i in range(n)]
+    return torch.cat(rows, dim=-2).clamp(0, 1).cpu()
+
+
+__all__ = ["DiffusionModule", "image_grid", "min_snr_weights"]

@@ -1,0 +1,91 @@
+"""Image-quality metrics of rendered views, per view and per source kind (torchmetrics underneath).
+
+``view_metrics(pred, target, lpips=None)`` -> {"psnr": [B, V], "ssim": [B, V], ("lpips": [B, V])} for images
+[B, V, 3, H, W] in [0, 1]. ``KindMetrics`` accumulates them over batches, split by the sample's ``kind``
+("synthetic" / "real") plus "all", for Lightning logging.
+
+Example:
+    >>> import torch
+    >>> x = torch.rand(1, 2, 3, 16, 16)
+    >>> m = view_metrics(x, x.clamp(0, 1))
+    >>> m["psnr"].shape
+    torch.Size([1, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+KINDS = ("synthetic", "real")
+
+
+def per_view_psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """PSNR in dB per view. pred, target [B, V, C, H, W] in [0, 1] -> [B, V]."""
+    b, v = pred.shape[:2]
+    p, t = pred.detach().float().flatten(0, 1).clamp(0, 1), target.detach().float().flatten(0, 1)
+    psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return psnr.reshape(b, v)
+
+
+def per_view_ssim(pred: Tensor, target: Tensor) -> Tensor:
+    """SSIM per view (Gaussian window 11, sigma 1.5). [B, V, C, H, W] -> [B, V]."""
+    b, v = pred.shape[:2]
+    p, t = pred.detach().float().flatten(0, 1).clamp(0, 1), target.detach().float().flatten(0, 1)
+    ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+    return ssim.reshape(b, v)
+
+
+@torch.no_grad()
+def view_metrics(pred: Tensor, target: Tensor, lpips: nn.Module | None = None) -> dict[str, Tensor]:
+    """{"psnr", "ssim"[, "lpips"]} -> [B, V] each; LPIPS only when a (locally loaded) module is given."""
+    out = {"psnr": per_view_psnr(pred, target), "ssim": per_view_ssim(pred, target)}
+    if lpips is not None:
+        b, v = pred.shape[:2]
+        out["lpips"] = lpips(pred.detach().float().flatten(0, 1).clamp(0, 1),
+                             target.detach().float().flatten(0, 1)).reshape(b, v)
+    return out
+
+
+class KindMetrics(nn.Module):
+    """Running means of per-view metrics by source kind ("all", "synthetic", "real").
+
+    ``update(metrics {name: [B, V]}, kinds [B] strings)``; ``compute() -> {"name/kind": scalar}`` for kinds seen.
+    """
+
+    def __init__(self, names: Sequence[str] = ("psnr", "ssim", "lpips")):
+        super().__init__()
+        self.names = tuple(names)
+        self.means = nn.ModuleDict({
+            f"{n}__{k}": MeanMetric() for n in self.names for k in ("all", *KINDS)
+        })
+        self._seen: set[str] = set()
+
+    def update(self, metrics: dict[str, Tensor], kinds: Sequence[str] | None) -> None:
+        for name, values in metrics.items():
+            if name not in self.names:
+                continue
+            b = values.shape[0]
+            ks = list(kinds) if kinds is not None else ["all"] * b
+            self.means[f"{name}__all"].update(values.mean(-1))
+            self._seen.add(f"{name}__all")
+            for kind in KINDS:
+                sel = torch.tensor([k == kind for k in ks], device=values.device)
+                if sel.any():
+                    self.means[f"{name}__{kind}"].update(values[sel].mean(-1))
+                    self._seen.add(f"{name}__{kind}")
+
+    def compute(self) -> dict[str, Tensor]:
+        return {key.replace("__", "/"): self.means[key].compute() for key in sorted(self._seen)}
+
+    def reset(self) -> None:
+        for m in self.means.values():
+            m.reset()
+        self._seen.clear()
+
+
+__all__ = ["KINDS", "KindMetrics", "per_view_psnr", "per_view_ssim", "view_metrics"]

@@ -1,0 +1,318 @@
+"""Pretrained pipeline components for the diffusion stage: load a local folder, or write tiny random ones.
+
+A pipeline folder has FaceLift's ``pipeckpts/`` (= Stable Diffusion 2.1 unCLIP) layout::
+
+    unet/ vae/ image_encoder/ feature_extractor/ scheduler/ [image_normalizer/ image_noising_scheduler/]
+
+Everything is read with ``from_pretrained(..., local_files_only=True)``: nothing is downloaded. FaceLift's
+``unet/config.json`` names its own block classes (``CrossAttnDownBlockMV2D``, ``UNetMidBlockMV2DCrossAttn``,
+``CrossAttnUpBlockMV2D``) and adds keys (``num_views``, ``sparse_mv_attention``, ...): the block names map to the
+plain diffusers blocks (same parameter names and shapes) and the extra keys are reported, not used — the
+multi-view behaviour comes from ``lightning_modules.mv_attention``.
+
+``make_tiny_pipeline_folder(path)`` writes tiny random components in the same layout (tests and ``make demo``).
+
+Example:
+    >>> import tempfile
+    >>> d = make_tiny_pipeline_folder(tempfile.mkdtemp())
+    >>> c = load_pipeline_components(d)
+    >>> c.unet.config.in_channels, c.image_embed_dim
+    (8, 16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+from torch import nn
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
+OPTIONAL_COMPONENTS = ("image_normalizer", "image_noising_scheduler")
+PLAIN_UNET_CLASS = "UNet2DConditionModel"
+
+
+# ---- UNet configs ------------------------------------------------------------------------------------------------
+def sd21_unclip_unet_config(in_channels: int = 8, sample_size: int = 64) -> dict[str, Any]:
+    """UNet2DConditionModel config of SD 2.1 unCLIP as FaceLift uses it (8 inputs = noisy + reference latent;
+    class projection 2048 = CLIP image embedding 1024 + noise-level embedding 1024; cross-attention 1024)."""
+    return {
+        "sample_size": sample_size, "in_channels": in_channels, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": [5, 10, 20, 20],
+        "cross_attention_dim": 1024, "use_linear_projection": True, "class_embed_type": "projection",
+        "projection_class_embeddings_input_dim": 2048, "flip_sin_to_cos": True, "freq_shift": 0,
+        "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "upcast_attention": False,
+    }
+
+
+def plain_block_name(name: str) -> str:
+    """FaceLift's multi-view block class name -> the plain diffusers block with the same parameters
+    (``CrossAttnDownBlockMV2D`` -> ``CrossAttnDownBlock2D``, ``UNetMidBlockMV2DCrossAttn`` ->
+    ``UNetMidBlock2DCrossAttn``); other names pass through."""
+    return name.replace("MV2D", "2D") if name and "MV2D" in name else name
+
+
+def plain_unet_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config for the plain UNet2DConditionModel, upstream-only keys that were dropped)."""
+    cfg = dict(config)
+    cfg["down_block_types"] = [plain_block_name(b) for b in cfg.get("down_block_types", [])]
+    cfg["up_block_types"] = [plain_block_name(b) for b in cfg.get("up_block_types", [])]
+    if cfg.get("mid_block_type"):
+        cfg["mid_block_type"] = plain_block_name(cfg["mid_block_type"])
+    known = set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+    dropped = {k: v for k, v in cfg.items() if k not in known and not k.startswith("_")}
+    cfg = {k: v for k, v in cfg.items() if k in known}
+    return cfg, dropped
+
+
+def is_facelift_unet_config(config: dict[str, Any]) -> bool:
+    blocks = [*config.get("down_block_types", []), *config.get("up_block_types", []),
+              config.get("mid_block_type") or ""]
+    return any("MV2D" in b for b in blocks) or config.get("_class_name", PLAIN_UNET_CLASS) != PLAIN_UNET_CLASS
+
+
+def load_unet(folder: str | Path, torch_dtype: torch.dtype | None = None) -> UNet2DConditionModel:
+    """A UNet folder (config.json + weights) -> plain diffusers UNet2DConditionModel, FaceLift class names mapped."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"UNet folder {folder} has no config.json")
+    config = json.loads(cfg_path.read_text())
+    overrides: dict[str, Any] = {}
+    if is_facelift_unet_config(config):
+        plain, dropped = plain_unet_config(config)
+        overrides = {k: plain[k] for k in ("down_block_types", "up_block_types", "mid_block_type") if k in plain}
+        log.info("%s: FaceLift UNet config (%s) mapped to %s; upstream-only keys ignored: %s", cfg_path,
+                 config.get("_class_name"), PLAIN_UNET_CLASS, sorted(dropped))
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    unet = UNet2DConditionModel.from_pretrained(str(folder), local_files_only=True, **overrides, **kwargs)
+    return unet
+
+
+def expand_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
+    """Widen ``conv_in`` to ``in_channels`` (e.g. 4 -> 8 for the reference latent): the pretrained input weights
+    are kept and the new input channels start at zero, so the output is unchanged at first. In place."""
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return unet
+    if old.in_channels > in_channels:
+        raise ValueError(f"conv_in has {old.in_channels} inputs; cannot shrink to {in_channels}")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+# ---- whole pipeline folders --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PipelineComponents:
+    """Everything the diffusion stage needs besides the view embeddings."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    image_encoder: CLIPVisionModelWithProjection
+    feature_extractor: CLIPImageProcessor
+    scheduler_config: dict[str, Any]
+    image_normalizer: StableUnCLIPImageNormalizer
+    image_noising_scheduler: DDPMScheduler
+    notes: list[str] = dataclasses.field(default_factory=list)
+    upstream_unet_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # FaceLift-only keys, unused
+
+    @property
+    def image_embed_dim(self) -> int:
+        return int(self.image_encoder.config.projection_dim)
+
+
+def default_image_noising_scheduler() -> DDPMScheduler:
+    """SD 2.1 unCLIP's image-embedding noise schedule (1000 steps, squared cosine)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pretrained pipeline folder not found: {folder}")
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: not a pipeline folder — missing {missing} (expected {list(COMPONENTS)}, FaceLift's "
+            "pipeckpts/ or SD 2.1 unCLIP layout)"
+        )
+
+
+def load_pipeline_components(folder: str | Path, unet_subfolder: str = "unet", in_channels: int = 8
+                             ) -> PipelineComponents:
+    """Read a local pipeline folder (see module docstring); a 4-input UNet is widened to ``in_channels``."""
+    folder = Path(folder)
+    _check_folder(folder)
+    notes: list[str] = []
+    unet = load_unet(folder / unet_subfolder)
+    raw_cfg = json.loads((folder / unet_subfolder / "config.json").read_text())
+    upstream = plain_unet_config(raw_cfg)[1] if is_facelift_unet_config(raw_cfg) else {}
+    if unet.config.in_channels != in_channels:
+        notes.append(f"conv_in widened {unet.config.in_channels} -> {in_channels} (new inputs zero)")
+        expand_conv_in(unet, in_channels)
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(str(folder / "image_encoder"), local_files_only=True)
+    feature_extractor = CLIPImageProcessor.from_pretrained(str(folder / "feature_extractor"), local_files_only=True)
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    if not sched_path.is_file():
+        raise FileNotFoundError(f"{sched_path} missing")
+    scheduler_config = json.loads(sched_path.read_text())
+    embed_dim = int(image_encoder.config.projection_dim)
+    if (folder / "image_normalizer").is_dir():
+        normalizer = StableUnCLIPImageNormalizer.from_pretrained(str(folder / "image_normalizer"),
+                                                                 local_files_only=True)
+    else:
+        normalizer = StableUnCLIPImageNormalizer(embedding_dim=embed_dim)
+        notes.append("no image_normalizer/: identity normalizer (mean 0, std 1)")
+    if (folder / "image_noising_scheduler").is_dir():
+        noising = DDPMScheduler.from_pretrained(str(folder / "image_noising_scheduler"), local_files_only=True)
+    else:
+        noising = default_image_noising_scheduler()
+        notes.append("no image_noising_scheduler/: squared-cosine 1000-step schedule")
+    expected = 2 * embed_dim
+    got = unet.config.projection_class_embeddings_input_dim
+    if unet.config.class_embed_type != "projection" or got != expected:
+        raise ValueError(
+            f"{folder / unet_subfolder}: UNet needs class_embed_type 'projection' with "
+            f"projection_class_embeddings_input_dim = 2 x image embedding ({expected}); got "
+            f"{unet.config.class_embed_type!r} / {got}"
+        )
+    for n in notes:
+        log.info("%s: %s", folder, n)
+    return PipelineComponents(unet, vae, image_encoder, feature_extractor, scheduler_config, normalizer, noising,
+                              notes, upstream)
+
+
+# ---- tiny random components ---------------------------------------------------------------------------------------
+def tiny_unet_config(in_channels: int = 8, sample_size: int = 16, cross_attention_dim: int = 32,
+                     image_embed_dim: int = 16, width: int = 32) -> dict[str, Any]:
+    """A small SD-2.1-unCLIP-shaped UNet (2 levels, 1 layer each, linear projections, class projection)."""
+    return {
+        "sample_size": sample_size, "in_channels": in_channels, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "block_out_channels": [width, 2 * width],
+        "layers_per_block": 1, "attention_head_dim": [2, 4], "cross_attention_dim": cross_attention_dim,
+        "use_linear_projection": True, "class_embed_type": "projection",
+        "projection_class_embeddings_input_dim": 2 * image_embed_dim, "norm_num_groups": 8,
+        "flip_sin_to_cos": True, "freq_shift": 0,
+    }
+
+
+def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """SD-style scaled-linear schedule (1000 steps) in a DDIM config."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                         prediction_type=prediction_type)
+
+
+def build_tiny_components(image_size: int = 32, in_channels: int = 8, cross_attention_dim: int = 32,
+                          image_embed_dim: int = 16, width: int = 32, prediction_type: str = "epsilon",
+                          seed: int = 0) -> PipelineComponents:
+    """Tiny random components (deterministic for a seed): VAE with 2x downsampling, 2-layer CLIP vision encoder."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**tiny_unet_config(in_channels, image_size // 2, cross_attention_dim,
+                                                       image_embed_dim, width))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                            up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], latent_channels=4,
+                            norm_num_groups=8, layers_per_block=1, sample_size=image_size)
+        clip_cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, projection_dim=image_embed_dim,
+                                    num_hidden_layers=2, num_attention_heads=4, image_size=image_size, patch_size=8)
+        image_encoder = CLIPVisionModelWithProjection(clip_cfg)
+        normalizer = StableUnCLIPImageNormalizer(embedding_dim=image_embed_dim)
+    feature_extractor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                           crop_size={"height": image_size, "width": image_size})
+    return PipelineComponents(unet, vae.eval(), image_encoder.eval(), feature_extractor,
+                              dict(tiny_scheduler(prediction_type).config), normalizer,
+                              default_image_noising_scheduler())
+
+
+def save_pipeline_components(c: PipelineComponents, folder: str | Path, unet: nn.Module | None = None,
+                             unet_subfolder: str = "unet") -> Path:
+    """Write components in the pipeline-folder layout (``unet`` overrides ``c.unet``, e.g. EMA weights)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (unet if unet is not None else c.unet).save_pretrained(str(folder / unet_subfolder))
+    c.vae.save_pretrained(str(folder / "vae"))
+    c.image_encoder.save_pretrained(str(folder / "image_encoder"))
+    c.feature_extractor.save_pretrained(str(folder / "feature_extractor"))
+    DDIMScheduler.from_config(c.scheduler_config).save_pretrained(str(folder / "scheduler"))
+    c.image_normalizer.save_pretrained(str(folder / "image_normalizer"))
+    c.image_noising_scheduler.save_pretrained(str(folder / "image_noising_scheduler"))
+    return folder
+
+
+def facelift_style_unet_config(config: dict[str, Any], num_views: int = 6) -> dict[str, Any]:
+    """Rewrite a plain UNet config.json the way FaceLift's reads: custom class names and upstream-only keys."""
+    cfg = dict(config)
+    cfg["_class_name"] = "UNetMV2DConditionModel"
+    cfg["down_block_types"] = [b.replace("2D", "MV2D") if b.startswith("CrossAttn") else b
+                               for b in cfg["down_block_types"]]
+    cfg["up_block_types"] = [b.replace("2D", "MV2D") if b.startswith("CrossAttn") else b
+                             for b in cfg["up_block_types"]]
+    cfg["mid_block_type"] = "UNetMidBlockMV2DCrossAttn"
+    cfg.update({"num_views": num_views, "multiview_attention": True, "sparse_mv_attention": True,
+                "cd_attention_last": False, "cd_attention_mid": False, "selfattn_block": "custom"})
+    return cfg
+
+
+def make_tiny_pipeline_folder(path: str | Path, image_size: int = 32, unet_in_channels: int = 8,
+                              cross_attention_dim: int = 32, image_embed_dim: int = 16, width: int = 32,
+                              prediction_type: str = "epsilon", facelift_layout: bool = False, seed: int = 0) -> Path:
+    """Write tiny random pipeline components to ``path`` (FaceLift/SD-2.1-unCLIP layout). ``unet_in_channels=4``
+    makes an SD-style 4-input UNet; ``facelift_layout`` writes FaceLift's custom class names into unet/config.json."""
+    c = build_tiny_components(image_size, unet_in_channels, cross_attention_dim, image_embed_dim, width,
+                              prediction_type, seed)
+    folder = save_pipeline_components(c, path)
+    if facelift_layout:
+        cfg_path = folder / "unet" / "config.json"
+        cfg_path.write_text(json.dumps(facelift_style_unet_config(json.loads(cfg_path.read_text())), indent=2))
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lightning_modules.pretrained make-tiny PATH [--image-size N] [--facelift-layout]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lightning_modules.pretrained")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("make-tiny", help="write tiny random pipeline components (demo / tests)")
+    t.add_argument("path")
+    t.add_argument("--image-size", type=int, default=32)
+    t.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    t.add_argument("--facelift-layout", action="store_true", help="FaceLift's custom class names in unet/config.json")
+    args = p.parse_args(argv)
+    folder = make_tiny_pipeline_folder(args.path, image_size=args.image_size, prediction_type=args.prediction_type,
+                                       facelift_layout=args.facelift_layout)
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = [
+    "COMPONENTS", "PipelineComponents", "build_tiny_components", "default_image_noising_scheduler",
+    "expand_conv_in", "facelift_style_unet_config", "is_facelift_unet_config", "load_pipeline_components",
+    "load_unet", "make_tiny_pipeline_folder", "plain_block_name", "plain_unet_config", "save_pipeline_components",
+    "sd21_unclip_unet_config", "tiny_unet_config",
+]

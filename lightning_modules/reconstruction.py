@@ -1,0 +1,425 @@
+"""ReconstructionModule: the GS-LRM stage as a LightningModule (posed views -> 3D Gaussians -> rendered views).
+
+Batches follow docs/ARCHITECTURE.md: ``images`` [B, V, 3, H, W] (the first ``num_input_views`` are inputs),
+``alpha``, ``c2w``, ``fxfycxcy``, ``index`` [B, V, 2] = (view_idx, scene_idx), ``background`` [B, 3], ``kind``.
+Augmented inputs, when the DataModule made them, come as ``input_images`` / ``input_c2w``.
+
+Example (tiny, CPU):
+    >>> m = ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32, depth=1,
+    ...                          head_dim=16)
+    >>> m.net.config.width
+    32
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import grad_norm
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from geometry.rig import Rig, load_rig
+from lightning_modules.gaussians import Gaussians, rasterize
+from lightning_modules.gslrm import GSLRM, GSLRMConfig, check_state_dict
+from lightning_modules.losses import (
+    alpha_loss,
+    load_lpips,
+    load_perceptual,
+    masked_mse_loss,
+    masked_ssim_loss,
+    mse_loss,
+    ssim_loss,
+)
+from lightning_modules.metrics import KINDS, KindMetrics, per_view_psnr, view_metrics
+from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler
+
+log = logging.getLogger(__name__)
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_EMA_WEIGHTS = "model_ema.safetensors"
+EXPORT_CONFIG = "config.json"
+EXPORT_RIG = "rig.json"
+FORMAT_VERSION = 1
+
+
+def check_index(index: Tensor, where: str = "batch") -> None:
+    """Check that ``index`` [B, V, 2] is (view_idx, scene_idx), view first.
+
+    The scene column must be constant over a scene's views; the view column must differ between its views.
+    A swapped order (scene first) breaks both and raises ValueError naming ``where``.
+    """
+    if index.ndim != 3 or index.shape[-1] != 2:
+        raise ValueError(f"{where}: index must be [B, V, 2] (view_idx, scene_idx), got {tuple(index.shape)}")
+    if index.shape[1] < 2:
+        return
+    scene_constant = bool((index[..., 1] == index[:, :1, 1]).all())
+    views_sorted = index[..., 0].sort(dim=1).values
+    views_distinct = bool((views_sorted[:, 1:] != views_sorted[:, :-1]).all())
+    if not scene_constant or not views_distinct:
+        hint = ""
+        swapped_scene = bool((index[..., 0] == index[:, :1, 0]).all())
+        if swapped_scene and not scene_constant:
+            hint = " — the columns look swapped (scene first); mvlift's order is (view_idx, scene_idx)"
+        raise ValueError(
+            f"{where}: index [B, V, 2] must be (view_idx, scene_idx): the scene column (1) must be constant within "
+            f"a scene and the view column (0) distinct per view; got index[0] = {index[0].tolist()}{hint}"
+        )
+
+
+def _kinds(batch: dict, b: int) -> list[str]:
+    kind = batch.get("kind")
+    if kind is None:
+        return ["all"] * b
+    return [kind] * b if isinstance(kind, str) else list(kind)
+
+
+class ReconstructionModule(pl.LightningModule):
+    """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML)."""
+
+    def __init__(
+        self,
+        rig: str = "facelift_6view",
+        image_size: int = 512,
+        num_input_views: int = 4,
+        # network size (FaceLift: 1024 / 24 / 64 / 8 / 2)
+        width: int = 1024,
+        depth: int = 24,
+        head_dim: int = 64,
+        patch_size: int = 8,
+        num_global_tokens: int = 2,
+        mlp_ratio: int = 4,
+        sh_degree: int = 0,
+        clip_xyz: float | None = 1.0,
+        # losses
+        mse_weight: float = 1.0,
+        ssim_weight: float = 0.0,
+        perceptual_weight: float = 0.0,
+        lpips_weight: float = 0.0,
+        opacity_weight: float = 0.0,
+        masked: bool = False,
+        vgg_weights: str | None = None,
+        lpips_weights: str | None = None,
+        supervise_inputs: bool = False,
+        # optimisation (grad clipping is the Trainer's)
+        lr: float = 4e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        max_steps: int = 100_000,
+        decay: str = "cosine",
+        freeze: list[str] | None = None,
+        lr_groups: dict[str, float] | None = None,
+        # runtime
+        rasterizer: str = "auto",
+        grad_checkpointing: bool = False,
+        compile: bool = False,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if rasterizer not in ("auto", "torch", "gsplat"):
+            raise ValueError(f"rasterizer must be auto|torch|gsplat, got {rasterizer!r}")
+        if decay not in ("cosine", "constant"):
+            raise ValueError(f"decay must be cosine|constant, got {decay!r}")
+        self.rig: Rig = load_rig(rig)
+        if not 1 <= num_input_views:
+            raise ValueError(f"num_input_views must be >= 1, got {num_input_views}")
+        self.net = GSLRM(self.model_config())
+        if init_from:
+            self.load_weights(init_from)
+        if compile:
+            for block in self.net.transformer_layers:
+                block.compile()
+        self.perceptual = load_perceptual(vgg_weights) if perceptual_weight > 0 else None
+        self.lpips = load_lpips(vgg_weights, lpips_weights) if (lpips_weight > 0 or lpips_weights) else None
+        self.val_metrics = KindMetrics()
+
+    # ---- configuration ------------------------------------------------------------------------------------------
+    def model_config(self) -> GSLRMConfig:
+        h = self.hparams
+        return GSLRMConfig(
+            image_size=h.image_size, patch_size=h.patch_size, width=h.width, depth=h.depth, head_dim=h.head_dim,
+            mlp_ratio=h.mlp_ratio, num_global_tokens=h.num_global_tokens, sh_degree=h.sh_degree,
+            clip_xyz=h.clip_xyz, grad_checkpointing=h.grad_checkpointing,
+        )
+
+    def load_weights(self, path: str | Path, ema: bool = False) -> None:
+        """Load GS-LRM weights from an export folder (model.safetensors) or a .safetensors file; strict."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / (EXPORT_EMA_WEIGHTS if ema else EXPORT_WEIGHTS)
+        if not path.is_file():
+            raise FileNotFoundError(f"GS-LRM weights not found: {path}")
+        state = load_file(str(path))
+        expected = {k: tuple(v.shape) for k, v in self.net.state_dict().items()}
+        check_state_dict(expected, state, str(path))
+        self.net.load_state_dict(state, strict=True)
+
+    # ---- model ----------------------------------------------------------------------------------------------------
+    def reconstruct(self, images: Tensor, c2w: Tensor, fxfycxcy: Tensor) -> Gaussians:
+        """images [B, Vin, 3, H, W] in [0, 1], c2w [B, Vin, 4, 4], fxfycxcy [B, Vin, 4] -> Gaussians."""
+        return self.net(images, c2w, fxfycxcy)
+
+    def _backend(self) -> str:
+        if self.hparams.rasterizer != "auto":
+            return self.hparams.rasterizer
+        return "auto"
+
+    def render(self, gaussians: Gaussians, c2w: Tensor, fxfycxcy: Tensor, height: int, width: int,
+               background: Tensor | None = None) -> dict[str, Tensor]:
+        """Rasterize (fp32, outside autocast) -> {"rgb" [B, V, 3, H, W], "alpha" [B, V, 1, H, W], "depth"}."""
+        if background is None:
+            background = torch.ones(3, device=c2w.device)
+        with torch.autocast(device_type=c2w.device.type, enabled=False):
+            return rasterize(gaussians, c2w.float(), fxfycxcy.float(), height, width, background.float(),
+                             backend=self._backend())
+
+    def split_views(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(inputs, supervision) tensors of a batch: inputs = augmented inputs when present, else the first
+        ``num_input_views`` clean views; supervision = the remaining views (all views when the batch or the
+        module says so, or when there are no remaining views)."""
+        images, c2w, k = batch["images"], batch["c2w"], batch["fxfycxcy"]
+        vin = self._num_input_views(batch)
+        v = images.shape[1]
+        if vin > v:
+            raise ValueError(f"batch has {v} views but num_input_views is {vin}")
+        inp = {
+            "images": batch.get("input_images") if batch.get("input_images") is not None else images[:, :vin],
+            "c2w": batch.get("input_c2w") if batch.get("input_c2w") is not None else c2w[:, :vin],
+            "fxfycxcy": k[:, :vin],
+        }
+        all_views = bool(batch.get("supervise_all_views", False)) or self.hparams.supervise_inputs or vin == v
+        sel = slice(0, v) if all_views else slice(vin, v)
+        alpha = batch.get("alpha")
+        sup = {"images": images[:, sel], "c2w": c2w[:, sel], "fxfycxcy": k[:, sel],
+               "alpha": alpha[:, sel] if alpha is not None else None}
+        return inp, sup
+
+    def _num_input_views(self, batch: dict) -> int:
+        n = batch.get("num_input_views")
+        if n is None:
+            return int(self.hparams.num_input_views)
+        if isinstance(n, Tensor):
+            n = int(n.reshape(-1)[0]) if n.numel() else self.hparams.num_input_views
+        return int(n)
+
+    def predict_views(self, batch: dict) -> dict[str, Any]:
+        """Reconstruct from the input views and render the supervision views.
+
+        Returns {"pred" [B, Vs, 3, H, W], "pred_alpha" [B, Vs, 1, H, W], "target", "target_alpha" (or None),
+        "gaussians"}."""
+        if "index" in batch and batch["index"] is not None:
+            check_index(batch["index"], "batch['index']")
+        inp, sup = self.split_views(batch)
+        gaussians = self.reconstruct(inp["images"], inp["c2w"], inp["fxfycxcy"])
+        h, w = sup["images"].shape[-2:]
+        out = self.render(gaussians, sup["c2w"], sup["fxfycxcy"], h, w, batch.get("background"))
+        return {"pred": out["rgb"], "pred_alpha": out["alpha"], "target": sup["images"],
+                "target_alpha": sup["alpha"], "gaussians": gaussians}
+
+    # ---- losses ---------------------------------------------------------------------------------------------------
+    def compute_loss(self, out: dict[str, Any]) -> dict[str, Tensor]:
+        """Weighted loss and its terms from ``predict_views`` output."""
+        h = self.hparams
+        pred, target, mask = out["pred"], out["target"], out.get("target_alpha")
+        use_mask = h.masked and mask is not None
+        if h.masked and mask is None:
+            raise ValueError("masked=True needs batch['alpha']")
+        terms: dict[str, Tensor] = {}
+        terms["mse"] = masked_mse_loss(pred, target, mask) if use_mask else mse_loss(pred, target)
+        total = h.mse_weight * terms["mse"]
+        if h.ssim_weight > 0:
+            terms["ssim"] = masked_ssim_loss(pred, target, mask) if use_mask else ssim_loss(pred, target)
+            total = total + h.ssim_weight * terms["ssim"]
+        if h.perceptual_weight > 0 and self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(pred, target)
+            total = total + h.perceptual_weight * terms["perceptual"]
+        if h.lpips_weight > 0 and self.lpips is not None:
+            terms["lpips"] = self.lpips(pred.flatten(0, 1), target.flatten(0, 1)).mean()
+            total = total + h.lpips_weight * terms["lpips"]
+        if h.opacity_weight > 0:
+            if mask is None:
+                raise ValueError("opacity_weight > 0 needs batch['alpha']")
+            terms["opacity"] = alpha_loss(out["pred_alpha"], mask)
+            total = total + h.opacity_weight * terms["opacity"]
+        terms["loss"] = total
+        return terms
+
+    # ---- Lightning hooks ------------------------------------------------------------------------------------------
+    def _log_per_kind_psnr(self, prefix: str, out: dict[str, Any], batch: dict) -> None:
+        psnr = per_view_psnr(out["pred"], out["target"]).mean(-1)  # [B], stays on device
+        kinds = _kinds(batch, psnr.shape[0])
+        b = len(kinds)
+        self.log(f"{prefix}/psnr", psnr.mean(), batch_size=b, prog_bar=True)
+        for kind in KINDS:
+            n = sum(k == kind for k in kinds)
+            if n:
+                w = torch.tensor([float(k == kind) for k in kinds], device=psnr.device)
+                self.log(f"{prefix}/psnr/{kind}", (psnr * w).sum() / n, batch_size=n)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        out = self.predict_views(batch)
+        terms = self.compute_loss(out)
+        b = out["pred"].shape[0]
+        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True)
+        for k, v in terms.items():
+            if k != "loss":
+                self.log(f"train/{k}", v, batch_size=b)
+        self._log_per_kind_psnr("train", out, batch)
+        return terms["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = grad_norm(self.net, norm_type=2)
+        total = norms.get("grad_2.0_norm_total")
+        if total is not None:
+            self.log("train/grad_norm", total)
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: dict) -> dict[str, Any]:
+        """Per-view metrics of the supervision views: {"psnr", "ssim"[, "lpips"]} [B, Vs], plus "pred" and
+        "target" images [B, Vs, 3, H, W] for the evaluate tool."""
+        out = self.predict_views(batch)
+        metrics: dict[str, Any] = view_metrics(out["pred"], out["target"], self.lpips)
+        metrics["pred"], metrics["target"] = out["pred"], out["target"]
+        return metrics
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.predict_views(batch)
+        terms = self.compute_loss(out)
+        b = out["pred"].shape[0]
+        self.log("val/loss", terms["loss"], batch_size=b, sync_dist=True)
+        metrics = view_metrics(out["pred"], out["target"], self.lpips)
+        self.val_metrics.update(metrics, _kinds(batch, b))
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.val_metrics.compute().items():
+            self.log(f"val/{name}", value, sync_dist=True)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self) -> dict:
+        h = self.hparams
+        groups = build_param_groups(self.net, h.freeze, h.lr_groups, h.lr, h.weight_decay)
+        opt = build_adamw(groups, betas=tuple(h.betas))
+        sched = build_scheduler(opt, h.warmup_steps, h.max_steps, h.decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoints and export -----------------------------------------------------------------------------------
+    def mvlift_metadata(self) -> dict[str, Any]:
+        return {"stage": "reconstruction", "rig": self.rig.to_dict(), "version": FORMAT_VERSION,
+                "model_config": self.net.config.to_dict()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mvlift"] = self.mvlift_metadata()
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring
+            hp["init_from"] = None
+
+    def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
+        """Write model.safetensors (+ model_ema.safetensors), config.json and rig.json into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(out / EXPORT_WEIGHTS))
+        if ema_weights is not None:
+            ema = {k.removeprefix("net."): v.detach().cpu().contiguous() for k, v in ema_weights.items()}
+            check_state_dict({k: tuple(v.shape) for k, v in state.items()}, ema, "ema_weights")
+            save_file(ema, str(out / EXPORT_EMA_WEIGHTS))
+        hparams = {k: v for k, v in dict(self.hparams).items() if k not in ("init_from", "compile")}
+        config = {**self.mvlift_metadata(), "hparams": hparams}
+        (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=list))
+        (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
+        return out
+
+    @classmethod
+    def from_export(cls, path: str | Path, ema: bool = False, **overrides: Any) -> ReconstructionModule:
+        """Rebuild a module from an ``export`` folder (weights strict; ``ema`` picks model_ema.safetensors)."""
+        path = Path(path)
+        cfg_path = path / EXPORT_CONFIG
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{path}: not a GS-LRM export (no {EXPORT_CONFIG})")
+        config = json.loads(cfg_path.read_text())
+        if config.get("stage") != "reconstruction":
+            raise ValueError(f"{cfg_path}: stage is {config.get('stage')!r}, expected 'reconstruction'")
+        hparams = dict(config.get("hparams") or {})
+        if not hparams:  # e.g. a converted checkpoint: size from model_config, rig from rig.json
+            mc = config["model_config"]
+            hparams = {k: mc[k] for k in ("image_size", "width", "depth", "head_dim", "patch_size",
+                                          "num_global_tokens", "mlp_ratio", "sh_degree", "clip_xyz") if k in mc}
+        rig_path = path / EXPORT_RIG
+        if rig_path.is_file():
+            hparams["rig"] = str(rig_path)
+        if isinstance(hparams.get("betas"), list):
+            hparams["betas"] = tuple(hparams["betas"])
+        hparams.update(overrides)
+        module = cls(**hparams)
+        module.load_weights(path, ema=ema)
+        return module
+
+
+# ---- predict / export helpers ------------------------------------------------------------------------------------
+def select_scene(gaussians: Gaussians, i: int) -> Gaussians:
+    """Scene ``i`` of a batch of Gaussians, keeping a batch dim of 1."""
+    import dataclasses
+
+    return Gaussians(**{f.name: getattr(gaussians, f.name)[i: i + 1] for f in dataclasses.fields(gaussians)})
+
+
+def turntable_cameras(rig: Rig, num_frames: int, size: int, device: torch.device | str | None = None
+                      ) -> tuple[Tensor, Tensor]:
+    """Cameras circling the rig's up axis at its radius, mean elevation and field of view: (c2w [T,4,4], K [T,4])."""
+    az = tuple(float(a) for a in np.linspace(0.0, 360.0, num_frames, endpoint=False))
+    elev = float(np.mean(rig.elevations_deg))
+    ring = Rig(name=f"{rig.name}_turntable", view_names=tuple(f"frame_{i:03d}" for i in range(num_frames)),
+               azimuths_deg=az, elevations_deg=(elev,) * num_frames, radius=rig.radius, fov_deg=rig.fov_deg,
+               image_size=size, up_axis=rig.up_axis, target=rig.target)
+    return ring.cameras(size, device=device)
+
+
+@torch.no_grad()
+def render_turntable(gaussians: Gaussians, rig: Rig | str, num_frames: int = 36, size: int = 256,
+                     background: Tensor | None = None, backend: str = "auto", chunk: int = 8) -> np.ndarray:
+    """Frames [T, size, size, 3] uint8 of the first scene of ``gaussians`` seen from a turntable around the rig."""
+    rig = load_rig(rig)
+    scene = select_scene(gaussians, 0)
+    device = scene.means.device
+    c2w, k = turntable_cameras(rig, num_frames, size, device=device)
+    bg = background if background is not None else torch.ones(3, device=device)
+    frames = []
+    for s in range(0, num_frames, chunk):
+        out = rasterize(scene, c2w[None, s: s + chunk], k[None, s: s + chunk], size, size, bg, backend=backend)
+        frames.append(out["rgb"][0])
+    rgb = torch.cat(frames).clamp(0, 1).permute(0, 2, 3, 1)
+    return (rgb * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def write_gif(frames: np.ndarray, path: str | Path, fps: int = 12) -> Path:
+    """Write frames [T, H, W, 3] uint8 as a looping GIF."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(str(path), list(frames), duration=1.0 / fps, loop=0)
+    return path
+
+
+def save_scene_ply(gaussians: Gaussians, path: str | Path, scene: int = 0) -> Path:
+    """Write scene ``scene`` of a batch of Gaussians as a 3DGS .ply (the foundation's writer)."""
+    from lightning_modules.gaussians import save_ply
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_ply(path, select_scene(gaussians, scene))
+    return path
+
+
+__all__ = [
+    "ReconstructionModule", "check_index", "render_turntable", "save_scene_ply", "select_scene",
+    "turntable_cameras", "write_gif",
+]

@@ -1,0 +1,177 @@
+"""MultiViewDataModule: the sample contract per stage, the rig check, skipping, augmentation, inspect_data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from datamodules.augment import DomainGapAugment
+from datamodules.datamodule import MultiViewDataModule
+from datamodules.io import SampleError
+from geometry.rig import load_rig
+
+TINY = {"image_size": 24, "num_workers": 0, "batch_size": 2, "samples_per_epoch": 4}
+
+
+def _batch(**kw):
+    dm = MultiViewDataModule(**{**TINY, **kw})
+    dm.setup("fit")
+    return dm, next(iter(dm.train_dataloader()))
+
+
+def test_reconstruction_index_is_view_then_scene_long():
+    _dm, b = _batch(stage="reconstruction", num_views=5, num_input_views=3,
+                   sources=[{"name": "syn", "num_scenes": 6, "num_views": 8}])
+    idx = b["index"]
+    assert idx.dtype == torch.long and idx.shape == (2, 5, 2)
+    for i in range(2):
+        views, scenes = idx[i, :, 0], idx[i, :, 1]
+        assert len(set(views.tolist())) == 5 and views.max() < 8  # distinct views of an 8-view scene
+        assert (scenes == scenes[0]).all() and b["scene_id"][i].endswith(f"{int(scenes[0]):06d}")
+    assert b["num_input_views"].tolist() == [3, 3]
+    assert b["images"].shape == (2, 5, 3, 24, 24) and b["c2w"].shape == (2, 5, 4, 4)
+
+
+def test_diffusion_targets_are_the_rig_views_in_rig_order_plus_a_reference():
+    _dm, b = _batch(stage="diffusion", reference_view="random", sources=[{"name": "syn", "num_scenes": 4,
+                                                                         "num_views": 8}])
+    c2w, k = load_rig("facelift_6view").cameras(24)
+    assert torch.allclose(b["c2w"], c2w.expand(2, -1, -1, -1), atol=1e-5)
+    assert torch.allclose(b["fxfycxcy"], k.expand(2, -1, -1))
+    assert b["index"][:, :, 0].tolist() == [list(range(6))] * 2
+    for i, ref in enumerate(b["ref_view"].tolist()):
+        assert 0 <= ref < 8 and b["ref_images"].shape[1:] == (1, 3, 24, 24)
+        if ref < 6:
+            assert torch.equal(b["ref_images"][i, 0], b["images"][i, ref])
+
+
+def test_diffusion_rig_mismatch_names_the_sample_and_worst_view():
+    dm = MultiViewDataModule(**TINY, stage="diffusion", rig="facelift_6view", rig_tolerance_deg=2.0,
+                             sources=[{"name": "oblique", "num_scenes": 3, "rig": "mouse_oblique20_6view"}])
+    dm.setup("fit")
+    with pytest.raises(SampleError, match=r"oblique procedural scene \d+: cameras do not match rig "
+                                          r"'facelift_6view'.*worst view '\w+' differs by 20\.0\d deg"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_bad_samples_raise_or_are_skipped_and_counted(tmp_path):
+    from tests.test_data_sources import _write_scene
+
+    root = tmp_path / "d"
+    for n in range(4):
+        _write_scene(root / f"sample_{n}", 4, 16, n, 8)
+    (root / "sample_1" / "images" / "cam_000.png").write_bytes(b"broken")
+    (root / "sample_2" / "images" / "cam_000.png").write_bytes(b"broken")
+    src = [{"name": "real", "kind": "real", "format": "facelift", "path": str(root)}]
+    kw = {**TINY, "stage": "reconstruction", "num_views": 4, "num_input_views": 2, "sources": src, "val_fraction": 0,
+          "samples_per_epoch": 8, "center_crop": False}
+    dm = MultiViewDataModule(**kw, on_bad_sample="raise")
+    dm.setup("fit")
+    with pytest.raises(SampleError, match=r"sample_[12]/images/cam_000.png: not a PNG"):
+        list(dm.train_dataloader())
+    dm = MultiViewDataModule(**kw, on_bad_sample="skip")
+    dm.setup("fit")
+    n = 0
+    for batch in dm.train_dataloader():
+        batch = dm.on_after_batch_transfer(batch, 0)
+        n += len(batch["source"])
+        assert not ({"sample_1", "sample_2"} & set(batch["scene_id"]))
+    report = dm.skip_report()
+    assert n == 8 and report["total"] == report["per_source"]["real"] >= 2
+    assert all("not a PNG" in e["problem"] for e in report["examples"])
+    assert dm.source_report()["real"]["count"] == 8
+
+
+def _aug_batch(b=64):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 4, 3, 8, 8, generator=g) * 0.5 + 0.25
+    return {"images": images, "alpha": torch.ones(b, 4, 1, 8, 8), "c2w": torch.eye(4).repeat(b, 4, 1, 1),
+            "num_input_views": torch.full((b,), 2), "kind": ["synthetic"] * (b // 2) + ["real"] * (b // 2)}
+
+
+def test_augmentation_changes_inputs_with_probability_and_never_targets():
+    cfg = {"synthetic": {"noise": {"p": 0.5, "std": 0.05}, "pose_error": {"p": 1.0, "rotation_deg": 2.0,
+                                                                          "translation": 0.01}}}
+    batch = _aug_batch(256)
+    clean = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
+    out = DomainGapAugment(cfg, seed=1)(batch, "reconstruction", step=0)
+    for k, v in clean.items():
+        assert torch.equal(out[k], v), k  # supervision untouched
+    changed = (out["input_images"] != clean["images"][:, :2]).flatten(2).any(-1)  # [B, Vin]
+    assert not changed[128:].any()  # real: no augmentation by default
+    assert abs(changed[:128].float().mean().item() - 0.5) < 0.1
+    moved = (out["input_c2w"] != clean["c2w"][:, :2]).flatten(2).any(-1)
+    assert moved[:128].all() and not moved[128:].any()
+    again = DomainGapAugment(cfg, seed=1)(_aug_batch(256), "reconstruction", step=0)
+    assert torch.equal(again["input_images"], out["input_images"])  # deterministic under a seed
+
+
+def test_default_augmentation_writes_reference_input_for_diffusion():
+    dm, b = _batch(stage="diffusion", sources=[{"name": "syn", "num_scenes": 3}])
+    ref = b["ref_images"].clone()
+    b = dm.on_after_batch_transfer(b, 0)
+    assert b["input_images"].shape == ref.shape and torch.equal(b["ref_images"], ref)
+
+
+def test_inspect_data_prints_one_json_object(tmp_path, capsys):
+    from tools.inspect_data import main
+
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(
+        "stage: reconstruction\nimage_size: 16\nnum_views: 4\nnum_input_views: 2\nbatch_size: 2\n"
+        "sources:\n  - {name: syn, kind: synthetic, num_scenes: 50, weight: 0.7}\n"
+        "  - {name: rl, kind: real, realistic: true, num_scenes: 20, weight: 0.3}\n")
+    assert main(["-c", str(cfg), "--samples", "1000", "--json", "--stage", "diffusion"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sources"] == {"syn": {"kind": "synthetic", "fraction": 0.7}, "rl": {"kind": "real", "fraction": 0.3}}
+    assert out["skipped"] == 0 and out["batch"]["images"] == [2, 6, 3, 16, 16]
+    assert out["batch"]["ref_images"] == [2, 1, 3, 16, 16] and out["batch"]["index"] == [2, 6, 2]
+
+
+def test_lightning_fit_logs_per_source_counts_each_epoch(tmp_path):
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            return (batch["input_images"].mean() - self.w) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    logged = []
+
+    class Rec(L.pytorch.loggers.CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            logged.append(dict(metrics))
+            super().log_metrics(metrics, step)
+
+    dm = MultiViewDataModule(stage="reconstruction", image_size=16, num_views=3, num_input_views=2, batch_size=2,
+                             num_workers=0, samples_per_epoch=4, val_fraction=0,
+                             sources=[{"name": "a", "num_scenes": 4, "weight": 0.5},
+                                      {"name": "b", "kind": "real", "num_scenes": 4, "weight": 0.5, "seed": 2}])
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=Rec(str(tmp_path)), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(Tiny(), datamodule=dm)
+    assert [h["epoch"] for h in dm.history] == [0, 1]
+    assert all(h["sources"]["a"]["count"] == 2 and h["sources"]["b"]["count"] == 2 for h in dm.history)
+    data_logs = [m for m in logged if "data/a/fraction" in m]
+    assert len(data_logs) == 2 and data_logs[0]["data/a/fraction"] == 0.5 and data_logs[0]["data/skipped_total"] == 0
+
+
+@pytest.mark.gpu
+def test_augmentation_runs_batched_on_the_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    batch = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in _aug_batch(64).items()}
+    clean = batch["images"].clone()
+    out = DomainGapAugment(None, seed=0)(batch, "reconstruction", step=3)  # the default realism ops, JPEG included
+    assert out["input_images"].is_cuda and out["input_images"].shape == (64, 2, 3, 8, 8)
+    assert torch.equal(out["images"], clean)
+    assert (out["input_images"][:32] != clean[:32, :2]).any()
+    assert torch.equal(out["input_images"][32:], clean[32:, :2])

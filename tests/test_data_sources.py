@@ -1,0 +1,147 @@
+"""Readers: FaceLift folders and list files, mvdiffusion folders, lossless shards, the real FaceLift sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.io import SampleError, decode_png
+from datamodules.sources import (
+    FaceLiftFolderSource,
+    MVDiffusionFolderSource,
+    ShardSource,
+    resolve_list_entries,
+)
+from geometry.camera_files import CameraFile, write_camera_file
+from geometry.rig import load_rig
+from tools.make_shards import main as make_shards_main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "facelift_sample"
+
+
+def _write_scene(d: Path, views: int, size: int, seed: int, bits: int) -> None:
+    import kornia_rs
+
+    rng = np.random.default_rng(seed)
+    (d / "images").mkdir(parents=True)
+    rig = load_rig("facelift_6view")
+    c2w, k = rig.cameras(size)
+    names = []
+    for v in range(views):
+        name = f"images/cam_{v:03d}.png"
+        if bits == 16:
+            kornia_rs.io.write_image_png_u16(str(d / name), rng.integers(0, 65536, (size, size, 4), dtype=np.uint16),
+                                             "rgba")
+        else:
+            kornia_rs.io.write_image_png_u8(str(d / name), rng.integers(0, 256, (size, size, 4), dtype=np.uint8),
+                                            "rgba")
+        names.append(name)
+    write_camera_file(d / "opencv_cameras.json", CameraFile(d.name, c2w[:views], k[:views], [(size, size)] * views,
+                                                            names))
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "data"
+    _write_scene(root / "sample_a", 4, 16, 0, 8)
+    _write_scene(root / "sample_b", 3, 12, 1, 16)
+    _write_scene(root / "sample_c", 4, 16, 2, 8)
+    return root
+
+
+def _raw_views(src, i):
+    """Decoded integer pixels of every view (bit-exact comparison)."""
+    if isinstance(src, ShardSource):
+        return [decode_png(src._read(i, e), e) for e in src.view_exts(i)]
+    return [decode_png(p.read_bytes(), str(p)) for p in src.image_paths(i)]
+
+
+def test_shards_round_trip_is_lossless_for_8_and_16_bit(folder, tmp_path, capsys):
+    assert make_shards_main([str(folder), str(tmp_path / "shards"), "--shard-size", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scenes"] == 3 and summary["shards"] == 2
+    a = FaceLiftFolderSource("f", "real", path=str(folder))
+    b = ShardSource("s", "real", urls=str(tmp_path / "shards" / "shard-{000000..000001}.tar"))
+    assert len(a) == len(b) == 3
+    for i in range(3):
+        ca, cb = a.cameras(i), b.cameras(i)
+        assert ca.scene_id == cb.scene_id and ca.sizes == cb.sizes
+        assert torch.equal(ca.c2w, cb.c2w) and torch.equal(ca.fxfycxcy, cb.fxfycxcy)
+        ra, rb = _raw_views(a, i), _raw_views(b, i)
+        assert len(ra) == len(rb) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(ra, rb))
+        views = list(range(len(ra)))
+        pa, pb = a.pixels(i, views), b.pixels(i, views)
+        assert torch.equal(pa[0], pb[0]) and torch.equal(pa[1], pb[1])
+    assert _raw_views(b, 1)[0].dtype == np.uint16
+    rgb16, _, _ = b.pixels(1, [0])  # 16-bit precision survives into the float images
+    assert not torch.allclose(rgb16 * 255, (rgb16 * 255).round(), atol=1e-3)
+
+
+def test_list_file_resolves_foreign_absolute_paths_by_trailing_components(folder):
+    lst = folder / "train.txt"
+    lst.write_text("/mnt/localssd/elsewhere/data/sample_a\n/also/missing/sample_c\n")
+    assert [p.name for p in resolve_list_entries(lst)] == ["sample_a", "sample_c"]
+    lst.write_text("/mnt/localssd/elsewhere/sample_a\n/mnt/nowhere/sample_zzz\n")
+    with pytest.raises(FileNotFoundError, match="sample_zzz"):
+        resolve_list_entries(lst)
+
+
+def test_corrupt_image_error_names_the_file(folder):
+    (folder / "sample_a" / "images" / "cam_002.png").write_bytes(b"not a png at all" * 4)
+    src = FaceLiftFolderSource("f", "real", path=str(folder))
+    with pytest.raises(SampleError, match=r"sample_a/images/cam_002.png: not a PNG"):
+        src.pixels(0, [0, 2])
+
+
+def test_mvdiffusion_folder_takes_the_rigs_cameras(tmp_path):
+    import kornia_rs
+
+    d = tmp_path / "mv" / "sample_x"
+    d.mkdir(parents=True)
+    for v in range(6):
+        kornia_rs.io.write_image_png_u8(str(d / f"cam_{v:03d}.png"), np.full((20, 20, 4), 200, np.uint8), "rgba")
+    rig = load_rig("facelift_6view")
+    src = MVDiffusionFolderSource("mv", "real", rig, path=str(tmp_path / "mv"))
+    cams = src.cameras(0)
+    c2w, k = rig.cameras(20)
+    assert torch.equal(cams.c2w, c2w) and torch.equal(cams.fxfycxcy, k)
+    (d / "cam_005.png").unlink()
+    with pytest.raises(SampleError, match="5 PNG views, but rig facelift_6view has 6"):
+        src.cameras(0)
+
+
+@pytest.fixture()
+def facelift_sample():
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data/facelift_sample is absent (FaceLift's real sample lives beside the checkout)")
+    return SHARED
+
+
+def test_real_facelift_sample_loads_identically_from_folder_and_shards(facelift_sample, tmp_path):
+    folder = FaceLiftFolderSource("f", "real", list_file=str(facelift_sample / "gslrm" / "data_gslrm_train.txt"))
+    assert len(folder) == 1 and folder.dirs[0].name == "sample_000"
+    assert make_shards_main([str(facelift_sample / "gslrm" / "data_gslrm_train.txt"), str(tmp_path / "sh")]) == 0
+    shards = ShardSource("s", "real", urls=str(tmp_path / "sh"))
+    cf, cs = folder.cameras(0), shards.cameras(0)
+    assert len(cf.c2w) == 32 and torch.equal(cf.c2w, cs.c2w) and torch.equal(cf.fxfycxcy, cs.fxfycxcy)
+    views = [0, 7, 31]
+    rf, af, _ = folder.pixels(0, views)
+    rs, as_, _ = shards.pixels(0, views)
+    assert rf.shape == (3, 3, 512, 512) and torch.equal(rf, rs) and torch.equal(af, as_)
+    assert decode_png(shards._read(0, "000.png"), "x").dtype == np.uint16  # the sample is 16-bit RGBA
+
+
+def test_real_mvdiffusion_sample_is_in_rig_order_and_passes_the_rig_check(facelift_sample):
+    from datamodules.datamodule import MultiViewDataModule
+
+    dm = MultiViewDataModule(stage="diffusion", image_size=64, num_workers=0, batch_size=1, samples_per_epoch=1,
+                             sources=[{"name": "mv", "kind": "real", "format": "facelift_mvdiffusion",
+                                       "list_file": str(facelift_sample / "mvdiffusion" / "data_mvdiff_train.txt")}])
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (1, 6, 3, 64, 64) and batch["ref_view"].tolist() == [0]
+    assert torch.equal(batch["c2w"][0], load_rig("facelift_6view").cameras(64)[0])

@@ -1,0 +1,109 @@
+"""Losses and optimisation helpers: bounds, masks, freeze patterns, schedules."""
+
+import pytest
+import torch
+
+from lightning_modules.losses import (
+    alpha_loss,
+    load_lpips,
+    load_perceptual,
+    masked_mse_loss,
+    masked_ssim_loss,
+    mse_loss,
+    ssim_loss,
+    ssim_map,
+)
+from lightning_modules.optim import build_param_groups, build_scheduler, lr_factor, name_matches
+
+
+def _pair(seed=0, shape=(2, 3, 3, 32, 32)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+
+
+def test_perfect_prediction_gives_exactly_zero_for_every_loss():
+    x, _ = _pair()
+    mask = (torch.rand(2, 3, 1, 32, 32) > 0.5).float()
+    for value in (mse_loss(x, x), masked_mse_loss(x, x, mask), ssim_loss(x, x), masked_ssim_loss(x, x, mask),
+                  alpha_loss(mask, mask)):
+        assert value.item() == 0.0
+
+
+def test_masked_ssim_is_never_negative_and_grows_with_error():
+    x, y = _pair(1)
+    mask = torch.zeros(2, 3, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1.0
+    small = masked_ssim_loss(x, (x + 0.05 * (y - 0.5)).clamp(0, 1), mask)
+    large = masked_ssim_loss(x, y, mask)
+    assert 0.0 < small.item() < large.item() <= 2.0
+    # anti-correlated images push SSIM below 0: the loss stays within [0, 2]
+    inv = masked_ssim_loss(x, 1.0 - x, mask)
+    assert 0.0 <= inv.item() <= 2.0
+    assert masked_ssim_loss(x, y, torch.zeros_like(mask)).item() == 0.0  # empty mask: no signal, no NaN
+
+
+def test_masked_losses_ignore_pixels_outside_the_mask():
+    x, y = _pair(2)
+    mask = torch.zeros(2, 3, 1, 32, 32)
+    mask[..., :16, :] = 1.0
+    y_out = x.clone()
+    y_out[..., 16:, :] = y[..., 16:, :]  # differs only outside the mask
+    assert masked_mse_loss(x, y_out, mask).item() == 0.0
+    assert mse_loss(x, y_out).item() > 0.0
+
+
+def test_ssim_map_matches_torchmetrics_ssim_in_the_interior():
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    x, y = _pair(3, (1, 3, 48, 48))
+    ours = ssim_map(x, y)[..., 5:-5, 5:-5].mean()
+    ref = tm_ssim(x, y, data_range=1.0, reduction="none", return_full_image=True)[1][..., 5:-5, 5:-5].mean()
+    assert torch.allclose(ours, ref, atol=2e-3)
+
+
+def test_perceptual_and_lpips_are_none_without_local_weights(tmp_path):
+    assert load_perceptual(None) is None
+    assert load_perceptual(str(tmp_path / "missing_vgg.pth")) is None
+    assert load_lpips(str(tmp_path / "vgg.pth"), None) is None
+
+
+def test_freeze_patterns_freeze_exactly_what_they_name():
+    net = torch.nn.ModuleDict({
+        "patch_embed": torch.nn.Linear(4, 4, bias=False),
+        "blocks": torch.nn.ModuleList(torch.nn.Linear(4, 4, bias=False) for _ in range(14)),
+        "head": torch.nn.Linear(4, 4, bias=False),
+    })
+    groups = build_param_groups(net, freeze=["patch_embed", "blocks.0-11"], lr_groups={"head": 1e-3},
+                                base_lr=1e-4, weight_decay=0.05)
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {"patch_embed.weight", *(f"blocks.{i}.weight" for i in range(12))}
+    lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lrs[id(net["head"].weight)] == 1e-3
+    assert lrs[id(net["blocks"][12].weight)] == 1e-4
+    assert len(lrs) == 3  # blocks.12, blocks.13, head
+
+
+def test_pattern_components_match_whole_numbers_only():
+    assert name_matches("blocks.1", "blocks.1.attn.weight")
+    assert not name_matches("blocks.1", "blocks.10.attn.weight")
+    assert name_matches("blocks.0-11", "blocks.11.x")
+    assert not name_matches("blocks.0-11", "blocks.12.x")
+    with pytest.raises(ValueError, match="matches no parameter"):
+        build_param_groups(torch.nn.Linear(2, 2), freeze=["encoder"])
+
+
+def test_warmup_then_cosine_and_constant_schedules():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+    assert lr_factor(80, 10, 100, decay="constant") == 1.0
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = build_scheduler(opt, warmup_steps=2, total_steps=4)
+    seen = []
+    for _ in range(4):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.5, 1.0, 1.0, 0.5])

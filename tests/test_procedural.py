@@ -1,0 +1,175 @@
+"""Procedural scenes: deterministic, on the rig, in frame; realistic mode; the synthesize CLI's FaceLift layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules.procedural import EXTRA_ELEVATION_DEG, make_scene, rotmat_to_quat
+from geometry.camera_files import read_camera_file
+from geometry.cameras import invert_rigid, project_points, spherical_from_c2w
+from geometry.rig import load_rig
+from lightning_modules.gaussians import quat_to_rotmat
+from tools.synthesize import main as synthesize_main
+from tools.synthesize import split_scenes
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def rigs():
+    return {name: load_rig(name) for name in ("facelift_6view", "mouse_oblique20_6view")}
+
+
+def test_same_seed_and_index_give_the_same_scene():
+    a = make_scene(3, "facelift_6view", 7, 32, seed=5)
+    b = make_scene(3, "facelift_6view", 7, 32, seed=5)
+    for key in ("images", "alpha", "c2w", "fxfycxcy"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["scene_id"] == b["scene_id"] == "proc_5_000003"
+
+
+def test_different_index_or_seed_gives_a_different_scene():
+    base = make_scene(0, "facelift_6view", 6, 32, seed=0)
+    for other in (make_scene(1, "facelift_6view", 6, 32, seed=0), make_scene(0, "facelift_6view", 6, 32, seed=1)):
+        assert (base["alpha"] - other["alpha"]).abs().mean() > 0.01
+        assert other["scene_id"] != base["scene_id"]
+
+
+def test_rig_views_are_exactly_the_rig_cameras_and_extra_views_sit_on_its_sphere(rigs):
+    for rig in rigs.values():
+        scene = make_scene(2, rig, 9, SIZE)
+        c2w, k = rig.cameras(SIZE)
+        assert torch.equal(scene["c2w"][:6], c2w) and torch.equal(scene["fxfycxcy"][:6], k)
+        extra = scene["c2w"][6:]
+        _, elev, dist = spherical_from_c2w(extra.double())
+        assert torch.allclose(dist, torch.full_like(dist, rig.radius), atol=1e-5)
+        assert ((elev >= EXTRA_ELEVATION_DEG[0] - 1e-4) & (elev <= EXTRA_ELEVATION_DEG[1] + 1e-4)).all()
+        uv, _ = project_points(torch.zeros(1, 3), extra, scene["fxfycxcy"][6:])  # they look at the target
+        assert torch.allclose(uv, torch.full_like(uv, SIZE / 2), atol=1e-3)
+
+
+def test_fewer_views_than_the_rig_keep_its_first_views_in_order(rigs):
+    rig = rigs["facelift_6view"]
+    scene = make_scene(0, rig, 3, 32)
+    assert torch.equal(scene["c2w"], rig.cameras(32)[0][:3])
+
+
+def test_camera_jitter_moves_rig_cameras_by_at_most_the_given_angle(rigs):
+    rig = rigs["mouse_oblique20_6view"]
+    scene = make_scene(4, rig, 6, 32, camera_jitter_deg=3.0)
+    diff = rig.compare_cameras(scene["c2w"], angle_tol_deg=3.0)
+    assert 0.05 < diff.worst_angle_deg <= 3.0 + 1e-3, str(diff)
+    uv, _ = project_points(torch.zeros(1, 3), scene["c2w"], scene["fxfycxcy"])  # still aimed at the target
+    assert torch.allclose(uv, torch.full_like(uv, 16.0), atol=1e-3)
+
+
+def test_creature_is_inside_the_frame_of_every_rig_view_and_fills_a_sane_part(rigs):
+    for rig in rigs.values():
+        for index in range(6):
+            alpha = make_scene(index, rig, rig.num_views, SIZE, seed=11)["alpha"][:, 0]
+            for v, a in enumerate(alpha):
+                ys, xs = torch.nonzero(a > 0.02, as_tuple=True)
+                where = f"{rig.name} scene {index} view {v}"
+                assert len(ys) > 0, where
+                assert ys.min() > 0 and xs.min() > 0 and ys.max() < SIZE - 1 and xs.max() < SIZE - 1, where
+                cover = (a > 0.5).float().mean().item()
+                assert 0.015 < cover < 0.6, (where, cover)
+                extent = max(ys.max() - ys.min(), xs.max() - xs.min()).item() / SIZE
+                assert 0.15 < extent < 0.95, (where, extent)
+
+
+def test_creature_is_many_gaussians_not_one_blob():
+    g = make_scene(0, "facelift_6view", 1, 16)["gaussians"]
+    assert 150 <= g.num_gaussians <= 1000
+    assert g.colors.std(1).mean() > 0.01  # shading and parts, not a flat colour
+    assert (g.opacities >= 0).all() and (g.opacities <= 1).all()
+
+
+def test_clean_images_are_straight_rgb_with_the_object_mask():
+    scene = make_scene(1, "facelift_6view", 6, 32)
+    assert not scene["has_background"]
+    assert scene["images"].shape == (6, 3, 32, 32) and scene["alpha"].shape == (6, 1, 32, 32)
+    empty = scene["alpha"] < 1e-3
+    assert (scene["images"].expand(-1, 3, -1, -1)[empty.expand(-1, 3, -1, -1)] == 0).all()
+    assert scene["alpha"].min() >= 0 and scene["alpha"].max() <= 1
+
+
+def test_realistic_scene_bakes_a_background_but_keeps_nominal_cameras_and_the_mask():
+    clean = make_scene(5, "facelift_6view", 6, SIZE)
+    real = make_scene(5, "facelift_6view", 6, SIZE, realistic=True)
+    assert real["has_background"]
+    assert torch.equal(real["c2w"], clean["c2w"]) and torch.equal(real["fxfycxcy"], clean["fxfycxcy"])
+    outside = clean["alpha"] < 1e-3
+    assert real["images"].expand(-1, 3, -1, -1)[outside.expand(-1, 3, -1, -1)].std() > 0.05  # not a flat background
+    composited_clean = clean["images"] * clean["alpha"] + (1 - clean["alpha"])
+    assert (real["images"] - composited_clean).abs().mean() > 0.05
+    # the mask moved a little (pose error) but is the same creature
+    m_real, m_clean = real["alpha"] > 0.5, clean["alpha"] > 0.5
+    iou = (m_real & m_clean).sum() / (m_real | m_clean).sum()
+    assert 0.6 < iou.item() < 1.0
+
+
+def test_rotmat_to_quat_inverts_quat_to_rotmat():
+    q = torch.nn.functional.normalize(torch.randn(200, 4, dtype=torch.float64), dim=-1)
+    q = q * torch.sign(q[:, :1])
+    back = torch.from_numpy(rotmat_to_quat(quat_to_rotmat(q).numpy()))
+    assert torch.allclose(back, q, atol=1e-9)
+
+
+def test_split_keeps_a_validation_tail():
+    assert split_scenes(10, 0.1) == (list(range(9)), [9])
+    assert split_scenes(3, 0.1) == ([0, 1], [2])
+    assert split_scenes(1, 0.5) == ([0], [])
+    assert split_scenes(4, 0.0) == ([0, 1, 2, 3], [])
+
+
+def test_synthesize_writes_the_facelift_layout_with_round_tripping_cameras(tmp_path: Path):
+    out = tmp_path / "ds"
+    code = synthesize_main(["--out", str(out), "--scenes", "3", "--views", "7", "--size", "32",
+                            "--rig", "mouse_oblique20_6view", "--seed", "4", "--val-fraction", "0.34"])
+    assert code == 0
+    samples = sorted(p.name for p in out.glob("sample_*"))
+    assert samples == ["sample_000000", "sample_000001", "sample_000002"]
+    train = (out / "data_train.txt").read_text().splitlines()
+    val = (out / "data_val.txt").read_text().splitlines()
+    assert train == [str((out / s).resolve()) for s in samples[:2]] and val == [str((out / samples[2]).resolve())]
+    meta = json.loads((out / "dataset.json").read_text())
+    rig = load_rig("mouse_oblique20_6view")
+    assert meta["rig"] == rig.name and meta["rig_fingerprint"] == rig.fingerprint
+    assert (meta["seed"], meta["realistic"], meta["scenes"], meta["train"], meta["val"]) == (4, False, 3, 2, 1)
+
+    scene = make_scene(1, rig, 7, 32, seed=4)
+    sample = out / "sample_000001"
+    raw = json.loads((sample / "opencv_cameras.json").read_text())
+    assert raw["id"] == "proc_4_000001" and len(raw["frames"]) == 7
+    frame = raw["frames"][0]
+    assert frame["file_path"] == "images/cam_000.png" and (frame["w"], frame["h"]) == (32, 32)
+    w2c = torch.tensor([f["w2c"] for f in raw["frames"]], dtype=torch.float64)
+    assert torch.allclose(invert_rigid(w2c).float(), scene["c2w"], atol=1e-5)
+    cams = read_camera_file(sample / "opencv_cameras.json")
+    assert torch.allclose(cams.c2w, scene["c2w"], atol=1e-5)
+    assert torch.allclose(cams.fxfycxcy, scene["fxfycxcy"], atol=1e-4)
+    for i, fp in enumerate(cams.file_paths):
+        img = Image.open(sample / fp)
+        assert img.mode == "RGBA" and img.size == (32, 32)
+        rgba = torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0).permute(2, 0, 1)
+        assert (rgba[3] - scene["alpha"][i, 0]).abs().max() <= 0.5 / 255 + 1e-6
+        assert (rgba[:3] - scene["images"][i]).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_synthesize_realistic_records_it_and_bad_arguments_fail(tmp_path: Path, capsys):
+    out = tmp_path / "real"
+    assert synthesize_main(["--out", str(out), "--scenes", "1", "--views", "2", "--size", "16", "--realistic",
+                            "--camera-jitter-deg", "2"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["realistic"] and meta["has_background"] and meta["camera_jitter_deg"] == 2.0
+    assert synthesize_main(["--out", str(tmp_path / "bad"), "--scenes", "0"]) == 2
+    assert "--scenes" in capsys.readouterr().err
+    assert synthesize_main(["--out", str(tmp_path / "bad"), "--rig", "no_such_rig"]) == 2
+    assert "unknown rig" in capsys.readouterr().err

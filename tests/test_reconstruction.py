@@ -1,0 +1,177 @@
+"""ReconstructionModule: shapes, index order, export round trip, checkpoint metadata, turntable, bench smoke."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules.gaussians import Gaussians
+from lightning_modules.reconstruction import (
+    ReconstructionModule,
+    check_index,
+    render_turntable,
+    save_scene_ply,
+    turntable_cameras,
+    write_gif,
+)
+
+S = 16
+
+
+def tiny(**kw) -> ReconstructionModule:
+    args = {"rig": "facelift_6view", "image_size": S, "num_input_views": 2, "width": 32, "depth": 1, "head_dim": 16,
+                "rasterizer": "torch"}
+    args.update(kw)
+    return ReconstructionModule(**args)
+
+
+def make_batch(b: int = 2, v: int = 4, seed: int = 0) -> dict:
+    from geometry.rig import load_rig
+
+    g = torch.Generator().manual_seed(seed)
+    c2w, k = load_rig("facelift_6view").cameras(S)
+    index = torch.stack([torch.arange(v).expand(b, v), (torch.arange(b) + 7)[:, None].expand(b, v)], -1)
+    return {"images": torch.rand(b, v, 3, S, S, generator=g), "alpha": torch.ones(b, v, 1, S, S),
+            "c2w": c2w[:v].expand(b, v, 4, 4).clone(), "fxfycxcy": k[:v].expand(b, v, 4).clone(),
+            "index": index, "background": torch.ones(b, 3), "kind": ["synthetic", "real"][:b]}
+
+
+def test_reconstruct_and_predict_views_shapes():
+    m = tiny()
+    batch = make_batch()
+    g = m.reconstruct(batch["images"][:, :2], batch["c2w"][:, :2], batch["fxfycxcy"][:, :2])
+    n = 2 + 2 * S * S  # global tokens + one Gaussian per input pixel
+    assert g.means.shape == (2, n, 3) and g.quats.shape == (2, n, 4) and g.opacities.shape == (2, n)
+    g = g.detach()
+    assert float(g.colors.min()) >= 0 and float(g.colors.max()) <= 1 and float(g.opacities.max()) <= 1
+    out = m.predict_views(batch)
+    assert out["pred"].shape == (2, 2, 3, S, S) and out["target"].shape == (2, 2, 3, S, S)
+    assert out["pred_alpha"].shape == (2, 2, 1, S, S)
+    assert torch.equal(out["target"], batch["images"][:, 2:])  # supervision = the non-input views
+    out_all = m.predict_views({**batch, "supervise_all_views": True})
+    assert out_all["pred"].shape[1] == 4
+
+
+def test_pixel_gaussians_lie_on_their_input_rays_within_the_bounded_depth():
+    from geometry.rays import nearest_point_to_origin, pixel_rays
+
+    m = tiny().eval()
+    batch = make_batch(b=1)
+    g = m.reconstruct(batch["images"][:, :2], batch["c2w"][:, :2], batch["fxfycxcy"][:, :2])
+    o, d = pixel_rays(batch["c2w"][0, 0], batch["fxfycxcy"][0, 0], S, S)
+    # first pixel Gaussian = view 0, patch (0, 0), pixel (0, 0)
+    xyz = g.means[0, 2]
+    t = ((xyz - o[0, 0]) * d[0, 0]).sum()
+    assert torch.allclose(o[0, 0] + t * d[0, 0], xyz, atol=1e-5)
+    t_near = ((nearest_point_to_origin(o[0, 0], d[0, 0]) - o[0, 0]) * d[0, 0]).sum()
+    assert abs(float(t - t_near)) <= 1.8 + 1e-5
+
+
+def test_augmented_inputs_replace_the_clean_input_views():
+    m = tiny().eval()
+    batch = make_batch()
+    clean = m.reconstruct(batch["images"][:, :2], batch["c2w"][:, :2], batch["fxfycxcy"][:, :2])
+    aug = torch.rand(2, 2, 3, S, S)
+    split_inp, _ = m.split_views({**batch, "input_images": aug})
+    assert torch.equal(split_inp["images"], aug)
+    g = m.predict_views({**batch, "input_images": aug})["gaussians"]
+    assert not torch.allclose(g.colors, clean.colors)
+
+
+def test_swapped_index_columns_are_detected():
+    batch = make_batch()
+    check_index(batch["index"])  # (view_idx, scene_idx): fine
+    with pytest.raises(ValueError, match="swapped"):
+        check_index(batch["index"].flip(-1), "batch['index']")
+    m = tiny()
+    with pytest.raises(ValueError, match=r"\(view_idx, scene_idx\)"):
+        m.predict_views({**batch, "index": batch["index"].flip(-1)})
+
+
+def test_losses_and_metrics_of_a_training_step_are_finite_and_logged_per_kind():
+    m = tiny(ssim_weight=0.5, opacity_weight=0.1, masked=True)
+    batch = make_batch()
+    out = m.predict_views(batch)
+    terms = m.compute_loss(out)
+    assert set(terms) >= {"loss", "mse", "ssim", "opacity"}
+    assert all(torch.isfinite(v) and v >= 0 for v in terms.values())
+    terms["loss"].backward()
+    assert m.net.pixel_gaussian_decoder[1].weight.grad is not None
+    metrics = m.evaluate_batch(batch)
+    assert metrics["psnr"].shape == (2, 2) and metrics["ssim"].shape == (2, 2)
+    m.val_metrics.update({k: metrics[k] for k in ("psnr", "ssim")}, batch["kind"])
+    assert set(m.val_metrics.compute()) == {"psnr/all", "psnr/synthetic", "psnr/real", "ssim/all",
+                                            "ssim/synthetic", "ssim/real"}
+
+
+def test_export_then_from_export_gives_identical_outputs(tmp_path):
+    m = tiny().eval()
+    batch = make_batch()
+    ema = {f"net.{k}": v + 1.0 for k, v in m.net.state_dict().items()}
+    m.export(tmp_path / "exp", ema_weights=ema)
+    assert {p.name for p in (tmp_path / "exp").iterdir()} == {
+        "model.safetensors", "model_ema.safetensors", "config.json", "rig.json"}
+    back = ReconstructionModule.from_export(tmp_path / "exp").eval()
+    with torch.no_grad():
+        a, b = m.predict_views(batch)["pred"], back.predict_views(batch)["pred"]
+    assert torch.equal(a, b)
+    assert back.rig.fingerprint == m.rig.fingerprint
+    ema_back = ReconstructionModule.from_export(tmp_path / "exp", ema=True)
+    k = "pixel_gaussian_decoder.1.weight"
+    assert torch.equal(ema_back.net.state_dict()[k], m.net.state_dict()[k] + 1.0)
+    init = tiny(init_from=str(tmp_path / "exp"))
+    assert torch.equal(init.net.state_dict()[k], m.net.state_dict()[k])
+
+
+def test_lightning_checkpoint_carries_rig_metadata_and_reloads(tmp_path):
+    import lightning.pytorch as pl
+
+    m = tiny(lr=1e-3, max_steps=2)
+    data = [make_batch(b=1, seed=i) for i in range(2)]
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0)
+    trainer.fit(m, loader)
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert raw["mvlift"]["stage"] == "reconstruction" and raw["mvlift"]["version"] == 1
+    assert raw["mvlift"]["rig"]["name"] == "facelift_6view" and raw["mvlift"]["model_config"]["width"] == 32
+    back = ReconstructionModule.load_from_checkpoint(ckpt)
+    for k, v in m.net.state_dict().items():
+        assert torch.equal(v, back.net.state_dict()[k])
+
+
+def test_turntable_circles_the_rig_up_axis_and_writes_gif_and_ply(tmp_path):
+    from geometry.rig import load_rig
+
+    rig = load_rig("mouse_oblique20_6view")
+    c2w, _ = turntable_cameras(rig, 8, 32)
+    centres = c2w[:, :3, 3]
+    assert torch.allclose(centres.norm(dim=-1), torch.full((8,), rig.radius), atol=1e-4)
+    assert torch.allclose(centres[:, 2], centres[:1, 2].expand(8), atol=1e-5)  # constant height on a Z-up rig
+    g = Gaussians(means=torch.randn(1, 64, 3) * 0.3, quats=torch.tensor([1.0, 0, 0, 0]).expand(1, 64, 4),
+                  scales=torch.full((1, 64, 3), 0.05), opacities=torch.full((1, 64), 0.8),
+                  colors=torch.rand(1, 64, 3))
+    frames = render_turntable(g, rig, num_frames=4, size=24, backend="torch")
+    assert frames.shape == (4, 24, 24, 3) and frames.dtype == np.uint8
+    assert frames.min() < 255  # something was drawn over the white background
+    assert write_gif(frames, tmp_path / "t.gif").stat().st_size > 0
+    assert save_scene_ply(g, tmp_path / "g.ply").stat().st_size > 0
+
+
+def test_bench_smoke_runs_on_cpu_and_prints_one_json_line(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "reconstruction_step.py"
+    spec = importlib.util.spec_from_file_location("bench_reconstruction_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--device", "cpu", "--tiny", "--size", "16", "--batch", "1", "--steps", "1", "--views", "3",
+                         "--inputs", "1",
+                         "--warmup", "1", "--rasterizer", "torch"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(line)["step_ms"] == result["step_ms"] > 0
+    assert {"images_per_s", "peak_mem_gb", "render_share", "mfu", "gpu_busy", "flags"} <= set(result)

@@ -1,0 +1,170 @@
+"""Train either stage: ``python -m tools.fit -c CONFIG [overrides] [--resume auto]``.
+
+A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modules.diffusion.DiffusionModule`` or
+``lightning_modules.reconstruction.ReconstructionModule``) and any LightningDataModule (``data.class_path``:
+``datamodules.MultiViewDataModule``). On top of the plain CLI it
+
+- adds the path resolver (``run:`` = :class:`callbacks.paths.CheckpointPaths`: root / experiment / run name,
+  exports) and a ModelCheckpoint (``checkpoint:``, keeps ``last.ckpt``) whose folder the resolver owns;
+- writes checkpoints atomically (:class:`callbacks.atomic.AtomicCheckpointIO`);
+- logs to TensorBoard (when installed) and CSV under ``<run>/logs``, to W&B with ``--wandb PROJECT``;
+- saves the resolved config as ``<run>/config.yaml``;
+- checks that the DataModule's ``stage`` and ``rig`` match the model's (error naming both);
+- seeds everything from ``seed_everything`` (default 0);
+- ``--resume auto`` continues from the newest complete checkpoint of the run (same config: the newest run of the
+  experiment with this config when ``run.run`` is not given); ``--resume PATH`` from a given checkpoint.
+
+Examples:
+    python -m tools.fit -c configs/demo_reconstruction.yaml
+    python -m tools.fit -c configs/demo_reconstruction.yaml --trainer.max_steps 200 --run.run r1 --resume auto
+    python -m tools.fit -c configs/demo_diffusion.yaml --trainer.devices 2 --trainer.strategy ddp
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import time
+from typing import Any, Optional
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from callbacks.atomic import AtomicCheckpointIO
+from callbacks.paths import CheckpointPaths, RunPaths
+from callbacks.rig_guard import check_data_matches_model
+
+log = logging.getLogger("mvlift.fit")
+
+# modules imported so that short class names (``class_path: ReconstructionModule``) resolve
+KNOWN_MODULES = ("lightning_modules.reconstruction", "lightning_modules.diffusion", "datamodules")
+
+
+def _import_known_modules() -> None:
+    for name in KNOWN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # a stage whose optional pieces are missing can still be named by full path
+            log.debug("tools.fit: could not import %s (%s)", name, e)
+
+
+def tensorboard_available() -> bool:
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
+def default_loggers(paths: RunPaths, wandb_project: str | None = None) -> list[Logger]:
+    """TensorBoard (``logs/tensorboard``, when installed) + CSV (``logs/csv``) [+ W&B] inside the run folder."""
+    loggers: list[Logger] = []
+    if tensorboard_available():
+        loggers.append(TensorBoardLogger(save_dir=str(paths.log_dir), name="tensorboard", version=""))
+    else:
+        log.warning("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
+    loggers.append(CSVLogger(save_dir=str(paths.log_dir), name="csv", version=""))
+    if wandb_project:
+        if importlib.util.find_spec("wandb") is None:
+            raise SystemExit("--wandb needs the wandb package (pip install wandb)")
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=wandb_project, name=f"{paths.experiment}/{paths.run}",
+                                   save_dir=str(paths.log_dir)))
+    return loggers
+
+
+def _with_atomic_io(plugins: Any) -> list[Any]:
+    if plugins is None:
+        plugins = []
+    elif not isinstance(plugins, list):
+        plugins = [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins = [*plugins, AtomicCheckpointIO()]
+    return plugins
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Save the resolved config into the run folder: ``config.yaml``, or ``config.resumed-<time>.yaml`` when the
+    run already has one (a resumed run keeps the record of how it started)."""
+
+    def __init__(self, parser: LightningArgumentParser, config: Any, **kwargs: Any):
+        kwargs["save_to_log_dir"] = False
+        super().__init__(parser, config, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        paths = next(cb.paths for cb in trainer.callbacks if isinstance(cb, CheckpointPaths))
+        path = paths.config_path
+        if path.exists():
+            path = path.with_name(f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), overwrite=True, multifile=False)
+
+
+class FitCLI(LightningCLI):
+    """LightningCLI with mvlift's run folder, checkpointing, loggers and checks (module docstring)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(CheckpointPaths, "run")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
+        parser.add_argument("--resume", type=Optional[str], default=None,  # noqa: UP045 (jsonargparse type)
+                            help="'auto': continue from the newest complete checkpoint of the run; or a .ckpt path")
+        parser.add_argument("--wandb", type=Optional[str], default=None,  # noqa: UP045
+                            help="also log to this W&B project")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        paths_cb: CheckpointPaths = self._get(self.config_init, "run")
+        if self._get(self.config, "resume") == "auto":
+            paths_cb.resume = "auto"
+        if self.datamodule is not None:
+            check_data_matches_model(self.model, self.datamodule)
+        paths = paths_cb.decide(self.model, self.datamodule)
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(paths, self._get(self.config, "wandb"))
+        kwargs["plugins"] = _with_atomic_io(trainer_cfg.get("plugins"))
+        if trainer_cfg.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(paths.run_dir)
+        return super().instantiate_trainer(**kwargs)
+
+    def resume_path(self) -> str | None:
+        """The checkpoint ``fit`` starts from: ``--resume auto`` -> newest complete one of the run; a path -> it."""
+        resume = self._get(self.config, "resume")
+        paths_cb: CheckpointPaths = self._get(self.config_init, "run")
+        if resume in (None, "never"):
+            return None
+        if resume == "auto":
+            ckpt = paths_cb.resume_checkpoint()
+            log.info("resume auto: %s", ckpt or "no checkpoint yet, starting fresh")
+            return ckpt
+        return resume
+
+
+def main(argv: list[str] | None = None) -> FitCLI:
+    """Parse ``argv`` (default: sys.argv[1:]), build everything and fit; returns the CLI (model, trainer, ...)."""
+    _import_known_modules()
+    saved_argv = sys.argv
+    if argv is not None:  # LightningCLI warns when it sees both args and a command line (e.g. pytest's)
+        sys.argv = sys.argv[:1]
+    try:
+        cli = FitCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
+            seed_everything_default=0,
+            parser_kwargs={"description": __doc__.split("\n")[0], "prog": "python -m tools.fit"},
+            args=argv,
+            run=False,
+        )
+    finally:
+        sys.argv = saved_argv
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
+    return cli
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Convert FaceLift-layout folders (a folder of sample dirs, one sample dir, or a list file) to webdataset shards.
+
+    python -m tools.make_shards SRC OUT [--shard-size N] [--prefix shard]
+
+Lossless: each scene becomes one webdataset sample whose members are the scene's ``opencv_cameras.json`` bytes
+(``KEY.cameras.json``) and every view's PNG bytes (``KEY.VVV.png``, camera-frame order), copied verbatim — 8- and
+16-bit PNGs keep every bit. Shards are ``OUT/PREFIX-000000.tar`` ...; read them with a source of ``format: shards``,
+``urls: OUT`` (or a brace pattern). Prints one JSON line: {"scenes", "shards", "out"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import webdataset as wds
+
+from datamodules.sources import CAMERA_FILE, sample_dirs
+
+
+def scene_members(sample_dir: Path) -> dict[str, bytes]:
+    """{extension: bytes} of one FaceLift sample: cameras.json plus VVV.png per camera frame (verbatim)."""
+    cam_path = sample_dir / CAMERA_FILE
+    try:
+        cam_bytes = cam_path.read_bytes()
+        frames = json.loads(cam_bytes)["frames"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{cam_path}: cannot read camera file ({e})") from None
+    members = {"cameras.json": cam_bytes}
+    for v, fr in enumerate(frames):
+        img = sample_dir / (fr.get("file_path") or f"images/cam_{v:03d}.png")
+        if not img.is_file():
+            raise FileNotFoundError(f"{img}: image of frame {v} is missing")
+        members[f"{v:03d}.png"] = img.read_bytes()
+    return members
+
+
+def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix: str = "shard") -> dict:
+    """Write every sample of ``src`` into tar shards of ``shard_size`` scenes under ``out``; returns a summary."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    dirs = sample_dirs(src)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pattern = str(out / f"{prefix}-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+        for n, d in enumerate(dirs):
+            key = f"{n:08d}_" + re.sub(r"[^A-Za-z0-9_-]", "_", d.name)
+            sink.write({"__key__": key, **scene_members(d)})
+    shards = sorted(str(p) for p in out.glob(f"{prefix}-*.tar"))
+    return {"scenes": len(dirs), "shards": len(shards), "out": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.make_shards", description=__doc__.split("\n")[0])
+    ap.add_argument("src", help="folder of sample dirs, one sample dir, or a list file")
+    ap.add_argument("out", help="output directory for the .tar shards")
+    ap.add_argument("--shard-size", type=int, default=100, help="scenes per shard (default 100)")
+    ap.add_argument("--prefix", default="shard")
+    args = ap.parse_args(argv)
+    try:
+        summary = make_shards(args.src, args.out, args.shard_size, args.prefix)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"make_shards: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
