@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rasterizer", default="auto", choices=["auto", "torch", "gsplat"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="tiny network (width 64, depth 2) for a CPU smoke run")
+    p.add_argument("--scale-bias", type=float, default=None,
+                   help="override the Gaussian scale bias (log). Random weights give FaceLift's init scales "
+                        "(~0.1, tens of pixels: slow, memory-hungry splats); -5.3 gives ~1-pixel Gaussians at 512 px, "
+                        "the size a trained model predicts")
     p.add_argument("--no-profile", action="store_true", help="skip the gpu_busy profile")
     return p.parse_args(argv)
 
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         rig="facelift_6view", image_size=args.size, num_input_views=args.inputs, rasterizer=args.rasterizer,
         grad_checkpointing=args.grad_ckpt, compile=args.compile, max_steps=10_000, **size_kw,
     ).to(device)
+    if args.scale_bias is not None:
+        module.net.config.scale_bias = args.scale_bias
     module.train()
     opt = module.configure_optimizers()["optimizer"]
     batch = make_batch(args, device)
@@ -205,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         "flags": {"size": args.size, "views": args.views, "inputs": args.inputs, "batch": args.batch,
                   "supervised_views": sup_views, "bf16": cuda, "compile": args.compile, "grad_ckpt": args.grad_ckpt,
                   "attn_backend": args.attn_backend, "rasterizer": module._backend(), "tiny": args.tiny,
+                  "scale_bias": module.net.config.scale_bias,
                   "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__},
     }
     print(json.dumps(result))

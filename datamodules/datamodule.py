@@ -12,6 +12,7 @@ Example (CPU, procedural data, no files):
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -21,11 +22,15 @@ from torch.utils.data import DataLoader
 
 from datamodules.augment import DomainGapAugment
 from datamodules.dataset import MixedSceneDataset, SceneBuilder, collate_samples
+from datamodules.mixing import rank_and_world
 from datamodules.sources import Source, build_source
 from datamodules.views import REFERENCE_MODES
 from geometry.rig import load_rig
 
 log = logging.getLogger("mvlift.data")
+
+STATE_VERSION = 1
+VAL_AUG_STEPS = 1 << 40  # validation augmentation steps live above every training step
 
 DEMO_SOURCES = [
     {"name": "synthetic", "kind": "synthetic", "format": "procedural", "weight": 0.7, "num_scenes": 1000},
@@ -34,17 +39,20 @@ DEMO_SOURCES = [
 ]
 
 
-class _EpochLoader(DataLoader):
-    """A DataLoader that tells its MixedSceneDataset the epoch before each pass (workers get a fresh copy)."""
+class _MixingLoader(DataLoader):
+    """A DataLoader over a MixedSceneDataset's MixingSampler.
 
-    def __init__(self, *args: Any, epoch_fn: Any = None, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._epoch_fn = epoch_fn
+    Its position (epoch, draws consumed) is part of the DataModule's ``state_dict``, not of this loader's: Lightning
+    restores DataModule state before the loader exists, and only the DataModule sees which batches the training loop
+    took (``on_after_batch_transfer``). ``state_dict`` / ``load_state_dict`` here are empty on purpose: they tell
+    Lightning the loader is resumable, so a mid-epoch resume does not warn that it is not.
+    """
 
-    def __iter__(self):
-        if self._epoch_fn is not None:
-            self.dataset.set_epoch(self._epoch_fn())
-        return super().__iter__()
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 def held_out_split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +76,25 @@ class MultiViewDataModule(L.LightningDataModule):
         center_crop / center_fill: crop every view with view 0's alpha box so the object is ~center_fill of the frame.
         on_bad_sample: "raise" | "skip" (skips are counted per source: ``skip_report()``).
         augment: per-kind domain-gap ops (datamodules.augment docstring); None = defaults; {"enabled": False} = off.
+            Training batches are augmented with step = training batch number (saved for resume) and rank.
+        augment_val: augment validation inputs too, seeded by the batch's scenes (the same inputs every validation
+            pass; the training steps are not touched).
         batch_size, num_workers, samples_per_epoch (draws per epoch, all ranks), val_samples, seed.
+        persistent_workers: keep the loader's worker processes between epochs (with num_workers > 0). Safe: the
+            sampler runs in the main process and every key it hands the workers carries its epoch, so no per-epoch
+            state has to reach the workers.
+
+    Resume (``state_dict`` / ``load_state_dict``, saved by Lightning in every checkpoint under this class's name):
+    the training position = (epoch, draws of this rank's share of that epoch the training loop has consumed) and
+    the augmentation step counter. Consumption is counted in ``on_after_batch_transfer`` (main process, once per
+    batch the training loop takes: neither worker-side nor loader prefetching counts); under DDP every rank takes
+    the same number of draws, so rank 0's position (the one in the checkpoint) is every rank's. After
+    ``load_state_dict`` the next training pass starts at that draw, so a run resumed from a mid-epoch checkpoint sees
+    exactly the batches, and the augmentation exactly the random ops, of the uninterrupted run (also with workers:
+    batches do not depend on ``num_workers``). The position is in draws, not batches; a different world size or
+    ``samples_per_epoch`` changes the epoch's draws (resume then continues at the same fraction of the global epoch,
+    with a warning). Only the data side: Lightning does not checkpoint the global torch RNG, so a model that draws
+    random numbers from it (noise, timesteps, dropout) needs its own seeding to resume exactly.
     """
 
     def __init__(
@@ -98,6 +124,7 @@ class MultiViewDataModule(L.LightningDataModule):
         samples_per_epoch: int = 1000,
         val_samples: int = 16,
         seed: int = 0,
+        persistent_workers: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -122,7 +149,10 @@ class MultiViewDataModule(L.LightningDataModule):
         self.val_sources: list[Source] = []
         self._train_idx: list[np.ndarray] = []
         self._val_idx: list[np.ndarray] = []
-        self._epoch_counter = 0
+        self._epoch_counter = 0  # without a trainer: the epoch of the next training pass
+        self._pass: list[int] | None = None  # [epoch, first draw] of the current training pass
+        self._consumed = 0  # draws of the current pass the training loop has taken
+        self._resume: dict[str, Any] | None = None  # position from load_state_dict, until a batch is taken
         self._epoch: int | None = None
         self._counts: Counter = Counter()
         self._skips: Counter = Counter()
@@ -170,30 +200,90 @@ class MultiViewDataModule(L.LightningDataModule):
         return MixedSceneDataset(self.val_sources, self._val_idx, self.builder, h.val_samples, h.seed + 1,
                                  h.on_bad_sample)
 
-    def _loader(self, ds: MixedSceneDataset, epoch_fn: Any) -> DataLoader:
+    def _loader(self, ds: MixedSceneDataset, sampler: Any) -> DataLoader:
         h = self.hparams
-        return _EpochLoader(ds, batch_size=h.batch_size, num_workers=h.num_workers, collate_fn=collate_samples,
-                            persistent_workers=False, pin_memory=False, epoch_fn=epoch_fn)
-
-    def _next_epoch(self) -> int:
-        if self.trainer is not None:
-            return int(self.trainer.current_epoch)
-        self._epoch_counter += 1
-        return self._epoch_counter - 1
+        return _MixingLoader(ds, batch_size=h.batch_size, sampler=sampler, num_workers=h.num_workers,
+                             collate_fn=collate_samples, pin_memory=False,
+                             persistent_workers=bool(h.persistent_workers) and h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self._next_epoch)
+        ds = self.train_dataset()
+        return self._loader(ds, ds.sampler(shuffle=True, start_fn=self._start_pass))
 
     def val_dataloader(self) -> DataLoader | list:
         ds = self.val_dataset()
-        return [] if ds is None else self._loader(ds, lambda: 0)
+        return [] if ds is None else self._loader(ds, ds.sampler(shuffle=False, start_fn=lambda n: (0, 0)))
+
+    # ---- position (resume) ----------------------------------------------------------------------------------------
+    def _start_pass(self, n: int) -> tuple[int, int]:
+        """(epoch, first draw) of a training pass over ``n`` draws per rank (the train sampler calls it on iter)."""
+        if self._resume is not None:  # kept until a batch is taken: Lightning may call iter() twice on resume
+            epoch, start = self._resumed_position()
+        elif self.trainer is not None:
+            epoch, start = int(self.trainer.current_epoch), 0
+        else:
+            epoch, start = self._epoch_counter, 0
+        if start >= n:  # the checkpoint was taken after the epoch's last batch
+            epoch, start = epoch + 1, 0
+        self._epoch_counter = epoch + 1
+        self._pass, self._consumed = [epoch, start], 0
+        return epoch, start
+
+    def _resumed_position(self) -> tuple[int, int]:
+        assert self._resume is not None
+        r, h, world = self._resume, self.hparams, rank_and_world()[1]
+        saved = {"world_size": r.get("world_size", world), "samples_per_epoch": r.get("samples_per_epoch"),
+                 "seed": r.get("seed")}
+        now = {"world_size": world, "samples_per_epoch": h.samples_per_epoch, "seed": h.seed}
+        epoch, start = int(r["epoch"]), int(r["samples"])
+        if any(saved[k] is not None and saved[k] != now[k] for k in now):
+            start = start * int(saved["world_size"]) // world
+            if not r.get("warned"):
+                log.warning("resume: the data position was saved with %s, this run has %s: continuing epoch %d at "
+                            "draw %d of this rank, not exactly where the saved run was", saved, now, epoch, start)
+                r["warned"] = True
+        return epoch, start
+
+    def data_position(self) -> tuple[int, int]:
+        """(epoch, draws of this rank's share of it the training loop has taken)."""
+        if self._resume is not None:
+            return int(self._resume["epoch"]), int(self._resume["samples"])
+        if self._pass is None:
+            return (int(self.trainer.current_epoch) if self.trainer is not None else self._epoch_counter), 0
+        return self._pass[0], self._pass[1] + self._consumed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Training position, augmentation step and this epoch's per-source counts (class docstring: Resume)."""
+        epoch, samples = self.data_position()
+        h = self.hparams
+        world = int(self._resume["world_size"]) if self._resume is not None else rank_and_world()[1]
+        return {"version": STATE_VERSION, "epoch": epoch, "samples": samples, "world_size": world,
+                "batch_size": h.batch_size, "samples_per_epoch": h.samples_per_epoch, "seed": h.seed,
+                "aug_step": self._aug_step,
+                "report": {"epoch": self._epoch, "counts": dict(self._counts), "skips": dict(self._skips),
+                           "skip_examples": list(self._skip_examples)}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if state_dict.get("version") != STATE_VERSION:
+            log.warning("resume: unknown data state version %r, starting the data from its beginning",
+                        state_dict.get("version"))
+            return
+        self._resume = {k: state_dict.get(k) for k in ("epoch", "samples", "world_size", "samples_per_epoch", "seed")}
+        self._epoch_counter = int(state_dict["epoch"])
+        self._aug_step = int(state_dict.get("aug_step", 0))
+        report = state_dict.get("report") or {}
+        self._epoch = report.get("epoch")
+        self._counts, self._skips = Counter(report.get("counts", {})), Counter(report.get("skips", {}))
+        self._skip_examples = list(report.get("skip_examples", []))
 
     # ---- accounting ---------------------------------------------------------------------------------------------
     def _training(self) -> bool:
         return self.trainer is None or bool(self.trainer.training)
 
     def _account(self, batch: dict[str, Any], skipped: list[dict[str, str]]) -> None:
-        epoch = int(self.trainer.current_epoch) if self.trainer is not None else self._epoch_counter - 1
+        epoch = int(self.trainer.current_epoch) if self.trainer is not None else self.data_position()[0]
         if self._epoch is not None and epoch != self._epoch:
             self.flush_epoch_report()
         self._epoch = epoch
@@ -242,15 +332,27 @@ class MultiViewDataModule(L.LightningDataModule):
         skipped = batch.pop("skipped", [])
         training = self._training()
         if training:
+            self._consumed += _batch_len(batch)
+            self._resume = None
             self._account(batch, skipped)
         elif skipped:
             log.warning("validation skipped %d bad samples: %s", len(skipped), skipped[:3])
         if self.augmenter is not None and (training or self.hparams.augment_val):
-            rank = int(self.trainer.global_rank) if self.trainer is not None else 0
-            step = self._aug_step * 8192 + rank  # deterministic per (seed, batch number, rank)
-            self._aug_step += 1
+            if training:
+                rank = int(self.trainer.global_rank) if self.trainer is not None else 0
+                step = self._aug_step * 8192 + rank  # deterministic per (seed, training batch number, rank)
+                self._aug_step += 1
+            else:  # per the batch's scenes: every validation pass sees the same inputs, training's steps untouched
+                names = "|".join(f"{s}/{i}" for s, i in zip(batch.get("source", []), batch.get("scene_id", [])))
+                step = VAL_AUG_STEPS + zlib.crc32(names.encode())
             batch = self.augmenter(batch, self.stage, step)
         return batch
+
+
+def _batch_len(batch: dict[str, Any]) -> int:
+    if "source" in batch:
+        return len(batch["source"])
+    return int(batch["images"].shape[0])
 
 
 __all__ = ["DEMO_SOURCES", "MultiViewDataModule", "held_out_split"]

@@ -1,22 +1,22 @@
-"""From a (source, scene) draw to a sample dict, and the iterable dataset that streams a mixing plan.
+"""From a (source, scene) draw to a sample dict, and the dataset that builds a mixing plan's draws.
 
 Sample dict (docs/ARCHITECTURE.md): ``images`` [V, 3, H, W], ``alpha`` [V, 1, H, W], ``c2w`` [V, 4, 4],
 ``fxfycxcy`` [V, 4], ``index`` [V, 2] long (view_idx, scene_idx), ``background`` [3], ``source``, ``kind``, ``rig``,
 ``scene_id``; diffusion adds ``ref_images`` [1, 3, H, W], ``ref_alpha``, ``ref_c2w``, ``ref_fxfycxcy``, ``ref_view``;
-reconstruction adds ``num_input_views``. Each streamed sample also carries ``skipped``: the draws skipped (bad
-samples, ``on_bad_sample: skip``) just before it, so the main process can count them.
+reconstruction adds ``num_input_views``. Each built sample also carries ``skipped``: the draws skipped (bad samples,
+``on_bad_sample: skip``) in its place, so the main process can count them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset
 
 from datamodules.io import (
     SampleError,
@@ -29,7 +29,7 @@ from datamodules.io import (
     validate_cameras,
     validate_pixels,
 )
-from datamodules.mixing import MixingPlan
+from datamodules.mixing import Draw, MixingPlan, MixingSampler, rank_and_world
 from datamodules.sources import Source
 from datamodules.views import diffusion_views, reconstruction_views
 from geometry.rig import Rig
@@ -142,15 +142,12 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialized, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+class MixedSceneDataset(Dataset):
+    """This rank's share of a MixingPlan's epochs as sample dicts: ``dataset[Draw]`` builds one draw.
 
-
-class MixedSceneDataset(IterableDataset):
-    """Streams this rank/worker's share of a MixingPlan's epoch as sample dicts.
+    Map-style: the keys come from :meth:`sampler` (a :class:`MixingSampler`, in the main process), so the samples of
+    an epoch and their order are the same for any ``num_workers`` and workers need no epoch state. For direct use,
+    ``dataset[i]`` / ``iter(dataset)`` / :meth:`draws` read the epoch set by :meth:`set_epoch`.
 
     Args:
         sources: the sources.  indices: per source, the scene indices it may draw (train or held-out part).
@@ -165,6 +162,7 @@ class MixedSceneDataset(IterableDataset):
         self.num_samples, self.seed, self.on_bad_sample = int(num_samples), int(seed), on_bad_sample
         self.epoch, self.max_retries = int(epoch), int(max_retries)
         self.plan = MixingPlan([len(i) for i in self.indices], [s.weight for s in sources], seed)
+        self._draws: tuple[tuple[int, int, int], np.ndarray] | None = None  # draws() of (epoch, rank, world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -172,28 +170,37 @@ class MixedSceneDataset(IterableDataset):
     def __len__(self) -> int:
         return self.plan.per_rank(self.num_samples, rank_and_world()[1])
 
-    def slot(self) -> tuple[int, int, int, int]:
-        """(rank, world size, worker, workers) of the calling process."""
-        rank, world = rank_and_world()
-        info = get_worker_info()
-        return rank, world, (info.id if info else 0), (info.num_workers if info else 1)
+    def sampler(self, shuffle: bool = True, start_fn: Callable[[int], tuple[int, int]] | None = None) -> MixingSampler:
+        """The sampler that streams this dataset's draws (see :class:`MixingSampler`)."""
+        return MixingSampler(self.plan, self.num_samples, shuffle, start_fn)
 
     def draws(self) -> np.ndarray:
-        """This process's draws of the current epoch: [n, 3] (source, scene position, occurrence)."""
-        return self.plan.draws(self.epoch, self.num_samples, *self.slot())
+        """This rank's draws of the current epoch: [n, 3] (source, scene position, occurrence)."""
+        rank, world = rank_and_world()
+        key = (self.epoch, rank, world)
+        if self._draws is None or self._draws[0] != key:  # dataset[i] in a loop need not redo the plan each time
+            self._draws = (key, self.plan.draws(self.epoch, self.num_samples, rank, world))
+        return self._draws[1]
 
-    def sample(self, k: int, pos: int, t: int) -> dict[str, Any]:
-        """Build draw (source k, scene position pos, occurrence t); with on_bad_sample=skip, bad scenes are recorded
-        in ``skipped`` and replaced by the next scenes of this slot's share of the source."""
-        rank, world, worker, workers = self.slot()
-        share = self.plan.share(self.epoch, k, rank * workers + worker, world * workers)
+    def __getitem__(self, key: Draw | int) -> dict[str, Any]:
+        if not isinstance(key, Draw):
+            rank, world = rank_and_world()
+            k, pos, t = (int(v) for v in self.draws()[int(key)])
+            key = Draw(self.epoch, k, pos, t, rank, world)
+        return self.sample(key)
+
+    def sample(self, draw: Draw) -> dict[str, Any]:
+        """Build ``draw``; with on_bad_sample=skip, bad scenes are recorded in ``skipped`` and replaced by the next
+        scenes of the draw's slot's share of the source."""
+        epoch, k, pos, t = int(draw.epoch), int(draw.source), int(draw.pos), int(draw.occurrence)
+        share = self.plan.share(epoch, k, int(draw.slot), int(draw.num_slots))
         start = int(np.nonzero(share == pos)[0][0]) if (share == pos).any() else 0
         skipped: list[dict[str, str]] = []
         src = self.sources[k]
         for attempt in range(min(self.max_retries, len(share)) if self.on_bad_sample == "skip" else 1):
             p = int(share[(start + attempt) % len(share)]) if attempt else pos
             scene = int(self.indices[k][p])
-            rng = np.random.default_rng([self.seed, self.epoch, k, p, t])
+            rng = np.random.default_rng([self.seed, epoch, k, p, t])
             try:
                 out = self.builder.build(src, scene, rng)
             except SampleError as e:
@@ -207,8 +214,9 @@ class MixedSceneDataset(IterableDataset):
                           f"{skipped[-1]['problem'] if skipped else '?'}")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world = rank_and_world()
         for k, pos, t in self.draws():
-            yield self.sample(int(k), int(pos), int(t))
+            yield self.sample(Draw(self.epoch, int(k), int(pos), int(t), rank, world))
 
 
 __all__ = ["MixedSceneDataset", "SceneBuilder", "collate_samples", "rank_and_world"]

@@ -1,4 +1,5 @@
-"""Weighted mixing of sources: which (source, scene) each draw of an epoch takes, per rank and worker.
+"""Weighted mixing of sources: which (source, scene) each draw of an epoch takes, per rank (and slot), and the
+sampler that streams a rank's draws to the DataLoader.
 
 The plan is pure index arithmetic (no decoding), deterministic for (seed, epoch, world size, workers):
 
@@ -10,6 +11,11 @@ The plan is pure index arithmetic (no decoding), deterministic for (seed, epoch,
   source never starves); a source with fewer scenes than slots gives each slot one scene (then sharing is
   unavoidable and reported by ``shares_disjoint``).
 
+The training loader uses one slot per rank (``MixingSampler``: slot = rank, num_workers = 1): the sampler runs in
+the main process and yields :class:`Draw` keys that carry their epoch, DataLoader workers only build the samples of
+the keys they are handed. So batches do not depend on ``num_workers``, workers hold no epoch state (persistent
+workers are safe) and a pass can start at any draw (exact mid-epoch resume).
+
 Example:
     >>> plan = MixingPlan(sizes=[100, 10], weights=[0.7, 0.3], seed=0)
     >>> d = plan.draws(epoch=0, num_samples=1000)
@@ -19,9 +25,21 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
 import numpy as np
+import torch
+from torch.utils.data.distributed import DistributedSampler
 
 SLOT_SEED, SCENE_SEED = 0, 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialized, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def stratified_counts(weights: list[float] | np.ndarray, n: int) -> np.ndarray:
@@ -99,4 +117,67 @@ class MixingPlan:
                 for r in range(world_size) for w in range(max(1, num_workers))]
 
 
-__all__ = ["MixingPlan", "stratified_counts"]
+class Draw(NamedTuple):
+    """One draw of an epoch: the key :class:`MixingSampler` yields and ``MixedSceneDataset[key]`` builds.
+
+    ``slot`` / ``num_slots`` say whose share of the sources the draw belongs to (rank / world size), for the
+    replacement of bad samples (``on_bad_sample: skip``).
+    """
+
+    epoch: int
+    source: int
+    pos: int
+    occurrence: int
+    slot: int = 0
+    num_slots: int = 1
+
+
+class MixingSampler(DistributedSampler):
+    """This rank's draws of an epoch of ``plan`` (``num_samples`` draws over all ranks), in order, as :class:`Draw`.
+
+    Each pass (``iter``) starts at ``(epoch, start)``: from ``start_fn(n)`` when given (``n`` = draws per rank;
+    MultiViewDataModule passes the training loop's position, which is how a resumed run continues mid-epoch),
+    else at draw 0 of the epoch set by ``set_epoch``. Ranks come from torch.distributed at each pass.
+
+    It runs in the main process; the DataLoader pulls it ahead of the batches it prefetches, so its own progress is
+    not the training position (MultiViewDataModule counts the batches the training loop takes). It subclasses DistributedSampler only because it already is one: Lightning then leaves it in place
+    under DDP instead of injecting its own; ``DistributedSampler.__init__`` (which wants a process group) is not
+    called.
+    """
+
+    def __init__(self, plan: MixingPlan, num_samples: int, shuffle: bool = True,
+                 start_fn: Callable[[int], tuple[int, int]] | None = None) -> None:
+        self.plan, self.total_samples, self.start_fn = plan, int(num_samples), start_fn
+        self.shuffle, self.seed, self.drop_last = shuffle, plan.seed, False  # DistributedSampler's attributes
+        self.epoch, self.start = 0, 0
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return rank_and_world()[0]
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return rank_and_world()[1]
+
+    def __len__(self) -> int:
+        return self.plan.per_rank(self.total_samples, self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_draws(self, epoch: int, start: int = 0) -> Iterator[Draw]:
+        """This rank's draws of ``epoch`` from the ``start``-th on, in order."""
+        rank, world = rank_and_world()
+        rows = self.plan.draws(epoch, self.total_samples, rank, world)[start:]  # computed now; Draws made lazily
+        return (Draw(epoch, int(k), int(p), int(t), rank, world) for k, p, t in rows)
+
+    def __iter__(self) -> Iterator[Draw]:
+        # the start is decided now, when the DataLoader creates its iterator (not at the first draw it pulls)
+        if self.start_fn is not None:
+            self.epoch, self.start = (int(v) for v in self.start_fn(len(self)))
+        else:
+            self.start = 0
+        return self.epoch_draws(self.epoch, self.start)
+
+
+__all__ = ["Draw", "MixingPlan", "MixingSampler", "rank_and_world", "stratified_counts"]

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -168,7 +169,7 @@ class Rig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Rig":
+    def from_dict(cls, d: dict[str, Any]) -> Rig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known - {"fingerprint", "description", "elevation_deg"}
         if unknown:
@@ -211,7 +212,7 @@ class Rig:
             for i, (n, a, e, d) in enumerate(zip(self.view_names, az, el, dist))
         ]
 
-    def compare(self, other: "Rig", angle_tol_deg: float = 1.0, dist_tol: float = 0.05) -> RigDiff:
+    def compare(self, other: Rig, angle_tol_deg: float = 1.0, dist_tol: float = 0.05) -> RigDiff:
         """Per-view differences with ``other`` (matched by position in view order)."""
         problems = []
         if self.num_views != other.num_views:
@@ -255,7 +256,7 @@ def available_rigs() -> list[str]:
     return sorted(p.stem for p in RIGS_DIR.glob("*.yaml"))
 
 
-def load_rig(spec: "str | Path | dict | Rig") -> Rig:
+def load_rig(spec: str | Path | dict | Rig) -> Rig:
     """A rig from its name (configs/rigs/NAME.yaml), a YAML/JSON path, a dict (``Rig.to_dict()``) or a Rig."""
     if isinstance(spec, Rig):
         return spec
@@ -270,13 +271,13 @@ def load_rig(spec: "str | Path | dict | Rig") -> Rig:
         raise FileNotFoundError(f"rig file not found: {path}")
     data = yaml.safe_load(path.read_text()) if path.suffix != ".json" else json.loads(path.read_text())
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a rig file must hold a mapping")
+        raise ValueError(f"{path}: a rig file must hold a mapping")  # noqa: TRY004 (bad file content, not a bad argument type)
     return Rig.from_dict(data)
 
 
 def rig_from_views(name: str, azimuths_deg: Sequence[float], elevation_deg: float, **kw: Any) -> Rig:
     """Convenience: a rig with views named ``view_<azimuth>``."""
-    names = tuple(f"view_{int(round(a)) % 360:03d}" for a in azimuths_deg)
+    names = tuple(f"view_{round(a) % 360:03d}" for a in azimuths_deg)
     return Rig(name=name, view_names=names, azimuths_deg=tuple(azimuths_deg),
                elevations_deg=(float(elevation_deg),) * len(names), **kw)
 

@@ -59,17 +59,19 @@ def check_index(index: Tensor, where: str = "batch") -> None:
         raise ValueError(f"{where}: index must be [B, V, 2] (view_idx, scene_idx), got {tuple(index.shape)}")
     if index.shape[1] < 2:
         return
-    scene_constant = bool((index[..., 1] == index[:, :1, 1]).all())
+    scene_constant = (index[..., 1] == index[:, :1, 1]).all(dim=1)  # [B]
     views_sorted = index[..., 0].sort(dim=1).values
-    views_distinct = bool((views_sorted[:, 1:] != views_sorted[:, :-1]).all())
-    if not scene_constant or not views_distinct:
+    views_distinct = (views_sorted[:, 1:] != views_sorted[:, :-1]).all(dim=1)  # [B]
+    bad = (~scene_constant | ~views_distinct).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
         hint = ""
-        swapped_scene = bool((index[..., 0] == index[:, :1, 0]).all())
-        if swapped_scene and not scene_constant:
+        if bool((index[i, :, 0] == index[i, 0, 0]).all()) and not bool(scene_constant[i]):
             hint = " — the columns look swapped (scene first); mvlift's order is (view_idx, scene_idx)"
         raise ValueError(
             f"{where}: index [B, V, 2] must be (view_idx, scene_idx): the scene column (1) must be constant within "
-            f"a scene and the view column (0) distinct per view; got index[0] = {index[0].tolist()}{hint}"
+            f"a scene and the view column (0) distinct per view; got index[{i}] = {index[i].tolist()} "
+            f"({len(bad)} of {index.shape[0]} scenes wrong){hint}"
         )
 
 
@@ -82,6 +84,8 @@ def _kinds(batch: dict, b: int) -> list[str]:
 
 class ReconstructionModule(pl.LightningModule):
     """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML)."""
+
+    ema_target = "net"  # the EMA callback keeps a shadow of self.net and calls export(..., ema_weights=...)
 
     def __init__(
         self,
@@ -97,6 +101,12 @@ class ReconstructionModule(pl.LightningModule):
         mlp_ratio: int = 4,
         sh_degree: int = 0,
         clip_xyz: float | None = 1.0,
+        # Gaussian activations: start scale exp(scale_bias), opacity sigmoid(opacity_bias), depth interval half-width
+        # (FaceLift's). A pixel spans about 2.7 tan(fov/2) / (size/2) world units; scale_bias near log(half a
+        # pixel) trains small models far faster (-3.0 at 24 px, -3.6 at 64 px; tests/test_reconstruction_overfit.py)
+        scale_bias: float = -2.3,
+        opacity_bias: float = -2.0,
+        depth_range: float = 1.8,
         # losses
         mse_weight: float = 1.0,
         ssim_weight: float = 0.0,
@@ -147,7 +157,8 @@ class ReconstructionModule(pl.LightningModule):
         return GSLRMConfig(
             image_size=h.image_size, patch_size=h.patch_size, width=h.width, depth=h.depth, head_dim=h.head_dim,
             mlp_ratio=h.mlp_ratio, num_global_tokens=h.num_global_tokens, sh_degree=h.sh_degree,
-            clip_xyz=h.clip_xyz, grad_checkpointing=h.grad_checkpointing,
+            clip_xyz=h.clip_xyz, grad_checkpointing=h.grad_checkpointing, scale_bias=h.scale_bias,
+            opacity_bias=h.opacity_bias, depth_range=h.depth_range,
         )
 
     def load_weights(self, path: str | Path, ema: bool = False) -> None:
@@ -351,7 +362,8 @@ class ReconstructionModule(pl.LightningModule):
         if not hparams:  # e.g. a converted checkpoint: size from model_config, rig from rig.json
             mc = config["model_config"]
             hparams = {k: mc[k] for k in ("image_size", "width", "depth", "head_dim", "patch_size",
-                                          "num_global_tokens", "mlp_ratio", "sh_degree", "clip_xyz") if k in mc}
+                                          "num_global_tokens", "mlp_ratio", "sh_degree", "clip_xyz", "scale_bias",
+                                          "opacity_bias", "depth_range") if k in mc}
         rig_path = path / EXPORT_RIG
         if rig_path.is_file():
             hparams["rig"] = str(rig_path)

@@ -66,6 +66,7 @@ def test_stratified_counts_sum_and_reject_bad_weights():
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)  # spawned: conftest's one-thread setting does not reach here (2 ranks on 2 cores)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     from datamodules.datamodule import MultiViewDataModule
 
@@ -77,8 +78,22 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     ds = dm.train_dataset()
     ds.set_epoch(1)
     mine = ds.draws()  # rank from torch.distributed
+
+    # mid-epoch resume per rank: state saved after 2 batches; a new DataModule loading it continues with batch 3
+    dm.hparams.batch_size = 2
+    batches = iter(dm.train_dataloader())
+    taken = [dm.on_after_batch_transfer(next(batches), 0)["scene_id"] for _ in range(2)]
+    saved = dm.state_dict()
+    taken.append(dm.on_after_batch_transfer(next(batches), 0)["scene_id"])
+    dm2 = MultiViewDataModule(**dm.hparams)
+    dm2.setup("fit")
+    dm2.load_state_dict(saved)
+    resumed = [dm2.on_after_batch_transfer(next(iter(dm2.train_dataloader())), 0)["scene_id"]]
+    state = dm2.state_dict()
+
     gathered: list = [None] * world
-    dist.all_gather_object(gathered, (rank, len(ds), mine.tolist()))
+    dist.all_gather_object(gathered, (rank, len(ds), mine.tolist(), taken, resumed, state["world_size"],
+                                      state["samples"]))
     if rank == 0:
         torch.save(gathered, os.path.join(out_dir, "draws.pt"))
     dist.barrier()
@@ -95,3 +110,8 @@ def test_two_gloo_processes_draw_disjoint_shares(tmp_path):
         assert not set(d0[d0[:, 0] == k, 1].tolist()) & set(d1[d1[:, 0] == k, 1].tolist())
     allk = np.concatenate([d0, d1])[:, 0]
     assert abs((allk == 0).mean() - 0.7) <= 0.01
+    for _rank, _n, _draws, taken, resumed, world, samples in gathered:
+        assert resumed == taken[2:], "each rank resumes its own share where it stopped"
+        assert (world, samples) == (2, 6)
+    scenes = [{sid for batch in g[3] for sid in batch} for g in gathered]
+    assert not scenes[0] & scenes[1]  # the ranks took different scenes

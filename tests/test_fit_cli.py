@@ -81,10 +81,6 @@ def test_fit_refuses_data_for_another_stage(tmp_path):
 
 
 def test_fit_with_ema_exports_ema_weights(tmp_path):
-    from lightning_modules.reconstruction import ReconstructionModule
-
-    if not hasattr(ReconstructionModule, "ema_target"):
-        pytest.skip("ReconstructionModule has no `ema_target` yet (needs ema_target = 'net')")
     cfg = _config(tmp_path, run="ema")
     main(["-c", str(cfg), "--trainer.callbacks+=callbacks.ema.EMA", "--trainer.callbacks.decay=0.9"])
     paths = RunPaths(tmp_path / "runs", "cli", "ema")

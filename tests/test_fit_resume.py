@@ -1,4 +1,5 @@
-"""resume: auto continues a crashed run exactly: per-step losses, EMA, optimizer, scheduler, data position.
+"""resume: auto continues a crashed run exactly: per-step losses, EMA, optimizer, scheduler, data position
+(with MultiViewDataModule: mid-epoch, augmentation on, with and without DataLoader workers).
 
 Also holds the tiny LightningModule / DataModule / resumable loader used by the other callback tests.
 """
@@ -194,6 +195,105 @@ def test_crashed_and_resumed_run_matches_uninterrupted_loss_curve_and_ema(tmp_pa
     for name, s in full_ema.ema_state_dict().items():
         torch.testing.assert_close(resumed_ema.ema_state_dict()[name].cpu(), s.cpu(), atol=1e-6, rtol=0)
     assert resumed_ema.num_updates == full_ema.num_updates == total
+
+
+# ---- MultiViewDataModule: mixing sampler + domain-gap augmentation -------------------------------------------------
+class TinyMultiView(pl.LightningModule):
+    """Predicts the target views' mean colours from the (augmented) input views' mean colours; records, per training
+    step, (global_step, loss, scene ids, checksum of the augmented inputs)."""
+
+    ema_target = "net"
+
+    def __init__(self, lr: float = 0.05, rig: str = "facelift_6view"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.rig = load_rig(rig)
+        self.net = nn.Sequential(nn.Linear(2 * 3, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.steps: list[tuple[int, float, tuple[str, ...], float]] = []
+
+    def training_step(self, batch, batch_idx):
+        x = batch["input_images"].mean(dim=(-1, -2)).flatten(1)  # [B, Vin * 3], augmented
+        y = batch["images"][:, 2:].mean(dim=(-1, -2)).mean(1)  # [B, 3], clean targets
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.steps.append((self.global_step, loss.item(), tuple(batch["scene_id"]),
+                           batch["input_images"].double().sum().item()))
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / math.sqrt(1.0 + s))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def mvlift_metadata(self) -> dict:
+        return {"stage": "reconstruction", "rig": self.rig.to_dict(), "version": 1}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mvlift"] = self.mvlift_metadata()
+
+
+def multiview_data(num_workers: int = 0, persistent_workers: bool = False):
+    from datamodules.datamodule import MultiViewDataModule
+
+    # 10 draws per epoch, batch 2: 5 steps per epoch. Default domain-gap augmentation (synthetic only, p < 1 ops).
+    return MultiViewDataModule(stage="reconstruction", image_size=16, num_views=3, num_input_views=2, batch_size=2,
+                               samples_per_epoch=10, val_fraction=0, seed=3, num_workers=num_workers,
+                               persistent_workers=persistent_workers,
+                               sources=[{"name": "syn", "num_scenes": 12, "weight": 0.6},
+                                        {"name": "real", "kind": "real", "realistic": True, "num_scenes": 8,
+                                         "weight": 0.4, "seed": 1}])
+
+
+def fit_multiview(root: Path, run: str | None, max_steps: int, resume: str | None = None, extra=(),
+                  ckpt_path: str | None = None, every: int = 4, **data_kw) -> tuple[TinyMultiView, CheckpointPaths, EMA]:
+    pl.seed_everything(0, workers=True)
+    model, data = TinyMultiView(), multiview_data(**data_kw)
+    paths_cb = CheckpointPaths(root=str(root), experiment="mv", run=run, resume=resume)
+    ema = EMA(decay=0.9)
+    trainer = make_trainer(paths_cb, max_steps, extra, ema, every_n_train_steps=every)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path or paths_cb.resume_checkpoint(model, data))
+    return model, paths_cb, ema
+
+
+@pytest.mark.parametrize(("workers", "every", "crash", "saved"), [
+    (0, 4, 11, (8, 1, 6)), (2, 4, 11, (8, 1, 6)), (0, 5, 7, (5, 0, 10))],
+    ids=["mid_epoch", "mid_epoch_2_persistent_workers", "after_last_batch_of_epoch"])
+def test_resume_with_mixed_sources_and_augmentation_matches_uninterrupted_curve(tmp_path, workers, every, crash,
+                                                                                 saved, monkeypatch):
+    """5 steps per epoch. mid_epoch: checkpoints every 4 steps, a crash at step 11, resume auto continues from step 8
+    = epoch 1, draw 6 of 10; after_last_batch_of_epoch: from step 5 = epoch 0, draw 10 of 10. Every later step must
+    see the same scenes, the same augmented inputs and give the same loss as the uninterrupted run."""
+    kw = {"num_workers": workers, "persistent_workers": workers > 0, "every": every}
+    total = 14
+    resume_step, epoch, draws = saved
+    full, _, full_ema = fit_multiview(tmp_path, "full", total, **kw)
+    assert [s[0] for s in full.steps] == list(range(total))
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_multiview(tmp_path, "crashy", total, resume="auto", extra=[CrashAt(crash)], **kw)
+    resumed, paths_cb, resumed_ema = fit_multiview(tmp_path, "crashy", total, resume="auto", **kw)
+
+    ckpt = next(p for p in paths_cb.paths.checkpoints() if f"step={resume_step}." in p.name)
+    state = torch.load(ckpt, weights_only=False)["MultiViewDataModule"]
+    assert (state["epoch"], state["samples"], state["aug_step"]) == (epoch, draws, resume_step)
+    assert [s[0] for s in resumed.steps] == list(range(resume_step, total)), "resume from the newest checkpoint"
+    reference = {s[0]: s for s in full.steps}
+    for step, loss, scenes, checksum in resumed.steps:
+        assert scenes == reference[step][2], f"step {step}: other scenes than the uninterrupted run"
+        assert checksum == pytest.approx(reference[step][3], abs=1e-9, rel=0), f"step {step}: other augmentation"
+        assert loss == pytest.approx(reference[step][1], abs=1e-7, rel=0), f"step {step}: other loss"
+    for name, p in full.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[name], p, atol=1e-6, rtol=0)
+    for name, s in full_ema.ema_state_dict().items():
+        torch.testing.assert_close(resumed_ema.ema_state_dict()[name], s, atol=1e-6, rtol=0)
+
+    if resume_step == 8 and workers == 0:  # control: without the DataModule's state, epoch 1 restarts: other curve
+        from datamodules.datamodule import MultiViewDataModule
+
+        monkeypatch.setattr(MultiViewDataModule, "load_state_dict", lambda self, state: None)
+        blind, _, _ = fit_multiview(tmp_path, "control", total, ckpt_path=str(ckpt), **kw)
+        assert [s[0] for s in blind.steps] == list(range(8, total))
+        assert blind.steps[0][2] != reference[8][2]
+        assert any(abs(b[1] - reference[b[0]][1]) > 1e-4 for b in blind.steps)
 
 
 def test_resume_auto_without_checkpoint_starts_fresh_and_writes_run_layout(tmp_path):

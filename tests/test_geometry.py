@@ -162,7 +162,7 @@ def test_normalization_recovers_centre_and_radius():
     centre = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
     moved[:, :3, 3] = moved[:, :3, 3] * 1.3 + centre
     assert torch.allclose(scene_center_from_rays(moved), centre, atol=1e-9)
-    norm, c, scale = normalize_cameras(moved, target_radius=2.7)
+    norm, _c, scale = normalize_cameras(moved, target_radius=2.7)
     assert torch.allclose(norm, c2w, atol=1e-9) and scale == pytest.approx(1 / 1.3)
     parallel = c2w[:1].expand(3, 4, 4).clone()
     with pytest.raises(ValueError, match="parallel"):

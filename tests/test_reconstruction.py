@@ -89,6 +89,21 @@ def test_swapped_index_columns_are_detected():
         m.predict_views({**batch, "index": batch["index"].flip(-1)})
 
 
+def test_index_check_accepts_any_view_order_and_catches_one_swapped_scene():
+    batch = make_batch(b=2, v=4)
+    shuffled = batch["index"][:, [2, 0, 3, 1]]  # views out of rig order are still (view_idx, scene_idx)
+    check_index(shuffled)
+    one_bad = batch["index"].clone()
+    one_bad[1] = one_bad[1].flip(-1)  # only the second scene swapped
+    with pytest.raises(ValueError, match="swapped"):
+        check_index(one_bad)
+    with pytest.raises(ValueError, match=r"\[B, V, 2\]"):
+        check_index(batch["index"][0])  # no batch dim
+    m = tiny(lr=1e-3)
+    with pytest.raises(ValueError, match=r"\(view_idx, scene_idx\)"):
+        m.training_step({**batch, "index": batch["index"].flip(-1)}, 0)
+
+
 def test_losses_and_metrics_of_a_training_step_are_finite_and_logged_per_kind():
     m = tiny(ssim_weight=0.5, opacity_weight=0.1, masked=True)
     batch = make_batch()
@@ -122,6 +137,40 @@ def test_export_then_from_export_gives_identical_outputs(tmp_path):
     assert torch.equal(ema_back.net.state_dict()[k], m.net.state_dict()[k] + 1.0)
     init = tiny(init_from=str(tmp_path / "exp"))
     assert torch.equal(init.net.state_dict()[k], m.net.state_dict()[k])
+
+
+def test_activation_biases_reach_the_network_and_survive_export(tmp_path):
+    m = tiny(scale_bias=-3.0, opacity_bias=0.5, depth_range=1.2).eval()
+    assert (m.net.config.scale_bias, m.net.config.opacity_bias, m.net.config.depth_range) == (-3.0, 0.5, 1.2)
+    batch = make_batch(b=1)
+    g = m.reconstruct(batch["images"][:, :2], batch["c2w"][:, :2], batch["fxfycxcy"][:, :2])
+    default = tiny().eval()
+    default.net.load_state_dict(m.net.state_dict())
+    g0 = default.reconstruct(batch["images"][:, :2], batch["c2w"][:, :2], batch["fxfycxcy"][:, :2])
+    assert float(g.scales.mean()) < float(g0.scales.mean()) and float(g.opacities.mean()) > float(g0.opacities.mean())
+    back = ReconstructionModule.from_export(m.export(tmp_path / "exp")).eval()
+    assert back.net.config.to_dict() == m.net.config.to_dict()
+
+
+def test_ema_callback_averages_the_net_and_export_writes_its_weights(tmp_path):
+    import lightning.pytorch as pl
+
+    from callbacks.ema import EMA
+
+    assert ReconstructionModule.ema_target == "net"
+    m = tiny(lr=1e-2, max_steps=3, decay="constant")
+    ema = EMA(decay=0.5)
+    loader = torch.utils.data.DataLoader([make_batch(b=1, seed=i) for i in range(3)], batch_size=None)
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[ema],
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(m, loader)
+    assert ema.num_updates == 3
+    m.export(tmp_path / "exp", ema_weights=ema.ema_state_dict())
+    raw = ReconstructionModule.from_export(tmp_path / "exp").net.state_dict()
+    averaged = ReconstructionModule.from_export(tmp_path / "exp", ema=True).net.state_dict()
+    k = "pixel_gaussian_decoder.1.weight"
+    assert torch.equal(averaged[k], ema.shadow[k]) and torch.equal(raw[k], m.net.state_dict()[k])
+    assert not torch.equal(averaged[k], raw[k])
 
 
 def test_lightning_checkpoint_carries_rig_metadata_and_reloads(tmp_path):
@@ -158,7 +207,10 @@ def test_turntable_circles_the_rig_up_axis_and_writes_gif_and_ply(tmp_path):
     assert frames.shape == (4, 24, 24, 3) and frames.dtype == np.uint8
     assert frames.min() < 255  # something was drawn over the white background
     assert write_gif(frames, tmp_path / "t.gif").stat().st_size > 0
-    assert save_scene_ply(g, tmp_path / "g.ply").stat().st_size > 0
+    from lightning_modules.gaussians import load_ply
+
+    back = load_ply(save_scene_ply(g, tmp_path / "g.ply"))  # save_ply(path, gaussians), the documented order
+    assert torch.allclose(back.means.reshape(-1, 3), g.means[0], atol=1e-6)
 
 
 def test_bench_smoke_runs_on_cpu_and_prints_one_json_line(capsys):
@@ -175,3 +227,24 @@ def test_bench_smoke_runs_on_cpu_and_prints_one_json_line(capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line)["step_ms"] == result["step_ms"] > 0
     assert {"images_per_s", "peak_mem_gb", "render_share", "mfu", "gpu_busy", "flags"} <= set(result)
+
+
+@pytest.mark.parametrize("name", ["tiny_demo.yaml", "facelift_mouse_finetune.yaml", "low_memory_12gb.yaml"])
+def test_reconstruction_configs_name_real_arguments_rigs_and_parameters(name):
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    args = yaml.safe_load((root / "reconstruction" / name).read_text())["model"]["init_args"]
+    with torch.device("meta"):  # FaceLift size without allocating it; init_from names weights made by tools.convert
+        m = ReconstructionModule(**{**args, "init_from": None, "compile": False})
+    optim = m.configure_optimizers()  # freeze / lr_groups patterns must name real parameters
+    assert args["lr"] in {g["initial_lr"] for g in optim["optimizer"].param_groups}
+    if name == "tiny_demo.yaml":  # the demo's model and data sit on the same rig, size and input views
+        demo = yaml.safe_load((root / "demo_reconstruction.yaml").read_text())
+        data = demo["data"]["init_args"]
+        assert (args["rig"], args["image_size"], args["num_input_views"]) == (
+            data["rig"], data["image_size"], data["num_input_views"]) == ("mouse_oblique20_6view", 64, 4)
+        inline = demo["model"]["init_args"]  # the demo repeats this config's model: no drift
+        assert inline == {k: v for k, v in args.items() if k in inline}

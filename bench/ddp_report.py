@@ -1,0 +1,92 @@
+"""Compare DDP runs of ``tools.fit`` (same global batch, different GPU counts) -> ONE JSON line.
+
+    python -m bench.ddp_report runs/bench_ddp/gpu1 runs/bench_ddp/gpu2
+
+Per run: world size, median step time and samples/s (``logs/throughput.json`` from callbacks.throughput.StepTimer),
+the training-loss curve (``logs/csv/metrics.csv``). Across runs: speed-up of each run over the first, and the loss
+curves' agreement (mean of |smoothed difference| over the common steps, next to the curves' own step-to-step noise).
+Per run with several ranks: samples trained on by more than one rank within an epoch (``logs/samples_rank*.jsonl``
+from callbacks.throughput.SampleLedger) — must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def loss_curve(run: Path) -> dict[int, float]:
+    """step -> train/loss from the run's CSV log (the last value logged for a step wins)."""
+    curve: dict[int, float] = {}
+    for path in sorted(run.glob("logs/csv/**/metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss") not in (None, ""):
+                    curve[int(row["step"])] = float(row["train/loss"])
+    if not curve:
+        raise SystemExit(f"{run}: no train/loss in logs/csv/**/metrics.csv")
+    return curve
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def duplicates_across_ranks(run: Path) -> dict[str, int]:
+    """Samples (source, scene) trained on by two or more ranks in the same epoch, and the rows read."""
+    seen: dict[tuple, set[int]] = defaultdict(set)
+    files = sorted(run.glob("logs/samples_rank*.jsonl"))
+    rows = 0
+    for path in files:
+        rank = int(path.stem.removeprefix("samples_rank"))
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            seen[(r["epoch"], r["source"], r["scene_id"])].add(rank)
+            rows += 1
+    return {"ranks": len(files), "samples": rows, "duplicated_across_ranks": sum(len(v) > 1 for v in seen.values())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--window", type=int, default=10, help="moving-average window for the loss comparison")
+    args = p.parse_args(argv)
+    out: dict = {"bench": "ddp_report", "runs": {}}
+    curves = {}
+    for run in args.runs:
+        info = json.loads((run / "logs" / "throughput.json").read_text())
+        info.update(duplicates_across_ranks(run))
+        curves[run] = loss_curve(run)
+        steps = sorted(curves[run])
+        info["loss_first"] = curves[run][steps[0]]
+        info["loss_last10_mean"] = statistics.fmean(curves[run][s] for s in steps[-10:])
+        out["runs"][str(run)] = info
+    base = args.runs[0]
+    base_sps = out["runs"][str(base)]["samples_per_s"]
+    for run in args.runs[1:]:
+        common = sorted(set(curves[base]) & set(curves[run]))
+        a = smooth([curves[base][s] for s in common], args.window)
+        b = smooth([curves[run][s] for s in common], args.window)
+        raw = [curves[base][s] for s in common]
+        noise = statistics.fmean(abs(x - y) for x, y in zip(raw[1:], raw[:-1]))
+        out["runs"][str(run)]["speedup_vs_first"] = out["runs"][str(run)]["samples_per_s"] / base_sps
+        out["runs"][str(run)]["loss_mean_abs_diff_smoothed"] = statistics.fmean(abs(x - y) for x, y in zip(a, b))
+        out["runs"][str(run)]["loss_step_noise_first_run"] = noise
+        out["runs"][str(run)]["common_steps"] = len(common)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,111 @@
+"""Training throughput and a per-rank record of the samples each rank trained on.
+
+- :class:`StepTimer` times optimizer steps after a warm-up and logs ``perf/step_s`` and ``perf/samples_per_s``
+  (global: batch size x world size); at the end of fit rank 0 writes ``<run>/logs/throughput.json``.
+- :class:`SampleLedger` appends every training sample's ``(epoch, step, source, scene_id)`` to
+  ``<run>/logs/samples_rank<R>.jsonl``, one file per rank: the evidence that DDP ranks trained on disjoint shares
+  (``python -m bench.ddp_report`` reads them), and a way to answer "which scenes did step N see".
+
+Both find the run folder through the path resolver (:class:`callbacks.paths.CheckpointPaths`); without it they
+write under ``trainer.default_root_dir/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from callbacks.paths import CheckpointPaths
+
+
+def run_log_file(trainer: pl.Trainer, name: str) -> Path:
+    """``<run>/logs/<name>`` through the path resolver (``default_root_dir/logs/<name>`` without one)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, CheckpointPaths):
+            return cb.paths.resolve(name, under="logs")
+    return Path(trainer.default_root_dir) / "logs" / name
+
+
+def _batch_size(batch: Any) -> int:
+    return int(batch["images"].shape[0]) if isinstance(batch, dict) and "images" in batch else 1
+
+
+class StepTimer(Callback):
+    """Wall time per training step after ``warmup_steps`` (CUDA synchronised at step ends when on a GPU)."""
+
+    def __init__(self, warmup_steps: int = 10, sync_cuda: bool = True):
+        self.warmup_steps = int(warmup_steps)
+        self.sync_cuda = sync_cuda
+        self.step_times: list[float] = []
+        self._last: float | None = None
+        self._batch = 1
+
+    def _now(self, pl_module: pl.LightningModule) -> float:
+        if self.sync_cuda and pl_module.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = self._now(pl_module)
+        self._batch = _batch_size(batch)
+        if self._last is not None and trainer.global_step > self.warmup_steps:
+            dt = now - self._last
+            self.step_times.append(dt)
+            pl_module.log("perf/step_s", dt, on_step=True, rank_zero_only=True)
+            pl_module.log("perf/samples_per_s", self._batch * trainer.world_size / dt, on_step=True,
+                          rank_zero_only=True)
+        self._last = now
+
+    def summary(self, trainer: pl.Trainer) -> dict[str, Any]:
+        times = self.step_times
+        med = statistics.median(times) if times else float("nan")
+        return {"world_size": trainer.world_size, "batch_per_rank": self._batch,
+                "global_batch": self._batch * trainer.world_size, "timed_steps": len(times),
+                "step_s_median": med, "samples_per_s": self._batch * trainer.world_size / med if times else None,
+                "global_step": trainer.global_step}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            path = run_log_file(trainer, "throughput.json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.summary(trainer)) + "\n")
+
+
+class SampleLedger(Callback):
+    """Write each rank's training samples to ``<run>/logs/samples_rank<R>.jsonl`` (appended; flushed per epoch)."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if not isinstance(batch, dict) or "scene_id" not in batch:
+            return
+        sources = batch.get("source", [None] * len(batch["scene_id"]))
+        for scene, source in zip(batch["scene_id"], sources):
+            self._rows.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "source": source,
+                               "scene_id": scene})
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        if not self._rows:
+            return
+        path = run_log_file(trainer, f"samples_rank{trainer.global_rank}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self._rows)
+        self._rows.clear()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)

@@ -1,0 +1,131 @@
+"""MultiViewDataModule position: state_dict round-trips mid-epoch (0 and 2 workers), batches do not depend on
+num_workers, persistent workers see every epoch."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from datamodules.datamodule import MultiViewDataModule
+
+BATCH, PER_EPOCH = 2, 8  # 4 batches per epoch
+
+
+def _dm(**kw) -> MultiViewDataModule:
+    dm = MultiViewDataModule(**{
+        "stage": "reconstruction", "image_size": 16, "num_views": 3, "num_input_views": 2, "batch_size": BATCH,
+        "samples_per_epoch": PER_EPOCH, "val_fraction": 0, "seed": 7, "num_workers": 0,
+        "sources": [{"name": "syn", "num_scenes": 9, "weight": 0.6},
+                    {"name": "real", "kind": "real", "realistic": True, "num_scenes": 5, "weight": 0.4, "seed": 2}],
+        # synthetic inputs always get noise, so every synthetic sample shows the augmentation's random ops
+        "augment": {"synthetic": {"noise": {"p": 1.0, "std": 0.05}, "lighting": {"p": 0.5, "brightness": 0.2}}},
+        **kw})
+    dm.setup("fit")
+    return dm
+
+
+def _key(batch: dict) -> tuple:
+    return tuple(batch["scene_id"]), batch["input_images"].clone()
+
+
+def _take(dm: MultiViewDataModule, loader, n: int | None = None) -> list[tuple]:
+    """One pass of ``loader`` as the training loop takes it (on_after_batch_transfer per batch); stops after n."""
+    out = []
+    for batch in loader:
+        out.append(_key(dm.on_after_batch_transfer(batch, 0)))
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def _same(a: list[tuple], b: list[tuple]) -> bool:
+    return len(a) == len(b) and all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def ref() -> list[list[tuple]]:
+    """Epochs 0..2 taken in process, uninterrupted."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before conftest's per-test one-thread fixture
+    try:
+        dm = _dm()
+        loader = dm.train_dataloader()
+        return [_take(dm, loader) for _ in range(3)]
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_state_round_trips_mid_epoch_and_the_loader_continues_exactly(ref, workers):
+    # the reference is in process: batches do not depend on num_workers
+    assert [len(e) for e in ref] == [PER_EPOCH // BATCH] * 3
+
+    dm = _dm(num_workers=workers)
+    loader = dm.train_dataloader()
+    assert _same(_take(dm, loader), ref[0])
+    taken = _take(dm, loader, 2)  # epoch 1, 2 of 5 batches; with workers, more were prefetched and are dropped
+    assert _same(taken, ref[1][:2])
+    state = dm.state_dict()
+    assert (state["epoch"], state["samples"], state["aug_step"]) == (1, 4, 6)
+    assert state["report"]["counts"] and sum(state["report"]["counts"].values()) == 4
+    buf = io.BytesIO()
+    torch.save(state, buf)  # as in a checkpoint
+    state = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    del loader
+
+    resumed = _dm(num_workers=workers)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["samples"] == 4  # a checkpoint taken before any new batch keeps the position
+    loader = resumed.train_dataloader()
+    assert _same(_take(resumed, loader), ref[1][2:]), "the rest of epoch 1, with the same augmentation"
+    assert _same(_take(resumed, loader), ref[2]), "then epoch 2"
+    epoch1 = resumed.history[0]  # the per-source report of epoch 1 counts the draws taken before the checkpoint too
+    assert epoch1["epoch"] == 1 and sum(r["count"] for r in epoch1["sources"].values()) == PER_EPOCH
+
+    fresh = _dm(num_workers=workers)  # control: without the state the loader starts over
+    assert not _same(_take(fresh, fresh.train_dataloader(), 1), ref[1][2:3])
+
+
+def test_state_at_the_end_of_an_epoch_resumes_at_the_next_epoch(ref):
+    dm = _dm()
+    _take(dm, dm.train_dataloader())
+    state = dm.state_dict()
+    assert (state["epoch"], state["samples"]) == (0, PER_EPOCH)
+    resumed = _dm()
+    resumed.load_state_dict(state)
+    assert _same(_take(resumed, resumed.train_dataloader()), ref[1])
+
+
+def test_iterating_twice_before_taking_a_batch_keeps_the_resumed_position(ref):
+    dm = _dm()
+    _take(dm, dm.train_dataloader(), 3)
+    resumed = _dm()
+    resumed.load_state_dict(dm.state_dict())
+    loader = resumed.train_dataloader()
+    iter(loader)  # Lightning may create the iterator again before the first batch
+    assert _same(_take(resumed, loader), ref[0][3:])
+
+
+def test_persistent_workers_follow_the_epochs(ref):
+    dm = _dm(num_workers=2, persistent_workers=True)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    first = _take(dm, loader)
+    workers = loader._iterator._workers
+    second = _take(dm, loader)
+    assert loader._iterator._workers is workers, "the same worker processes served both epochs"
+    assert _same(first, ref[0]) and _same(second, ref[1])
+    assert not _same(first, second)
+
+
+def test_a_different_world_size_resumes_at_the_same_global_fraction(caplog):
+    dm = _dm()
+    _take(dm, dm.train_dataloader(), 1)
+    state = {**dm.state_dict(), "world_size": 2}  # as saved by a 2-rank run: 2 draws per rank = 4 of 8 globally
+    resumed = _dm()
+    resumed.load_state_dict(state)
+    with caplog.at_level("WARNING", logger="mvlift.data"):
+        assert resumed._start_pass(PER_EPOCH) == (0, 4)
+    assert "not exactly where the saved run was" in caplog.text
