@@ -7,6 +7,15 @@ embeddings as cross-attention context (``lightning_modules.view_conditioning``).
 into the batch in rig order, [(B V), ...], and the UNet's self-attention spans them
 (``lightning_modules.mv_attention``, mode ``sparse`` or ``joint``, stored in checkpoints and exports).
 
+Training randomness (timesteps, noise, the VAE posterior sample, the unCLIP image-embedding noise, classifier-free
+guidance condition dropout) comes from a generator on the module's device, re-seeded every training step from
+(seed, global step, global rank, micro-batch index within gradient accumulation) (``training_generator``), never from
+the global torch RNG, which Lightning does not checkpoint: a run resumed from a mid-epoch checkpoint draws exactly
+what the uninterrupted run drew, DDP ranks draw different noise, and accumulated micro-batches differ. The seed is the
+run's ``seed_everything`` seed (``PL_GLOBAL_SEED``, 0 when unset), saved as ``checkpoint["mvlift"]["noise_seed"]``
+and taken back on resume. The backgrounds of the training batches are recorded too
+(``lightning_modules.training_background``: ``checkpoint["mvlift"]["background"]`` and the export's mvlift.json).
+
 Batches (diffusion stage, docs/ARCHITECTURE.md): ``images`` [B, V, 3, H, W] targets in rig order in [0, 1],
 ``ref_images`` [B, 1, 3, H, W], optional ``input_images`` [B, 1, 3, H, W] (augmented reference: the model's input
 when present), ``kind`` list[str], ``rig`` list[str] (must name the module's rig).
@@ -24,10 +33,12 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -49,6 +60,7 @@ from lightning_modules.pretrained import (
     load_pipeline_components,
     save_pipeline_components,
 )
+from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
 from lightning_modules.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
 from lightning_modules.view_conditioning import ViewEmbeddings
 
@@ -75,6 +87,17 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
     if generator is None:
         return torch.rand(shape, device=device)
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def step_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
+    """64-bit seed of one training micro-batch from (seed, global step, global rank, micro-batch index).
+
+    >>> step_seed(0, 5, 0, 0) == step_seed(0, 5, 0, 0) != step_seed(0, 5, 1, 0)
+    True
+    """
+    words = np.random.SeedSequence([int(seed) % 2**64, int(step), int(rank), int(micro_batch)]).generate_state(
+        2, np.uint32)
+    return int(words[0]) | (int(words[1]) << 32)
 
 
 def min_snr_weights(alphas_cumprod: Tensor, timesteps: Tensor, gamma: float | None, prediction_type: str) -> Tensor:
@@ -178,6 +201,13 @@ class DiffusionModule(pl.LightningModule):
         install_multiview_attention(self.unet, self.rig.num_views, self.attention_mode)
         if grad_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        dropout = sorted({m.p for m in self.unet.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0})
+        if dropout:
+            log.warning("the UNet has dropout %s: it draws from the global torch RNG, which Lightning does not "
+                        "checkpoint, so a resumed run will not repeat the uninterrupted one exactly", dropout)
+        self._noise_seed: int | None = None  # resolved at the first training step (or taken from the resumed ckpt)
+        self._generators: dict[str, torch.Generator] = {}
+        self.train_background = TrainingBackground()
         self._last_sample_step: int | None = None
         self.last_val_grid: Tensor | None = None
         from lightning_modules.metrics import KindMetrics
@@ -351,8 +381,29 @@ class DiffusionModule(pl.LightningModule):
         w = min_snr_weights(self.train_scheduler.alphas_cumprod, t, self.hparams.snr_gamma, self.prediction_type)
         return {"loss": (mse * w).mean(), "mse": mse.mean().detach()}
 
+    @property
+    def noise_seed(self) -> int:
+        """Seed of the training draws: the resumed checkpoint's, else the run's seed_everything seed, else 0."""
+        if self._noise_seed is None:
+            self._noise_seed = int(os.environ.get("PL_GLOBAL_SEED") or 0)
+        return self._noise_seed
+
+    def training_generator(self, batch_idx: int) -> torch.Generator:
+        """The generator of one training micro-batch, on the module's device (a CUDA generator on GPU), seeded with
+        ``step_seed(noise_seed, global_step, global_rank, batch_idx % accumulate_grad_batches)``. One generator per
+        device is kept and re-seeded (cheap: no allocation per step)."""
+        trainer = self._trainer
+        accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1)) if trainer is not None else 1
+        seed = step_seed(self.noise_seed, self.global_step, self.global_rank, batch_idx % accumulate)
+        device = self.device
+        gen = self._generators.get(str(device))
+        if gen is None:
+            gen = self._generators[str(device)] = torch.Generator(device=device)
+        return gen.manual_seed(seed)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        terms = self.diffusion_loss(batch)
+        self.train_background.update(batch.get("background"))
+        terms = self.diffusion_loss(batch, generator=self.training_generator(batch_idx))
         b = batch["images"].shape[0]
         self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True)
         self.log("train/mse", terms["mse"], batch_size=b)
@@ -487,10 +538,11 @@ class DiffusionModule(pl.LightningModule):
                 "version": FORMAT_VERSION, "prediction_type": self.prediction_type,
                 "view_embeddings": self.view_embeddings.source,
                 "view_rig_fingerprint": self.view_embeddings.rig_fingerprint,
-                "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size)}
+                "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size),
+                "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mvlift"] = self.mvlift_metadata()
+        checkpoint["mvlift"] = {**self.mvlift_metadata(), "noise_seed": self.noise_seed}
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):  # frozen VAE / CLIP come from `pretrained`, not from every checkpoint
             for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
@@ -508,6 +560,9 @@ class DiffusionModule(pl.LightningModule):
             if stored.fingerprint != self.rig.fingerprint:
                 raise ValueError(f"checkpoint rig {stored.name!r} ({stored.fingerprint}) does not match the module's "
                                  f"rig {self.rig.name!r} ({self.rig.fingerprint})")
+        self.train_background.load(meta.get("background"))
+        if self._trainer is not None and meta.get("noise_seed") is not None:  # resuming: the run's own seed
+            self._noise_seed = int(meta["noise_seed"])
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
             for k, val in self.state_dict().items():
@@ -562,6 +617,7 @@ class DiffusionModule(pl.LightningModule):
         module = cls(**hp)
         if multiview_attention_mode(module.unet) != meta["attention"]:
             raise RuntimeError("multi-view attention mode not restored")
+        module.train_background.load(meta.get("background"))
         return module
 
 
@@ -578,4 +634,4 @@ def image_grid(ref: Tensor, generated: Tensor, target: Tensor, max_scenes: int =
     return torch.cat(rows, dim=-2).clamp(0, 1).cpu()
 
 
-__all__ = ["DiffusionModule", "image_grid", "min_snr_weights"]
+__all__ = ["DiffusionModule", "image_grid", "min_snr_weights", "step_seed"]

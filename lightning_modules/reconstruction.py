@@ -4,6 +4,10 @@ Batches follow docs/ARCHITECTURE.md: ``images`` [B, V, 3, H, W] (the first ``num
 ``alpha``, ``c2w``, ``fxfycxcy``, ``index`` [B, V, 2] = (view_idx, scene_idx), ``background`` [B, 3], ``kind``.
 Augmented inputs, when the DataModule made them, come as ``input_images`` / ``input_c2w``.
 
+Resume: the module draws no random numbers in training (no dropout, no random view choice: the DataModule picks the
+views), so a resumed run repeats the uninterrupted one given the same batches. The training batches' backgrounds are
+recorded (``lightning_modules.training_background``: ``checkpoint["mvlift"]["background"]``, the export's config.json).
+
 Example (tiny, CPU):
     >>> m = ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32, depth=1,
     ...                          head_dim=16)
@@ -39,6 +43,7 @@ from lightning_modules.losses import (
 )
 from lightning_modules.metrics import KINDS, KindMetrics, per_view_psnr, view_metrics
 from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler
+from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +155,7 @@ class ReconstructionModule(pl.LightningModule):
         self.perceptual = load_perceptual(vgg_weights) if perceptual_weight > 0 else None
         self.lpips = load_lpips(vgg_weights, lpips_weights) if (lpips_weight > 0 or lpips_weights) else None
         self.val_metrics = KindMetrics()
+        self.train_background = TrainingBackground()
 
     # ---- configuration ------------------------------------------------------------------------------------------
     def model_config(self) -> GSLRMConfig:
@@ -276,6 +282,7 @@ class ReconstructionModule(pl.LightningModule):
                 self.log(f"{prefix}/psnr/{kind}", (psnr * w).sum() / n, batch_size=n)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        self.train_background.update(batch.get("background"))
         out = self.predict_views(batch)
         terms = self.compute_loss(out)
         b = out["pred"].shape[0]
@@ -324,13 +331,17 @@ class ReconstructionModule(pl.LightningModule):
     # ---- checkpoints and export -----------------------------------------------------------------------------------
     def mvlift_metadata(self) -> dict[str, Any]:
         return {"stage": "reconstruction", "rig": self.rig.to_dict(), "version": FORMAT_VERSION,
-                "model_config": self.net.config.to_dict()}
+                "model_config": self.net.config.to_dict(),
+                "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mvlift"] = self.mvlift_metadata()
         hp = checkpoint.get("hyper_parameters")
         if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring
             hp["init_from"] = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.train_background.load((checkpoint.get("mvlift") or {}).get("background"))
 
     def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
         """Write model.safetensors (+ model_ema.safetensors), config.json and rig.json into ``out_dir``."""
@@ -372,6 +383,7 @@ class ReconstructionModule(pl.LightningModule):
         hparams.update(overrides)
         module = cls(**hparams)
         module.load_weights(path, ema=ema)
+        module.train_background.load(config.get("background"))
         return module
 
 

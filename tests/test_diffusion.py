@@ -13,7 +13,7 @@ from diffusers import UNet2DConditionModel
 from torch.utils.data import DataLoader
 
 from geometry.rig import load_rig
-from lightning_modules.diffusion import DiffusionModule, min_snr_weights
+from lightning_modules.diffusion import DiffusionModule, min_snr_weights, step_seed
 from lightning_modules.mv_attention import multiview_attention_mode
 from lightning_modules.pretrained import (
     build_tiny_components,
@@ -205,6 +205,35 @@ def test_augmented_reference_is_the_model_input_when_present():
     assert not torch.allclose(clean, aug)
 
 
+def test_training_draws_are_seeded_by_seed_step_rank_and_micro_batch(monkeypatch):
+    """Timesteps, noise and condition dropout come from training_generator (tests/test_fit_resume.py: bit-exact
+    resume), never from the global RNG; DDP ranks and accumulated micro-batches draw differently."""
+    seeds = {step_seed(s, step, rank, micro) for s in (0, 1) for step in range(3) for rank in range(2)
+             for micro in range(2)}
+    assert len(seeds) == 24
+    m = tiny_module(cond_drop_prob=0.5)
+    batch = make_batch(b=2)
+
+    def draws(batch_idx: int) -> list[float]:
+        with torch.no_grad():
+            before = torch.get_rng_state()
+            loss = m.diffusion_loss(batch, generator=m.training_generator(batch_idx))["loss"].item()
+            assert torch.equal(torch.get_rng_state(), before), "drew from the global RNG"
+        return [loss, torch.rand(4, generator=m.training_generator(batch_idx), device=m.device).tolist()]
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # seed_everything(7); resolved at the first training draw
+    assert m.training_generator(0).device == m.device
+    assert m.noise_seed == 7 and draws(0) == draws(0)  # without a trainer: step 0, rank 0, one micro-batch
+    trainer = type("T", (), {"global_step": 5, "global_rank": 0, "accumulate_grad_batches": 2})()
+    monkeypatch.setattr(m, "_trainer", trainer)
+    first, second = draws(10), draws(11)  # the two micro-batches of step 5
+    assert first != second and draws(12) == first
+    trainer.global_rank = 1
+    assert draws(10) != first
+    trainer.global_rank, trainer.global_step = 0, 6
+    assert draws(10) != first
+
+
 # ---- sampling, checkpoints, export ----------------------------------------------------------------------------------
 def test_sampling_returns_the_model_rigs_cameras_and_is_seeded():
     m = tiny_module(rig="mouse_oblique20_6view").eval()
@@ -219,8 +248,8 @@ def test_sampling_returns_the_model_rigs_cameras_and_is_seeded():
     torch.testing.assert_close(m.sample(ref, num_inference_steps=2, seed=3)["images"], out["images"])
 
 
-def _fit_two_steps(m: DiffusionModule, root: Path) -> pl.Trainer:
-    samples = [{k: v[i] for k, v in make_batch(b=2).items()} for i in range(2)]
+def _fit_two_steps(m: DiffusionModule, root: Path, **extra) -> pl.Trainer:
+    samples = [{k: v[i] for k, v in {**make_batch(b=2), **extra}.items()} for i in range(2)]
     loader = DataLoader(samples, batch_size=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
@@ -251,6 +280,21 @@ def test_fit_validate_checkpoint_and_reload_gives_identical_samples(tmp_path):
     torch.save(raw, ckpt)
     with pytest.raises(ValueError, match="never switched silently"):
         DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu")
+
+
+def test_training_background_is_stored_in_checkpoint_and_export(tmp_path):
+    m = tiny_module()
+    trainer = _fit_two_steps(m, tmp_path, background=torch.full((2, 3), 0.5))  # 2 steps x 2 gray samples
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    raw = torch.load(tmp_path / "m.ckpt", map_location="cpu", weights_only=False)["mvlift"]
+    assert raw["background"] == {"color": [0.5, 0.5, 0.5], "varied": False, "samples": 4, "min": [0.5] * 3,
+                                 "max": [0.5] * 3}
+    loaded = DiffusionModule.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu")
+    assert loaded.mvlift_metadata()["background"] == raw["background"]
+    out = loaded.export(tmp_path / "export")
+    assert json.loads((out / "mvlift.json").read_text())["background"] == raw["background"]
+    assert DiffusionModule.from_export(out).mvlift_metadata()["background"] == raw["background"]
+    assert tiny_module().mvlift_metadata()["background"] is None  # never trained: not known
 
 
 def test_export_and_from_export_give_identical_outputs_including_ema(tmp_path):
@@ -367,3 +411,16 @@ def test_gpu_tiny_module_trains_and_samples_on_cuda_like_on_cpu():
     assert out["images"].is_cuda and out["c2w"].is_cuda
     cpu = tiny_module().eval().sample(torch.rand(1, 3, SIZE, SIZE), num_inference_steps=2, seed=0)
     assert tuple(cpu["images"].shape) == tuple(out["images"].shape)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_training_draws_come_from_a_cuda_generator():
+    m = tiny_module(cond_drop_prob=0.5).cuda()
+    gen = m.training_generator(0)
+    assert gen.device.type == "cuda"
+    batch = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in make_batch(b=2).items()}
+    with torch.no_grad():
+        a = m.diffusion_loss(batch, generator=m.training_generator(0))["loss"]
+        b = m.diffusion_loss(batch, generator=m.training_generator(0))["loss"]
+    assert torch.equal(a, b)

@@ -1,5 +1,6 @@
 """resume: auto continues a crashed run exactly: per-step losses, EMA, optimizer, scheduler, data position
-(with MultiViewDataModule: mid-epoch, augmentation on, with and without DataLoader workers).
+(with MultiViewDataModule: mid-epoch, augmentation on, with and without DataLoader workers), and the DiffusionModule's
+training draws (timesteps, noise, condition dropout: seeded per step, not from the global RNG).
 
 Also holds the tiny LightningModule / DataModule / resumable loader used by the other callback tests.
 """
@@ -320,3 +321,113 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
     fit(tmp_path, "r", 4, with_ema=False)
     with pytest.raises(RunConflictError, match="already holds checkpoints"):
         fit(tmp_path, "r", 8, with_ema=False)
+
+
+# ---- DiffusionModule: seeded training draws ------------------------------------------------------------------------
+def _recording_diffusion(**kw):
+    """A tiny in-memory DiffusionModule (random tiny UNet / VAE / CLIP) that records (global_step, loss) per step."""
+    from lightning_modules.diffusion import DiffusionModule
+
+    class RecordingDiffusion(DiffusionModule):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.losses.append((self.global_step, loss.item()))
+            return loss
+
+    args = {"rig": "facelift_6view", "view_embeddings": "learned", "view_init": "scratch", "view_tokens": 4,
+            "image_size": 16, "cond_drop_prob": 0.5, "lr": 1e-3}
+    m = RecordingDiffusion(**{**args, **kw})
+    m.losses = []
+    return m
+
+
+def diffusion_data():
+    from datamodules.datamodule import MultiViewDataModule
+
+    # 4 draws per epoch, batch 1: 4 steps per epoch. Procedural scenes: white-background synthetic + realistic
+    # (background as is); default domain-gap augmentation of the reference.
+    return MultiViewDataModule(stage="diffusion", image_size=16, batch_size=1, samples_per_epoch=4, val_fraction=0,
+                               seed=3, num_workers=0,
+                               sources=[{"name": "syn", "num_scenes": 6, "weight": 0.6},
+                                        {"name": "real", "kind": "real", "realistic": True, "num_scenes": 4,
+                                         "weight": 0.4, "seed": 1}])
+
+
+def fit_diffusion(root: Path, run: str, max_steps: int, resume: str | None = None, extra=(),
+                  ckpt_path: str | None = None):
+    pl.seed_everything(0, workers=True)
+    model, data = _recording_diffusion(), diffusion_data()
+    paths_cb = CheckpointPaths(root=str(root), experiment="diffusion", run=run, resume=resume)
+    trainer = make_trainer(paths_cb, max_steps, extra, every_n_train_steps=3)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path or paths_cb.resume_checkpoint(model, data))
+    return model, paths_cb
+
+
+def test_diffusion_resume_draws_the_same_timesteps_noise_and_condition_dropout(tmp_path, monkeypatch):
+    """Lightning does not checkpoint the global torch RNG: the module's timesteps, noise and classifier-free-guidance
+    dropout (p = 0.5 here) come from a generator seeded by (seed, step, rank, micro-batch). 4 steps per epoch,
+    checkpoints every 3 steps, a crash at step 8: resume auto continues from step 6 (epoch 1, draw 2) and must give
+    the uninterrupted run's losses and weights."""
+    total = 9
+    full, full_paths = fit_diffusion(tmp_path, "full", total)
+    assert [s for s, _ in full.losses] == list(range(total))
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_diffusion(tmp_path, "crashy", total, resume="auto", extra=[CrashAt(8)])
+    resumed, paths_cb = fit_diffusion(tmp_path, "crashy", total, resume="auto")
+
+    assert [s for s, _ in resumed.losses] == [6, 7, 8], "resume from the newest checkpoint (step 6, mid-epoch)"
+    reference = dict(full.losses)
+    for step, loss in resumed.losses:
+        assert loss == pytest.approx(reference[step], abs=1e-7, rel=0), f"step {step}: other draws than the full run"
+    full_state = full.state_dict()
+    for name, p in resumed.state_dict().items():
+        if isinstance(p, torch.Tensor):
+            torch.testing.assert_close(p, full_state[name], atol=1e-7, rtol=0, msg=name)
+
+    # the training backgrounds are recorded and survive the resume: white synthetic + realistic photos = varied
+    last = {int(p.name.split("step=")[1].split(".")[0]): p for p in paths_cb.paths.checkpoints() if "step=" in p.name}
+    meta = torch.load(last[max(last)], weights_only=False)["mvlift"]
+    full_meta = torch.load(next(p for p in full_paths.paths.checkpoints() if "step=9." in p.name),
+                           weights_only=False)["mvlift"]
+    assert meta["noise_seed"] == 0
+    assert meta["background"] == full_meta["background"]
+    assert meta["background"]["samples"] == total and meta["background"]["varied"] is True
+    assert meta["background"]["color"] is None and meta["background"]["sources"] == {"syn": "white", "real": "as_is"}
+
+    # control: with the global RNG (the old behaviour) the resumed steps draw other noise -> other losses
+    from lightning_modules.diffusion import DiffusionModule
+
+    monkeypatch.setattr(DiffusionModule, "training_generator", lambda self, batch_idx: None)
+    blind_full, blind_paths = fit_diffusion(tmp_path, "global_rng", total)
+    ckpt = next(p for p in blind_paths.paths.checkpoints() if "step=6." in p.name)
+    blind, _ = fit_diffusion(tmp_path, "global_rng_resumed", total, ckpt_path=str(ckpt))
+    blind_reference = dict(blind_full.losses)
+    assert [s for s, _ in blind.losses] == [6, 7, 8]
+    assert any(abs(loss - blind_reference[step]) > 1e-4 for step, loss in blind.losses)
+
+
+@pytest.mark.filterwarnings("ignore:.*self.log")
+def test_training_steps_leave_the_global_torch_rng_alone():
+    """Neither stage's training_step may draw from the global RNG (Lightning does not checkpoint it)."""
+    from datamodules.datamodule import MultiViewDataModule
+    from lightning_modules.reconstruction import ReconstructionModule
+
+    for stage, module in (
+        ("diffusion", _recording_diffusion()),
+        ("reconstruction", ReconstructionModule(image_size=16, num_input_views=2, width=32, depth=1, head_dim=16,
+                                                rasterizer="torch")),
+    ):
+        data = MultiViewDataModule(stage=stage, image_size=16, num_views=3, num_input_views=2, batch_size=2,
+                                   num_workers=0, samples_per_epoch=2, val_fraction=0,
+                                   sources=[{"name": "syn", "num_scenes": 2, "background": "gray"}])
+        data.setup("fit")
+        batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+        torch.manual_seed(1)
+        before = torch.get_rng_state()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.equal(torch.get_rng_state(), before), f"{stage}: training_step drew from the global RNG"
+        rec = module.mvlift_metadata()["background"]
+        assert rec["color"] == [0.5, 0.5, 0.5] and rec["samples"] == 2 and not rec["varied"], stage

@@ -136,3 +136,49 @@ def test_background_removal_is_pluggable(ckpts, images, tmp_path, monkeypatch, c
     assert (np.asarray(Image.open(tmp_path / "none" / "mouse_a" / "input.png"))[0, 0] == 0).all()  # as is
     assert _run(ckpts, [images["rgba"]], tmp_path / "x", "--background-removal", "no_such_module:fn") == 2
     assert "no_such_module" in capsys.readouterr().err
+
+
+def _corner(out: Path, stem: str = "mouse_a") -> np.ndarray:
+    return np.asarray(Image.open(out / stem / "input.png")).astype(int)[0, 0]  # transparent in the photo
+
+
+def test_background_defaults_to_the_trained_one_and_an_explicit_choice_wins(ckpts, images, tmp_path, caplog, capsys):
+    from tiny_checkpoints import diffusion_module, reconstruction_module, save_lightning_checkpoint
+
+    gray = diffusion_module(FACELIFT)
+    gray.train_background.update(torch.full((4, 3), 0.5))  # as training on gray-background batches records it
+    gray_ckpt = save_lightning_checkpoint(gray, tmp_path / "gray.ckpt")
+
+    def run(diffusion: Path, out: Path, *extra, rec: Path = ckpts["rec_facelift"]) -> dict:
+        assert main([str(images["rgba"]), "--diffusion", str(diffusion), "--reconstruction", str(rec), "--out",
+                     str(out), *FAST, *extra]) == 0, capsys.readouterr().err
+        return json.loads((out / "mouse_a" / "info.json").read_text())
+
+    info = run(gray_ckpt, tmp_path / "gray")
+    assert abs(_corner(tmp_path / "gray") - 128).max() <= 1
+    assert info["background"] == [0.5, 0.5, 0.5] and info["background_from"] == "diffusion checkpoint"
+    assert info["trained_backgrounds"]["diffusion"]["samples"] == 4
+    assert info["trained_backgrounds"]["reconstruction"] is None
+
+    info = run(gray_ckpt, tmp_path / "black", "--background", "black")  # explicit wins
+    assert (_corner(tmp_path / "black") == 0).all() and info["background_from"] == "--background"
+
+    # varied training backgrounds (random / as_is sources): white, with a note
+    varied = diffusion_module(FACELIFT)
+    varied.train_background.update(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.9, 0.8]]))
+    varied_ckpt = save_lightning_checkpoint(varied, tmp_path / "varied.ckpt")
+    with caplog.at_level(logging.INFO, logger="mvlift.infer"):
+        info = run(varied_ckpt, tmp_path / "varied")
+    assert (_corner(tmp_path / "varied") == 255).all() and info["background_from"] == "default (white)"
+    assert info["trained_backgrounds"]["diffusion"]["varied"] is True
+    assert "no single training background" in caplog.text and "varied" in caplog.text
+
+    # nothing recorded with the diffusion model: the reconstruction export's (config.json) is used
+    rec = reconstruction_module(FACELIFT)
+    rec.train_background.update(torch.tensor([[0.0, 0.0, 0.0]]))
+    rec_export = rec.export(tmp_path / "rec_black")
+    info = run(ckpts["diff_facelift"], tmp_path / "rec", rec=rec_export)
+    assert (_corner(tmp_path / "rec") == 0).all() and info["background_from"] == "reconstruction checkpoint"
+    from lightning_modules.reconstruction import ReconstructionModule
+
+    assert ReconstructionModule.from_export(rec_export).mvlift_metadata()["background"]["color"] == [0.0, 0.0, 0.0]

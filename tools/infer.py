@@ -2,7 +2,7 @@
 
     python -m tools.infer IMAGE [IMAGE ...] --diffusion CKPT --reconstruction CKPT --out DIR
         [--steps 50] [--guidance 3.0] [--seed 0] [--scheduler ddim] [--allow-rig-mismatch]
-        [--background-removal alpha|none|MODULE:FUNCTION] [--background white] [--input-views all|0,1,...]
+        [--background-removal alpha|none|MODULE:FUNCTION] [--background COLOR] [--input-views all|0,1,...]
         [--ema] [--device cpu|cuda] [--turntable-frames 36] [--turntable-size 256] [--fps 12]
 
 CKPT: a Lightning ``.ckpt`` or an export folder of the stage (the stage is read from the checkpoint's metadata).
@@ -14,6 +14,12 @@ checked (unreadable, non-square or smaller than 16 px -> an error naming the fil
 (3) per image: background removal (tools.images), ``DiffusionModule.sample`` (the cameras come from the diffusion
 model's rig, never from the caller), the views resized to the reconstruction model's size with the rig's cameras at
 that size, ``ReconstructionModule.reconstruct``, then the outputs.
+
+Background (photos with alpha are composited over it; the turntable is rendered over it): ``--background`` when given,
+else the one color the diffusion model's training images were composited over (``checkpoint["mvlift"]["background"]``
+or the export's mvlift.json, see ``lightning_modules.training_background``), else the reconstruction model's, else
+white. When a model's training backgrounds varied (``random`` / ``as_is`` sources) or were not recorded (older or
+converted checkpoints), white is kept and a note says so; info.json records the choice and both records.
 
 Outputs per image, ``<out>/<image stem>/``:
     input.png           the reference as the diffusion model saw it (after background removal)
@@ -42,6 +48,7 @@ from torch import Tensor
 from callbacks.rig_guard import check_rigs
 from geometry.camera_files import CameraFile, write_camera_file
 from geometry.rig import Rig
+from lightning_modules.training_background import TOLERANCE, describe
 from tools.checkpoints import checkpoint_rig, checkpoint_stage, load_stage, resolve_device
 from tools.images import BackgroundRemoval, background_color, check_square, read_image, save_png
 
@@ -65,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go on (with a logged warning) when the two checkpoints' rigs differ")
     p.add_argument("--background-removal", default="alpha",
                    help="alpha (composite an alpha channel over the background), none, or a local MODULE:FUNCTION")
-    p.add_argument("--background", default="white", help="background color: white | gray | black | R,G,B")
+    p.add_argument("--background", default=None,
+                   help="background color: white | gray | black | R,G,B (default: the one the models were trained "
+                        "on, as stored in the checkpoints; white when it varied or is not recorded)")
     p.add_argument("--input-views", default="all",
                    help="generated views given to the reconstruction model: all, or comma-separated view indices "
                         "or names of the rig")
@@ -101,6 +110,45 @@ def check_stages_and_rigs(diffusion: Path, reconstruction: Path, allow_mismatch:
     return {"diffusion_rig": d_rig.name, "diffusion_rig_fingerprint": d_rig.fingerprint,
             "reconstruction_rig": r_rig.name, "reconstruction_rig_fingerprint": r_rig.fingerprint,
             "match": diff.ok, "mismatch_allowed": (not diff.ok) and allow_mismatch, "diff": diff.to_dict()}
+
+
+def stored_background(path: Path) -> dict[str, Any] | None:
+    """The training-background record stored with a ``.ckpt`` (``checkpoint["mvlift"]["background"]``) or an export
+    folder (mvlift.json / config.json); None when not recorded."""
+    if path.is_dir():
+        for name in ("mvlift.json", "config.json"):
+            if (path / name).is_file():
+                return json.loads((path / name).read_text()).get("background")
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    meta = ckpt.get("mvlift") if isinstance(ckpt, dict) else None
+    return meta.get("background") if isinstance(meta, dict) else None
+
+
+def choose_background(spec: str | None, diffusion: Path, reconstruction: Path) -> tuple[Tensor, dict[str, Any]]:
+    """(background [3], report): ``spec`` (--background) when given, else the diffusion model's training background,
+    else the reconstruction model's, else white with a logged note (module docstring)."""
+    trained = {"diffusion": stored_background(diffusion), "reconstruction": stored_background(reconstruction)}
+    if spec is not None:
+        return background_color(spec), {"from": "--background", "trained": trained}
+    colors = {k: rec["color"] for k, rec in trained.items() if rec and rec.get("color") is not None}
+    if "diffusion" in colors:
+        chosen, source = colors["diffusion"], "diffusion checkpoint"
+        other = colors.get("reconstruction")
+        if other is not None and max(abs(a - b) for a, b in zip(chosen, other)) > TOLERANCE:
+            log.warning("the diffusion model was trained on background %s, the reconstruction model on %s: photos are "
+                        "composited over the diffusion model's (pass --background to choose)", chosen, other)
+    elif "reconstruction" in colors:
+        chosen, source = colors["reconstruction"], "reconstruction checkpoint"
+        log.info("note: diffusion model's training background: %s; using the reconstruction model's %s",
+                 describe(trained["diffusion"]), chosen)
+    else:
+        chosen, source = [1.0, 1.0, 1.0], "default (white)"
+        log.info("note: no single training background stored (diffusion: %s; reconstruction: %s); compositing over "
+                 "white (pass --background to choose)", describe(trained["diffusion"]),
+                 describe(trained["reconstruction"]))
+    log.info("background %s (%s)", chosen, source)
+    return torch.tensor(chosen, dtype=torch.float32), {"from": source, "trained": trained}
 
 
 def parse_input_views(spec: str, rig: Rig) -> list[int]:
@@ -182,7 +230,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     """The whole command (module docstring); returns the per-image output folders."""
     _check_args(args)
     rig_report = check_stages_and_rigs(args.diffusion, args.reconstruction, args.allow_rig_mismatch)
-    background = background_color(args.background)
+    background, background_report = choose_background(args.background, args.diffusion, args.reconstruction)
     removal = BackgroundRemoval(args.background_removal, background)
     prepared = []
     for path in args.images:  # every image is checked before any model is loaded
@@ -206,6 +254,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         with torch.no_grad():
             record = infer_image(path, image, diffusion, reconstruction, out_dir, args, input_views, background)
         info = {"image": str(path), "background_removal": how, "background": background.tolist(),
+                "background_from": background_report["from"], "trained_backgrounds": background_report["trained"],
                 "diffusion": str(args.diffusion), "reconstruction": str(args.reconstruction), "ema": args.ema,
                 "rigs": rig_report, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "scheduler": args.scheduler, "device": str(device), **record}
