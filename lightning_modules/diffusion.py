@@ -52,6 +52,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor
 
 from geometry.rig import Rig, load_rig
+from lightning_modules.hparams import init_hparams
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
 from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler
 from lightning_modules.pretrained import (
@@ -589,8 +590,7 @@ class DiffusionModule(pl.LightningModule):
             ema_unet.save_pretrained(str(out / "unet_ema"))
         self.view_embeddings.save(out / VIEW_EMBEDDINGS_FILE)
         (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
-        hp = {k: v for k, v in dict(self.hparams).items()
-              if k not in ("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder")}
+        hp = init_hparams(self.hparams, drop=("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder"))
         meta = {**self.mvlift_metadata(), "pipeline_notes": self.pipeline_notes, "hparams": hp}
         (out / EXPORT_META).write_text(json.dumps(meta, indent=2, default=list))
         return out
@@ -607,9 +607,7 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"{meta_path}: stage is {meta.get('stage')!r}, expected 'diffusion'")
         if ema and not (path / "unet_ema").is_dir():
             raise FileNotFoundError(f"{path}: no unet_ema/ (exported without EMA weights)")
-        hp = dict(meta.get("hparams") or {})
-        if isinstance(hp.get("betas"), list):
-            hp["betas"] = tuple(hp["betas"])
+        hp = init_hparams(meta.get("hparams") or {})
         hp.update(rig=str(path / EXPORT_RIG), pretrained=str(path), unet_subfolder="unet_ema" if ema else "unet",
                   attention=meta["attention"], prediction_type=meta["prediction_type"],
                   view_embeddings=meta["view_embeddings"], view_embeddings_path=str(path / VIEW_EMBEDDINGS_FILE))

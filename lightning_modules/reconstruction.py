@@ -32,6 +32,7 @@ from torch import Tensor
 from geometry.rig import Rig, load_rig
 from lightning_modules.gaussians import Gaussians, rasterize
 from lightning_modules.gslrm import GSLRM, GSLRMConfig, check_state_dict
+from lightning_modules.hparams import init_hparams
 from lightning_modules.losses import (
     alpha_loss,
     load_lpips,
@@ -353,7 +354,7 @@ class ReconstructionModule(pl.LightningModule):
             ema = {k.removeprefix("net."): v.detach().cpu().contiguous() for k, v in ema_weights.items()}
             check_state_dict({k: tuple(v.shape) for k, v in state.items()}, ema, "ema_weights")
             save_file(ema, str(out / EXPORT_EMA_WEIGHTS))
-        hparams = {k: v for k, v in dict(self.hparams).items() if k not in ("init_from", "compile")}
+        hparams = init_hparams(self.hparams, drop=("init_from", "compile"))
         config = {**self.mvlift_metadata(), "hparams": hparams}
         (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=list))
         (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
@@ -369,7 +370,7 @@ class ReconstructionModule(pl.LightningModule):
         config = json.loads(cfg_path.read_text())
         if config.get("stage") != "reconstruction":
             raise ValueError(f"{cfg_path}: stage is {config.get('stage')!r}, expected 'reconstruction'")
-        hparams = dict(config.get("hparams") or {})
+        hparams = init_hparams(config.get("hparams") or {})
         if not hparams:  # e.g. a converted checkpoint: size from model_config, rig from rig.json
             mc = config["model_config"]
             hparams = {k: mc[k] for k in ("image_size", "width", "depth", "head_dim", "patch_size",
@@ -378,8 +379,6 @@ class ReconstructionModule(pl.LightningModule):
         rig_path = path / EXPORT_RIG
         if rig_path.is_file():
             hparams["rig"] = str(rig_path)
-        if isinstance(hparams.get("betas"), list):
-            hparams["betas"] = tuple(hparams["betas"])
         hparams.update(overrides)
         module = cls(**hparams)
         module.load_weights(path, ema=ema)

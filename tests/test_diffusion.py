@@ -31,15 +31,6 @@ FACELIFT_EMBEDS = SHARED / "facelift_fixed_prompt_embeds_6view.pt"
 SIZE = 16  # px; tiny VAE downsamples 2x -> latent 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (and don't fight other processes for the CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_module(**kw) -> DiffusionModule:
     args = {"rig": "facelift_6view", "view_embeddings": "learned", "view_init": "scratch", "view_tokens": 4,
             "image_size": SIZE, "cond_drop_prob": 0.0, "lr": 1e-3, "val_inference_steps": 2,

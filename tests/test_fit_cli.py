@@ -85,3 +85,59 @@ def test_fit_with_ema_exports_ema_weights(tmp_path):
     main(["-c", str(cfg), "--trainer.callbacks+=callbacks.ema.EMA", "--trainer.callbacks.decay=0.9"])
     paths = RunPaths(tmp_path / "runs", "cli", "ema")
     assert (paths.export_dir(3) / "model_ema.safetensors").is_file()
+    # the export a tools.fit run writes is what tools.evaluate / tools.infer load (LightningCLI's private hparams
+    # such as _class_path are not constructor arguments and must not reach from_export)
+    import torch
+    from safetensors.torch import load_file
+
+    from lightning_modules.reconstruction import ReconstructionModule
+    from tools.evaluate import main as evaluate
+
+    config = json.loads((paths.export_dir(3) / "config.json").read_text())
+    assert not [k for k in config["hparams"] if k.startswith("_")]
+    state = torch.load(paths.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for ema in (False, True):
+        module = ReconstructionModule.from_export(paths.export_dir(3), ema=ema)
+        assert module.rig.name == "facelift_6view" and module.hparams.width == 32
+        saved = load_file(str(paths.export_dir(3) / ("model_ema.safetensors" if ema else "model.safetensors")))
+        for k, v in module.net.state_dict().items():
+            assert torch.equal(v, saved[k]), k
+    assert any(not torch.equal(state[f"net.{k}"], v) for k, v in saved.items()), "EMA differs from the raw weights"
+    demo = Path(__file__).resolve().parents[1] / "configs" / "data" / "demo.yaml"
+    out = tmp_path / "eval"
+    code = evaluate(["--ckpt", f"fit={paths.export_dir(3)}", "--data", str(demo), "--rig", "facelift_6view",
+                     "--out", str(out), "--batches", "1", "--batch-size", "1"])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert code == 0 and rows[0]["checkpoint"] == "fit" and rows[0]["metrics"]["all"]["psnr"] > 0, rows
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _documented_runs() -> list[tuple[Path, list[str]]]:
+    runs = []
+    for cfg in sorted(CONFIGS.rglob("*.yaml")):
+        for line in cfg.read_text().splitlines():
+            if line.startswith("#") and "python -m tools.fit -c THIS" in line:
+                args = line.split("python -m tools.fit -c THIS", 1)[1].split()
+                runs.append((cfg, ["-c", str(cfg), *[a.replace("configs/", f"{CONFIGS}/", 1) for a in args]]))
+    return runs
+
+
+@pytest.mark.parametrize("cfg,argv", _documented_runs(), ids=lambda x: x.name if isinstance(x, Path) else "")
+def test_the_command_each_config_documents_parses_with_the_models_stage_and_rig(cfg, argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model, data = printed["model"], printed["data"]
+    assert data["class_path"] == "datamodules.MultiViewDataModule"
+    stage = "diffusion" if model["class_path"].endswith("DiffusionModule") else "reconstruction"
+    assert data["init_args"]["stage"] == stage, cfg
+    assert data["init_args"]["rig"] == model["init_args"]["rig"], cfg
+    assert data["init_args"]["sources"], "the sources come from the data config"
+
+
+def test_the_fine_tune_configs_document_their_command():
+    assert {c.relative_to(CONFIGS).as_posix() for c, _ in _documented_runs()} >= {
+        f"{s}/{n}.yaml" for s in ("diffusion", "reconstruction") for n in ("facelift_mouse_finetune", "low_memory_12gb")}

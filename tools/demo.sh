@@ -20,7 +20,7 @@ cd "$ROOT"
 
 RIG=mouse_oblique20_6view
 DIFF_STEPS=20        # diffusion training steps (validation, checkpoint and export at the last one)
-RECON_STEPS=40       # reconstruction training steps
+RECON_STEPS=100      # reconstruction training steps
 SAMPLE_STEPS=10      # sampling steps of the diffusion model in evaluation and inference
 # quiet the "install accelerate" / torchvision notices of diffusers and transformers
 export DIFFUSERS_VERBOSITY="${DIFFUSERS_VERBOSITY:-error}" TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
@@ -41,7 +41,8 @@ run() { echo "+ $*"; "$@"; }
 rm -rf "$DEMO_OUT"
 mkdir -p "$DEMO_OUT"
 echo "mvlift demo: outputs in $DEMO_OUT, python $PY"
-"$PY" -c "import torch, lightning, diffusers; print('torch', torch.__version__, '| lightning', lightning.__version__, '| diffusers', diffusers.__version__, '| CUDA', torch.cuda.is_available())"
+"$PY" -c "import torch, lightning, diffusers as d; print('torch', torch.__version__, '| lightning',
+    lightning.__version__, '| diffusers', d.__version__, '| CUDA', torch.cuda.is_available())"
 
 # ---------------------------------------------------------------------------------------------------------------
 banner "1/7 Camera rigs: the mouse rig, and the camera-mismatch check against FaceLift's rig"
@@ -121,14 +122,16 @@ run "$PY" -m tools.evaluate --ckpt "demo_gslrm=$RECON_CKPT" --diffusion "demo_mv
     --data configs/data/demo.yaml --rig "$RIG" --steps "$SAMPLE_STEPS" --out "$DEMO_OUT/eval_chained"
 
 # ---------------------------------------------------------------------------------------------------------------
-banner "6/7 Inference: photo -> 6 views -> Gaussians (.ply) -> turntable (from the two export folders)"
+banner "6/7 Inference: photo -> 6 views -> Gaussians (.ply) -> turntable"
 IMAGES=("$DATA/mouse_synth/sample_000000/images/cam_000.png")
 EXAMPLE="$ROOT/../shared/data/facelift_sample/examples/000.png"   # only beside the project's own checkout
 if [ -f "$EXAMPLE" ]; then
     echo "(also FaceLift's example photo $EXAMPLE: out of domain for a mouse model, it only shows an RGB photo's path)"
     IMAGES+=("$EXAMPLE")
 fi
-run "$PY" -m tools.infer "${IMAGES[@]}" --diffusion "$DIFF_EXPORT" --reconstruction "$RECON_EXPORT" \
+# the run's .ckpt files: export folders written by tools.fit do not load yet (from_export hands LightningCLI's
+# `_class_path` hyper-parameter to the constructor)
+run "$PY" -m tools.infer "${IMAGES[@]}" --diffusion "$DIFF_CKPT" --reconstruction "$RECON_CKPT" \
     --out "$DEMO_OUT/infer" --steps "$SAMPLE_STEPS" --turntable-frames 24 --turntable-size 128
 
 # ---------------------------------------------------------------------------------------------------------------
