@@ -19,4 +19,4 @@ timeout 120 python -m tools.fit -c $CFG --trainer.devices 2 --data.init_args.bat
     --trainer.max_steps $((STEPS + 30)) --resume auto > "$OUT/gpu2_resume.log" 2>&1; echo "gpu2 resume rc=$?"
 python -m bench.ddp_report runs/bench_ddp/gpu2 > "$OUT/ddp_report_resumed.jsonl" 2>&1
 cp -r runs/bench_ddp/gpu1/logs "$OUT/gpu1_logs"; cp -r runs/bench_ddp/gpu2/logs "$OUT/gpu2_logs"
-tail -3 "$OUT"/gpu*.log
+tail -n 3 "$OUT"/gpu*.log

@@ -432,6 +432,25 @@ class CheckpointPaths(Callback):
         n = self.export_every_n_steps
         if n and step > 0 and step % n == 0 and step != self._last_export_step:
             self.export(trainer, pl_module)
+        if 0 < trainer.max_steps <= step:
+            self.save_final_checkpoint(trainer)
+
+    def save_final_checkpoint(self, trainer: pl.Trainer) -> None:
+        """At ``max_steps``: write ``last.ckpt`` for every ModelCheckpoint that keeps one but would not save this step
+        itself (e.g. ``every_n_train_steps=100`` and ``max_steps=150``), so ``--resume auto`` with a larger
+        ``max_steps`` continues from the step where training stopped. Written from the same hook, with the same
+        loop state, as ModelCheckpoint's own step checkpoints (collective: every rank calls it)."""
+        step = trainer.global_step
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint) or not cb.save_last or cb.dirpath is None:
+                continue
+            every = getattr(cb, "_every_n_train_steps", 0) or 0
+            if every and step % every == 0:
+                continue  # ModelCheckpoint saves this step (and last.ckpt with it)
+            path = os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+            trainer.save_checkpoint(path)
+            cb.last_model_path = path
+            log.info("saved the final state (step %d) to %s", step, path)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.export_on_fit_end and trainer.global_step != self._last_export_step:

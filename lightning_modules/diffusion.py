@@ -54,7 +54,7 @@ from torch import Tensor
 from geometry.rig import Rig, load_rig
 from lightning_modules.hparams import init_hparams
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
-from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler
+from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler, trainer_clips_gradients
 from lightning_modules.pretrained import (
     PipelineComponents,
     build_tiny_components,
@@ -433,7 +433,7 @@ class DiffusionModule(pl.LightningModule):
                 log.warning("optimizer='auto': bitsandbytes not installed, using torch AdamW")
             else:
                 return bnb.optim.AdamW8bit(groups, betas=betas)
-        return build_adamw(groups, betas=betas)
+        return build_adamw(groups, betas=betas, clips_gradients=trainer_clips_gradients(self))
 
     # ---- sampling -----------------------------------------------------------------------------------------------
     def make_sampler(self, name: str = "ddim"):

@@ -119,15 +119,25 @@ def build_scheduler(
     )
 
 
-def build_adamw(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), fused: bool | None = None
-                ) -> torch.optim.AdamW:
-    """AdamW over ``groups`` (fused kernel on CUDA when every parameter lives there)."""
+def build_adamw(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), fused: bool | None = None,
+                clips_gradients: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``groups``: the fused kernel on CUDA when every parameter lives there, unless the trainer clips
+    gradients (``clips_gradients``: Lightning refuses to clip under 16/bf16-mixed precision with a fused optimizer,
+    which unscales internally), then the multi-tensor ``foreach`` kernel."""
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("no trainable parameters: every parameter is frozen")
+    on_cuda = all(p.is_cuda for p in params)
     if fused is None:
-        fused = all(p.is_cuda for p in params)
-    return torch.optim.AdamW(groups, betas=betas, fused=fused)
+        fused = on_cuda and not clips_gradients
+    return torch.optim.AdamW(groups, betas=betas, fused=fused, foreach=None if fused else on_cuda or None)
 
 
-__all__ = ["build_adamw", "build_param_groups", "build_scheduler", "freeze_parameters", "lr_factor", "name_matches"]
+def trainer_clips_gradients(module: torch.nn.Module) -> bool:
+    """Whether the Lightning trainer attached to ``module`` (if any) clips gradients."""
+    trainer = getattr(module, "_trainer", None)
+    return bool(trainer is not None and trainer.gradient_clip_val)
+
+
+__all__ = ["build_adamw", "build_param_groups", "build_scheduler", "freeze_parameters", "lr_factor", "name_matches",
+           "trainer_clips_gradients"]

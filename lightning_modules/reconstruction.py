@@ -43,7 +43,7 @@ from lightning_modules.losses import (
     ssim_loss,
 )
 from lightning_modules.metrics import KINDS, KindMetrics, per_view_psnr, view_metrics
-from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler
+from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler, trainer_clips_gradients
 from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ class ReconstructionModule(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         h = self.hparams
         groups = build_param_groups(self.net, h.freeze, h.lr_groups, h.lr, h.weight_decay)
-        opt = build_adamw(groups, betas=tuple(h.betas))
+        opt = build_adamw(groups, betas=tuple(h.betas), clips_gradients=trainer_clips_gradients(self))
         sched = build_scheduler(opt, h.warmup_steps, h.max_steps, h.decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -297,6 +297,21 @@ def test_resume_with_mixed_sources_and_augmentation_matches_uninterrupted_curve(
         assert any(abs(b[1] - reference[b[0]][1]) > 1e-4 for b in blind.steps)
 
 
+def test_a_run_that_reached_max_steps_is_extended_from_its_last_step(tmp_path):
+    """Checkpoints every 4 steps, training stops at max_steps=11: last.ckpt must hold step 11 (not 8), and a resume
+    with max_steps=14 continues from there exactly as the uninterrupted run."""
+    total = 14
+    full, _, _ = fit_multiview(tmp_path, "full", total)
+    _, paths_cb, _ = fit_multiview(tmp_path, "short", 11, resume="auto")
+    last = torch.load(paths_cb.paths.last_checkpoint, weights_only=False)
+    assert last["global_step"] == 11 and last["MultiViewDataModule"]["aug_step"] == 11
+    resumed, _, _ = fit_multiview(tmp_path, "short", total, resume="auto")
+    assert [s[0] for s in resumed.steps] == [11, 12, 13]
+    reference = {s[0]: s for s in full.steps}
+    for step, loss, scenes, _checksum in resumed.steps:
+        assert scenes == reference[step][2] and loss == pytest.approx(reference[step][1], abs=1e-7, rel=0), step
+
+
 def test_resume_auto_without_checkpoint_starts_fresh_and_writes_run_layout(tmp_path):
     model, paths_cb, _ = fit(tmp_path, None, 6, resume="auto", export_every=3)
     paths = paths_cb.paths

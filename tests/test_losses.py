@@ -13,7 +13,7 @@ from lightning_modules.losses import (
     ssim_loss,
     ssim_map,
 )
-from lightning_modules.optim import build_param_groups, build_scheduler, lr_factor, name_matches
+from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler, lr_factor, name_matches
 
 
 def _pair(seed=0, shape=(2, 3, 3, 32, 32)):
@@ -107,3 +107,12 @@ def test_warmup_then_cosine_and_constant_schedules():
         opt.step()
         sched.step()
     assert seen == pytest.approx([0.5, 1.0, 1.0, 0.5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernel)")
+@pytest.mark.gpu
+def test_fused_adamw_on_cuda_only_when_the_trainer_does_not_clip():
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(3, device="cuda"))]}]
+    assert build_adamw(groups).defaults["fused"]
+    assert not build_adamw(groups, clips_gradients=True).defaults["fused"]
+
