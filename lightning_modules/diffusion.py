@@ -127,13 +127,6 @@ def _batch_rigs(batch: dict) -> list[str]:
     return [rig] if isinstance(rig, str) else [str(r) for r in rig]
 
 
-def _kinds(batch: dict, b: int) -> list[str]:
-    kind = batch.get("kind")
-    if kind is None:
-        return ["all"] * b
-    return [kind] * b if isinstance(kind, str) else list(kind)
-
-
 class DiffusionModule(pl.LightningModule):
     """Multi-view diffusion training, sampling and export. Constructor arguments are plain types (LightningCLI)."""
 
@@ -511,9 +504,9 @@ class DiffusionModule(pl.LightningModule):
         if out["images"].shape[-2:] != target.shape[-2:]:
             target = F.interpolate(target.flatten(0, 1), size=out["images"].shape[-2:], mode="bilinear",
                                    antialias=True).view_as(out["images"])
-        from lightning_modules.metrics import view_metrics
+        from lightning_modules.metrics import batch_kinds, view_metrics
 
-        self.val_metrics.update(view_metrics(out["images"], target), _kinds(batch, b))
+        self.val_metrics.update(view_metrics(out["images"], target), batch_kinds(batch, b))
         if batch_idx == 0:
             self.last_val_grid = image_grid(ref, out["images"], target)
             self._log_grid(self.last_val_grid)

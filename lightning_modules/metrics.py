@@ -88,4 +88,13 @@ class KindMetrics(nn.Module):
         self._seen.clear()
 
 
-__all__ = ["KINDS", "KindMetrics", "per_view_psnr", "per_view_ssim", "view_metrics"]
+def batch_kinds(batch: dict, b: int) -> list[str]:
+    """The source kind of each of the ``b`` scenes of a batch (``batch["kind"]``: one string or one per scene;
+    ``"all"`` when the batch does not say)."""
+    kind = batch.get("kind")
+    if kind is None:
+        return ["all"] * b
+    return [kind] * b if isinstance(kind, str) else list(kind)
+
+
+__all__ = ["KINDS", "KindMetrics", "batch_kinds", "per_view_psnr", "per_view_ssim", "view_metrics"]

@@ -42,7 +42,7 @@ from lightning_modules.losses import (
     mse_loss,
     ssim_loss,
 )
-from lightning_modules.metrics import KINDS, KindMetrics, per_view_psnr, view_metrics
+from lightning_modules.metrics import KINDS, KindMetrics, batch_kinds, per_view_psnr, view_metrics
 from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler, trainer_clips_gradients
 from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
 
@@ -79,13 +79,6 @@ def check_index(index: Tensor, where: str = "batch") -> None:
             f"a scene and the view column (0) distinct per view; got index[{i}] = {index[i].tolist()} "
             f"({len(bad)} of {index.shape[0]} scenes wrong){hint}"
         )
-
-
-def _kinds(batch: dict, b: int) -> list[str]:
-    kind = batch.get("kind")
-    if kind is None:
-        return ["all"] * b
-    return [kind] * b if isinstance(kind, str) else list(kind)
 
 
 class ReconstructionModule(pl.LightningModule):
@@ -273,7 +266,7 @@ class ReconstructionModule(pl.LightningModule):
     # ---- Lightning hooks ------------------------------------------------------------------------------------------
     def _log_per_kind_psnr(self, prefix: str, out: dict[str, Any], batch: dict) -> None:
         psnr = per_view_psnr(out["pred"], out["target"]).mean(-1)  # [B], stays on device
-        kinds = _kinds(batch, psnr.shape[0])
+        kinds = batch_kinds(batch, psnr.shape[0])
         b = len(kinds)
         self.log(f"{prefix}/psnr", psnr.mean(), batch_size=b, prog_bar=True)
         for kind in KINDS:
@@ -315,7 +308,7 @@ class ReconstructionModule(pl.LightningModule):
         b = out["pred"].shape[0]
         self.log("val/loss", terms["loss"], batch_size=b, sync_dist=True)
         metrics = view_metrics(out["pred"], out["target"], self.lpips)
-        self.val_metrics.update(metrics, _kinds(batch, b))
+        self.val_metrics.update(metrics, batch_kinds(batch, b))
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_metrics.compute().items():
