@@ -129,9 +129,8 @@ if [ -f "$EXAMPLE" ]; then
     echo "(also FaceLift's example photo $EXAMPLE: out of domain for a mouse model, it only shows an RGB photo's path)"
     IMAGES+=("$EXAMPLE")
 fi
-# the run's .ckpt files: export folders written by tools.fit do not load yet (from_export hands LightningCLI's
-# `_class_path` hyper-parameter to the constructor)
-run "$PY" -m tools.infer "${IMAGES[@]}" --diffusion "$DIFF_CKPT" --reconstruction "$RECON_CKPT" \
+# the self-contained export folders (evaluation above read the .ckpt files: either works)
+run "$PY" -m tools.infer "${IMAGES[@]}" --diffusion "$DIFF_EXPORT" --reconstruction "$RECON_EXPORT" \
     --out "$DEMO_OUT/infer" --steps "$SAMPLE_STEPS" --turntable-frames 24 --turntable-size 128
 
 # ---------------------------------------------------------------------------------------------------------------
