@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def step() -> torch.Tensor:
         with attn_context(args.attn_backend), amp:
-            out = module.predict_views(batch)
+            out = module.predict_views(batch, training=True)
             loss = module.compute_loss(out)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.net.parameters(), 1.0, foreach=True)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # rendering + loss alone (forward + backward) on fixed Gaussians of this batch
     with torch.no_grad(), attn_context(args.attn_backend), amp:
-        inp, sup = module.split_views(batch)
+        inp, sup = module.split_views(batch, training=True)
         gs = module.reconstruct(inp["images"], inp["c2w"], inp["fxfycxcy"])
     leaves = {k: v.detach().float().requires_grad_() for k, v in vars(gs).items()}
     gs_leaf = type(gs)(**leaves)

@@ -11,6 +11,8 @@ Example (CPU, procedural data, no files):
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import zlib
 from collections import Counter
@@ -69,7 +71,9 @@ class MultiViewDataModule(L.LightningDataModule):
         sources: list of source dicts (datamodules.sources docstring); default: the procedural demo 0.7 / 0.3.
         val_sources: same shape; default: a held-out tail (``val_fraction``) of each training source.
         image_size: square output size.  num_views / num_input_views: reconstruction views per scene / inputs.
-        supervise_inputs: reconstruction supervises the inputs too (else num_views must exceed num_input_views).
+        supervise_inputs: reconstruction's view overlap: training supervision views include the inputs (FaceLift's
+            GS-LRM trains so; the samples carry ``supervise_all_views``), validation still scores only the views
+            that are not inputs. False: num_views must exceed num_input_views.
         reference_view: "fixed" | "random" | "random_rig" (+ reference_index) for diffusion.
         rig_tolerance_deg / rig_distance_tolerance: diffusion's data-vs-rig camera check.
         normalize_cameras / target_radius: centre at the rays' intersection, mean distance to target_radius.
@@ -141,7 +145,7 @@ class MultiViewDataModule(L.LightningDataModule):
         self.rig = load_rig(rig)
         self.builder = SceneBuilder(stage, self.rig, image_size, num_views, num_input_views, reference_view,
                                     reference_index, rig_tolerance_deg, rig_distance_tolerance, normalize_cameras,
-                                    target_radius, center_crop, center_fill)
+                                    target_radius, center_crop, center_fill, supervise_inputs)
         enabled = augment is None or augment.get("enabled", True)
         cfg = None if augment is None else {k: v for k, v in augment.items() if k != "enabled"}
         self.augmenter = DomainGapAugment(cfg, seed) if enabled else None
@@ -197,7 +201,8 @@ class MultiViewDataModule(L.LightningDataModule):
         if not self.val_sources:
             return None
         h = self.hparams
-        return MixedSceneDataset(self.val_sources, self._val_idx, self.builder, h.val_samples, h.seed + 1,
+        held_out = dataclasses.replace(self.builder, supervise_inputs=False)  # validation scores unseen views only
+        return MixedSceneDataset(self.val_sources, self._val_idx, held_out, h.val_samples, h.seed + 1,
                                  h.on_bad_sample)
 
     def _loader(self, ds: MixedSceneDataset, sampler: Any) -> DataLoader:

@@ -54,6 +54,7 @@ class SceneBuilder:
     target_radius: float = 2.7
     center_crop: bool = False
     center_fill: float = 0.6
+    supervise_inputs: bool = False  # reconstruction: the supervision views include the inputs (view overlap)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -125,6 +126,7 @@ class SceneBuilder:
                            "ref_view": torch.tensor(ref, dtype=torch.long)})
         else:
             sample["num_input_views"] = torch.tensor(self.num_input_views, dtype=torch.long)
+            sample["supervise_all_views"] = torch.tensor(self.supervise_inputs)
         return sample
 
 

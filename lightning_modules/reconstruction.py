@@ -192,10 +192,11 @@ class ReconstructionModule(pl.LightningModule):
             return rasterize(gaussians, c2w.float(), fxfycxcy.float(), height, width, background.float(),
                              backend=self._backend())
 
-    def split_views(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def split_views(self, batch: dict, training: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(inputs, supervision) tensors of a batch: inputs = augmented inputs when present, else the first
-        ``num_input_views`` clean views; supervision = the remaining views (all views when the batch or the
-        module says so, or when there are no remaining views)."""
+        ``num_input_views`` clean views; supervision = the remaining views, or all views when the batch says so
+        (``supervise_all_views``, set by the DataModule's ``supervise_inputs`` on training samples), when the module's
+        ``supervise_inputs`` is on and ``training`` (the training step), or when there are no remaining views."""
         images, c2w, k = batch["images"], batch["c2w"], batch["fxfycxcy"]
         vin = self._num_input_views(batch)
         v = images.shape[1]
@@ -206,7 +207,9 @@ class ReconstructionModule(pl.LightningModule):
             "c2w": batch.get("input_c2w") if batch.get("input_c2w") is not None else c2w[:, :vin],
             "fxfycxcy": k[:, :vin],
         }
-        all_views = bool(batch.get("supervise_all_views", False)) or self.hparams.supervise_inputs or vin == v
+        flag = batch.get("supervise_all_views")  # the DataModule's supervise_inputs, one per scene
+        from_data = flag is not None and bool(torch.as_tensor(flag).all())
+        all_views = from_data or (training and self.hparams.supervise_inputs) or vin == v
         sel = slice(0, v) if all_views else slice(vin, v)
         alpha = batch.get("alpha")
         sup = {"images": images[:, sel], "c2w": c2w[:, sel], "fxfycxcy": k[:, sel],
@@ -221,14 +224,14 @@ class ReconstructionModule(pl.LightningModule):
             n = int(n.reshape(-1)[0]) if n.numel() else self.hparams.num_input_views
         return int(n)
 
-    def predict_views(self, batch: dict) -> dict[str, Any]:
-        """Reconstruct from the input views and render the supervision views.
+    def predict_views(self, batch: dict, training: bool = False) -> dict[str, Any]:
+        """Reconstruct from the input views and render the supervision views (``training``: see split_views).
 
         Returns {"pred" [B, Vs, 3, H, W], "pred_alpha" [B, Vs, 1, H, W], "target", "target_alpha" (or None),
         "gaussians"}."""
         if "index" in batch and batch["index"] is not None:
             check_index(batch["index"], "batch['index']")
-        inp, sup = self.split_views(batch)
+        inp, sup = self.split_views(batch, training)
         gaussians = self.reconstruct(inp["images"], inp["c2w"], inp["fxfycxcy"])
         h, w = sup["images"].shape[-2:]
         out = self.render(gaussians, sup["c2w"], sup["fxfycxcy"], h, w, batch.get("background"))
@@ -277,7 +280,7 @@ class ReconstructionModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         self.train_background.update(batch.get("background"))
-        out = self.predict_views(batch)
+        out = self.predict_views(batch, training=True)
         terms = self.compute_loss(out)
         b = out["pred"].shape[0]
         self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True)

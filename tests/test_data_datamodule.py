@@ -115,6 +115,59 @@ def test_default_augmentation_writes_reference_input_for_diffusion():
     assert b["input_images"].shape == ref.shape and torch.equal(b["ref_images"], ref)
 
 
+def test_diffusion_augmentation_hits_the_reference_with_its_probability_and_nothing_else():
+    b = 256
+    g = torch.Generator().manual_seed(0)
+    batch = {"images": torch.rand(b, 6, 3, 8, 8, generator=g) * 0.5 + 0.25,
+             "ref_images": torch.rand(b, 1, 3, 8, 8, generator=g) * 0.5 + 0.25,
+             "kind": ["synthetic"] * (b // 2) + ["real"] * (b // 2)}
+    clean = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
+    out = DomainGapAugment({"synthetic": {"noise": {"p": 0.3, "std": 0.05}}}, seed=2)(batch, "diffusion", step=0)
+    for k, v in clean.items():
+        assert torch.equal(out[k], v), k  # targets and the clean reference untouched
+    changed = (out["input_images"] != clean["ref_images"]).flatten(1).any(-1)
+    assert not changed[b // 2:].any()
+    assert abs(changed[: b // 2].float().mean().item() - 0.3) < 0.1
+
+
+@pytest.mark.parametrize(("mode", "index"), [("fixed", 3), ("random_rig", 0)])
+def test_reference_view_fixed_and_random_rig(mode, index):
+    dm = MultiViewDataModule(**{**TINY, "batch_size": 4, "samples_per_epoch": 24}, stage="diffusion",
+                             reference_view=mode, reference_index=index,
+                             sources=[{"name": "syn", "num_scenes": 12, "num_views": 10}])
+    dm.setup("fit")
+    refs = [r for batch in dm.train_dataloader() for r in batch["ref_view"].tolist()]
+    assert len(refs) == 24
+    if mode == "fixed":
+        assert set(refs) == {3}
+    else:  # any of the rig's 6 views, never one of the scene's 4 extra views
+        assert set(refs) <= set(range(6)) and len(set(refs)) >= 4
+
+
+def test_supervise_inputs_puts_the_inputs_in_training_supervision_only():
+    from lightning_modules.reconstruction import ReconstructionModule
+
+    kw = {**TINY, "stage": "reconstruction", "num_views": 4, "num_input_views": 4, "val_fraction": 0.5,
+          "sources": [{"name": "syn", "num_scenes": 8}], "augment": {"enabled": False}}
+    with pytest.raises(ValueError, match="supervise_inputs"):
+        MultiViewDataModule(**kw)
+    dm = MultiViewDataModule(**{**kw, "num_input_views": 3, "supervise_inputs": True})
+    dm.setup("fit")
+    train, val = next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
+    assert train["supervise_all_views"].tolist() == [True, True]
+    assert val["supervise_all_views"].tolist() == [False, False]
+    model = ReconstructionModule(image_size=24, num_input_views=3, width=32, depth=1, head_dim=16, patch_size=8,
+                                 rasterizer="torch")
+    assert model.split_views(train, training=True)[1]["images"].shape[1] == 4  # inputs supervised too
+    assert model.split_views(val)[1]["images"].shape[1] == 1  # validation: the unseen view only
+    plain = MultiViewDataModule(**{**kw, "num_input_views": 3})
+    plain.setup("fit")
+    assert model.split_views(next(iter(plain.train_dataloader())), training=True)[1]["images"].shape[1] == 1
+    model.hparams.supervise_inputs = True  # the module's own switch: training steps only
+    assert model.split_views(val, training=True)[1]["images"].shape[1] == 4
+    assert model.split_views(val)[1]["images"].shape[1] == 1
+
+
 def test_inspect_data_prints_one_json_object(tmp_path, capsys):
     from tools.inspect_data import main
 

@@ -196,8 +196,10 @@ def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_siz
         cfg["rig"] = rig
     if stage == "diffusion":
         cfg.update(reference_view="fixed", reference_index=args.reference_view)
-    elif args.num_input_views is not None:
-        cfg["num_input_views"] = args.num_input_views
+    else:
+        cfg["supervise_inputs"] = False  # scores are on the views the model did not see
+        if args.num_input_views is not None:
+            cfg["num_input_views"] = args.num_input_views
     dm = MultiViewDataModule(**cfg)
     dm.setup("validate")
     loader = dm.val_dataloader() if args.split == "val" else dm.train_dataloader()
