@@ -12,7 +12,6 @@ Example (CPU, procedural data, no files):
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import zlib
 from collections import Counter
