@@ -117,6 +117,7 @@ class SceneBuilder:
             "fxfycxcy": k[sel].float(),
             "index": torch.stack([torch.tensor(views), torch.full((len(views),), scene)], dim=-1).long(),
             "background": bg.float(), "source": source.name, "kind": source.kind, "rig": self.rig.name,
+            "rig_fingerprint": self.rig.fingerprint,
             "scene_id": cams.scene_id,
         }
         if ref is not None:

@@ -57,6 +57,7 @@ def test_fit_writes_the_run_layout_and_resume_auto_continues(tmp_path):
     assert sorted(paths.exports()) == [2, 3]
     assert (paths.export_dir(3) / "model.safetensors").is_file() and (paths.export_dir(3) / "rig.json").is_file()
     assert (paths.log_dir / "csv" / "metrics.csv").is_file()
+    assert list((paths.log_dir / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard is the embedded default"
     assert not list(paths.checkpoint_dir.glob(".*")), "no temporaries left behind"
     grids = sorted((paths.log_dir / "images").glob("step_*_novel_views.png"))
     assert [g.name for g in grids] == ["step_0000002_novel_views.png"]
@@ -156,3 +157,27 @@ def test_bf16_mixed_fit_with_gradient_clipping_on_cuda(tmp_path):
                 "--trainer.gradient_clip_val", "1.0"])
     assert cli.trainer.global_step == 3
     assert not cli.trainer.optimizers[0].defaults["fused"]
+
+
+def test_wandb_logger_only_on_request_and_named_after_the_run(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from tools.fit import default_loggers
+
+    paths = RunPaths(tmp_path / "runs", "exp", "r1")
+    assert [type(lg).__name__ for lg in default_loggers(paths)] == ["TensorBoardLogger", "CSVLogger"]
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "wandb" else object())
+    with pytest.raises(SystemExit, match="pip install wandb"):
+        default_loggers(paths, "proj")
+    made = {}
+
+    class FakeWandbLogger:
+        def __init__(self, **kw):
+            made.update(kw)
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    monkeypatch.setitem(sys.modules, "lightning.pytorch.loggers", types.SimpleNamespace(WandbLogger=FakeWandbLogger))
+    loggers = default_loggers(paths, "proj")
+    assert isinstance(loggers[-1], FakeWandbLogger)
+    assert made["project"] == "proj" and made["name"] == "exp/r1" and made["save_dir"] == str(paths.log_dir)
