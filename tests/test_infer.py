@@ -73,9 +73,29 @@ def test_infer_writes_views_cameras_ply_and_turntable_per_image(ckpts, images, t
     assert (ref[0, 0] == 255).all() and tuple(ref[12, 12]) == (180, 120, 90)
     # seeded: a second run gives the same views
     again = tmp_path / "again"
-    assert _run(ckpts, [images["rgba"]], again) == 0
+    pytest.importorskip("imageio_ffmpeg", reason="the `video` extra (imageio-ffmpeg) writes MP4")
+    assert _run(ckpts, [images["rgba"]], again, "--turntable-format", "gif,mp4") == 0
     a = np.asarray(Image.open(out / "mouse_a" / "views" / "cam_003.png"))
     assert np.array_equal(a, np.asarray(Image.open(again / "mouse_a" / "views" / "cam_003.png")))
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(str(again / "mouse_a" / "turntable.mp4"))
+    gif_frames = imageio.mimread(str(again / "mouse_a" / "turntable.gif"))
+    assert len(frames) == 3 and frames[0].shape[:2] == (16, 16)
+    assert np.abs(frames[0][..., :3].astype(float) - gif_frames[0][..., :3]).mean() < 25  # same frames, lossy codec
+    assert json.loads((again / "mouse_a" / "info.json").read_text())["turntables"] == ["turntable.gif",
+                                                                                       "turntable.mp4"]
+
+
+def test_turntable_formats_are_checked_before_any_model_runs(monkeypatch):
+    from tools.images import check_video_formats
+
+    with pytest.raises(ValueError, match="'webm'"):
+        check_video_formats(["gif", "webm"])
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(ValueError, match="pip install imageio-ffmpeg"):
+        check_video_formats(["mp4"])
+    check_video_formats(["gif"])
 
 
 def test_users_failure_facelift_diffusion_with_mouse_reconstruction_is_stopped_unless_allowed(

@@ -27,6 +27,7 @@ Outputs per image, ``<out>/<image stem>/``:
     cameras.json        their cameras: FaceLift's opencv_cameras.json layout (w2c + fx fy cx cy, geometry.camera_files)
     gaussians.ply       the Gaussians (3DGS PLY, lightning_modules.gaussians.load_ply reads it)
     turntable.gif       a turntable around the rig's up axis at its radius and mean elevation
+                        (``--turntable-format gif,mp4`` adds turntable.mp4, H.264: needs imageio-ffmpeg)
     info.json           checkpoints, rigs and the rig check, sampling settings, seed, background removal, timings
 """
 
@@ -50,7 +51,15 @@ from geometry.camera_files import CameraFile, write_camera_file
 from geometry.rig import Rig
 from lightning_modules.training_background import TOLERANCE, describe
 from tools.checkpoints import checkpoint_rig, checkpoint_stage, load_stage, resolve_device
-from tools.images import BackgroundRemoval, background_color, check_square, read_image, save_png
+from tools.images import (
+    BackgroundRemoval,
+    background_color,
+    check_square,
+    check_video_formats,
+    read_image,
+    save_png,
+    write_turntable,
+)
 
 log = logging.getLogger("mvlift.infer")
 
@@ -83,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--turntable-frames", type=int, default=36)
     p.add_argument("--turntable-size", type=int, default=256)
     p.add_argument("--fps", type=int, default=12)
+    p.add_argument("--turntable-format", default="gif", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
+                   help="gif, mp4 or gif,mp4 (mp4: H.264 through imageio-ffmpeg, the `video` extra)")
     return p
 
 
@@ -91,6 +102,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.turntable_frames < 1 or args.turntable_size < 8 or args.fps < 1:
         raise ValueError("--turntable-frames >= 1, --turntable-size >= 8 and --fps >= 1 are needed")
+    check_video_formats(args.turntable_format)
     stems: dict[str, Path] = {}
     for path in args.images:
         if path.stem in stems:
@@ -195,7 +207,7 @@ def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[i
 def infer_image(path: Path, ref: Tensor, diffusion: Any, reconstruction: Any, out_dir: Path, args: argparse.Namespace,
                 input_views: list[int], background: Tensor) -> dict[str, Any]:
     """Run one prepared reference [3, H, W] through both stages and write its outputs; returns its info record."""
-    from lightning_modules.reconstruction import render_turntable, save_scene_ply, write_gif
+    from lightning_modules.reconstruction import render_turntable, save_scene_ply
 
     device = diffusion.device
     rig: Rig = diffusion.rig
@@ -219,9 +231,10 @@ def infer_image(path: Path, ref: Tensor, diffusion: Any, reconstruction: Any, ou
     backend = reconstruction.hparams.get("rasterizer", "auto")
     frames = render_turntable(gaussians, rig, num_frames=args.turntable_frames, size=args.turntable_size,
                               background=background.to(gaussians.means.device), backend=backend)
-    write_gif(frames, out_dir / "turntable.gif", fps=args.fps)
+    turntables = write_turntable(frames, out_dir / "turntable", args.turntable_format, fps=args.fps)
     return {"views": names, "view_names": list(rig.view_names), "view_size": size, "reconstruction_size": rec_size,
             "input_views": [rig.view_names[i] for i in input_views], "num_gaussians": int(gaussians.means.shape[1]),
+            "turntables": [t.name for t in turntables],
             "seconds": {"sample": round(t_sample, 3), "reconstruct": round(t_lift, 3),
                         "total": round(time.time() - t0, 3)}}
 
