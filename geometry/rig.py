@@ -1,7 +1,8 @@
 """Camera rigs as named data: one definition that makes every stage's cameras and travels with checkpoints.
 
-A rig (``configs/rigs/NAME.yaml``) lists its views in order with azimuth and elevation, a radius, a field of view at
-a reference image size, the world up axis and the look-at target. It yields cameras at any image size, a stable
+A rig (``configs/rigs/NAME.yaml``) lists its views in order with azimuth and elevation, a radius, a field of view
+(``fov_deg``) or a focal length in pixels (``focal_px``) at a reference image size, the world up axis and the look-at
+target. It yields cameras at any image size, a stable
 fingerprint of everything that changes a camera, and comparisons with another rig or with a data set's cameras.
 
 Example:
@@ -29,6 +30,7 @@ from geometry.cameras import (
     camera_position,
     change_up,
     focal_from_fov,
+    fov_from_focal,
     look_at,
     spherical_from_c2w,
 )
@@ -170,11 +172,23 @@ class Rig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rig:
+        """Build a rig from its YAML/JSON keys (the fields, plus optional ``fingerprint`` to check and ``description``).
+
+        The intrinsics are ``fov_deg`` or ``focal_px`` (focal length in pixels at ``image_size``), not both; ``focal_px``
+        is stored as the equivalent ``fov_deg``, so ``to_dict()`` and the fingerprint see a field of view either way.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known - {"fingerprint", "description", "elevation_deg"}
+        unknown = set(d) - known - {"fingerprint", "description", "elevation_deg", "focal_px"}
         if unknown:
             raise ValueError(f"rig {d.get('name', '?')!r}: unknown keys {sorted(unknown)}")
         d = dict(d)
+        if "focal_px" in d:
+            if "fov_deg" in d:
+                raise ValueError(f"rig {d.get('name', '?')!r}: give fov_deg or focal_px, not both")
+            focal = float(d.pop("focal_px"))
+            if not focal > 0:
+                raise ValueError(f"rig {d.get('name', '?')!r}: focal_px must be > 0, got {focal}")
+            d["fov_deg"] = fov_from_focal(focal, d.get("image_size", cls.__dataclass_fields__["image_size"].default))
         if "elevation_deg" in d:
             d.setdefault("elevations_deg", d.pop("elevation_deg"))
         fp = d.pop("fingerprint", None)

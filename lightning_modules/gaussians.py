@@ -3,7 +3,8 @@
 Conventions (docs/ARCHITECTURE.md): OpenCV cameras ``c2w`` [B, V, 4, 4], intrinsics ``fxfycxcy`` [B, V, 4] in pixels
 with pixel centres at (u + 0.5, v + 0.5). A :class:`Gaussians` holds tensors with a leading batch dim:
 ``means`` [B, N, 3], ``quats`` [B, N, 4] (w, x, y, z; not necessarily normalized), ``scales`` [B, N, 3] (linear),
-``opacities`` [B, N] in [0, 1], ``colors`` [B, N, 3] in [0, 1].
+``opacities`` [B, N] in [0, 1], ``colors`` [B, N, 3] in [0, 1] (:meth:`Gaussians.from_sh0` takes SH degree-0
+coefficients instead).
 
 The torch backend follows gsplat's "classic" 3DGS rasterization so both give the same image:
 EWA projection of the 3D covariance with the perspective Jacobian (clamped to 1.3x the field of view), a 0.3 px^2
@@ -104,6 +105,15 @@ class Gaussians:
             raise ValueError(f"Gaussians.cat: dim must be 0 (scenes) or 1 (Gaussians), got {dim}")
         names = [f.name for f in dataclasses.fields(Gaussians)]
         return Gaussians(**{n: torch.cat([getattr(g, n) for g in items], dim=dim) for n in names})
+
+    @classmethod
+    def from_sh0(cls, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, sh0: Tensor) -> Gaussians:
+        """Build from degree-0 spherical-harmonic colour coefficients ``sh0`` [B, N, 3] instead of RGB.
+
+        ``colors = clamp(sh0 * SH_C0 + 0.5, 0, 1)`` (view-independent 3DGS colour, clamped like GS-LRM's head), so the
+        rasterizer and every other consumer keep seeing RGB in [0, 1].
+        """
+        return cls(means, quats, scales, opacities, (sh0 * SH_C0 + 0.5).clamp(0.0, 1.0))
 
     @staticmethod
     def unbatched(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor) -> Gaussians:

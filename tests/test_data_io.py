@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ from datamodules.io import (
     normalize_scene_cameras,
     resize_views,
     validate_cameras,
+    validate_pixels,
 )
 from geometry.cameras import look_at, project_points
 from geometry.rig import load_rig
@@ -42,6 +44,39 @@ def test_bad_camera_error_names_scene_and_view():
     c2w[1, 0, 0] = 3.0
     with pytest.raises(SampleError, match=r"sample_7 view 1: camera rotation is not orthonormal"):
         validate_cameras(c2w, torch.tensor([[50.0, 50, 32, 32]] * 2), "sample_7")
+
+
+def test_image_size_differing_from_the_camera_file_names_the_sample_and_both_sizes(tmp_path):
+    from datamodules.dataset import SceneBuilder
+    from datamodules.sources import FaceLiftFolderSource
+    from tests.test_data_sources import _write_scene
+
+    _write_scene(tmp_path / "data" / "sample_a", 4, 16, 0, 8)  # FaceLift layout: 4 views of 16x16 px
+    cam_file = tmp_path / "data" / "sample_a" / "opencv_cameras.json"
+    meta = json.loads(cam_file.read_text())
+    meta["frames"][2]["h"] = 20  # declare view 2 as 20 (H) x 16 (W)
+    cam_file.write_text(json.dumps(meta))
+    src = FaceLiftFolderSource("f", "real", path=str(tmp_path / "data"))
+    builder = SceneBuilder("reconstruction", load_rig("facelift_6view"), 16, num_views=4, num_input_views=2)
+    with pytest.raises(SampleError, match=r"sample_a view 2: image is \(16, 16\) \(H, W\) but the camera file "
+                                          r"declares \(20, 16\)"):
+        builder.build(src, 0, np.random.default_rng(0))
+    meta["frames"][2]["h"] = 16
+    cam_file.write_text(json.dumps(meta))
+    assert builder.build(src, 0, np.random.default_rng(0))["images"].shape == (4, 3, 16, 16)  # declared = decoded
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_pixels_name_the_sample(bad):
+    rgb, alpha = torch.rand(3, 3, 8, 8), torch.ones(3, 1, 8, 8)
+    validate_pixels(rgb, alpha, "sample_9", 3, [(8, 8)] * 3)  # finite: accepted
+    rgb[1, 0, 4, 4] = bad
+    with pytest.raises(SampleError, match=r"^sample_9: images have non-finite values"):
+        validate_pixels(rgb, alpha, "sample_9", 3, [(8, 8)] * 3)
+    rgb[1, 0, 4, 4] = 0.5
+    alpha[2, 0, 0, 0] = bad  # a non-finite alpha is as bad
+    with pytest.raises(SampleError, match=r"^sample_9: images have non-finite values"):
+        validate_pixels(rgb, alpha, "sample_9", 3, None)
 
 
 def _dot_scene(size: int = 96):

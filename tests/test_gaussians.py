@@ -248,6 +248,23 @@ def test_gaussians_select_cat_detach_and_to():
     assert g.subset(torch.tensor([0, 4])).num_gaussians == 2
 
 
+def test_sh0_colours_render_like_the_same_rgb():
+    g = random_gaussians(2, 40, seed=3, dtype=torch.float64)
+    sh0 = (g.colors - 0.5) / SH_C0  # 3DGS's f_dc of these colours
+    from_sh = Gaussians.from_sh0(g.means, g.quats, g.scales, g.opacities, sh0)
+    assert torch.allclose(from_sh.colors, g.colors, atol=1e-12)
+    c2w, k = front_camera(24, 30.0)
+    c2w, k = c2w.expand(2, 1, 4, 4), k.expand(2, 1, 4)
+    bg = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
+    want = rasterize(g, c2w, k, 24, 24, bg, backend="torch")
+    got = rasterize(from_sh, c2w, k, 24, 24, bg, backend="torch")
+    assert want["alpha"].max() > 0.5  # the scene is in view
+    for key in ("rgb", "alpha", "depth"):
+        assert torch.allclose(got[key], want[key], atol=1e-10), key
+    assert torch.equal(Gaussians.from_sh0(g.means, g.quats, g.scales, g.opacities, torch.full_like(sh0, 5.0)).colors,
+                       torch.ones_like(sh0))  # out-of-range SH is clamped to valid RGB
+
+
 # ---- PLY --------------------------------------------------------------------------------------------------------
 def test_ply_round_trip_keeps_every_attribute(tmp_path):
     g = random_gaussians(1, 50, seed=7)

@@ -196,6 +196,26 @@ def test_rig_fingerprint_is_stable_and_tracks_cameras():
         load_rig("no_such_rig")
 
 
+def test_rig_focal_px_is_an_alternative_to_fov_deg():
+    named = load_rig("facelift_6view")
+    yaml_keys = {k: v for k, v in named.to_dict().items() if k != "fov_deg"}
+    exact = Rig.from_dict({**yaml_keys, "focal_px": 256 / math.tan(math.radians(25.0))})  # = 548.99377 at 512 px
+    printed = Rig.from_dict({**yaml_keys, "focal_px": 548.99})  # the YAML comment's 2-decimal figure
+    half = Rig.from_dict({**yaml_keys, "image_size": 256, "focal_px": 548.99 / 2})  # focal is at the rig's size
+    for rig in (exact, printed, half):
+        c2w, k = rig.cameras(512, dtype=torch.float64)
+        c2w_named, k_named = named.cameras(512, dtype=torch.float64)
+        assert torch.allclose(c2w, c2w_named, atol=1e-4) and torch.allclose(k, k_named, atol=1e-2)
+        assert rig.fov_deg == pytest.approx(50.0, abs=1e-3) and "focal_px" not in rig.to_dict()
+    assert exact.fingerprint == named.fingerprint and torch.allclose(exact.cameras()[1], named.cameras()[1], atol=1e-4)
+    assert printed.focal() == pytest.approx(548.99, abs=1e-9)
+    assert printed.fingerprint != named.fingerprint  # 548.99 px is fov 50.0003 deg: a (slightly) different camera
+    with pytest.raises(ValueError, match="facelift_6view.*not both"):
+        Rig.from_dict({**named.to_dict(), "focal_px": 548.99})
+    with pytest.raises(ValueError, match="focal_px must be > 0"):
+        Rig.from_dict({**yaml_keys, "focal_px": 0})
+    assert Rig.from_dict(yaml_keys).fov_deg == Rig.fov_deg == 50.0  # neither key: the dataclass default
+
 def test_rig_compare_reports_per_view_degrees():
     a, b = load_rig("facelift_6view"), load_rig("mouse_oblique20_6view")
     assert a.compare(a).ok
