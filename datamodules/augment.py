@@ -6,6 +6,8 @@ pose error (reconstruction). ``images`` / ``ref_images`` / ``c2w`` (the supervis
 
 Config: ``{kind: {op: {p: probability, ...strength}}}`` per source kind (``synthetic`` / ``real``); ``None`` gives
 DEFAULTS (realism for synthetic, nothing for real); a kind given replaces that kind's defaults entirely.
+Per source: ``sources={name: {op: ...}}`` (a source config's ``augment:`` key, datamodules.sources) replaces its
+kind's ops for the scenes of that source (``batch["source"]``); ``{}`` or ``None``: no ops for it.
 Ops, applied in this order, each independently per image with its probability:
     background {strength}: shift the background color (where alpha < 1) by up to +-strength per channel
     lighting {brightness, contrast, saturation, hue}: kornia ColorJitter
@@ -53,18 +55,26 @@ IMAGE_OPS = ("background", "lighting", "gamma", "gaussian_blur", "motion_blur", 
 OPS = (*IMAGE_OPS, "pose_error")
 
 
+def check_ops(ops: dict[str, Any] | None, where: str) -> dict[str, dict[str, Any]]:
+    """One op dict (``{op: {p, ...}}``; None = no ops), checked: unknown ops or a bad ``p`` are errors naming
+    ``where``."""
+    if ops is not None and not isinstance(ops, dict):
+        raise ValueError(f"{where}: expected a mapping of ops, got {ops!r}")
+    ops = dict(ops or {})
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"{where}: unknown ops {sorted(unknown)}; known: {list(OPS)}")
+    for name, op in ops.items():
+        if not isinstance(op, dict) or not 0.0 <= float(op.get("p", 1.0)) <= 1.0:
+            raise ValueError(f"{where}.{name}: expected a mapping with p in [0, 1], got {op!r}")
+    return ops
+
+
 def resolve_config(config: dict[str, Any] | None) -> dict[str, dict[str, dict[str, Any]]]:
     """Per-kind op configs: DEFAULTS with the kinds given in ``config`` replaced; unknown ops are an error."""
     out = copy.deepcopy(DEFAULTS)
     for kind, ops in (config or {}).items():
-        ops = dict(ops or {})
-        unknown = set(ops) - set(OPS)
-        if unknown:
-            raise ValueError(f"augment.{kind}: unknown ops {sorted(unknown)}; known: {list(OPS)}")
-        for name, op in ops.items():
-            if not isinstance(op, dict) or not 0.0 <= float(op.get("p", 1.0)) <= 1.0:
-                raise ValueError(f"augment.{kind}.{name}: expected a mapping with p in [0, 1], got {op!r}")
-        out[kind] = ops
+        out[kind] = check_ops(ops, f"augment.{kind}")
     return out
 
 
@@ -114,20 +124,30 @@ def perturb_poses(c2w: Tensor, cfg: dict[str, Any]) -> Tensor:
 
 
 class DomainGapAugment:
-    """Callable on a collated batch (see module docstring); deterministic for (seed, step)."""
+    """Callable on a collated batch (see module docstring); deterministic for (seed, step).
 
-    def __init__(self, config: dict[str, Any] | None = None, seed: int = 0) -> None:
+    ``sources``: per-source op dicts by source name, each replacing its kind's ops for that source's scenes.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None, seed: int = 0,
+                 sources: dict[str, dict[str, Any] | None] | None = None) -> None:
         self.config = resolve_config(config)
+        self.source_config = {name: check_ops(ops, f"source {name!r} augment") for name, ops in (sources or {}).items()}
         self.seed = int(seed)
-        self.ops = {kind: [(n, cfg, _kornia_op(n, cfg)) for n, cfg in ops.items() if n in IMAGE_OPS]
-                    for kind, ops in self.config.items()}
+        self.ops = {kind: self._image_ops(ops) for kind, ops in self.config.items()}
+        self.source_ops = {name: self._image_ops(ops) for name, ops in self.source_config.items()}
+
+    @staticmethod
+    def _image_ops(ops: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any], Any]]:
+        return [(n, cfg, _kornia_op(n, cfg)) for n, cfg in ops.items() if n in IMAGE_OPS]
 
     def wants_pose_error(self) -> bool:
-        return any("pose_error" in ops for ops in self.config.values())
+        return any("pose_error" in ops for ops in [*self.config.values(), *self.source_config.values()])
 
-    def augment_images(self, x: Tensor, alpha: Tensor | None, kind: str) -> Tensor:
-        """Apply ``kind``'s image ops to x [N, 3, H, W] (alpha [N, 1, H, W] for the background op)."""
-        for name, cfg, op in self.ops.get(kind, []):
+    def augment_images(self, x: Tensor, alpha: Tensor | None, kind: str, source: str | None = None) -> Tensor:
+        """Apply ``kind``'s image ops (``source``'s when it has its own) to x [N, 3, H, W] (alpha [N, 1, H, W] for
+        the background op)."""
+        for name, cfg, op in self.source_ops[source] if source in self.source_ops else self.ops.get(kind, []):
             if name == "background":
                 if alpha is not None:
                     x = shift_background(x, alpha, cfg)
@@ -145,18 +165,23 @@ class DomainGapAugment:
             alpha = None if alpha is None else alpha[:, :vin]
         b, v = clean.shape[:2]
         kinds = list(batch.get("kind") or ["synthetic"] * b)
+        names = list(batch.get("source") or [None] * b)
+        # scenes of a source with its own ops form their own group (after the kinds: no override, same RNG order)
+        groups = [("source", n) if n in self.source_config else ("kind", k) for k, n in zip(kinds, names)]
         out = clean.clone()
         out_c2w = None if c2w is None else c2w.clone()
         devices = [clean.device] if clean.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed * 1_000_003 + int(step))
-            for kind in sorted(set(kinds)):
-                sel = torch.tensor([k == kind for k in kinds], device=clean.device)
-                if self.ops.get(kind):
+            for tag, key in sorted(set(groups)):
+                sel = torch.tensor([g == (tag, key) for g in groups], device=clean.device)
+                kind, source = ("", key) if tag == "source" else (key, None)
+                ops = self.source_config[key] if tag == "source" else self.config.get(key, {})
+                if set(ops) & set(IMAGE_OPS):
                     x = clean[sel].flatten(0, 1)
                     a = None if alpha is None else alpha[sel].flatten(0, 1)
-                    out[sel] = self.augment_images(x, a, kind).view(-1, v, *clean.shape[2:]).to(out.dtype)
-                pose_cfg = self.config.get(kind, {}).get("pose_error")
+                    out[sel] = self.augment_images(x, a, kind, source).view(-1, v, *clean.shape[2:]).to(out.dtype)
+                pose_cfg = ops.get("pose_error")
                 if pose_cfg and out_c2w is not None:
                     out_c2w[sel] = perturb_poses(c2w[sel].flatten(0, 1), pose_cfg).view(-1, v, 4, 4)
         batch["input_images"] = out
@@ -165,4 +190,4 @@ class DomainGapAugment:
         return batch
 
 
-__all__ = ["DEFAULTS", "DomainGapAugment", "perturb_poses", "resolve_config", "shift_background"]
+__all__ = ["DEFAULTS", "DomainGapAugment", "check_ops", "perturb_poses", "resolve_config", "shift_background"]

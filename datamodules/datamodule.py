@@ -79,6 +79,7 @@ class MultiViewDataModule(L.LightningDataModule):
         center_crop / center_fill: crop every view with view 0's alpha box so the object is ~center_fill of the frame.
         on_bad_sample: "raise" | "skip" (skips are counted per source: ``skip_report()``).
         augment: per-kind domain-gap ops (datamodules.augment docstring); None = defaults; {"enabled": False} = off.
+            A source's own ``augment:`` ops replace its kind's for its scenes.
             Training batches are augmented with step = training batch number (saved for resume) and rank.
         augment_val: augment validation inputs too, seeded by the batch's scenes (the same inputs every validation
             pass; the training steps are not touched).
@@ -147,6 +148,7 @@ class MultiViewDataModule(L.LightningDataModule):
                                     target_radius, center_crop, center_fill, supervise_inputs)
         enabled = augment is None or augment.get("enabled", True)
         cfg = None if augment is None else {k: v for k, v in augment.items() if k != "enabled"}
+        self._augment_cfg = cfg
         self.augmenter = DomainGapAugment(cfg, seed) if enabled else None
         self.train_sources: list[Source] = []
         self.val_sources: list[Source] = []
@@ -186,6 +188,13 @@ class MultiViewDataModule(L.LightningDataModule):
             self.val_sources = [s for s, (_, v) in zip(self.train_sources, splits) if len(v)]
             self._train_idx = [t for t, _ in splits]
             self._val_idx = [v for _, v in splits if len(v)]
+        own = {}  # per-source augment overrides, by source name (batch["source"])
+        for s in self.train_sources + self.val_sources:
+            if s.augment is not None and own.setdefault(s.name, s.augment) != s.augment:
+                raise ValueError(f"source {s.name!r}: training and validation sources of this name have different "
+                                 "augment ops")
+        if self.augmenter is not None and own:
+            self.augmenter = DomainGapAugment(self._augment_cfg, self.hparams.seed, sources=own)
         for s in self.train_sources:
             log.info("data source %s", s)
 

@@ -6,7 +6,9 @@ A source is random-access: ``len(source)`` scenes; ``source.cameras(i)`` is chea
 
 Source config (one dict of the DataModule's ``sources``):
     name, kind (synthetic | real), format (procedural | facelift | facelift_mvdiffusion | shards), weight,
-    background (white | gray | black | random | as_is), up_axis (data world up, for normalization; default the rig's)
+    background (white | gray | black | random | as_is), up_axis (data world up, for normalization; default the rig's),
+    augment (optional: domain-gap ops ``{op: {p, ...}}`` that replace its kind's ops for this source's scenes,
+    datamodules.augment; ``{}`` or null: none)
     procedural: num_scenes, realistic, num_views, seed, camera_jitter_deg, rig (default: the stage's rig)
     facelift / facelift_mvdiffusion: path (folder of sample dirs, one sample dir) or list_file; mvdiffusion: rig
     shards: urls (paths, brace patterns ``shard-{000000..000009}.tar``, globs or a directory of .tar files)
@@ -39,7 +41,7 @@ KINDS = ("synthetic", "real")
 CAMERA_FILE = "opencv_cameras.json"
 SOURCE_KEYS = {
     "name", "kind", "format", "weight", "background", "up_axis", "path", "list_file", "urls", "num_scenes",
-    "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset",
+    "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset", "augment",
 }
 
 
@@ -55,10 +57,11 @@ class SceneCameras:
 
 
 class Source:
-    """Base: name, kind, weight, background; subclasses implement __len__, cameras, pixels."""
+    """Base: name, kind, weight, background, augment (its own ops, None: its kind's); subclasses implement __len__,
+    cameras, pixels."""
 
     def __init__(self, name: str, kind: str, weight: float = 1.0, background: str = "white",
-                 up_axis: str | None = None) -> None:
+                 up_axis: str | None = None, augment: dict[str, Any] | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"source {name!r}: kind must be one of {KINDS}, got {kind!r}")
         if background not in BACKGROUND_CHOICES:
@@ -66,6 +69,7 @@ class Source:
         if not weight >= 0:
             raise ValueError(f"source {name!r}: weight must be >= 0, got {weight}")
         self.name, self.kind, self.weight, self.background, self.up_axis = name, kind, float(weight), background, up_axis
+        self.augment = augment
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -362,6 +366,10 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
         raise ValueError(f"source {name!r}: format must be one of {FORMATS}, got {fmt!r}")
     kind = cfg.get("kind", "synthetic")
     base = {"weight": float(cfg.get("weight", 1.0)), "up_axis": cfg.get("up_axis")}
+    if "augment" in cfg:
+        from datamodules.augment import check_ops
+
+        base["augment"] = check_ops(cfg["augment"], f"source {name!r} augment")
     src_rig = load_rig(cfg["rig"]) if cfg.get("rig") else rig
     if fmt == "procedural":
         realistic = bool(cfg.get("realistic", False))

@@ -20,6 +20,9 @@ Batches (diffusion stage, docs/ARCHITECTURE.md): ``images`` [B, V, 3, H, W] targ
 ``ref_images`` [B, 1, 3, H, W], optional ``input_images`` [B, 1, 3, H, W] (augmented reference: the model's input
 when present), ``kind`` list[str], ``rig`` list[str] (must name the module's rig).
 
+Validation samples the first ``val_sample_batches`` batches and logs val/psnr and val/ssim per source kind, plus
+val/lpips when local ``vgg_weights`` and ``lpips_weights`` are given (LPIPS stays out of checkpoints).
+
 Example (tiny random components, CPU):
     >>> m = DiffusionModule(rig="facelift_6view", view_embeddings="learned", view_init="scratch", image_size=32,
     ...                     view_tokens=4)
@@ -54,7 +57,13 @@ from torch import Tensor
 from geometry.rig import Rig, load_rig
 from lightning_modules.hparams import init_hparams
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
-from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler, trainer_clips_gradients
+from lightning_modules.optim import (
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    check_optimizer,
+    trainer_clips_gradients,
+)
 from lightning_modules.pretrained import (
     PipelineComponents,
     build_tiny_components,
@@ -70,7 +79,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 EXPORT_META = "mvlift.json"
 EXPORT_RIG = "rig.json"
-FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.")
+FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.", "lpips.")
 SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
             "dpm": DPMSolverMultistepScheduler}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -169,12 +178,13 @@ class DiffusionModule(pl.LightningModule):
         val_guidance_scale: float = 3.0,
         val_sample_batches: int = 1,
         val_sample_every_n_steps: int = 1000,
+        vgg_weights: str | None = None,
+        lpips_weights: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.attention_mode = check_mode(attention)
-        if optimizer not in ("adamw", "adamw8bit", "auto"):
-            raise ValueError(f"optimizer must be adamw|adamw8bit|auto, got {optimizer!r}")
+        check_optimizer(optimizer)
         if view_embeddings not in ("facelift", "learned"):
             raise ValueError(f"view_embeddings must be 'facelift' or 'learned', got {view_embeddings!r}")
         self.rig: Rig = load_rig(rig)
@@ -204,9 +214,11 @@ class DiffusionModule(pl.LightningModule):
         self.train_background = TrainingBackground()
         self._last_sample_step: int | None = None
         self.last_val_grid: Tensor | None = None
+        from lightning_modules.losses import load_lpips
         from lightning_modules.metrics import KindMetrics
 
-        self.val_metrics = KindMetrics(("psnr", "ssim"))
+        self.lpips = load_lpips(vgg_weights, lpips_weights) if (vgg_weights or lpips_weights) else None
+        self.val_metrics = KindMetrics()
 
     # ---- construction -----------------------------------------------------------------------------------------
     def _set_components(self, c: PipelineComponents, prediction_type: str | None) -> None:
@@ -411,22 +423,9 @@ class DiffusionModule(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         h = self.hparams
         groups = build_param_groups(self, h.freeze, h.lr_groups, h.lr, h.weight_decay)
-        opt = self._make_optimizer(groups)
+        opt = build_optimizer(h.optimizer, groups, tuple(h.betas), trainer_clips_gradients(self))
         sched = build_scheduler(opt, h.warmup_steps, h.max_steps, h.decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def _make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        choice, betas = self.hparams.optimizer, tuple(self.hparams.betas)
-        if choice in ("adamw8bit", "auto"):
-            try:
-                import bitsandbytes as bnb  # optional dependency
-            except ImportError:
-                if choice == "adamw8bit":
-                    raise ImportError("optimizer='adamw8bit' needs bitsandbytes (pip install bitsandbytes)") from None
-                log.warning("optimizer='auto': bitsandbytes not installed, using torch AdamW")
-            else:
-                return bnb.optim.AdamW8bit(groups, betas=betas)
-        return build_adamw(groups, betas=betas, clips_gradients=trainer_clips_gradients(self))
 
     # ---- sampling -----------------------------------------------------------------------------------------------
     def make_sampler(self, name: str = "ddim"):
@@ -506,7 +505,7 @@ class DiffusionModule(pl.LightningModule):
                                    antialias=True).view_as(out["images"])
         from lightning_modules.metrics import batch_kinds, view_metrics
 
-        self.val_metrics.update(view_metrics(out["images"], target), batch_kinds(batch, b))
+        self.val_metrics.update(view_metrics(out["images"], target, self.lpips), batch_kinds(batch, b))
         if batch_idx == 0:
             self.last_val_grid = image_grid(ref, out["images"], target)
             self._log_grid(self.last_val_grid)

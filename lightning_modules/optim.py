@@ -1,4 +1,5 @@
-"""Optimisation shared by both stages: layer-wise freezing, per-group learning rates, AdamW, warmup + decay.
+"""Optimisation shared by both stages: layer-wise freezing, per-group learning rates, AdamW (torch or 8-bit),
+warmup + decay.
 
 Patterns name parameters by prefix, with an integer range allowed in one dotted component:
 ``patch_embed`` (everything under that prefix), ``blocks.0-11`` (blocks 0..11 inclusive),
@@ -17,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -24,6 +26,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adamw8bit", "auto")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
@@ -133,11 +138,36 @@ def build_adamw(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), fu
     return torch.optim.AdamW(groups, betas=betas, fused=fused, foreach=None if fused else on_cuda or None)
 
 
+def check_optimizer(name: str) -> str:
+    """``name`` when it is one of ``OPTIMIZERS``, else ValueError."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be {'|'.join(OPTIMIZERS)}, got {name!r}")
+    return name
+
+
+def build_optimizer(name: str, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95),
+                    clips_gradients: bool = False) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``groups``: ``adamw`` (torch, ``build_adamw``), ``adamw8bit`` (bitsandbytes'
+    AdamW8bit; ImportError when bitsandbytes is missing) or ``auto`` (8-bit when bitsandbytes is installed, else
+    torch AdamW with a warning)."""
+    check_optimizer(name)
+    if name in ("adamw8bit", "auto"):
+        try:
+            import bitsandbytes as bnb  # optional dependency
+        except ImportError:
+            if name == "adamw8bit":
+                raise ImportError("optimizer='adamw8bit' needs bitsandbytes (pip install bitsandbytes)") from None
+            log.warning("optimizer='auto': bitsandbytes not installed, using torch AdamW")
+        else:
+            return bnb.optim.AdamW8bit(groups, betas=betas)
+    return build_adamw(groups, betas=betas, clips_gradients=clips_gradients)
+
+
 def trainer_clips_gradients(module: torch.nn.Module) -> bool:
     """Whether the Lightning trainer attached to ``module`` (if any) clips gradients."""
     trainer = getattr(module, "_trainer", None)
     return bool(trainer is not None and trainer.gradient_clip_val)
 
 
-__all__ = ["build_adamw", "build_param_groups", "build_scheduler", "freeze_parameters", "lr_factor", "name_matches",
-           "trainer_clips_gradients"]
+__all__ = ["OPTIMIZERS", "build_adamw", "build_optimizer", "build_param_groups", "build_scheduler", "check_optimizer",
+           "freeze_parameters", "lr_factor", "name_matches", "trainer_clips_gradients"]

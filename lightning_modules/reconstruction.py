@@ -43,7 +43,13 @@ from lightning_modules.losses import (
     ssim_loss,
 )
 from lightning_modules.metrics import KINDS, KindMetrics, batch_kinds, per_view_psnr, view_metrics
-from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler, trainer_clips_gradients
+from lightning_modules.optim import (
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    check_optimizer,
+    trainer_clips_gradients,
+)
 from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
 
 log = logging.getLogger(__name__)
@@ -125,6 +131,7 @@ class ReconstructionModule(pl.LightningModule):
         decay: str = "cosine",
         freeze: list[str] | None = None,
         lr_groups: dict[str, float] | None = None,
+        optimizer: str = "adamw",
         # runtime
         rasterizer: str = "auto",
         grad_checkpointing: bool = False,
@@ -137,6 +144,7 @@ class ReconstructionModule(pl.LightningModule):
             raise ValueError(f"rasterizer must be auto|torch|gsplat, got {rasterizer!r}")
         if decay not in ("cosine", "constant"):
             raise ValueError(f"decay must be cosine|constant, got {decay!r}")
+        check_optimizer(optimizer)
         self.rig: Rig = load_rig(rig)
         if not 1 <= num_input_views:
             raise ValueError(f"num_input_views must be >= 1, got {num_input_views}")
@@ -321,7 +329,7 @@ class ReconstructionModule(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         h = self.hparams
         groups = build_param_groups(self.net, h.freeze, h.lr_groups, h.lr, h.weight_decay)
-        opt = build_adamw(groups, betas=tuple(h.betas), clips_gradients=trainer_clips_gradients(self))
+        opt = build_optimizer(h.optimizer, groups, tuple(h.betas), trainer_clips_gradients(self))
         sched = build_scheduler(opt, h.warmup_steps, h.max_steps, h.decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -225,6 +225,69 @@ def test_training_draws_are_seeded_by_seed_step_rank_and_micro_batch(monkeypatch
     assert draws(10) != first
 
 
+def test_guidance_dropout_zeroes_reference_latent_and_image_embedding_of_the_same_scene():
+    m = tiny_module()
+    ref = torch.rand(2, 3, SIZE, SIZE)
+    v = m.rig.num_views
+    with torch.no_grad():
+        kept = m.conditions(ref, 0, None, torch.Generator().manual_seed(0))
+        dropped = m.conditions(ref, 0, torch.tensor([True, False]), torch.Generator().manual_seed(0))
+    for full, part in zip(kept, dropped):  # (reference latents, image embeddings), [(B V), ...] scene-major
+        assert full[:v].abs().amax() > 0 and torch.equal(part[:v], torch.zeros_like(part[:v]))
+        torch.testing.assert_close(part[v:], full[v:])
+
+
+def test_gradient_checkpointing_recomputes_the_unet_and_gives_the_same_loss_and_gradients():
+    plain = tiny_module(cond_drop_prob=0.5)
+    ckpt = tiny_module(cond_drop_prob=0.5, grad_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.unet.is_gradient_checkpointing and not plain.unet.is_gradient_checkpointing
+    batch = make_batch(b=2)
+    results = []
+    for m in (plain, ckpt):
+        calls = []
+        m.unet.down_blocks[0].resnets[0].register_forward_hook(lambda *_: calls.append(1))
+        loss = m.training_step(batch, 0)  # draws from training_generator: the same for both
+        loss.backward()
+        grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+        assert grads and all(torch.isfinite(g).all() for g in grads.values())
+        results.append((loss.detach(), grads, len(calls)))
+    (loss_a, grads_a, calls_a), (loss_b, grads_b, calls_b) = results
+    assert (calls_a, calls_b) == (1, 2)  # checkpointing re-runs the block's forward in backward
+    torch.testing.assert_close(loss_b, loss_a)
+    assert grads_a.keys() == grads_b.keys()
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], msg=n)
+
+
+def _random_lpips_weights(root: Path) -> tuple[str, str]:
+    """Local VGG16 + LPIPS head files with random values (plumbing only, as tests/test_evaluate.py)."""
+    from lightning_modules.losses import _vgg16_features
+
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in _vgg16_features().state_dict().items()}, root / "vgg16.pth")
+    heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
+    torch.save(heads, root / "lpips_vgg.pth")
+    return str(root / "vgg16.pth"), str(root / "lpips_vgg.pth")
+
+
+def test_validation_reports_lpips_only_with_local_weights(tmp_path):
+    vgg, lpips = _random_lpips_weights(tmp_path)
+    batch = make_batch(b=2)
+    with_weights, without = tiny_module(vgg_weights=vgg, lpips_weights=lpips), tiny_module()
+    assert without.lpips is None and with_weights.lpips is not None
+    for m in (with_weights, without):
+        m.eval()
+        with torch.no_grad():
+            m.validation_step(batch, 0)
+    got = with_weights.val_metrics.compute()
+    assert {"lpips/all", "lpips/synthetic", "lpips/real"} <= set(got) and torch.isfinite(got["lpips/all"])
+    assert not any(k.startswith("lpips") for k in without.val_metrics.compute())
+    ckpt = {"state_dict": with_weights.state_dict()}
+    with_weights.on_save_checkpoint(ckpt)  # LPIPS comes from the local files, never from checkpoints
+    assert not any(k.startswith("lpips.") for k in ckpt["state_dict"])
+
+
 # ---- sampling, checkpoints, export ----------------------------------------------------------------------------------
 def test_sampling_returns_the_model_rigs_cameras_and_is_seeded():
     m = tiny_module(rig="mouse_oblique20_6view").eval()

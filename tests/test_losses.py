@@ -1,4 +1,7 @@
-"""Losses and optimisation helpers: bounds, masks, freeze patterns, schedules."""
+"""Losses and optimisation helpers: bounds, masks, freeze patterns, schedules, the optimizer choice."""
+
+import sys
+import types
 
 import pytest
 import torch
@@ -13,7 +16,14 @@ from lightning_modules.losses import (
     ssim_loss,
     ssim_map,
 )
-from lightning_modules.optim import build_adamw, build_param_groups, build_scheduler, lr_factor, name_matches
+from lightning_modules.optim import (
+    build_adamw,
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    lr_factor,
+    name_matches,
+)
 
 
 def _pair(seed=0, shape=(2, 3, 3, 32, 32)):
@@ -116,3 +126,34 @@ def test_fused_adamw_on_cuda_only_when_the_trainer_does_not_clip():
     assert build_adamw(groups).defaults["fused"]
     assert not build_adamw(groups, clips_gradients=True).defaults["fused"]
 
+
+
+class FakeAdamW8bit(torch.optim.AdamW):
+    """Stands in for bitsandbytes.optim.AdamW8bit (tests/test_reconstruction.py uses it too)."""
+
+
+def fake_bitsandbytes(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(optim=types.SimpleNamespace(
+        AdamW8bit=FakeAdamW8bit)))
+
+
+def _groups():
+    return [{"params": [torch.nn.Parameter(torch.zeros(3))], "lr": 1e-3, "weight_decay": 0.0}]
+
+
+def test_8bit_adamw_is_picked_when_bitsandbytes_is_installed(monkeypatch):
+    fake_bitsandbytes(monkeypatch)
+    for name in ("adamw8bit", "auto"):
+        opt = build_optimizer(name, _groups(), betas=(0.8, 0.9))
+        assert type(opt) is FakeAdamW8bit and opt.defaults["betas"] == (0.8, 0.9)
+    assert type(build_optimizer("adamw", _groups())) is torch.optim.AdamW
+
+
+def test_without_bitsandbytes_8bit_adamw_raises_and_auto_falls_back_to_torch_adamw(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails
+    with pytest.raises(ImportError, match="bitsandbytes"):
+        build_optimizer("adamw8bit", _groups())
+    assert type(build_optimizer("auto", _groups())) is torch.optim.AdamW
+    assert "bitsandbytes not installed" in caplog.text
+    with pytest.raises(ValueError, match="adamw|adamw8bit|auto"):
+        build_optimizer("sgd", _groups())

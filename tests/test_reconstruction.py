@@ -139,6 +139,18 @@ def test_export_then_from_export_gives_identical_outputs(tmp_path):
     assert torch.equal(init.net.state_dict()[k], m.net.state_dict()[k])
 
 
+def test_optimizer_choice_is_validated_used_and_exported(tmp_path, monkeypatch):
+    from tests.test_losses import FakeAdamW8bit, fake_bitsandbytes
+
+    with pytest.raises(ValueError, match="optimizer"):
+        tiny(optimizer="sgd")
+    assert type(tiny().configure_optimizers()["optimizer"]) is torch.optim.AdamW
+    fake_bitsandbytes(monkeypatch)
+    m = tiny(optimizer="adamw8bit")
+    assert type(m.configure_optimizers()["optimizer"]) is FakeAdamW8bit
+    assert ReconstructionModule.from_export(m.export(tmp_path / "exp")).hparams.optimizer == "adamw8bit"
+
+
 def test_activation_biases_reach_the_network_and_survive_export(tmp_path):
     m = tiny(scale_bias=-3.0, opacity_bias=0.5, depth_range=1.2).eval()
     assert (m.net.config.scale_bias, m.net.config.opacity_bias, m.net.config.depth_range) == (-3.0, 0.5, 1.2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tiny_checkpoints import SIZE, diffusion_checkpoint, diffusion_export
+from tiny_checkpoints import SIZE, diffusion_checkpoint, diffusion_export, reconstruction_checkpoint
 
 from datamodules.datamodule import MultiViewDataModule
 from geometry.camera_files import read_camera_file
@@ -29,7 +29,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("synth_models")
     torch.manual_seed(0)
     return {"mouse_export": diffusion_export(root / "diffusion_mouse", MOUSE),
-            "facelift_ckpt": diffusion_checkpoint(root / "diffusion_facelift.ckpt", FACELIFT)}
+            "facelift_ckpt": diffusion_checkpoint(root / "diffusion_facelift.ckpt", FACELIFT),
+            "mouse_recon": reconstruction_checkpoint(root / "reconstruction_mouse.ckpt", MOUSE)}
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,39 @@ def test_matting_callable_gives_the_alpha_and_mode_options_are_checked(models, r
     assert "--from-diffusion" in capsys.readouterr().err
     assert main(["--from-diffusion", str(models["mouse_export"]), "--out", str(tmp_path / "z")]) == 2
     assert "--inputs" in capsys.readouterr().err
+
+
+def test_rig_guard_refuses_a_reconstruction_checkpoint_of_another_rig_before_writing(models, real_folder, tmp_path,
+                                                                                     capsys, caplog):
+    def run(diffusion: str, out: Path, *extra: str) -> int:
+        return main(["--from-diffusion", str(models[diffusion]), "--inputs", str(real_folder), "--out", str(out),
+                     "--steps", "1", "--limit", "1", *extra])
+
+    recon = ["--reconstruction", str(models["mouse_recon"])]
+    refused = tmp_path / "refused"
+    assert run("facelift_ckpt", refused, *recon) == 2  # the user's FaceLift-rig diffusion + 20° mouse-rig GS-LRM
+    err = capsys.readouterr().err
+    assert "rig mismatch" in err and repr(FACELIFT) in err and repr(MOUSE) in err and "--allow-rig-mismatch" in err
+    assert not refused.exists()
+
+    allowed = tmp_path / "allowed"
+    with caplog.at_level(logging.WARNING, logger="callbacks.rig_guard"):
+        assert run("facelift_ckpt", allowed, *recon, "--allow-rig-mismatch") == 0, capsys.readouterr().err
+    assert "rig mismatch" in caplog.text
+    check = json.loads((allowed / "dataset.json").read_text())["rig_check"]
+    assert (check["diffusion_rig"], check["reconstruction_rig"]) == (FACELIFT, MOUSE)
+    assert (check["match"], check["mismatch_allowed"]) == (False, True)
+
+    matching = tmp_path / "matching"
+    assert run("mouse_export", matching, *recon) == 0, capsys.readouterr().err
+    meta = json.loads((matching / "dataset.json").read_text())
+    assert meta["rig_check"]["match"] is True and meta["train"] == 1
+    assert meta["rig_check"]["reconstruction"] == str(models["mouse_recon"].resolve())
+
+    for extra, words in ((["--allow-rig-mismatch"], "--reconstruction"),
+                         (["--reconstruction", str(models["facelift_ckpt"])], "is a diffusion checkpoint")):
+        assert run("mouse_export", tmp_path / "x", *extra) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["--out", str(tmp_path / "y"), *recon]) == 2  # a --from-diffusion option
+    assert "--reconstruction" in capsys.readouterr().err

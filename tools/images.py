@@ -218,7 +218,7 @@ def write_turntable(frames: np.ndarray, stem: Path, formats: list[str], fps: int
     return written
 
 __all__ = [
-    "TURNTABLE_FORMATS", "check_video_formats", "write_turntable",
-    "BackgroundRemoval", "ImageInputError", "background_color", "check_square", "composite_over", "load_callable",
-    "mask_from_result", "read_image", "save_png", "to_uint8",
+    "TURNTABLE_FORMATS", "BackgroundRemoval", "ImageInputError", "background_color", "check_square",
+    "check_video_formats", "composite_over", "load_callable", "mask_from_result", "read_image", "save_png",
+    "to_uint8", "write_turntable",
 ]

@@ -5,6 +5,7 @@
     python -m tools.synthesize --from-diffusion CKPT --inputs DATA --out DIR [--steps 50] [--guidance 3.0]
         [--seed K] [--reference-view 0] [--kind real|synthetic|all] [--limit N] [--size S] [--scheduler ddim]
         [--matting opaque|MODULE:FUNCTION] [--val-fraction 0.1] [--ema] [--device cpu|cuda] [--skip-existing]
+        [--reconstruction CKPT [--allow-rig-mismatch]]
 
 ``--from-diffusion`` (Phase 3: train the reconstruction model on diffusion outputs): for every input scene, its view
 ``--reference-view`` (default 0) is the reference photo; the diffusion model (a ``.ckpt`` or export folder) generates
@@ -20,6 +21,10 @@ as ``has_background``) unless a local ``MODULE:FUNCTION`` matting callable (tool
 Each sample also holds ``reference.png`` (the model's input); ``dataset.json`` records the checkpoint, rig, sampling
 settings and, per sample, the source scene it came from. ``--skip-existing`` keeps finished samples of an earlier
 run with the same settings (a sample is finished when its camera file exists: it is written last).
+``--reconstruction CKPT`` (the reconstruction ``.ckpt`` or export folder these views will train or feed): the rig
+guard of ``tools.infer`` runs first, from checkpoint metadata only — a rig mismatch is an error naming both rigs
+with the per-view difference (exit code 2, nothing written) unless ``--allow-rig-mismatch`` (a logged warning);
+``dataset.json`` records the check as ``rig_check``.
 
 Layout (what FaceLift's loaders and ours read):
     DIR/sample_000000/images/cam_000.png   RGBA 8-bit: straight RGB + alpha (``--realistic``: RGB with the
@@ -165,12 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default cpu)")
     diff.add_argument("--skip-existing", action="store_true", default=None,
                       help="keep finished samples of an earlier run with the same settings")
+    diff.add_argument("--reconstruction", type=Path, default=None, metavar="CKPT",
+                      help="reconstruction .ckpt or export folder: its rig must be the diffusion model's (rig guard)")
+    diff.add_argument("--allow-rig-mismatch", action="store_true", default=None,
+                      help="with --reconstruction: go on (with a logged warning) when the two rigs differ")
     return p
 
 
 PROCEDURAL = {"scenes": 64, "views": 8, "rig": "facelift_6view", "realistic": False, "camera_jitter_deg": 0.0}
 DIFFUSION = {"inputs": None, "steps": 50, "guidance": 3.0, "scheduler": "ddim", "reference_view": 0, "kind": "real",
-             "limit": None, "matting": "opaque", "ema": False, "device": "cpu", "skip_existing": False}
+             "limit": None, "matting": "opaque", "ema": False, "device": "cpu", "skip_existing": False,
+             "reconstruction": None, "allow_rig_mismatch": False}
 
 
 def _fill_mode_defaults(args: argparse.Namespace) -> None:
@@ -385,6 +395,15 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
     if args.size is not None and args.size < 8:
         raise ValueError(f"--size must be >= 8, got {args.size}")
     split_scenes(2, args.val_fraction)  # validates --val-fraction
+    if args.allow_rig_mismatch and args.reconstruction is None:
+        raise ValueError("--allow-rig-mismatch needs --reconstruction (the checkpoint whose rig is checked)")
+    rig_check = None
+    if args.reconstruction is not None:  # the rig guard, before any model is built or file written
+        from tools.infer import check_stages_and_rigs
+
+        rig_check = {"reconstruction": str(Path(args.reconstruction).resolve()),
+                     **check_stages_and_rigs(Path(args.from_diffusion), Path(args.reconstruction),
+                                             args.allow_rig_mismatch)}
     matting = _matting(args.matting)
     device = resolve_device(args.device)
     model = load_stage(args.from_diffusion, "diffusion", ema=args.ema, device=device)
@@ -435,7 +454,8 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
               "rig_fingerprint": rig.fingerprint, "rig_definition": rig.to_dict(), "seed": args.seed,
               "views": rig.num_views, "size": size, "has_background": args.matting == "opaque",
               "alpha": "opaque (1 everywhere)" if args.matting == "opaque" else f"matting {args.matting}",
-              "scenes": len(records), "train": len(train), "val": len(val), "samples": records}
+              "scenes": len(records), "train": len(train), "val": len(val), "rig_check": rig_check,
+              "samples": records}
     _write_text_atomic(record_path, json.dumps(record, indent=1) + "\n")
     log.info("wrote %s: %d train / %d val samples (%d kept from an earlier run), %d views at %d px, rig %s (%s)",
              out, len(train), len(val), skipped, rig.num_views, size, rig.name, rig.fingerprint)
