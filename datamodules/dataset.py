@@ -94,7 +94,7 @@ class SceneBuilder:
         decode = sorted(set(wanted) | ({0} if self.center_crop else set()))
         rgb, alpha, _has_bg = source.pixels(scene, decode)
         sizes = None if cams.sizes is None else [cams.sizes[v] for v in decode]
-        validate_pixels(rgb, alpha, where, len(decode), sizes)
+        validate_pixels(rgb, alpha, where, len(decode), sizes, views=decode)
         k = cams.fxfycxcy[decode]
         as_is = source.background == "as_is" or alpha is None
         if alpha is None:

@@ -255,8 +255,9 @@ def validate_cameras(c2w: Tensor, fxfycxcy: Tensor, where: str, num_views: int |
 
 
 def validate_pixels(rgb: Tensor, alpha: Tensor | None, where: str, num_views: int,
-                    sizes: list[tuple[int, int]] | None = None) -> None:
-    """SampleError naming ``where`` unless rgb [V, 3, H, W] / alpha are finite, V = num_views and sizes match."""
+                    sizes: list[tuple[int, int]] | None = None, views: list[int] | None = None) -> None:
+    """SampleError naming ``where`` unless rgb [V, 3, H, W] / alpha are finite, V = num_views and sizes match
+    (``views``: the scene's view numbers of the V images, for the message; default 0..V-1)."""
     if rgb.ndim != 4 or rgb.shape[1] != 3 or len(rgb) != num_views:
         raise SampleError(f"{where}: images have shape {list(rgb.shape)}, expected [{num_views}, 3, H, W]")
     if alpha is not None and (alpha.shape[0] != len(rgb) or alpha.shape[2:] != rgb.shape[2:]):
@@ -266,7 +267,7 @@ def validate_pixels(rgb: Tensor, alpha: Tensor | None, where: str, num_views: in
     if sizes is not None:
         for i, hw in enumerate(sizes):
             if tuple(hw) != tuple(rgb.shape[-2:]):
-                raise SampleError(f"{where} view {i}: image is {tuple(rgb.shape[-2:])} (H, W) but the camera file "
+                raise SampleError(f"{where} view {views[i] if views is not None else i}: image is {tuple(rgb.shape[-2:])} (H, W) but the camera file "
                                   f"declares {tuple(hw)}")
 
 

@@ -148,3 +148,13 @@ def test_composite_uses_alpha_and_background():
     out = composite(premult, alpha, torch.tensor([1.0, 0.0, 0.0]))
     assert torch.allclose(out[0, :, 0, 1], torch.tensor([1.0, 0.25, 0.25]))  # alpha 0: background + premult
     assert torch.allclose(out[0, 1, 0, 0], torch.tensor(0.25))
+
+
+def test_size_errors_name_the_scene_view_number_not_the_position_among_decoded_views():
+    import torch
+
+    from datamodules.io import SampleError, validate_pixels
+
+    rgb = torch.zeros(2, 3, 16, 16)
+    with pytest.raises(SampleError, match=r"sample_x view 5: image is \(16, 16\).*declares \(20, 16\)"):
+        validate_pixels(rgb, None, "sample_x", 2, [(16, 16), (20, 16)], views=[0, 5])
