@@ -36,9 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from geometry.rays import nearest_point_to_origin, pixel_rays
-from lightning_modules.gaussians import Gaussians
-
-SH_C0 = 0.28209479177387814
+from lightning_modules.gaussians import SH_C0, Gaussians
 
 
 @dataclasses.dataclass
@@ -232,13 +230,12 @@ class GSLRM(nn.Module):
         cfg = self.config
         sh = 3 * (cfg.sh_degree + 1) ** 2
         _, feats, scale, rot, opac = raw.split([3, sh, 3, 4, 1], dim=-1)
-        colors = (feats[..., :3] * SH_C0 + 0.5).clamp(0.0, 1.0)  # DC term only
-        return Gaussians(
+        return Gaussians.from_sh0(
             means=xyz,
             quats=F.normalize(rot, dim=-1),
             scales=torch.exp((scale + cfg.scale_bias).clamp(max=cfg.scale_max_log)),
             opacities=torch.sigmoid(opac[..., 0] + cfg.opacity_bias),
-            colors=colors,
+            sh0=feats[..., :3],  # the DC term only
         )
 
     def forward(self, images: Tensor, c2w: Tensor, fxfycxcy: Tensor) -> Gaussians:
