@@ -228,3 +228,30 @@ def test_augmentation_runs_batched_on_the_gpu():
     assert torch.equal(out["images"], clean)
     assert (out["input_images"][:32] != clean[:32, :2]).any()
     assert torch.equal(out["input_images"][32:], clean[32:, :2])
+
+
+def test_a_sources_own_augment_replaces_its_kinds_ops_for_its_scenes_only():
+    noise = {"synthetic": {"noise": {"p": 0.5, "std": 0.05}}}
+    dm = MultiViewDataModule(stage="reconstruction", image_size=16, num_views=3, num_input_views=2, batch_size=96,
+                             num_workers=0, samples_per_epoch=96, val_fraction=0, augment=noise,
+                             sources=[{"name": "plain", "num_scenes": 4, "augment": {}},
+                                      {"name": "aug", "num_scenes": 4, "seed": 3}])
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    clean = batch["images"][:, :2].clone()
+    out = dm.on_after_batch_transfer(batch, 0)
+    plain = torch.tensor([s == "plain" for s in out["source"]])
+    assert plain.sum() >= 24 and (~plain).sum() >= 24
+    changed = (out["input_images"] != clean).flatten(2).any(-1)  # [B, Vin]
+    assert not changed[plain].any()  # augment: {} -> never changed
+    assert abs(changed[~plain].float().mean().item() - 0.5) < 0.15  # the synthetic kind's noise, p = 0.5
+
+    # the same batch with no override: both sources get the kind's ops, and the draws are the old ones
+    batch = {**_aug_batch(64), "source": ["a"] * 32 + ["b"] * 32}
+    base = DomainGapAugment(noise, seed=1)(dict(batch), "reconstruction", step=0)["input_images"]
+    other = DomainGapAugment(noise, seed=1, sources={"c": {}})(dict(batch), "reconstruction", step=0)["input_images"]
+    assert torch.equal(base, other)
+    own = DomainGapAugment(noise, seed=1, sources={"a": None})(dict(batch), "reconstruction", step=0)["input_images"]
+    assert torch.equal(own[:32], batch["images"][:32, :2]) and not torch.equal(own[:32], base[:32])
+    with pytest.raises(ValueError, match=r"source 'x' augment: unknown ops \['blur'\]"):
+        MultiViewDataModule(**TINY, sources=[{"name": "x", "augment": {"blur": {"p": 1.0}}}]).setup("fit")
