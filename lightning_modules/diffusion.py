@@ -62,6 +62,7 @@ from lightning_modules.optim import (
     build_param_groups,
     build_scheduler,
     check_optimizer,
+    total_grad_norm,
     trainer_clips_gradients,
 )
 from lightning_modules.pretrained import (
@@ -416,9 +417,9 @@ class DiffusionModule(pl.LightningModule):
         return terms["loss"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.stack(grads).norm())
+        total = total_grad_norm(self.parameters())
+        if total is not None:
+            self.log("train/grad_norm", total)
 
     def configure_optimizers(self) -> dict:
         h = self.hparams

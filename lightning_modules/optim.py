@@ -169,5 +169,14 @@ def trainer_clips_gradients(module: torch.nn.Module) -> bool:
     return bool(trainer is not None and trainer.gradient_clip_val)
 
 
+
+def total_grad_norm(parameters) -> torch.Tensor | None:
+    """L2 norm of all gradients seen as one vector, as a device tensor (None when no parameter has a gradient).
+
+    Stays on the device: no host sync per parameter (Lightning's ``grad_norm`` builds its total with
+    ``torch.tensor(list_of_device_scalars)``, one device-to-host copy per parameter, every step)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
+
 __all__ = ["OPTIMIZERS", "build_adamw", "build_optimizer", "build_param_groups", "build_scheduler", "check_optimizer",
-           "freeze_parameters", "lr_factor", "name_matches", "trainer_clips_gradients"]
+           "freeze_parameters", "lr_factor", "name_matches", "total_grad_norm", "trainer_clips_gradients"]

@@ -25,7 +25,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import grad_norm
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -48,6 +47,7 @@ from lightning_modules.optim import (
     build_param_groups,
     build_scheduler,
     check_optimizer,
+    total_grad_norm,
     trainer_clips_gradients,
 )
 from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
@@ -299,8 +299,7 @@ class ReconstructionModule(pl.LightningModule):
         return terms["loss"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = grad_norm(self.net, norm_type=2)
-        total = norms.get("grad_2.0_norm_total")
+        total = total_grad_norm(self.net.parameters())
         if total is not None:
             self.log("train/grad_norm", total)
 

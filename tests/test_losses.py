@@ -23,6 +23,7 @@ from lightning_modules.optim import (
     build_scheduler,
     lr_factor,
     name_matches,
+    total_grad_norm,
 )
 
 
@@ -157,3 +158,14 @@ def test_without_bitsandbytes_8bit_adamw_raises_and_auto_falls_back_to_torch_ada
     assert "bitsandbytes not installed" in caplog.text
     with pytest.raises(ValueError, match="adamw|adamw8bit|auto"):
         build_optimizer("sgd", _groups())
+
+
+def test_total_grad_norm_is_the_norm_of_all_gradients_as_one_vector():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2, bias=False))
+    assert total_grad_norm(net.parameters()) is None
+    net(torch.randn(5, 4)).square().sum().backward()
+    flat = torch.cat([p.grad.flatten() for p in net.parameters()])
+    total = total_grad_norm(net.parameters())
+    assert total.shape == () and torch.allclose(total, flat.norm())
+    # what gradient clipping computes too
+    assert torch.allclose(total, torch.nn.utils.clip_grad_norm_(net.parameters(), 1e9))
