@@ -1,17 +1,23 @@
-"""Convert FaceLift-layout folders (a folder of sample dirs, one sample dir, or a list file) to webdataset shards.
+"""Convert FaceLift-layout folders (a folder of sample dirs, one sample dir, or a list file) to webdataset shards,
+and back.
 
     python -m tools.make_shards SRC OUT [--shard-size N] [--prefix shard]
+    python -m tools.make_shards SHARDS OUT --to-folders
 
 Lossless: each scene becomes one webdataset sample whose members are the scene's ``opencv_cameras.json`` bytes
 (``KEY.cameras.json``) and every view's PNG bytes (``KEY.VVV.png``, camera-frame order), copied verbatim — 8- and
 16-bit PNGs keep every bit. Shards are ``OUT/PREFIX-000000.tar`` ...; read them with a source of ``format: shards``,
 ``urls: OUT`` (or a brace pattern). Prints one JSON line: {"scenes", "shards", "out"}.
+
+``--to-folders`` writes the shards' scenes back as ``OUT/<sample dir name>/`` with the camera file and the images
+at the paths it names, byte for byte, plus ``OUT/data_list.txt`` (one sample dir per line, shard order).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -54,15 +60,51 @@ def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix:
     return {"scenes": len(dirs), "shards": len(shards), "out": str(out)}
 
 
+_KEY_RE = re.compile(r"^\d{8}_(.+)$")
+
+
+def shards_to_folders(src: str | Path, out: str | Path) -> dict:
+    """Write every scene of the shards ``src`` (a folder of .tar files, one .tar, or a brace pattern) as a FaceLift
+    sample folder under ``out``, verbatim; returns a summary."""
+    from datamodules.sources import ShardSource
+
+    shards = ShardSource("shards", "real", urls=str(src))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs: list[Path] = []
+    for i, (_, key, _) in enumerate(shards.entries):
+        m = _KEY_RE.match(os.path.basename(key))
+        target = out / (m.group(1) if m else os.path.basename(key))
+        if target.exists():
+            raise ValueError(f"{shards.where(i)}: would overwrite {target}")
+        cam_bytes = shards._read(i, "cameras.json")
+        frames = json.loads(cam_bytes)["frames"]
+        pngs = shards.view_exts(i)
+        if len(pngs) != len(frames):
+            raise ValueError(f"{shards.where(i)}: {len(frames)} camera frames but {len(pngs)} PNG members")
+        target.mkdir(parents=True)
+        (target / CAMERA_FILE).write_bytes(cam_bytes)
+        for v, (fr, ext) in enumerate(zip(frames, pngs)):
+            path = target / (fr.get("file_path") or f"images/cam_{v:03d}.png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(shards._read(i, ext))
+        dirs.append(target)
+    (out / "data_list.txt").write_text("".join(f"{d.resolve()}\n" for d in dirs))
+    return {"scenes": len(dirs), "shards": len(shards.shards), "out": str(out)}
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.make_shards", description=__doc__.split("\n")[0])
     ap.add_argument("src", help="folder of sample dirs, one sample dir, or a list file")
     ap.add_argument("out", help="output directory for the .tar shards")
     ap.add_argument("--shard-size", type=int, default=100, help="scenes per shard (default 100)")
     ap.add_argument("--prefix", default="shard")
+    ap.add_argument("--to-folders", action="store_true", help="the other way: SRC is shards, OUT gets sample folders")
     args = ap.parse_args(argv)
     try:
-        summary = make_shards(args.src, args.out, args.shard_size, args.prefix)
+        if args.to_folders:
+            summary = shards_to_folders(args.src, args.out)
+        else:
+            summary = make_shards(args.src, args.out, args.shard_size, args.prefix)
     except (ValueError, FileNotFoundError) as e:
         print(f"make_shards: {e}", file=sys.stderr)
         return 2
