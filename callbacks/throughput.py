@@ -1,7 +1,10 @@
 """Training throughput and a per-rank record of the samples each rank trained on.
 
 - :class:`StepTimer` times optimizer steps after a warm-up and logs ``perf/step_s`` and ``perf/samples_per_s``
-  (global: batch size x world size); at the end of fit rank 0 writes ``<run>/logs/throughput.json``.
+  (global: batch size x world size), and the part of each step spent waiting for the next batch (from the end of
+  one step to the start of the next: loading, collation, transfer, augmentation) as ``perf/data_wait_s``; at the end
+  of fit rank 0 writes ``<run>/logs/throughput.json``. A ``data_wait_fraction`` near 0 means the loader keeps up; a
+  large one means the run is loader-bound (more workers, shards, smaller images).
 - :class:`SampleLedger` appends every training sample's ``(epoch, step, source, scene_id)`` to
   ``<run>/logs/samples_rank<R>.jsonl``, one file per rank: the evidence that DDP ranks trained on disjoint shares
   (``python -m bench.ddp_report`` reads them), and a way to answer "which scenes did step N see".
@@ -43,7 +46,9 @@ class StepTimer(Callback):
         self.warmup_steps = int(warmup_steps)
         self.sync_cuda = sync_cuda
         self.step_times: list[float] = []
+        self.wait_times: list[float] = []
         self._last: float | None = None
+        self._wait: float | None = None
         self._batch = 1
 
     def _now(self, pl_module: pl.LightningModule) -> float:
@@ -53,6 +58,10 @@ class StepTimer(Callback):
             torch.cuda.synchronize(pl_module.device)
         return time.perf_counter()
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._wait = None if self._last is None else time.perf_counter() - self._last
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = self._now(pl_module)
@@ -60,17 +69,22 @@ class StepTimer(Callback):
         if self._last is not None and trainer.global_step > self.warmup_steps:
             dt = now - self._last
             self.step_times.append(dt)
+            if self._wait is not None:
+                self.wait_times.append(self._wait)
+                pl_module.log("perf/data_wait_s", self._wait, on_step=True, rank_zero_only=True)
             pl_module.log("perf/step_s", dt, on_step=True, rank_zero_only=True)
             pl_module.log("perf/samples_per_s", self._batch * trainer.world_size / dt, on_step=True,
                           rank_zero_only=True)
         self._last = now
 
     def summary(self, trainer: pl.Trainer) -> dict[str, Any]:
-        times = self.step_times
+        times, waits = self.step_times, self.wait_times
         med = statistics.median(times) if times else float("nan")
+        wait = statistics.median(waits) if waits else None
         return {"world_size": trainer.world_size, "batch_per_rank": self._batch,
                 "global_batch": self._batch * trainer.world_size, "timed_steps": len(times),
                 "step_s_median": med, "samples_per_s": self._batch * trainer.world_size / med if times else None,
+                "data_wait_s_median": wait, "data_wait_fraction": wait / med if times and waits else None,
                 "global_step": trainer.global_step}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
