@@ -1,12 +1,17 @@
 """Compare DDP runs of ``tools.fit`` (same global batch, different GPU counts) -> ONE JSON line.
 
-    python -m bench.ddp_report runs/bench_ddp/gpu1 runs/bench_ddp/gpu2
+    python -m bench.ddp_report runs/bench_ddp/gpu1 runs/bench_ddp/gpu2 [--control runs/bench_ddp/gpu1_seed1]
 
 Per run: world size, median step time and samples/s (``logs/throughput.json`` from callbacks.throughput.StepTimer),
 the training-loss curve (``logs/csv/metrics.csv``). Across runs: speed-up of each run over the first, and the loss
 curves' agreement (mean of |smoothed difference| over the common steps, next to the curves' own step-to-step noise).
 Per run with several ranks: samples trained on by more than one rank within an epoch (``logs/samples_rank*.jsonl``
 from callbacks.throughput.SampleLedger) — must be 0.
+
+"Within noise" needs a yardstick: ``--control RUN`` is the first run's configuration again with another data seed
+(``--data.init_args.seed 1``); its smoothed distance to the first run is how far two equally valid runs drift apart.
+Each run then gets ``loss_diff_vs_control`` (its distance / the control's) and ``loss_within_noise`` (that ratio
+≤ 1.5).
 """
 
 from __future__ import annotations
@@ -43,6 +48,15 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def curve_distance(a: dict[int, float], b: dict[int, float], window: int) -> tuple[float, list[int]]:
+    """Mean |difference| of the two loss curves smoothed over ``window`` steps, over their common steps."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise SystemExit("the loss curves share no step")
+    sa, sb = smooth([a[s] for s in common], window), smooth([b[s] for s in common], window)
+    return statistics.fmean(abs(x - y) for x, y in zip(sa, sb)), common
+
+
 def duplicates_across_ranks(run: Path) -> dict[str, int]:
     """Samples (source, scene) trained on by two or more ranks in the same epoch, and the rows read."""
     seen: dict[tuple, set[int]] = defaultdict(set)
@@ -61,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--window", type=int, default=10, help="moving-average window for the loss comparison")
+    p.add_argument("--control", type=Path, default=None,
+                   help="the first run's configuration with another data seed: the yardstick for 'within noise'")
     args = p.parse_args(argv)
     out: dict = {"bench": "ddp_report", "runs": {}}
     curves = {}
@@ -74,16 +90,21 @@ def main(argv: list[str] | None = None) -> dict:
         out["runs"][str(run)] = info
     base = args.runs[0]
     base_sps = out["runs"][str(base)]["samples_per_s"]
+    control = None
+    if args.control is not None:
+        control, _ = curve_distance(curves[base], loss_curve(args.control), args.window)
+        out["control"] = {"run": str(args.control), "loss_mean_abs_diff_smoothed": control}
     for run in args.runs[1:]:
-        common = sorted(set(curves[base]) & set(curves[run]))
-        a = smooth([curves[base][s] for s in common], args.window)
-        b = smooth([curves[run][s] for s in common], args.window)
+        info = out["runs"][str(run)]
+        diff, common = curve_distance(curves[base], curves[run], args.window)
         raw = [curves[base][s] for s in common]
-        noise = statistics.fmean(abs(x - y) for x, y in zip(raw[1:], raw[:-1]))
-        out["runs"][str(run)]["speedup_vs_first"] = out["runs"][str(run)]["samples_per_s"] / base_sps
-        out["runs"][str(run)]["loss_mean_abs_diff_smoothed"] = statistics.fmean(abs(x - y) for x, y in zip(a, b))
-        out["runs"][str(run)]["loss_step_noise_first_run"] = noise
-        out["runs"][str(run)]["common_steps"] = len(common)
+        info["speedup_vs_first"] = info["samples_per_s"] / base_sps
+        info["loss_mean_abs_diff_smoothed"] = diff
+        info["loss_step_noise_first_run"] = statistics.fmean(abs(x - y) for x, y in zip(raw[1:], raw[:-1]))
+        info["common_steps"] = len(common)
+        if control is not None:
+            info["loss_diff_vs_control"] = diff / control if control > 0 else float("inf")
+            info["loss_within_noise"] = info["loss_diff_vs_control"] <= 1.5
     print(json.dumps(out))
     return out
 
