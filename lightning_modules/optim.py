@@ -169,7 +169,6 @@ def trainer_clips_gradients(module: torch.nn.Module) -> bool:
     return bool(trainer is not None and trainer.gradient_clip_val)
 
 
-
 def total_grad_norm(parameters) -> torch.Tensor | None:
     """L2 norm of all gradients seen as one vector, as a device tensor (None when no parameter has a gradient).
 
