@@ -245,21 +245,38 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj) if not hasattr(obj, "to_dict") else _jsonable(obj.to_dict())
 
 
+# Hyper-parameters that change how fast a run goes, never what it computes: left out of the config hash so a run
+# can be resumed on a machine with other cores (loader workers) or with compilation / checkpointing switched.
+EXECUTION_ONLY = frozenset({"num_workers", "persistent_workers", "pin_memory", "prefetch_factor", "compile",
+                            "grad_checkpointing"})
+
+
+def _identity_hparams(obj: Any) -> dict[str, Any]:
+    hp = dict(getattr(obj, "hparams", {}) or {})
+    return _jsonable({k: v for k, v in hp.items() if k not in EXECUTION_ONLY and not str(k).startswith("_")})
+
+
 def run_identity(pl_module: pl.LightningModule, datamodule: Any = None) -> dict[str, Any]:
     """What makes a run this run: stage, rig (name + fingerprint), and a hash of the model's and the
-    DataModule's hyper-parameters. Trainer settings (steps, devices, precision) are not part of it."""
+    DataModule's hyper-parameters except ``EXECUTION_ONLY`` ones. Trainer settings (steps, devices, precision) are
+    not part of it."""
     meta = pl_module.mvlift_metadata() if hasattr(pl_module, "mvlift_metadata") else {}
     stage = meta.get("stage", type(pl_module).__name__)
     rig = getattr(pl_module, "rig", None)
     rig_info = {"name": rig.name, "fingerprint": rig.fingerprint} if hasattr(rig, "fingerprint") else None
     payload = {
         "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
-        "model": _jsonable(dict(getattr(pl_module, "hparams", {}) or {})),
+        "model": _identity_hparams(pl_module),
         "data_class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}" if datamodule else None,
-        "data": _jsonable(dict(getattr(datamodule, "hparams", {}) or {})) if datamodule is not None else None,
+        "data": _identity_hparams(datamodule) if datamodule is not None else None,
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    return {"config_hash": digest, "stage": stage, "rig": rig_info, "model_class": payload["model_class"],
+    # runs created before EXECUTION_ONLY existed stored the hash of every hyper-parameter: still recognised
+    legacy = {**payload, "model": _jsonable(dict(getattr(pl_module, "hparams", {}) or {})),
+              "data": _jsonable(dict(getattr(datamodule, "hparams", {}) or {})) if datamodule is not None else None}
+    legacy_digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    return {"config_hash": digest, "legacy_config_hash": legacy_digest, "stage": stage, "rig": rig_info,
+            "model_class": payload["model_class"],
             "data_class": payload["data_class"]}
 
 
@@ -279,7 +296,7 @@ def _new_run_name(experiment_dir: Path) -> str:
     return candidate
 
 
-def find_matching_run(experiment_dir: Path, config_hash: str) -> str | None:
+def find_matching_run(experiment_dir: Path, config_hash: str, *also: str) -> str | None:
     """Newest run of an experiment with the same config hash and a complete checkpoint (for ``resume: auto``)."""
     if not experiment_dir.is_dir():
         return None
@@ -292,7 +309,7 @@ def find_matching_run(experiment_dir: Path, config_hash: str) -> str | None:
             info = json.loads(info_path.read_text())
         except json.JSONDecodeError:
             continue
-        if info.get("config_hash") != config_hash:
+        if info.get("config_hash") not in (config_hash, *also):
             continue
         latest = RunPaths(experiment_dir.parent, experiment_dir.name, d.name).latest_checkpoint()
         if latest is not None:
@@ -359,7 +376,8 @@ class CheckpointPaths(Callback):
         experiment_dir = RunPaths(self.root, self.experiment, "x").experiment_dir
         name = self.run or (os.environ.get(RUN_ENV) if _is_launched_child() else None)
         if name is None and self.resume == "auto":
-            name = find_matching_run(experiment_dir, self._identity["config_hash"])
+            name = find_matching_run(experiment_dir, self._identity["config_hash"],
+                                     self._identity["legacy_config_hash"])
         if name is None:
             name = _new_run_name(experiment_dir)
         self._paths = RunPaths(self.root, self.experiment, name)
@@ -403,7 +421,8 @@ class CheckpointPaths(Callback):
     def _check_identity(self, paths: RunPaths) -> None:
         assert self._identity is not None
         stored = paths.read_run_info()
-        if stored is not None and stored.get("config_hash") != self._identity["config_hash"]:
+        if stored is not None and stored.get("config_hash") not in (self._identity["config_hash"],
+                                                                    self._identity["legacy_config_hash"]):
             raise RunConflictError(
                 f"run folder {paths.run_dir} belongs to another config (stored: stage {stored.get('stage')!r}, "
                 f"rig {stored.get('rig')}, config hash {stored.get('config_hash')}; this run: stage "
@@ -416,7 +435,8 @@ class CheckpointPaths(Callback):
         remove_stale_temporaries(paths.checkpoint_dir)
         remove_stale_temporaries(paths.export_root)
         if paths.read_run_info() is None:
-            paths.write_run_info({**self._identity, "experiment": paths.experiment, "run": paths.run,
+            identity = {k: v for k, v in self._identity.items() if k != "legacy_config_hash"}
+            paths.write_run_info({**identity, "experiment": paths.experiment, "run": paths.run,
                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def configure_checkpoint(self, cb: ModelCheckpoint) -> None:

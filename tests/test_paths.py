@@ -135,3 +135,29 @@ def test_unnamed_runs_get_distinct_folders(tmp_path):
     a, _ = _setup(tmp_path, None)
     b, _ = _setup(tmp_path, None)
     assert a.paths.run != b.paths.run
+
+
+def test_loader_and_speed_settings_do_not_change_the_run_identity(tmp_path):
+    import json
+
+    from callbacks.paths import run_identity
+    from datamodules.datamodule import MultiViewDataModule
+
+    kw = {"stage": "reconstruction", "image_size": 16, "num_views": 3, "num_input_views": 2, "samples_per_epoch": 4}
+    model = TinyRegression()
+    a = run_identity(model, MultiViewDataModule(**kw, num_workers=0))
+    b = run_identity(model, MultiViewDataModule(**kw, num_workers=4, persistent_workers=True))
+    c = run_identity(model, MultiViewDataModule(**kw, num_workers=0, batch_size=3))
+    assert a["config_hash"] == b["config_hash"] != c["config_hash"]
+    assert a["legacy_config_hash"] != b["legacy_config_hash"]  # the old hash counted the workers
+    # a run folder made before (its run.json holds the legacy hash) still resumes
+    cb, _ = _setup(tmp_path, "old")
+    info = json.loads(cb.paths.run_json.read_text())
+    assert "legacy_config_hash" not in info
+    info["config_hash"] = cb._identity["legacy_config_hash"]
+    cb.paths.run_json.write_text(json.dumps(info))
+    _setup(tmp_path, "old", resume="auto")  # no RunConflictError
+    info["config_hash"] = "0" * 16
+    cb.paths.run_json.write_text(json.dumps(info))
+    with pytest.raises(RunConflictError):
+        _setup(tmp_path, "old", resume="auto")
