@@ -481,6 +481,8 @@ class CheckpointPaths(Callback):
         name and renamed into place when complete. Returns the folder (None on other ranks / without export)."""
         step = trainer.global_step
         self._last_export_step = step
+        if hasattr(pl_module, "on_before_export"):  # collective work (e.g. merging per-rank records): every rank
+            pl_module.on_before_export()
         if not trainer.is_global_zero:
             return None
         if not hasattr(pl_module, "export"):

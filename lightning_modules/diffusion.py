@@ -535,7 +535,12 @@ class DiffusionModule(pl.LightningModule):
                 "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size),
                 "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
 
+    def on_before_export(self) -> None:
+        """Collective: every rank calls it before rank 0 exports (callbacks.paths.CheckpointPaths.export)."""
+        self.train_background.merge_ranks()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.train_background.merge_ranks()  # every rank saves (rank 0 writes): the record covers all ranks
         checkpoint["mvlift"] = {**self.mvlift_metadata(), "noise_seed": self.noise_seed}
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):  # frozen VAE / CLIP come from `pretrained`, not from every checkpoint

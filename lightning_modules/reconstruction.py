@@ -338,7 +338,12 @@ class ReconstructionModule(pl.LightningModule):
                 "model_config": self.net.config.to_dict(),
                 "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
 
+    def on_before_export(self) -> None:
+        """Collective: every rank calls it before rank 0 exports (callbacks.paths.CheckpointPaths.export)."""
+        self.train_background.merge_ranks()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.train_background.merge_ranks()  # every rank saves (rank 0 writes): the record covers all ranks
         checkpoint["mvlift"] = self.mvlift_metadata()
         hp = checkpoint.get("hyper_parameters")
         if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring

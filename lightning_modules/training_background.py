@@ -8,12 +8,14 @@ metadata (``mvlift.json`` / ``config.json``), and restores it when a run resumes
 
     {"color": [r, g, b] | None,   # the one background of every training sample; None when they varied or none seen
      "varied": bool,              # backgrounds differed by more than 1/255 (``random`` / ``as_is`` sources)
-     "samples": int,              # training samples seen (rank 0's share under DDP), resumed runs included
+     "samples": int,              # training samples seen by all ranks, resumed runs included
      "min": [r, g, b] | None, "max": [r, g, b] | None,
      "sources": {name: spec}}     # optional: the MultiViewDataModule's per-source ``background`` setting at save time
 
 ``tools.infer`` composites photos over ``color`` unless ``--background`` is given; varied or unknown backgrounds keep
-its white default, with a logged note.
+its white default, with a logged note. Under DDP each rank sees its own share: :meth:`TrainingBackground.merge_ranks`
+(collective, called by the modules whenever a checkpoint is saved and before an export) makes every rank's record
+the union of all ranks'.
 
 Example:
     >>> bg = TrainingBackground()
@@ -42,6 +44,7 @@ class TrainingBackground:
         self.low: Tensor | None = None
         self.high: Tensor | None = None
         self.samples = 0
+        self._merged = 0  # samples already counted over all ranks (the rest are this rank's since)
 
     def update(self, background: Any) -> None:
         """Add a batch's backgrounds ([B, 3] or [3]); anything else (None: a batch without one) is ignored."""
@@ -78,6 +81,34 @@ class TrainingBackground:
             self.low = torch.tensor(rec["min"], dtype=torch.float32)
             self.high = torch.tensor(rec["max"], dtype=torch.float32)
             self.samples = int(rec["samples"])
+        self._merged = self.samples
+
+    def merge_ranks(self) -> None:
+        """Make this record the union of every rank's (collective under torch.distributed: every rank calls it);
+        a no-op in a single process."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        records: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(records, self.share())
+        self.combine(records)
+
+    def share(self) -> tuple[list[float] | None, list[float] | None, int]:
+        """(min, max, samples since the last merge) of this rank, for :meth:`combine`."""
+        low = None if self.low is None else self.low.tolist()
+        high = None if self.high is None else self.high.tolist()
+        return low, high, self.samples - self._merged
+
+    def combine(self, shares: list[tuple[list[float] | None, list[float] | None, int]]) -> None:
+        """Set the record to the union of every rank's ``share()`` (this rank's included)."""
+        lows = [lo for lo, _, _ in shares if lo is not None]
+        highs = [hi for _, hi, _ in shares if hi is not None]
+        device = self.low.device if self.low is not None else torch.device("cpu")
+        if lows and highs:
+            self.low = torch.tensor(lows, dtype=torch.float32).amin(0).to(device)
+            self.high = torch.tensor(highs, dtype=torch.float32).amax(0).to(device)
+        self.samples = self._merged = self._merged + sum(int(n) for _, _, n in shares)
 
 
 def datamodule_backgrounds(trainer: Any) -> dict[str, str] | None:
