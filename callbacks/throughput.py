@@ -40,7 +40,14 @@ def _batch_size(batch: Any) -> int:
 
 
 class StepTimer(Callback):
-    """Wall time per training step after ``warmup_steps`` (CUDA synchronised at step ends when on a GPU)."""
+    """Wall time per training step after ``warmup_steps`` (``samples_per_s`` from the median step: robust to the
+    occasional checkpoint or validation step), and over the whole window from the end of warm-up to the end of
+    training (``window_step_s``, ``window_samples_per_s``: CUDA synchronised only at its two ends, everything in
+    between counted).
+
+    ``sync_cuda``: synchronise at every step end, so that each ``perf/step_s`` is that step's own time. It stops
+    the host from queueing the next step while the GPU works; with ``sync_cuda: false`` only the window figure is
+    a GPU time."""
 
     def __init__(self, warmup_steps: int = 10, sync_cuda: bool = True):
         self.warmup_steps = int(warmup_steps)
@@ -50,9 +57,11 @@ class StepTimer(Callback):
         self._last: float | None = None
         self._wait: float | None = None
         self._batch = 1
+        self._window: tuple[int, float] | None = None  # (global step, time) at the end of warm-up
+        self._window_end: tuple[int, float] | None = None
 
-    def _now(self, pl_module: pl.LightningModule) -> float:
-        if self.sync_cuda and pl_module.device.type == "cuda":
+    def _now(self, pl_module: pl.LightningModule, sync: bool | None = None) -> float:
+        if (self.sync_cuda if sync is None else sync) and pl_module.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(pl_module.device)
@@ -66,6 +75,8 @@ class StepTimer(Callback):
                            batch_idx: int) -> None:
         now = self._now(pl_module)
         self._batch = _batch_size(batch)
+        if self._window is None and trainer.global_step >= self.warmup_steps:
+            self._window = (trainer.global_step, self._now(pl_module, sync=True))
         if self._last is not None and trainer.global_step > self.warmup_steps:
             dt = now - self._last
             self.step_times.append(dt)
@@ -81,13 +92,21 @@ class StepTimer(Callback):
         times, waits = self.step_times, self.wait_times
         med = statistics.median(times) if times else float("nan")
         wait = statistics.median(waits) if waits else None
+        window_step_s = None
+        if self._window is not None and self._window_end is not None and self._window_end[0] > self._window[0]:
+            window_step_s = (self._window_end[1] - self._window[1]) / (self._window_end[0] - self._window[0])
+        global_batch = self._batch * trainer.world_size
         return {"world_size": trainer.world_size, "batch_per_rank": self._batch,
-                "global_batch": self._batch * trainer.world_size, "timed_steps": len(times),
-                "step_s_median": med, "samples_per_s": self._batch * trainer.world_size / med if times else None,
+                "global_batch": global_batch, "timed_steps": len(times),
+                "step_s_median": med, "samples_per_s": global_batch / med if times else None,
+                "window_step_s": window_step_s,
+                "window_samples_per_s": global_batch / window_step_s if window_step_s else None,
                 "data_wait_s_median": wait, "data_wait_fraction": wait / med if times and waits else None,
                 "global_step": trainer.global_step}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._window is not None:
+            self._window_end = (trainer.global_step, self._now(pl_module, sync=True))
         if trainer.is_global_zero:
             path = run_log_file(trainer, "throughput.json")
             path.parent.mkdir(parents=True, exist_ok=True)

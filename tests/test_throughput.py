@@ -50,3 +50,6 @@ def test_data_wait_is_measured_and_separates_a_slow_loader_from_a_fast_one():
     assert slow["data_wait_s_median"] >= 0.05 and 0.4 < slow["data_wait_fraction"] < 1.0
     assert fast["data_wait_fraction"] < 0.3
     assert slow["step_s_median"] > fast["step_s_median"] + 0.04
+    for run in (slow, fast):  # the window (steps 1..8) agrees with the per-step figures on a steady run
+        assert abs(run["window_step_s"] / run["step_s_median"] - 1) < 0.5
+        assert abs(run["window_samples_per_s"] - run["global_batch"] / run["window_step_s"]) < 1e-9
