@@ -251,9 +251,14 @@ EXECUTION_ONLY = frozenset({"num_workers", "persistent_workers", "pin_memory", "
                             "grad_checkpointing"})
 
 
-def _identity_hparams(obj: Any) -> dict[str, Any]:
+def _identity_hparams(obj: Any, skip: bool = True) -> dict[str, Any] | None:
+    """``obj``'s hyper-parameters as JSON; ``skip``: without ``EXECUTION_ONLY`` and ``_``-prefixed (LightningCLI) keys
+    (False: all of them, the hash of runs made before). None for no ``obj``."""
+    if obj is None:
+        return None
     hp = dict(getattr(obj, "hparams", {}) or {})
-    return _jsonable({k: v for k, v in hp.items() if k not in EXECUTION_ONLY and not str(k).startswith("_")})
+    return _jsonable({k: v for k, v in hp.items()
+                      if not skip or (k not in EXECUTION_ONLY and not str(k).startswith("_"))})
 
 
 def run_identity(pl_module: pl.LightningModule, datamodule: Any = None) -> dict[str, Any]:
@@ -268,12 +273,12 @@ def run_identity(pl_module: pl.LightningModule, datamodule: Any = None) -> dict[
         "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
         "model": _identity_hparams(pl_module),
         "data_class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}" if datamodule else None,
-        "data": _identity_hparams(datamodule) if datamodule is not None else None,
+        "data": _identity_hparams(datamodule),
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     # runs created before EXECUTION_ONLY existed stored the hash of every hyper-parameter: still recognised
-    legacy = {**payload, "model": _jsonable(dict(getattr(pl_module, "hparams", {}) or {})),
-              "data": _jsonable(dict(getattr(datamodule, "hparams", {}) or {})) if datamodule is not None else None}
+    legacy = {**payload, "model": _identity_hparams(pl_module, skip=False),
+              "data": _identity_hparams(datamodule, skip=False)}
     legacy_digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     return {"config_hash": digest, "legacy_config_hash": legacy_digest, "stage": stage, "rig": rig_info,
             "model_class": payload["model_class"],

@@ -76,7 +76,7 @@ class StepTimer(Callback):
         now = self._now(pl_module)
         self._batch = _batch_size(batch)
         if self._window is None and trainer.global_step >= self.warmup_steps:
-            self._window = (trainer.global_step, self._now(pl_module, sync=True))
+            self._window = (trainer.global_step, now if self.sync_cuda else self._now(pl_module, sync=True))
         if self._last is not None and trainer.global_step > self.warmup_steps:
             dt = now - self._last
             self.step_times.append(dt)

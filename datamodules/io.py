@@ -267,7 +267,8 @@ def validate_pixels(rgb: Tensor, alpha: Tensor | None, where: str, num_views: in
     if sizes is not None:
         for i, hw in enumerate(sizes):
             if tuple(hw) != tuple(rgb.shape[-2:]):
-                raise SampleError(f"{where} view {views[i] if views is not None else i}: image is {tuple(rgb.shape[-2:])} (H, W) but the camera file "
+                view = views[i] if views is not None else i
+                raise SampleError(f"{where} view {view}: image is {tuple(rgb.shape[-2:])} (H, W) but the camera file "
                                   f"declares {tuple(hw)}")
 
 

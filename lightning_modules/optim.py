@@ -177,5 +177,6 @@ def total_grad_norm(parameters) -> torch.Tensor | None:
     norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
+
 __all__ = ["OPTIMIZERS", "build_adamw", "build_optimizer", "build_param_groups", "build_scheduler", "check_optimizer",
            "freeze_parameters", "lr_factor", "name_matches", "total_grad_norm", "trainer_clips_gradients"]

@@ -186,7 +186,6 @@ def save_png(path: str | Path, rgb: Tensor, alpha: Tensor | None = None) -> Path
     return path
 
 
-
 TURNTABLE_FORMATS = ("gif", "mp4")
 
 
@@ -204,18 +203,21 @@ def write_turntable(frames: np.ndarray, stem: Path, formats: list[str], fps: int
     the paths written."""
     import imageio.v2 as imageio
 
+    from lightning_modules.reconstruction import write_gif
+
     check_video_formats(formats)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
         if fmt == "gif":
-            imageio.mimsave(str(path), list(frames), duration=1.0 / fps, loop=0)
+            write_gif(frames, path, fps=fps)
         else:
             imageio.mimsave(str(path), list(frames), fps=fps, codec="libx264", pixelformat="yuv420p",
                             macro_block_size=2)
         written.append(path)
     return written
+
 
 __all__ = [
     "TURNTABLE_FORMATS", "BackgroundRemoval", "ImageInputError", "background_color", "check_square",
