@@ -9,6 +9,7 @@ tflops_per_step (model FLOPs of forward + backward counted by torch.utils.flop_c
 scene, times the scenes, without checkpoint recomputation), mfu (model FLOPs / step time / peak; peak = 989e12, H100 SXM dense bf16).
 
     python bench/diffusion_step.py                  # on CUDA, the full grid
+    python bench/diffusion_step.py --batches 2 --grad-checkpointing off --compile --profile
     python bench/diffusion_step.py --tiny           # tiny UNet on CPU (a smoke test of this script)
 """
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from bench.kernels import DIFFUSION_KINDS, kernel_times_us
 from lightning_modules.mv_attention import install_multiview_attention
 from lightning_modules.pretrained import sd21_unclip_unet_config, tiny_unet_config
 
@@ -50,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--tokens", type=int, default=77, help="cross-attention tokens per view")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (baseline and ours alike)")
+    p.add_argument("--profile", action="store_true",
+                   help="add kernel_ms_per_step: profiled CUDA kernel time by kind (attention, conv, gemm, norm, ...)")
     return p.parse_args(argv)
 
 
@@ -124,23 +129,36 @@ def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckp
         one = make_inputs(unet, args.views, args.latent, args.tokens, device)
         flops_cache[attention] = count_flops(unet, one, autocast_dtype)
         del one
+    model = torch.compile(unet) if args.compile else unet
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
+
+    def step() -> None:
+        forward_backward(model, inp, autocast_dtype)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     for i in range(args.warmup + args.steps):
         _sync(device)
         t0 = time.perf_counter()
-        forward_backward(unet, inp, autocast_dtype)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step()
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
+    kernel_ms = None
+    if args.profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step()
+            _sync(device)
+        kernel_ms = {k: round(us / 2e3, 2) for k, us in sorted(kernel_times_us(prof, DIFFUSION_KINDS).items())}
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
-    del opt
     flops = flops_cache[attention] * scenes
     return {
         "bench": "diffusion_step", "attention": attention, "scenes": scenes, "views": args.views,
@@ -150,6 +168,7 @@ def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckp
         "tflops_per_step": round(flops / 1e12, 6), "mfu": round(flops / step_s / PEAK_FLOPS, 6),
         "steps": args.steps, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
+        "compile": args.compile, "kernel_ms_per_step": kernel_ms,
     }
 
 

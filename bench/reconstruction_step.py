@@ -6,7 +6,7 @@ bf16 autocast, gsplat, all 8 views supervised (FaceLift's target_has_input), ran
 Reports: step_ms (median after warmup), images_per_s (supervised images), peak_mem_gb, render_ms/render_share
 (rasterize + loss, forward and backward, timed on its own with CUDA events, over step_ms), mfu (transformer matmul
 FLOPs incl. attention, x3 for backward, / step time / 989e12), gpu_busy (profiled kernel time / wall time of a few
-steps), and the flags used.
+steps), kernel_ms_per_step (that kernel time by kind: attention, gemm, rasterize, optimizer, other) and the flags.
 
     python bench/reconstruction_step.py                       # FaceLift size on the GPU
     python bench/reconstruction_step.py --compile --attn-backend flash
@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.kernels import kernel_times_us
 from geometry.cameras import camera_position, look_at
 from geometry.rig import load_rig
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
             render_times.append((time.perf_counter() - t0) * 1e3)
     render_ms = statistics.median(render_times)
 
-    gpu_busy = None
+    gpu_busy, kernel_ms = None, None
     if cuda and not args.no_profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -191,8 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
                 step()
             sync()
             wall_us = (time.perf_counter() - t0) * 1e6
-        kernel_us = sum(e.self_device_time_total for e in prof.key_averages() if e.self_device_time_total > 0)
-        gpu_busy = round(min(1.0, kernel_us / wall_us), 3)
+        kernels = kernel_times_us(prof)
+        gpu_busy = round(min(1.0, sum(kernels.values()) / wall_us), 3)
+        kernel_ms = {kind: round(us / n_prof / 1e3, 2) for kind, us in sorted(kernels.items())}
 
     sup_views = args.views if args.supervise == "all" else args.views - args.inputs
     flops = module.net.matmul_flops(args.batch, args.inputs, args.size, args.size, backward=True)
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mfu": round(flops / (step_ms / 1e3) / PEAK_FLOPS, 4),
         "tflops_per_step": round(flops / 1e12, 2),
         "gpu_busy": gpu_busy,
+        "kernel_ms_per_step": kernel_ms,
         "params_m": round(sum(p.numel() for p in module.net.parameters()) / 1e6, 1),
         "flags": {"size": args.size, "views": args.views, "inputs": args.inputs, "batch": args.batch,
                   "supervised_views": sup_views, "bf16": cuda, "compile": args.compile, "grad_ckpt": args.grad_ckpt,

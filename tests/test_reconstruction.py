@@ -260,3 +260,37 @@ def test_reconstruction_configs_name_real_arguments_rigs_and_parameters(name):
             data["rig"], data["image_size"], data["num_input_views"]) == ("mouse_oblique20_6view", 64, 4)
         inline = demo["model"]["init_args"]  # the demo repeats this config's model: no drift
         assert inline == {k: v for k, v in args.items() if k in inline}
+
+
+def test_block_bench_smoke_and_its_flops_agree_with_the_network_count(capsys):
+    from bench import gslrm_block
+    from lightning_modules.gslrm import GSLRM, GSLRMConfig
+
+    rows = gslrm_block.main(["--device", "cpu", "--tokens", "18", "--width", "32", "--heads", "2", "--depth", "2",
+                             "--steps", "1", "--warmup", "0", "--no-compile"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == rows[-1]
+    assert rows[-1]["attn_fwdbwd_ms"] > 0 and rows[-1]["depth_x_block_ms"] > 0
+    cfg = GSLRMConfig(width=32, depth=2, head_dim=16, image_size=16, num_global_tokens=2)
+    net_flops = GSLRM(cfg).matmul_flops(1, 1, 16, 16, backward=False)  # 2 global + 4 patch tokens
+    embed_and_head = 2 * 256 * 9 * 32 + 2 * 6 * 32 * 64 * cfg.gaussian_dim
+    assert gslrm_block.block_flops(1, 6, 32) * 2 == net_flops - embed_and_head
+
+
+def test_bench_kernel_kinds_sort_profiled_kernels_and_leave_out_cpu_events():
+    from types import SimpleNamespace
+
+    from bench.kernels import kernel_kind, kernel_times_us
+
+    assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert kernel_kind("void pytorch_flash::flash_bwd_kernel<...>") == "attention"
+    assert kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32") == "gemm"
+    assert kernel_kind("nvjet_tst_128x256_64x4") == "gemm"
+    assert kernel_kind("void gsplat::rasterize_to_pixels_fwd_kernel<float>") == "rasterize"
+    assert kernel_kind("void at::native::(anonymous)::multi_tensor_apply_kernel<FusedAdam>") == "optimizer"
+    assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, GeluCUDA>") == "other"
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [SimpleNamespace(key="nvjet_a", device_type=cuda, self_device_time_total=10.0),
+              SimpleNamespace(key="flash_fwd", device_type=cuda, self_device_time_total=30.0),
+              SimpleNamespace(key="aten::mm", device_type=cpu, self_device_time_total=10.0),
+              SimpleNamespace(key="nvjet_b", device_type=cuda, self_device_time_total=5.0)]
+    assert kernel_times_us(SimpleNamespace(key_averages=lambda: events)) == {"gemm": 15.0, "attention": 30.0}
