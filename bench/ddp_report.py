@@ -3,7 +3,7 @@
     python -m bench.ddp_report runs/bench_ddp/gpu1 runs/bench_ddp/gpu2 [--control runs/bench_ddp/gpu1_seed1]
 
 Per run: world size, median step time and samples/s (``logs/throughput.json`` from callbacks.throughput.StepTimer),
-the training-loss curve (``logs/csv/metrics.csv``). Across runs: speed-up of each run over the first, and the loss
+the training-loss curve (the run's CSV logs, ``RunPaths.metric_rows``). Across runs: speed-up of each run over the first, and the loss
 curves' agreement (mean of |smoothed difference| over the common steps, next to the curves' own step-to-step noise).
 Per run with several ranks: samples trained on by more than one rank within an epoch (``logs/samples_rank*.jsonl``
 from callbacks.throughput.SampleLedger) — must be 0.
@@ -17,24 +17,21 @@ Each run then gets ``loss_diff_vs_control`` (its distance / the control's) and `
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from callbacks.paths import RunPaths
+
 
 def loss_curve(run: Path) -> dict[int, float]:
-    """step -> train/loss from the run's CSV log (the last value logged for a step wins)."""
-    curve: dict[int, float] = {}
-    for path in sorted(run.glob("logs/csv/**/metrics.csv")):
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                if row.get("train/loss") not in (None, ""):
-                    curve[int(row["step"])] = float(row["train/loss"])
+    """step -> train/loss from the run's CSV logs, all parts in write order (the last value logged for a step wins)."""
+    curve = {int(row["step"]): float(row["train/loss"]) for row in RunPaths.from_run_dir(run).metric_rows()
+             if row.get("train/loss") not in (None, "")}
     if not curve:
-        raise SystemExit(f"{run}: no train/loss in logs/csv/**/metrics.csv")
+        raise SystemExit(f"{run}: no train/loss in logs/csv/version_*/metrics.csv")
     return curve
 
 

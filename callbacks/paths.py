@@ -6,7 +6,8 @@ A run writes everything under ``<root>/<experiment>/<run>/``::
     config.yaml              the resolved LightningCLI config (tools.fit)
     checkpoints/             Lightning .ckpt files, last.ckpt
     export/step_<N>/         ``pl_module.export(dir, ema_weights=...)`` folders
-    logs/                    TensorBoard (logs/tensorboard) and CSV (logs/csv) logs, image grids (logs/images)
+    logs/                    TensorBoard (logs/tensorboard) and CSV logs, image grids (logs/images); the CSV log
+                             has one logs/csv/version_<k>/metrics.csv per tools.fit invocation (a resume adds one)
 
 :class:`RunPaths` computes these paths; :meth:`RunPaths.resolve` is idempotent — a path already inside the run is
 returned unchanged and a relative path that already starts with its folder's name is not joined again, so
@@ -27,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -221,6 +223,23 @@ class RunPaths:
             if m and p.is_dir():
                 out[int(m.group(1))] = p
         return dict(sorted(out.items()))
+
+    def metric_files(self) -> list[Path]:
+        """The run's CSV metric files in the order they were written (``logs/csv/version_<k>/metrics.csv`` by k;
+        a ``logs/csv/metrics.csv`` of runs made before versioned logs comes first)."""
+        csv_dir = self.log_dir / "csv"
+        versioned = [(int(m.group(1)), p) for p in csv_dir.glob("version_*/metrics.csv")
+                     if (m := re.fullmatch(r"version_(\d+)", p.parent.name))]
+        legacy = [csv_dir / "metrics.csv"] if (csv_dir / "metrics.csv").is_file() else []
+        return legacy + [p for _, p in sorted(versioned)]
+
+    def metric_rows(self) -> list[dict[str, str]]:
+        """Every row of :meth:`metric_files`, in write order (a step logged again after a resume comes later)."""
+        rows: list[dict[str, str]] = []
+        for path in self.metric_files():
+            with path.open(newline="") as f:
+                rows.extend(csv.DictReader(f))
+        return rows
 
     def read_run_info(self) -> dict[str, Any] | None:
         if not self.run_json.is_file():

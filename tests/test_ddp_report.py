@@ -11,9 +11,9 @@ from bench.ddp_report import main
 
 def _run(root: Path, name: str, losses: list[float], world: int, step_s: float, samples: dict[int, list[str]]) -> Path:
     run = root / name
-    (run / "logs" / "csv").mkdir(parents=True)
+    (run / "logs" / "csv" / "version_0").mkdir(parents=True)
     rows = "".join(f"{i},{v}\n" for i, v in enumerate(losses))
-    (run / "logs" / "csv" / "metrics.csv").write_text("step,train/loss\n" + rows)
+    (run / "logs" / "csv" / "version_0" / "metrics.csv").write_text("step,train/loss\n" + rows)
     (run / "logs" / "throughput.json").write_text(json.dumps(
         {"world_size": world, "global_batch": 8, "step_s_median": step_s, "samples_per_s": 8 / step_s}))
     for rank, scenes in samples.items():
@@ -40,3 +40,18 @@ def test_report_speedup_duplicates_and_loss_agreement_against_a_control(tmp_path
     assert good["duplicated_across_ranks"] == 0 and bad["duplicated_across_ranks"] == 1
     assert good["loss_within_noise"] and abs(good["loss_diff_vs_control"] - 0.5) < 1e-6
     assert not bad["loss_within_noise"] and bad["loss_diff_vs_control"] > 9
+
+
+def test_loss_curve_joins_the_csv_parts_of_a_resumed_run_in_write_order(tmp_path):
+    from bench.ddp_report import loss_curve
+
+    run = tmp_path / "exp" / "r"
+    parts = {"metrics.csv": range(0, 10), "version_0/metrics.csv": range(10, 40),  # legacy file, then versions
+             "version_2/metrics.csv": range(30, 50), "version_10/metrics.csv": range(45, 60)}
+    for k, (name, steps) in enumerate(parts.items()):
+        path = run / "logs" / "csv" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("epoch,step,train/loss\n" + "".join(f"0,{s},{k}\n" for s in steps))
+    curve = loss_curve(run)
+    assert sorted(curve) == list(range(60))
+    assert [curve[s] for s in (5, 20, 35, 47, 59)] == [0.0, 1.0, 2.0, 3.0, 3.0]  # a later part wins its steps

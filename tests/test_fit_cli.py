@@ -56,7 +56,7 @@ def test_fit_writes_the_run_layout_and_resume_auto_continues(tmp_path):
     assert rig_from_checkpoint(paths.last_checkpoint).name == "facelift_6view"
     assert sorted(paths.exports()) == [2, 3]
     assert (paths.export_dir(3) / "model.safetensors").is_file() and (paths.export_dir(3) / "rig.json").is_file()
-    assert (paths.log_dir / "csv" / "metrics.csv").is_file()
+    assert paths.metric_files() == [paths.log_dir / "csv" / "version_0" / "metrics.csv"]
     assert list((paths.log_dir / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard is the embedded default"
     assert not list(paths.checkpoint_dir.glob(".*")), "no temporaries left behind"
     grids = sorted((paths.log_dir / "images").glob("step_*_novel_views.png"))
@@ -67,6 +67,11 @@ def test_fit_writes_the_run_layout_and_resume_auto_continues(tmp_path):
     assert cli2.trainer.global_step == 5
     assert sorted(paths.exports()) == [2, 3, 4, 5]
     assert len(list(paths.run_dir.glob("config*.yaml"))) == 2  # the first config is kept
+    # the resumed fit logs into a second CSV part; the first part's rows survive (Lightning's CSV writer would
+    # have deleted a metrics.csv it found)
+    assert [p.parent.name for p in paths.metric_files()] == ["version_0", "version_1"]
+    logged = [int(r["step"]) for r in paths.metric_rows() if r.get("train/loss")]
+    assert min(logged) < 3 <= max(logged)
 
 
 def test_fit_refuses_data_from_another_rig_naming_both(tmp_path):

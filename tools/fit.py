@@ -58,13 +58,15 @@ def tensorboard_available() -> bool:
 
 
 def default_loggers(paths: RunPaths, wandb_project: str | None = None) -> list[Logger]:
-    """TensorBoard (``logs/tensorboard``, when installed) + CSV (``logs/csv``) [+ W&B] inside the run folder."""
+    """TensorBoard (``logs/tensorboard``, when installed) + CSV (``logs/csv/version_<k>``) [+ W&B] in the run folder."""
     loggers: list[Logger] = []
     if tensorboard_available():
         loggers.append(TensorBoardLogger(save_dir=str(paths.log_dir), name="tensorboard", version=""))
     else:
         log.warning("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
-    loggers.append(CSVLogger(save_dir=str(paths.log_dir), name="csv", version=""))
+    # one version_<k> folder per invocation: Lightning's CSV writer deletes a metrics.csv it finds, which would
+    # lose the history of a resumed run (RunPaths.metric_files reads the parts back in order)
+    loggers.append(CSVLogger(save_dir=str(paths.log_dir), name="csv"))
     if wandb_project:
         if importlib.util.find_spec("wandb") is None:
             raise SystemExit("--wandb needs the wandb package (pip install wandb)")
