@@ -174,6 +174,7 @@ class DiffusionModule(pl.LightningModule):
         lr_groups: dict[str, float] | None = None,
         optimizer: str = "adamw",
         grad_checkpointing: bool = False,
+        compile: bool = False,
         # validation
         val_inference_steps: int = 20,
         val_guidance_scale: float = 3.0,
@@ -206,6 +207,8 @@ class DiffusionModule(pl.LightningModule):
         install_multiview_attention(self.unet, self.rig.num_views, self.attention_mode)
         if grad_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        if compile:  # in place (Module.compile): parameter names, exports and checkpoints are unchanged
+            self.unet.compile()
         dropout = sorted({m.p for m in self.unet.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0})
         if dropout:
             log.warning("the UNet has dropout %s: it draws from the global torch RNG, which Lightning does not "
@@ -588,7 +591,8 @@ class DiffusionModule(pl.LightningModule):
             ema_unet.save_pretrained(str(out / "unet_ema"))
         self.view_embeddings.save(out / VIEW_EMBEDDINGS_FILE)
         (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
-        hp = init_hparams(self.hparams, drop=("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder"))
+        hp = init_hparams(self.hparams, drop=("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder",
+                                              "compile"))
         meta = {**self.mvlift_metadata(), "pipeline_notes": self.pipeline_notes, "hparams": hp}
         (out / EXPORT_META).write_text(json.dumps(meta, indent=2, default=list))
         return out

@@ -478,3 +478,11 @@ def test_gpu_training_draws_come_from_a_cuda_generator():
         a = m.diffusion_loss(batch, generator=m.training_generator(0))["loss"]
         b = m.diffusion_loss(batch, generator=m.training_generator(0))["loss"]
     assert torch.equal(a, b)
+
+
+def test_compile_option_compiles_the_unet_in_place_and_exports_load_uncompiled(tmp_path):
+    plain, compiled = tiny_module(), tiny_module(compile=True)
+    assert plain.unet._compiled_call_impl is None and compiled.unet._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # names unchanged: checkpoints interchange
+    back = DiffusionModule.from_export(compiled.export(tmp_path / "export"))
+    assert back.unet._compiled_call_impl is None  # compiling is a training choice, not part of the model

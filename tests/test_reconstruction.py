@@ -294,3 +294,13 @@ def test_bench_kernel_kinds_sort_profiled_kernels_and_leave_out_cpu_events():
               SimpleNamespace(key="aten::mm", device_type=cpu, self_device_time_total=10.0),
               SimpleNamespace(key="nvjet_b", device_type=cuda, self_device_time_total=5.0)]
     assert kernel_times_us(SimpleNamespace(key_averages=lambda: events)) == {"gemm": 15.0, "attention": 30.0}
+
+
+def test_compile_option_compiles_each_block_in_place_and_keeps_parameter_names(tmp_path):
+    args = {"rig": "facelift_6view", "image_size": 16, "width": 32, "depth": 2, "head_dim": 16, "num_input_views": 2}
+    plain, compiled = ReconstructionModule(**args), ReconstructionModule(**args, compile=True)
+    assert all(b._compiled_call_impl is not None for b in compiled.net.transformer_layers)
+    assert all(b._compiled_call_impl is None for b in plain.net.transformer_layers)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    back = ReconstructionModule.from_export(compiled.export(tmp_path / "export"))
+    assert all(b._compiled_call_impl is None for b in back.net.transformer_layers)
