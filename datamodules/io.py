@@ -95,13 +95,16 @@ def read_bytes(path: str | Path) -> bytes:
 def png_to_float(arr: np.ndarray) -> tuple[Tensor, Tensor | None]:
     """[H, W, C] uint8/uint16 -> (rgb [3, H, W], alpha [1, H, W] or None) float32 in [0, 1]."""
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
-    t = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32)).permute(2, 0, 1) / scale
+    if arr.dtype == np.uint16:  # torch has no uint16 arithmetic to speak of: widen first
+        arr = arr.astype(np.int32)
+    # channels first while still integers (the cheap copy), then one conversion to float
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous().float().div_(scale)
     c = t.shape[0]
     if c == 1:
         return t.expand(3, -1, -1).contiguous(), None
     if c == 2:
-        return t[:1].expand(3, -1, -1).contiguous(), t[1:2].contiguous()
-    return t[:3].contiguous(), (t[3:4].contiguous() if c == 4 else None)
+        return t[:1].expand(3, -1, -1).contiguous(), t[1:2]
+    return t[:3], (t[3:4] if c == 4 else None)
 
 
 def load_png_views(blobs: list[bytes], wheres: list[str]) -> tuple[Tensor, Tensor | None]:
@@ -144,7 +147,7 @@ def estimate_background(rgb: Tensor, alpha: Tensor | None) -> Tensor:
 
 def composite(premult: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
     """Premultiplied color [..., 3, H, W] over ``background`` [3]: premult + (1 - alpha) * bg, clamped to [0, 1]."""
-    return (premult + (1.0 - alpha) * background.view(3, 1, 1).to(premult)).clamp(0.0, 1.0)
+    return torch.addcmul(premult, 1.0 - alpha, background.view(3, 1, 1).to(premult)).clamp_(0.0, 1.0)
 
 
 # ---- resizing and centring ---------------------------------------------------------------------------------------
@@ -246,12 +249,17 @@ def validate_cameras(c2w: Tensor, fxfycxcy: Tensor, where: str, num_views: int |
         raise SampleError(f"{where}: cameras have shapes c2w {list(c2w.shape)}, fxfycxcy {list(fxfycxcy.shape)}")
     if num_views is not None and len(c2w) != num_views:
         raise SampleError(f"{where}: {len(c2w)} cameras, but {num_views} views were declared")
-    for i in range(len(c2w)):
-        try:
-            check_c2w(c2w[i], f"{where} view {i}")
-            check_intrinsics(fxfycxcy[i], f"{where} view {i}")
-        except ValueError as e:
-            raise SampleError(str(e)) from None
+    try:  # all views in one check; only a failure is traced to its view
+        check_c2w(c2w, where)
+        check_intrinsics(fxfycxcy, where)
+    except ValueError:
+        for i in range(len(c2w)):
+            try:
+                check_c2w(c2w[i], f"{where} view {i}")
+                check_intrinsics(fxfycxcy[i], f"{where} view {i}")
+            except ValueError as e:
+                raise SampleError(str(e)) from None
+        raise
 
 
 def validate_pixels(rgb: Tensor, alpha: Tensor | None, where: str, num_views: int,

@@ -40,7 +40,7 @@ def read_camera_file(path: str | Path) -> CameraFile:
     frames = data.get("frames") if isinstance(data, dict) else None
     if not frames:
         raise ValueError(f"{path}: camera file has no 'frames'")
-    c2w, k, sizes, files = [], [], [], []
+    w2cs, k, sizes, files = [], [], [], []
     for i, fr in enumerate(frames):
         where = f"{path} frame {i}"
         missing = [key for key in ("w2c", "fx", "fy", "cx", "cy", "w", "h") if key not in fr]
@@ -51,14 +51,22 @@ def read_camera_file(path: str | Path) -> CameraFile:
             intr = torch.tensor([fr["fx"], fr["fy"], fr["cx"], fr["cy"]], dtype=torch.float64)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: cameras are not numbers ({e})") from None
-        check_c2w(w2c, where)
-        check_intrinsics(intr, where)
-        c2w.append(invert_rigid(w2c))
+        if w2c.shape != (4, 4):
+            check_c2w(w2c, where)  # raises, naming the frame and the shape
+        w2cs.append(w2c)
         k.append(intr)
         sizes.append((int(fr["h"]), int(fr["w"])))
         files.append(fr.get("file_path"))
-    return CameraFile(str(data.get("id", path.parent.name)), torch.stack(c2w).float(), torch.stack(k).float(), sizes,
-                      files)
+    w2c, intr = torch.stack(w2cs), torch.stack(k)
+    try:  # every frame in one check; only a failure is traced to its frame
+        check_c2w(w2c, str(path))
+        check_intrinsics(intr, str(path))
+    except ValueError:
+        for i in range(len(w2c)):
+            check_c2w(w2c[i], f"{path} frame {i}")
+            check_intrinsics(intr[i], f"{path} frame {i}")
+        raise
+    return CameraFile(str(data.get("id", path.parent.name)), invert_rigid(w2c).float(), intr.float(), sizes, files)
 
 
 def write_camera_file(path: str | Path, cams: CameraFile) -> None:

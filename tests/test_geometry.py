@@ -238,6 +238,24 @@ def test_camera_file_round_trip(tmp_path):
         read_camera_file(tmp_path / "bad.json")
 
 
+@pytest.mark.parametrize("frame, key, value, problem", [
+    (3, "w2c", [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, float("nan")], [0, 0, 0, 1]], "camera matrix has non-finite"),
+    (4, "w2c", [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2.7], [0, 0, 0, 1]], "rotation is not orthonormal"),
+    (1, "fx", -5.0, "focal lengths must be positive"),
+    (5, "w2c", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "must be 4x4"),
+])
+def test_camera_file_errors_name_the_frame_and_the_problem(tmp_path, frame, key, value, problem):
+    import json
+
+    c2w, k = load_rig("mouse_oblique20_6view").cameras(64)
+    write_camera_file(tmp_path / "opencv_cameras.json", CameraFile("s", c2w, k, [(64, 64)] * 6, [None] * 6))
+    meta = json.loads((tmp_path / "opencv_cameras.json").read_text())
+    meta["frames"][frame][key] = value
+    (tmp_path / "opencv_cameras.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"opencv_cameras.json frame {frame}: .*{problem}"):
+        read_camera_file(tmp_path / "opencv_cameras.json")
+
+
 def test_rig_cli_compare_and_check(tmp_path, capsys):
     from tools.rig import main
 
