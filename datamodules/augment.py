@@ -132,9 +132,15 @@ class DomainGapAugment:
     def __init__(self, config: dict[str, Any] | None = None, seed: int = 0,
                  sources: dict[str, dict[str, Any] | None] | None = None) -> None:
         self.config = resolve_config(config)
-        self.source_config = {name: check_ops(ops, f"source {name!r} augment") for name, ops in (sources or {}).items()}
         self.seed = int(seed)
         self.ops = {kind: self._image_ops(ops) for kind, ops in self.config.items()}
+        self.source_config: dict[str, dict[str, Any]] = {}
+        self.source_ops: dict[str, list[tuple[str, dict[str, Any], Any]]] = {}
+        self.set_source_ops(sources or {})
+
+    def set_source_ops(self, sources: dict[str, dict[str, Any] | None]) -> None:
+        """Per-source ops (by source name) that replace the kind's ops for that source's samples."""
+        self.source_config = {name: check_ops(ops, f"source {name!r} augment") for name, ops in sources.items()}
         self.source_ops = {name: self._image_ops(ops) for name, ops in self.source_config.items()}
 
     @staticmethod

@@ -148,7 +148,6 @@ class MultiViewDataModule(L.LightningDataModule):
                                     target_radius, center_crop, center_fill, supervise_inputs)
         enabled = augment is None or augment.get("enabled", True)
         cfg = None if augment is None else {k: v for k, v in augment.items() if k != "enabled"}
-        self._augment_cfg = cfg
         self.augmenter = DomainGapAugment(cfg, seed) if enabled else None
         self.train_sources: list[Source] = []
         self.val_sources: list[Source] = []
@@ -194,7 +193,7 @@ class MultiViewDataModule(L.LightningDataModule):
                 raise ValueError(f"source {s.name!r}: training and validation sources of this name have different "
                                  "augment ops")
         if self.augmenter is not None and own:
-            self.augmenter = DomainGapAugment(self._augment_cfg, self.hparams.seed, sources=own)
+            self.augmenter.set_source_ops(own)
         for s in self.train_sources:
             log.info("data source %s", s)
 
