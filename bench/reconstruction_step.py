@@ -86,6 +86,26 @@ def make_batch(args: argparse.Namespace, device: torch.device, seed: int = 0) ->
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def time_ms(fn, steps: int, warmup: int, cuda: bool) -> float:
+    """Median wall time of ``fn`` in ms over ``steps`` calls after ``warmup`` (CUDA events on the GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        if cuda:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def attn_context(name: str):
     if name == "default":
         return contextlib.nullcontext()
@@ -133,20 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    step_ms = statistics.median(times)
+    step_ms = time_ms(step, args.steps, 0, cuda)
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
 
     # rendering + loss alone (forward + backward) on fixed Gaussians of this batch
@@ -163,22 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      "target_alpha": sup["alpha"]})
         terms["loss"].backward()
 
-    render_and_loss()
-    sync()
-    render_times = []
-    for _ in range(max(3, args.steps // 2)):
-        if cuda:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            render_and_loss()
-            e.record()
-            e.synchronize()
-            render_times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            render_and_loss()
-            render_times.append((time.perf_counter() - t0) * 1e3)
-    render_ms = statistics.median(render_times)
+    render_ms = time_ms(render_and_loss, max(3, args.steps // 2), 1, cuda)
 
     gpu_busy, kernel_ms = None, None
     if cuda and not args.no_profile:

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes
+from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes, validate_cameras
 from geometry.camera_files import read_camera_file
-from geometry.cameras import check_c2w, check_intrinsics, invert_rigid
+from geometry.cameras import invert_rigid
 from geometry.rig import Rig, load_rig
 
 FORMATS = ("procedural", "facelift", "facelift_mvdiffusion", "shards")
@@ -344,12 +344,7 @@ def parse_camera_json(data: bytes, where: str) -> SceneCameras:
         scene_id = str(json.loads(data).get("id", where))
     except (ValueError, KeyError, TypeError) as e:
         raise SampleError(f"{where}: bad camera json ({type(e).__name__}: {e})") from None
-    for v in range(len(w2c)):
-        try:
-            check_c2w(w2c[v], f"{where} view {v}")
-            check_intrinsics(k[v], f"{where} view {v}")
-        except ValueError as e:
-            raise SampleError(str(e)) from None
+    validate_cameras(w2c, k, where)  # w2c is rigid iff c2w is: the same checks, messages naming the view
     return SceneCameras(scene_id, where, invert_rigid(w2c).float(), k.float(), sizes)
 
 
