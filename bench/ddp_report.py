@@ -8,10 +8,15 @@ curves' agreement (mean of |smoothed difference| over the common steps, next to 
 Per run with several ranks: samples trained on by more than one rank within an epoch (``logs/samples_rank*.jsonl``
 from callbacks.throughput.SampleLedger) — must be 0.
 
-"Within noise" needs a yardstick: ``--control RUN`` is the first run's configuration again with another data seed
-(``--data.init_args.seed 1``); its smoothed distance to the first run is how far two equally valid runs drift apart.
-Each run then gets ``loss_diff_vs_control`` (its distance / the control's) and ``loss_within_noise`` (that ratio
-≤ 1.5).
+"Within noise" needs a yardstick: ``--control RUN`` (repeatable) is the first run's configuration again with another
+data seed (``--data.init_args.seed 1``, 2, ...). The mean smoothed distance between the single-configuration runs
+(the first and the controls, every pair) is how far two equally valid runs drift apart. Each other run gets
+``loss_diff_to_reference_runs`` (its mean distance to the first run and the controls), ``loss_diff_vs_control``
+(that / the yardstick) and ``loss_within_noise`` (ratio ≤ 1.5).
+
+Speed-up: ``speedup_vs_first`` from the median step time, ``window_speedup_vs_first`` from the whole timed window
+(every step, checkpoint and stall included; StepTimer ``window_samples_per_s``) — the figure to quote when the
+runs do not synchronise the GPU at every step.
 """
 
 from __future__ import annotations
@@ -72,8 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--window", type=int, default=10, help="moving-average window for the loss comparison")
-    p.add_argument("--control", type=Path, default=None,
-                   help="the first run's configuration with another data seed: the yardstick for 'within noise'")
+    p.add_argument("--control", type=Path, action="append", default=[],
+                   help="the first run's configuration with another data seed (repeatable): the yardstick for "
+                        "'within noise'")
     args = p.parse_args(argv)
     out: dict = {"bench": "ddp_report", "runs": {}}
     curves = {}
@@ -86,21 +92,28 @@ def main(argv: list[str] | None = None) -> dict:
         info["loss_last10_mean"] = statistics.fmean(curves[run][s] for s in steps[-10:])
         out["runs"][str(run)] = info
     base = args.runs[0]
-    base_sps = out["runs"][str(base)]["samples_per_s"]
+    first = out["runs"][str(base)]
+    reference = [curves[base]] + [loss_curve(c) for c in args.control]
     control = None
-    if args.control is not None:
-        control, _ = curve_distance(curves[base], loss_curve(args.control), args.window)
-        out["control"] = {"run": str(args.control), "loss_mean_abs_diff_smoothed": control}
+    if args.control:
+        pairs = [curve_distance(a, b, args.window)[0] for i, a in enumerate(reference) for b in reference[i + 1:]]
+        control = statistics.fmean(pairs)
+        out["control"] = {"runs": [str(c) for c in args.control], "pairwise_loss_diffs": pairs,
+                          "loss_mean_abs_diff_smoothed": control}
     for run in args.runs[1:]:
         info = out["runs"][str(run)]
         diff, common = curve_distance(curves[base], curves[run], args.window)
         raw = [curves[base][s] for s in common]
-        info["speedup_vs_first"] = info["samples_per_s"] / base_sps
+        info["speedup_vs_first"] = info["samples_per_s"] / first["samples_per_s"]
+        if info.get("window_samples_per_s") and first.get("window_samples_per_s"):
+            info["window_speedup_vs_first"] = info["window_samples_per_s"] / first["window_samples_per_s"]
         info["loss_mean_abs_diff_smoothed"] = diff
         info["loss_step_noise_first_run"] = statistics.fmean(abs(x - y) for x, y in zip(raw[1:], raw[:-1]))
         info["common_steps"] = len(common)
         if control is not None:
-            info["loss_diff_vs_control"] = diff / control if control > 0 else float("inf")
+            to_ref = statistics.fmean(curve_distance(r, curves[run], args.window)[0] for r in reference)
+            info["loss_diff_to_reference_runs"] = to_ref
+            info["loss_diff_vs_control"] = to_ref / control if control > 0 else float("inf")
             info["loss_within_noise"] = info["loss_diff_vs_control"] <= 1.5
     print(json.dumps(out))
     return out

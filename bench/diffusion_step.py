@@ -10,6 +10,7 @@ scene, times the scenes, without checkpoint recomputation), mfu (model FLOPs / s
 
     python bench/diffusion_step.py                  # on CUDA, the full grid
     python bench/diffusion_step.py --batches 2 --grad-checkpointing off --compile --profile
+    python bench/diffusion_step.py --batches 2 --grad-checkpointing off --compile --trace runs/traces  # idle gaps
     python bench/diffusion_step.py --tiny           # tiny UNet on CPU (a smoke test of this script)
 """
 
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (baseline and ours alike)")
     p.add_argument("--profile", action="store_true",
                    help="add kernel_ms_per_step: profiled CUDA kernel time by kind (attention, conv, gemm, norm, ...)")
+    p.add_argument("--trace", type=Path, default=None, metavar="DIR",
+                   help="also profile the host: write a chrome trace per configuration to DIR and add gpu_idle "
+                        "(bench.timeline: the GPU's idle gaps per step and what the host did meanwhile)")
     return p.parse_args(argv)
 
 
@@ -115,6 +119,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def trace_idle(prof, path: Path, steps: int) -> dict:
+    """Write the profiler's chrome trace to ``path`` (gzipped) and summarise the GPU's idle gaps per step."""
+    import gzip
+    import shutil
+
+    from bench.timeline import gpu_gaps, load_trace
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(path))
+    gaps = gpu_gaps(load_trace(path), min_gap_us=20, top=8)
+    with open(path, "rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+    return {"idle_ms_per_step": round(gaps["idle_us"] / steps / 1e3, 2),
+            "busy_ms_per_step": round(gaps["busy_us"] / steps / 1e3, 2), "gaps_per_step": gaps["gaps_counted"] / steps,
+            "longest_gaps": gaps["gaps"], "idle_ms_by_launcher": {k: round(v / steps / 1e3, 2)
+                                                              for k, v in gaps["idle_by_launcher"].items()},
+            "trace": f"{path}.gz"}
+
+
 def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckpt: bool, args: argparse.Namespace,
                device: torch.device, autocast_dtype: torch.dtype | None, flops_cache: dict) -> dict:
     set_attention(unet, attention, args.views)
@@ -149,15 +173,19 @@ def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckp
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    kernel_ms = None
-    if args.profile and device.type == "cuda":
+    kernel_ms = idle = None
+    if (args.profile or args.trace) and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.trace else [])
+        with profile(activities=activities) as prof:
             for _ in range(2):
                 step()
             _sync(device)
         kernel_ms = {k: round(us / 2e3, 2) for k, us in sorted(kernel_times_us(prof, DIFFUSION_KINDS).items())}
+        if args.trace:
+            idle = trace_idle(prof, args.trace / f"{attention}_b{scenes}_gc{int(grad_ckpt)}_c{int(args.compile)}.json",
+                              steps=2)
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
     flops = flops_cache[attention] * scenes
     return {
@@ -168,7 +196,7 @@ def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckp
         "tflops_per_step": round(flops / 1e12, 6), "mfu": round(flops / step_s / PEAK_FLOPS, 6),
         "steps": args.steps, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
-        "compile": args.compile, "kernel_ms_per_step": kernel_ms,
+        "compile": args.compile, "kernel_ms_per_step": kernel_ms, "gpu_idle": idle,
     }
 
 

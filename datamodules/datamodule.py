@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.augment import DomainGapAugment
@@ -87,6 +88,8 @@ class MultiViewDataModule(L.LightningDataModule):
         persistent_workers: keep the loader's worker processes between epochs (with num_workers > 0). Safe: the
             sampler runs in the main process and every key it hands the workers carries its epoch, so no per-epoch
             state has to reach the workers.
+        pin_memory: page-locked batches when CUDA is available, so the copy to the GPU runs asynchronously
+            (Lightning moves batches with ``non_blocking=True``) instead of stalling the host at every step.
 
     Resume (``state_dict`` / ``load_state_dict``, saved by Lightning in every checkpoint under this class's name):
     the training position = (epoch, draws of this rank's share of that epoch the training loop has consumed) and
@@ -129,6 +132,7 @@ class MultiViewDataModule(L.LightningDataModule):
         val_samples: int = 16,
         seed: int = 0,
         persistent_workers: bool = False,
+        pin_memory: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -215,7 +219,8 @@ class MultiViewDataModule(L.LightningDataModule):
     def _loader(self, ds: MixedSceneDataset, sampler: Any) -> DataLoader:
         h = self.hparams
         return _MixingLoader(ds, batch_size=h.batch_size, sampler=sampler, num_workers=h.num_workers,
-                             collate_fn=collate_samples, pin_memory=False,
+                             collate_fn=collate_samples,
+                             pin_memory=bool(h.pin_memory) and torch.cuda.is_available(),
                              persistent_workers=bool(h.persistent_workers) and h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -415,7 +415,7 @@ class DiffusionModule(pl.LightningModule):
         self.train_background.update(batch.get("background"))
         terms = self.diffusion_loss(batch, generator=self.training_generator(batch_idx))
         b = batch["images"].shape[0]
-        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True)
+        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
         self.log("train/mse", terms["mse"], batch_size=b)
         return terms["loss"]
 

@@ -291,7 +291,7 @@ class ReconstructionModule(pl.LightningModule):
         out = self.predict_views(batch, training=True)
         terms = self.compute_loss(out)
         b = out["pred"].shape[0]
-        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True)
+        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
         for k, v in terms.items():
             if k != "loss":
                 self.log(f"train/{k}", v, batch_size=b)

@@ -66,7 +66,7 @@ def test_image_size_differing_from_the_camera_file_names_the_sample_and_both_siz
     assert builder.build(src, 0, np.random.default_rng(0))["images"].shape == (4, 3, 16, 16)  # declared = decoded
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_pixels_name_the_sample(bad):
     rgb, alpha = torch.rand(3, 3, 8, 8), torch.ones(3, 1, 8, 8)
     validate_pixels(rgb, alpha, "sample_9", 3, [(8, 8)] * 3)  # finite: accepted

@@ -129,3 +129,11 @@ def test_a_different_world_size_resumes_at_the_same_global_fraction(caplog):
     with caplog.at_level("WARNING", logger="mvlift.data"):
         assert resumed._start_pass(PER_EPOCH) == (0, 4)
     assert "not exactly where the saved run was" in caplog.text
+
+
+def test_batches_are_pinned_only_where_cuda_is(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _dm().train_dataloader().pin_memory, "with CUDA the loader pins batches (asynchronous copies)"
+    assert not _dm(pin_memory=False).train_dataloader().pin_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not _dm().train_dataloader().pin_memory, "no pinning without CUDA (DataLoader would warn)"

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from bench.ddp_report import main
 
 
@@ -15,7 +17,8 @@ def _run(root: Path, name: str, losses: list[float], world: int, step_s: float, 
     rows = "".join(f"{i},{v}\n" for i, v in enumerate(losses))
     (run / "logs" / "csv" / "version_0" / "metrics.csv").write_text("step,train/loss\n" + rows)
     (run / "logs" / "throughput.json").write_text(json.dumps(
-        {"world_size": world, "global_batch": 8, "step_s_median": step_s, "samples_per_s": 8 / step_s}))
+        {"world_size": world, "global_batch": 8, "step_s_median": step_s, "samples_per_s": 8 / step_s,
+         "window_samples_per_s": 8 / (step_s * 1.1)}))
     for rank, scenes in samples.items():
         lines = [json.dumps({"epoch": 0, "step": 0, "source": "s", "scene_id": sc}) for sc in scenes]
         (run / "logs" / f"samples_rank{rank}.jsonl").write_text("\n".join(lines) + "\n")
@@ -37,9 +40,23 @@ def test_report_speedup_duplicates_and_loss_agreement_against_a_control(tmp_path
     good, bad = out["runs"][str(r2)], out["runs"][str(rbad)]
     assert abs(out["control"]["loss_mean_abs_diff_smoothed"] - 0.02) < 1e-9
     assert abs(good["speedup_vs_first"] - 0.30 / 0.16) < 1e-9
+    assert abs(good["window_speedup_vs_first"] - 0.30 / 0.16) < 1e-9
     assert good["duplicated_across_ranks"] == 0 and bad["duplicated_across_ranks"] == 1
-    assert good["loss_within_noise"] and abs(good["loss_diff_vs_control"] - 0.5) < 1e-6
+    # mean distance to the two 1-GPU runs (0.01 and 0.03) over their own distance (0.02)
+    assert good["loss_within_noise"] and abs(good["loss_diff_vs_control"] - 1.0) < 1e-6
     assert not bad["loss_within_noise"] and bad["loss_diff_vs_control"] > 9
+
+
+def test_several_controls_make_the_yardstick_their_mean_pairwise_distance(tmp_path):
+    base = [1.0 / (1 + 0.1 * s) for s in range(40)]
+    runs = [_run(tmp_path, f"gpu1_seed{k}", [v + d for v in base], 1, 0.3, {0: ["a"]})
+            for k, d in enumerate((0.0, 0.02, 0.04))]
+    two = _run(tmp_path, "gpu2", [v + 0.1 for v in base], 2, 0.16, {0: ["a"], 1: ["b"]})
+    out = main([str(runs[0]), str(two), "--control", str(runs[1]), "--control", str(runs[2])])
+    assert out["control"]["pairwise_loss_diffs"] == pytest.approx([0.02, 0.04, 0.02])
+    info = out["runs"][str(two)]
+    assert info["loss_diff_to_reference_runs"] == pytest.approx((0.1 + 0.08 + 0.06) / 3)
+    assert info["loss_diff_vs_control"] == pytest.approx(0.08 / (0.08 / 3)) and not info["loss_within_noise"]
 
 
 def test_loss_curve_joins_the_csv_parts_of_a_resumed_run_in_write_order(tmp_path):
