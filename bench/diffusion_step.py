@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="add kernel_ms_per_step: profiled CUDA kernel time by kind (attention, conv, gemm, norm, ...)")
     p.add_argument("--trace", type=Path, default=None, metavar="DIR",
                    help="also profile the host: write a chrome trace per configuration to DIR and add gpu_idle "
-                        "(bench.timeline: the GPU's idle gaps per step and what the host did meanwhile)")
+                        "(callbacks.profile: the GPU's idle gaps per step and what the host did meanwhile)")
     return p.parse_args(argv)
 
 
@@ -124,7 +124,7 @@ def trace_idle(prof, path: Path, steps: int) -> dict:
     import gzip
     import shutil
 
-    from bench.timeline import gpu_gaps, load_trace
+    from callbacks.profile import gpu_gaps, load_trace
 
     path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(path))

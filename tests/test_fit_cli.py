@@ -217,3 +217,20 @@ def torch_load_step(path: Path) -> int:
     import torch
 
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def test_profile_steps_callback_writes_a_trace_and_its_gap_summary(tmp_path):
+    import gzip
+
+    cfg = _config(tmp_path, run="prof")
+    main(["-c", str(cfg), "--trainer.max_steps", "4", "--trainer.callbacks+=callbacks.profile.ProfileSteps",
+          "--trainer.callbacks.start_step=1", "--trainer.callbacks.num_steps=2",
+          "--trainer.callbacks.with_stack=false"])
+    logs = RunPaths(tmp_path / "runs", "cli", "prof").log_dir
+    summary = json.loads((logs / "gpu_gaps_rank0.json").read_text())
+    assert summary["from_step"] == 1 and summary["steps"] == 2 and summary["trace"] == "trace_rank0.json.gz"
+    assert summary["gpu_events"] == 0 and summary["idle_ms_per_step"] == 0  # CPU run: no GPU activity to time
+    with gzip.open(logs / "trace_rank0.json.gz", "rt") as f:
+        names = {e.get("name") for e in json.load(f)["traceEvents"]}
+    assert "aten::scaled_dot_product_attention" in names or "aten::linear" in names, "host ops were recorded"
+    assert not (logs / "trace_rank0.json").exists(), "only the gzipped trace is kept"

@@ -1,11 +1,11 @@
-"""bench.timeline: GPU idle gaps in a profiler trace and the host side of each."""
+"""callbacks.profile: GPU idle gaps in a profiler trace and the host side of each; the ProfileSteps callback."""
 
 from __future__ import annotations
 
 import gzip
 import json
 
-from bench.timeline import gpu_gaps, main
+from callbacks.profile import gpu_gaps, main
 
 
 def _k(name, ts, dur, corr, cat="kernel"):
@@ -28,6 +28,9 @@ TRACE = {"traceEvents": [
     _host("aten::_scaled_dot_product_flash_attention", 1150, 40), _host("cudaLaunchKernel", 1160, 5, "cuda_runtime", 4),
     _host("aten::add", 1340, 20), _host("cudaLaunchKernel", 1345, 5, "cuda_runtime", 5),
     _host("aten::other_thread", 1340, 20, tid=8),
+    _host("lightning/pytorch/loops/fit_loop.py(400): advance", 0, 2000, "python_function"),
+    _host("datamodules/augment.py(164): __call__", 1100, 100, "python_function"),
+    _host("torch/nn/functional.py(5000): scaled_dot_product_attention", 1148, 45, "python_function"),
 ]}
 
 
@@ -41,6 +44,12 @@ def test_gaps_are_found_sized_and_attributed_to_the_host():
     assert first["host_calls"] == ["cudaStreamSynchronize"], "the synchronise that held the host is named"
     assert second["launched_by"] == "aten::add" and second["host_calls"] == []
     assert r["idle_by_launcher"] == {"aten::_scaled_dot_product_flash_attention": 1000, "aten::add": 100}
+    assert first["python"] == ["lightning/pytorch/loops/fit_loop.py(400): advance",
+                               "datamodules/augment.py(164): __call__",
+                               "torch/nn/functional.py(5000): scaled_dot_product_attention"]
+    # by the innermost frame of our code (or Lightning's), not torch's
+    assert r["idle_by_python"] == {"datamodules/augment.py(164): __call__": 1000,
+                                   "lightning/pytorch/loops/fit_loop.py(400): advance": 100}
     assert gpu_gaps(TRACE, min_gap_us=5)["gaps_counted"] == 3
 
 
