@@ -9,7 +9,7 @@
 # Run names say the configuration: gpu<D>[_seed<S>] = D GPUs at a global batch of 8 (8/D per GPU), data seed S.
 # gpu1, gpu1_seed1, gpu1_seed2 (one GPU, three seeds) are the yardstick for "loss curves agree within noise";
 # gpu2, gpu2_seed1 are compared with them. EXTRA="..." adds overrides to every run (e.g. the model's compile);
-# TAG names the experiment (runs/bench_ddp$TAG). Output: ${OUT:-runs/bench_ddp_out}.
+# TAG names the experiment (runs/bench_ddp$TAG); RESUME=0 skips the resume. Output: ${OUT:-runs/bench_ddp_out}.
 set -u
 START=$SECONDS
 PART=${1:-scaling}
@@ -41,7 +41,7 @@ scaling)
         [[ $r == gpu2* ]] && twos="$twos $R/$r"
     done
     python -m bench.ddp_report $R/gpu1 $twos $controls | tee "$OUT/ddp_report$TAG.jsonl"
-    if (( SECONDS - START < 480 )); then
+    if [[ ${RESUME:-1} == 1 ]] && (( SECONDS - START < 480 )); then
         LIMIT=$((580 - SECONDS + START)) STEPS=$((STEPS + 30)) fit gpu2 --resume auto
         python -m bench.ddp_report $R/gpu2 > "$OUT/ddp_report_resumed$TAG.jsonl" 2>&1
     fi

@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from callbacks.paths import CheckpointPaths
+from lightning_modules.metrics import logs_this_step
 
 
 def run_log_file(trainer: pl.Trainer, name: str) -> Path:
@@ -82,10 +83,12 @@ class StepTimer(Callback):
             self.step_times.append(dt)
             if self._wait is not None:
                 self.wait_times.append(self._wait)
-                pl_module.log("perf/data_wait_s", self._wait, on_step=True, rank_zero_only=True)
-            pl_module.log("perf/step_s", dt, on_step=True, rank_zero_only=True)
-            pl_module.log("perf/samples_per_s", self._batch * trainer.world_size / dt, on_step=True,
-                          rank_zero_only=True)
+            if logs_this_step(pl_module):  # every step is timed; the loggers get every log_every_n_steps-th
+                if self._wait is not None:
+                    pl_module.log("perf/data_wait_s", self._wait, on_step=True, rank_zero_only=True)
+                pl_module.log("perf/step_s", dt, on_step=True, rank_zero_only=True)
+                pl_module.log("perf/samples_per_s", self._batch * trainer.world_size / dt, on_step=True,
+                              rank_zero_only=True)
         self._last = now
 
     def summary(self, trainer: pl.Trainer) -> dict[str, Any]:

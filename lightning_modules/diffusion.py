@@ -56,6 +56,7 @@ from torch import Tensor
 
 from geometry.rig import Rig, load_rig
 from lightning_modules.hparams import init_hparams
+from lightning_modules.metrics import logs_this_step
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
 from lightning_modules.optim import (
     build_optimizer,
@@ -415,12 +416,13 @@ class DiffusionModule(pl.LightningModule):
         self.train_background.update(batch.get("background"))
         terms = self.diffusion_loss(batch, generator=self.training_generator(batch_idx))
         b = batch["images"].shape[0]
-        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
-        self.log("train/mse", terms["mse"], batch_size=b)
+        if logs_this_step(self):
+            self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
+            self.log("train/mse", terms["mse"], batch_size=b)
         return terms["loss"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        total = total_grad_norm(self.parameters())
+        total = total_grad_norm(self.parameters()) if logs_this_step(self) else None
         if total is not None:
             self.log("train/grad_norm", total)
 

@@ -24,6 +24,16 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 KINDS = ("synthetic", "real")
 
 
+def logs_this_step(module) -> bool:
+    """Whether Lightning writes this training step's logged values (every ``log_every_n_steps``; True without a
+    trainer). Per-step ``self.log`` calls cost host time (Lightning's result collection) and their metrics cost
+    GPU work, on every step, although only every n-th step's values reach the loggers: the modules log only then."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return True
+    return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
+
+
 def per_view_psnr(pred: Tensor, target: Tensor) -> Tensor:
     """PSNR in dB per view. pred, target [B, V, C, H, W] in [0, 1] -> [B, V]."""
     b, v = pred.shape[:2]
@@ -97,4 +107,4 @@ def batch_kinds(batch: dict, b: int) -> list[str]:
     return [kind] * b if isinstance(kind, str) else list(kind)
 
 
-__all__ = ["KINDS", "KindMetrics", "batch_kinds", "per_view_psnr", "per_view_ssim", "view_metrics"]
+__all__ = ["KINDS", "KindMetrics", "batch_kinds", "logs_this_step", "per_view_psnr", "per_view_ssim", "view_metrics"]

@@ -41,7 +41,7 @@ from lightning_modules.losses import (
     mse_loss,
     ssim_loss,
 )
-from lightning_modules.metrics import KINDS, KindMetrics, batch_kinds, per_view_psnr, view_metrics
+from lightning_modules.metrics import KINDS, KindMetrics, batch_kinds, logs_this_step, per_view_psnr, view_metrics
 from lightning_modules.optim import (
     build_optimizer,
     build_param_groups,
@@ -291,15 +291,16 @@ class ReconstructionModule(pl.LightningModule):
         out = self.predict_views(batch, training=True)
         terms = self.compute_loss(out)
         b = out["pred"].shape[0]
-        self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
-        for k, v in terms.items():
-            if k != "loss":
-                self.log(f"train/{k}", v, batch_size=b)
-        self._log_per_kind_psnr("train", out, batch)
+        if logs_this_step(self):
+            self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
+            for k, v in terms.items():
+                if k != "loss":
+                    self.log(f"train/{k}", v, batch_size=b)
+            self._log_per_kind_psnr("train", out, batch)
         return terms["loss"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        total = total_grad_norm(self.net.parameters())
+        total = total_grad_norm(self.net.parameters()) if logs_this_step(self) else None
         if total is not None:
             self.log("train/grad_norm", total)
 
