@@ -90,10 +90,6 @@ class MultiViewDataModule(L.LightningDataModule):
             state has to reach the workers.
         pin_memory: page-locked batches when CUDA is available, so the copy to the GPU runs asynchronously
             (Lightning moves batches with ``non_blocking=True``) instead of stalling the host at every step.
-        data_stream: on CUDA, copy and augment each batch on a side stream that the training stream then waits
-            for. The augmentation's host-side work and its synchronisations (kornia's, ours) then wait only for
-            this batch, not for the previous step's GPU work, so they overlap the GPU's training instead of leaving
-            it idle (docs/benchmarks.md, "DDP": the augmentation was most of the GPU's idle time).
 
     Resume (``state_dict`` / ``load_state_dict``, saved by Lightning in every checkpoint under this class's name):
     the training position = (epoch, draws of this rank's share of that epoch the training loop has consumed) and
@@ -137,11 +133,9 @@ class MultiViewDataModule(L.LightningDataModule):
         seed: int = 0,
         persistent_workers: bool = False,
         pin_memory: bool = True,
-        data_stream: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._streams: dict[torch.device, torch.cuda.Stream] = {}
         if reference_view not in REFERENCE_MODES:
             raise ValueError(f"reference_view must be one of {REFERENCE_MODES}, got {reference_view!r}")
         if on_bad_sample not in ("raise", "skip"):
@@ -351,36 +345,7 @@ class MultiViewDataModule(L.LightningDataModule):
             self.flush_epoch_report()
 
     # ---- device-side ------------------------------------------------------------------------------------------------
-    def _side_stream(self, device: torch.device) -> torch.cuda.Stream | None:
-        """The CUDA side stream batches are copied and augmented on (``data_stream``); None elsewhere."""
-        if device.type != "cuda" or not self.hparams.data_stream:
-            return None
-        if device not in self._streams:
-            self._streams[device] = torch.cuda.Stream(device)
-        return self._streams[device]
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        stream = self._side_stream(torch.device(device))
-        if stream is None:
-            return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        with torch.cuda.stream(stream):
-            return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        images = batch.get("images") if isinstance(batch, dict) else None
-        stream = self._side_stream(images.device) if isinstance(images, torch.Tensor) else None
-        if stream is None:
-            return self._after_transfer(batch)
-        with torch.cuda.stream(stream):
-            batch = self._after_transfer(batch)
-        main = torch.cuda.current_stream(stream.device)
-        main.wait_stream(stream)  # the training stream sees the finished copy and augmentation
-        for value in batch.values():  # made on the side stream, used on the training stream: the allocator
-            if isinstance(value, torch.Tensor) and value.is_cuda:  # must not reuse them before the step is done
-                value.record_stream(main)
-        return batch
-
-    def _after_transfer(self, batch: dict[str, Any]) -> dict[str, Any]:
         skipped = batch.pop("skipped", [])
         training = self._training()
         if training:

@@ -230,32 +230,6 @@ def test_augmentation_runs_batched_on_the_gpu():
     assert torch.equal(out["input_images"][32:], clean[32:, :2])
 
 
-@pytest.mark.gpu
-def test_side_stream_copy_and_augmentation_give_the_batch_of_the_plain_path():
-    """``data_stream``: the batch is copied and augmented on a side stream and the training stream waits for it;
-    the result is the default stream's, bit for bit, and a kernel queued on the training stream right after reads
-    the finished values (the GPU is kept busy meanwhile, so a missing wait would show)."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    dev = torch.device("cuda")
-    outs = []
-    for side in (False, True):
-        dm = MultiViewDataModule(stage="reconstruction", image_size=64, num_views=4, num_input_views=2, batch_size=8,
-                                 num_workers=0, samples_per_epoch=8, val_fraction=0, data_stream=side)
-        dm.setup("fit")
-        batch = next(iter(dm.train_dataloader()))
-        busy = torch.randn(4096, 4096, device=dev)
-        for _ in range(100):  # queue tens of milliseconds of work on the training stream
-            busy = busy @ busy / 64
-        out = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, dev, 0), 0)
-        assert (dm._side_stream(dev) is not None) == side
-        outs.append({k: v.sum(dim=tuple(range(1, v.ndim))).cpu() for k, v in out.items()
-                     if torch.is_tensor(v) and v.is_floating_point() and v.ndim > 1})
-    assert outs[0].keys() == outs[1].keys() and "input_images" in outs[0]
-    for k in outs[0]:
-        assert torch.equal(outs[0][k], outs[1][k]), k
-
-
 def test_a_sources_own_augment_replaces_its_kinds_ops_for_its_scenes_only():
     noise = {"synthetic": {"noise": {"p": 0.5, "std": 0.05}}}
     dm = MultiViewDataModule(stage="reconstruction", image_size=16, num_views=3, num_input_views=2, batch_size=96,

@@ -234,3 +234,14 @@ def test_profile_steps_callback_writes_a_trace_and_its_gap_summary(tmp_path):
         names = {e.get("name") for e in json.load(f)["traceEvents"]}
     assert "aten::scaled_dot_product_attention" in names or "aten::linear" in names, "host ops were recorded"
     assert not (logs / "trace_rank0.json").exists(), "only the gzipped trace is kept"
+
+
+def test_training_values_are_logged_every_log_every_n_steps_and_only_then(tmp_path):
+    """The modules skip their per-step ``self.log`` work on the steps Lightning would not write (logs_this_step):
+    the written rows are exactly every n-th step's, with all their keys."""
+    cfg = _config(tmp_path, run="every3")
+    main(["-c", str(cfg), "--trainer.max_steps", "7", "--trainer.log_every_n_steps", "3",
+          "--trainer.val_check_interval", "100", "--run.export_every_n_steps", "null"])
+    rows = [r for r in RunPaths(tmp_path / "runs", "cli", "every3").metric_rows() if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [2, 5]
+    assert all(r.get("train/grad_norm") and r.get("train/psnr") and r.get("train/mse") for r in rows), rows

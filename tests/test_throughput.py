@@ -36,20 +36,22 @@ class _Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=1e-3)
 
 
-def _fit(delay: float) -> dict:
+def _fit(delay: float, root) -> dict:
     timer = StepTimer(warmup_steps=1)
     trainer = pl.Trainer(max_steps=8, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         default_root_dir=root,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
     trainer.fit(_Tiny(), torch.utils.data.DataLoader(_Slow(delay), batch_size=2))
     return timer.summary(trainer)
 
 
-def test_data_wait_is_measured_and_separates_a_slow_loader_from_a_fast_one():
-    slow, fast = _fit(0.03), _fit(0.0)  # batch of 2: 60 ms of loading per step in the slow run
+def test_data_wait_is_measured_and_separates_a_slow_loader_from_a_fast_one(tmp_path):
+    slow, fast = _fit(0.03, tmp_path / "slow"), _fit(0.0, tmp_path / "fast")  # batch of 2: 60 ms of loading per step in the slow run
     assert slow["timed_steps"] == fast["timed_steps"] == 7 and slow["global_batch"] == 2
     assert slow["data_wait_s_median"] >= 0.05 and 0.4 < slow["data_wait_fraction"] < 1.0
     assert fast["data_wait_fraction"] < 0.3
     assert slow["step_s_median"] > fast["step_s_median"] + 0.04
+    assert (tmp_path / "slow" / "logs" / "throughput.json").is_file()  # no run folder: under default_root_dir
     for run in (slow, fast):  # the window (steps 1..8) agrees with the per-step figures on a steady run
         assert abs(run["window_step_s"] / run["step_s_median"] - 1) < 0.5
         assert abs(run["window_samples_per_s"] - run["global_batch"] / run["window_step_s"]) < 1e-9
