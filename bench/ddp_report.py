@@ -22,6 +22,7 @@ runs do not synchronise the GPU at every step.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -51,11 +52,15 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def curve_distance(a: dict[int, float], b: dict[int, float], window: int) -> tuple[float, list[int]]:
-    """Mean |difference| of the two loss curves smoothed over ``window`` steps, over their common steps."""
+    """Mean |difference| of the two loss curves smoothed over ``window`` training steps (as many logged points as
+    cover that many steps: a run logging every 10 steps is smoothed over window / 10 points, each of which already
+    averages its 10 steps), over their common steps."""
     common = sorted(set(a) & set(b))
     if not common:
         raise SystemExit("the loss curves share no step")
-    sa, sb = smooth([a[s] for s in common], window), smooth([b[s] for s in common], window)
+    spacing = statistics.median(y - x for x, y in itertools.pairwise(common)) if len(common) > 1 else 1
+    points = max(1, round(window / spacing))
+    sa, sb = smooth([a[s] for s in common], points), smooth([b[s] for s in common], points)
     return statistics.fmean(abs(x - y) for x, y in zip(sa, sb)), common
 
 
@@ -76,7 +81,7 @@ def duplicates_across_ranks(run: Path) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--window", type=int, default=10, help="moving-average window for the loss comparison")
+    p.add_argument("--window", type=int, default=10, help="moving-average window (training steps) for the loss comparison")
     p.add_argument("--control", type=Path, action="append", default=[],
                    help="the first run's configuration with another data seed (repeatable): the yardstick for "
                         "'within noise'")

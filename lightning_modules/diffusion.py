@@ -56,7 +56,7 @@ from torch import Tensor
 
 from geometry.rig import Rig, load_rig
 from lightning_modules.hparams import init_hparams
-from lightning_modules.metrics import logs_this_step
+from lightning_modules.metrics import IntervalMean, logs_this_step
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
 from lightning_modules.optim import (
     build_optimizer,
@@ -217,6 +217,7 @@ class DiffusionModule(pl.LightningModule):
         self._noise_seed: int | None = None  # resolved at the first training step (or taken from the resumed ckpt)
         self._generators: dict[str, torch.Generator] = {}
         self.train_background = TrainingBackground()
+        self._train_loss = IntervalMean()
         self._last_sample_step: int | None = None
         self.last_val_grid: Tensor | None = None
         from lightning_modules.losses import load_lpips
@@ -416,8 +417,9 @@ class DiffusionModule(pl.LightningModule):
         self.train_background.update(batch.get("background"))
         terms = self.diffusion_loss(batch, generator=self.training_generator(batch_idx))
         b = batch["images"].shape[0]
-        if logs_this_step(self):
-            self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
+        self._train_loss.add(terms["loss"])
+        if logs_this_step(self):  # train/loss: mean over the steps since the last log, and over all ranks
+            self.log("train/loss", self._train_loss.pop(), batch_size=b, prog_bar=True, sync_dist=True)
             self.log("train/mse", terms["mse"], batch_size=b)
         return terms["loss"]
 

@@ -24,6 +24,28 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 KINDS = ("synthetic", "real")
 
 
+class IntervalMean:
+    """Mean of a scalar over the steps since it was last read, kept on the device (no host sync per step): what the
+    modules log as ``train/loss`` every ``log_every_n_steps``, so a logged point stands for all the steps since the
+    previous one, not only the last (the same value when logging every step)."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def add(self, value: Tensor) -> None:
+        v = value.detach().float()
+        self.total = v if self.total is None else self.total + v
+        self.count += 1
+
+    def pop(self) -> Tensor:
+        if self.total is None:
+            raise ValueError("IntervalMean.pop() before any add()")
+        out = self.total / self.count
+        self.total, self.count = None, 0
+        return out
+
+
 def logs_this_step(module) -> bool:
     """Whether Lightning writes this training step's logged values (every ``log_every_n_steps``; True without a
     trainer). Per-step ``self.log`` calls cost host time (Lightning's result collection) and their metrics cost
@@ -107,4 +129,4 @@ def batch_kinds(batch: dict, b: int) -> list[str]:
     return [kind] * b if isinstance(kind, str) else list(kind)
 
 
-__all__ = ["KINDS", "KindMetrics", "batch_kinds", "logs_this_step", "per_view_psnr", "per_view_ssim", "view_metrics"]
+__all__ = ["KINDS", "IntervalMean", "KindMetrics", "batch_kinds", "logs_this_step", "per_view_psnr", "per_view_ssim", "view_metrics"]

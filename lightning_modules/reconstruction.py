@@ -41,7 +41,15 @@ from lightning_modules.losses import (
     mse_loss,
     ssim_loss,
 )
-from lightning_modules.metrics import KINDS, KindMetrics, batch_kinds, logs_this_step, per_view_psnr, view_metrics
+from lightning_modules.metrics import (
+    KINDS,
+    IntervalMean,
+    KindMetrics,
+    batch_kinds,
+    logs_this_step,
+    per_view_psnr,
+    view_metrics,
+)
 from lightning_modules.optim import (
     build_optimizer,
     build_param_groups,
@@ -158,6 +166,7 @@ class ReconstructionModule(pl.LightningModule):
         self.lpips = load_lpips(vgg_weights, lpips_weights) if (lpips_weight > 0 or lpips_weights) else None
         self.val_metrics = KindMetrics()
         self.train_background = TrainingBackground()
+        self._train_loss = IntervalMean()
 
     # ---- configuration ------------------------------------------------------------------------------------------
     def model_config(self) -> GSLRMConfig:
@@ -291,8 +300,9 @@ class ReconstructionModule(pl.LightningModule):
         out = self.predict_views(batch, training=True)
         terms = self.compute_loss(out)
         b = out["pred"].shape[0]
-        if logs_this_step(self):
-            self.log("train/loss", terms["loss"], batch_size=b, prog_bar=True, sync_dist=True)  # global-batch mean
+        self._train_loss.add(terms["loss"])
+        if logs_this_step(self):  # train/loss: mean over the steps since the last log, and over all ranks
+            self.log("train/loss", self._train_loss.pop(), batch_size=b, prog_bar=True, sync_dist=True)
             for k, v in terms.items():
                 if k != "loss":
                     self.log(f"train/{k}", v, batch_size=b)

@@ -72,3 +72,16 @@ def test_loss_curve_joins_the_csv_parts_of_a_resumed_run_in_write_order(tmp_path
     curve = loss_curve(run)
     assert sorted(curve) == list(range(60))
     assert [curve[s] for s in (5, 20, 35, 47, 59)] == [0.0, 1.0, 2.0, 3.0, 3.0]  # a later part wins its steps
+
+
+def test_the_smoothing_window_counts_training_steps_not_logged_points():
+    from bench.ddp_report import curve_distance
+
+    every = {s: float(s % 2) for s in range(200)}  # alternating 0, 1 every step: smoothed over 10 steps ~ 0.5
+    flat = {s: 0.5 for s in range(200)}
+    assert curve_distance(every, flat, 10)[0] < 0.03
+    sparse_a = {s: 0.2 * (s // 10 % 2) for s in range(0, 200, 10)}  # logged every 10 steps
+    sparse_b = {s: 0.1 for s in range(0, 200, 10)}
+    # window 10 steps = 1 logged point: no extra smoothing of points that each stand for 10 steps
+    assert curve_distance(sparse_a, sparse_b, 10)[0] == pytest.approx(0.1)
+    assert curve_distance(sparse_a, sparse_b, 20)[0] < 0.01  # 2 points: 0, 0.2 average to 0.1

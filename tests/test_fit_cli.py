@@ -238,10 +238,18 @@ def test_profile_steps_callback_writes_a_trace_and_its_gap_summary(tmp_path):
 
 def test_training_values_are_logged_every_log_every_n_steps_and_only_then(tmp_path):
     """The modules skip their per-step ``self.log`` work on the steps Lightning would not write (logs_this_step):
-    the written rows are exactly every n-th step's, with all their keys."""
+    the written rows are exactly every n-th step's, with all their keys, and train/loss averages the interval."""
     cfg = _config(tmp_path, run="every3")
     main(["-c", str(cfg), "--trainer.max_steps", "7", "--trainer.log_every_n_steps", "3",
           "--trainer.val_check_interval", "100", "--run.export_every_n_steps", "null"])
     rows = [r for r in RunPaths(tmp_path / "runs", "cli", "every3").metric_rows() if r.get("train/loss")]
     assert [int(r["step"]) for r in rows] == [2, 5]
     assert all(r.get("train/grad_norm") and r.get("train/psnr") and r.get("train/mse") for r in rows), rows
+    # train/loss is the mean over the steps since the previous log: the same run logging every step says so
+    main(["-c", str(_config(tmp_path, run="every1")), "--trainer.max_steps", "7", "--trainer.log_every_n_steps", "1",
+          "--trainer.val_check_interval", "100", "--run.export_every_n_steps", "null"])
+    each = {int(r["step"]): float(r["train/loss"])
+            for r in RunPaths(tmp_path / "runs", "cli", "every1").metric_rows() if r.get("train/loss")}
+    assert sorted(each) == list(range(7))
+    for row, steps in zip(rows, ([0, 1, 2], [3, 4, 5])):
+        assert float(row["train/loss"]) == pytest.approx(sum(each[s] for s in steps) / 3, rel=1e-5)
