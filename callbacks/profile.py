@@ -34,12 +34,14 @@ from __future__ import annotations
 import bisect
 import gzip
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils._python_dispatch import TorchDispatchMode
 
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 HOST_CATS = ("cpu_op", "user_annotation", "python_function")
@@ -118,6 +120,49 @@ def gpu_gaps(trace: dict[str, Any], min_gap_us: float = 50.0, top: int = 15) -> 
             "gaps": rows, "idle_by_launcher": ranked(by_launcher), "idle_by_python": ranked(by_python)}
 
 
+class ScalarReads(TorchDispatchMode):
+    """Record every op that reads tensor values back to the host — ``.item()``, ``int(t)`` / ``bool(t)``,
+    ``nonzero``, boolean-mask indexing — with the innermost Python frame outside torch that issued it
+    (``"datamodules/augment.py:180"``, ``"kornia/enhance/jpeg.py:648"``). On a GPU each such read of a device tensor
+    makes the host wait for all queued work, which leaves the GPU idle while the host then catches up; on CPU the
+    same code path shows the same reads, so a test can assert that a step has none of its own.
+
+        with ScalarReads() as reads:
+            loss = module.training_step(batch, 0)
+        reads.ours()   # {(op, "file.py:line"): count} issued by this code base
+    """
+
+    OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::equal",
+                     "aten::masked_select", "aten::_unique2"})
+    INDEX_OPS = frozenset({"aten::index", "aten::index_put", "aten::index_put_"})
+    OUR_CODE = ("lightning_modules/", "datamodules/", "callbacks/", "geometry/", "bench/", "tools/")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[tuple[str, str]] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import traceback
+
+        name = func._schema.name
+        indices = args[1] if name in self.INDEX_OPS and len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+        if name in self.OPS or any(getattr(i, "dtype", None) == torch.bool for i in indices):
+            frames = [f for f in traceback.extract_stack() if f.filename != __file__
+                      and "/torch/" not in f.filename.replace("\\", "/")]
+            where = "?"
+            if frames:
+                parts = frames[-1].filename.replace("\\", "/").rsplit("/", 2)
+                where = f"{'/'.join(parts[-2:])}:{frames[-1].lineno}"
+            self.reads[(name, where)] += 1
+        return func(*args, **(kwargs or {}))
+
+    def ours(self, exclude: tuple[str, ...] = (), roots: tuple[str, ...] = OUR_CODE) -> dict[tuple[str, str], int]:
+        """The reads issued from ``roots`` (this code base by default), less those whose frame contains an
+        ``exclude`` string."""
+        return {k: n for k, n in self.reads.items()
+                if k[1].startswith(roots) and not any(e in k[1] for e in exclude)}
+
+
 class ProfileSteps(Callback):
     """Record host and GPU activity over ``num_steps`` training steps from the end of step ``start_step`` (so the
     loader's fetch and the batch transfer before the next step are in it), then write, per rank,
@@ -161,8 +206,6 @@ class ProfileSteps(Callback):
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> None:
         import shutil
-
-        import torch
 
         from callbacks.throughput import run_log_file
 

@@ -123,6 +123,18 @@ def perturb_poses(c2w: Tensor, cfg: dict[str, Any]) -> Tensor:
     return out
 
 
+def scene_index(rows: list[int], b: int, device: torch.device) -> slice | Tensor:
+    """Rows of a batch of ``b`` to index with: ``slice(None)`` for all of them, else an index tensor on ``device``
+    (copied from page-locked memory without blocking: a boolean mask or a plain copy would make the host wait for
+    the GPU). Indices are unique and sorted, so writes through them are deterministic."""
+    if rows == list(range(b)):
+        return slice(None)
+    idx = torch.tensor(rows, dtype=torch.long)
+    if device.type == "cuda":
+        return idx.pin_memory().to(device, non_blocking=True)
+    return idx.to(device)
+
+
 class DomainGapAugment:
     """Callable on a collated batch (see module docstring); deterministic for (seed, step).
 
@@ -166,7 +178,8 @@ class DomainGapAugment:
         if stage == "diffusion":
             clean, alpha, c2w = batch["ref_images"], batch.get("ref_alpha"), None
         else:
-            vin = int(batch["num_input_views"].reshape(-1)[0])
+            n = batch["num_input_views"]  # a Python int once the module has checked the batch on the host
+            vin = int(n.reshape(-1)[0]) if isinstance(n, Tensor) else int(n)
             clean, alpha, c2w = batch["images"][:, :vin], batch.get("alpha"), batch["c2w"][:, :vin]
             alpha = None if alpha is None else alpha[:, :vin]
         b, v = clean.shape[:2]
@@ -180,7 +193,8 @@ class DomainGapAugment:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed * 1_000_003 + int(step))
             for tag, key in sorted(set(groups)):
-                sel = torch.tensor([g == (tag, key) for g in groups], device=clean.device)
+                # the group's scenes: all of them (no indexing), or an index list sent without a host sync
+                sel = scene_index([i for i, g in enumerate(groups) if g == (tag, key)], b, clean.device)
                 kind, source = ("", key) if tag == "source" else (key, None)
                 ops = self.source_config[key] if tag == "source" else self.config.get(key, {})
                 if set(ops) & set(IMAGE_OPS):
@@ -196,4 +210,5 @@ class DomainGapAugment:
         return batch
 
 
-__all__ = ["DEFAULTS", "DomainGapAugment", "check_ops", "perturb_poses", "resolve_config", "shift_background"]
+__all__ = ["DEFAULTS", "DomainGapAugment", "check_ops", "perturb_poses", "resolve_config", "scene_index",
+           "shift_background"]

@@ -225,7 +225,7 @@ class ReconstructionModule(pl.LightningModule):
             "fxfycxcy": k[:, :vin],
         }
         flag = batch.get("supervise_all_views")  # the DataModule's supervise_inputs, one per scene
-        from_data = flag is not None and bool(torch.as_tensor(flag).all())
+        from_data = flag if isinstance(flag, bool) else flag is not None and bool(torch.as_tensor(flag).all())
         all_views = from_data or (training and self.hparams.supervise_inputs) or vin == v
         sel = slice(0, v) if all_views else slice(vin, v)
         alpha = batch.get("alpha")
@@ -241,12 +241,27 @@ class ReconstructionModule(pl.LightningModule):
             n = int(n.reshape(-1)[0]) if n.numel() else self.hparams.num_input_views
         return int(n)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The checks that read values, done on the host batch before it moves to the GPU (on the GPU each read
+        would stall the host until the previous step's work is done): the index order, and ``num_input_views`` /
+        ``supervise_all_views`` made Python values. ``checked_on_host`` tells predict_views not to check again."""
+        if not isinstance(batch, dict):
+            return batch
+        if batch.get("index") is not None:
+            check_index(batch["index"], "batch['index']")
+        if isinstance(batch.get("num_input_views"), Tensor):
+            batch["num_input_views"] = self._num_input_views(batch)
+        if isinstance(batch.get("supervise_all_views"), Tensor):
+            batch["supervise_all_views"] = bool(batch["supervise_all_views"].all())
+        batch["checked_on_host"] = True
+        return batch
+
     def predict_views(self, batch: dict, training: bool = False) -> dict[str, Any]:
         """Reconstruct from the input views and render the supervision views (``training``: see split_views).
 
         Returns {"pred" [B, Vs, 3, H, W], "pred_alpha" [B, Vs, 1, H, W], "target", "target_alpha" (or None),
         "gaussians"}."""
-        if "index" in batch and batch["index"] is not None:
+        if batch.get("index") is not None and not batch.get("checked_on_host"):
             check_index(batch["index"], "batch['index']")
         inp, sup = self.split_views(batch, training)
         gaussians = self.reconstruct(inp["images"], inp["c2w"], inp["fxfycxcy"])
