@@ -2,7 +2,8 @@
 # The single-GPU speed runs of docs/benchmarks.md (issues 4 and 5) and the gpu-marked tests, in two device calls
 # (each under the 10-minute limit):
 #   bash bench/perf_device.sh reconstruction   # gpu tests (they build gsplat, ~100 s), gslrm_block, reconstruction_step
-#   bash bench/perf_device.sh diffusion        # diffusion_step eager with kernel profile, then compiled
+#   bash bench/perf_device.sh diffusion        # diffusion_step eager with kernel profile, then compiled with a
+#                                              # host+GPU trace (gpu_idle: the idle gaps and what held the host)
 # Each piece has its own time limit so a slow compile cannot starve the rest. JSON lines go to ${OUT:-runs/perf}.
 set -u
 PART=${1:-reconstruction}
@@ -23,7 +24,7 @@ diffusion)
     timeout 150 python bench/diffusion_step.py --batches 1,2 --attention diffusers,sparse --grad-checkpointing off \
         --profile | tee "$OUT/diffusion_step.jsonl"
     timeout 400 python bench/diffusion_step.py --batches 2 --attention diffusers,sparse --grad-checkpointing off \
-        --compile --profile | tee -a "$OUT/diffusion_step.jsonl"
+        --compile --trace "$OUT/traces" | tee -a "$OUT/diffusion_step.jsonl"  # + gpu_idle: where the GPU waits
     ;;
 *) echo "usage: bash bench/perf_device.sh reconstruction|diffusion" >&2; exit 2 ;;
 esac
