@@ -10,6 +10,7 @@
 # gpu1, gpu1_seed1, gpu1_seed2 (one GPU, three seeds) are the yardstick for "loss curves agree within noise";
 # gpu2, gpu2_seed1 are compared with them. EXTRA="..." adds overrides to every run (e.g. the model's compile);
 # TAG names the experiment (runs/bench_ddp$TAG); RESUME=0 skips the resume. Output: ${OUT:-runs/bench_ddp_out}.
+# CFG=configs/bench/ddp_diffusion.yaml (with TAG=_diffusion) runs the same comparison for the diffusion stage.
 set -u
 START=$SECONDS
 PART=${1:-scaling}
@@ -19,8 +20,10 @@ R=runs/bench_ddp$TAG
 mkdir -p "$OUT"
 . bench/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
-timeout 150 python -c "import gsplat.cuda._backend as b; print('gsplat built', b._C is not None)"
-CFG=configs/bench/ddp_reconstruction.yaml
+CFG=${CFG:-configs/bench/ddp_reconstruction.yaml}
+if [[ $CFG == *reconstruction* ]]; then  # gsplat's first-use CUDA build, outside the runs' time limits
+    timeout 150 python -c "import gsplat.cuda._backend as b; print('gsplat built', b._C is not None)"
+fi
 STEPS=${STEPS:-150}
 fit() {  # name [overrides...]: devices and seed from the name
     local name=$1; shift
