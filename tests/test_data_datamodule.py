@@ -91,6 +91,23 @@ def _aug_batch(b=64):
             "num_input_views": torch.full((b,), 2), "kind": ["synthetic"] * (b // 2) + ["real"] * (b // 2)}
 
 
+def test_a_batch_of_one_kind_is_augmented_without_indexing_and_its_targets_stay_untouched():
+    """One group holds the whole batch: the augmenter works on views of the batch (no copy through an index), so
+    every op must leave the supervision alone; num_input_views may be a Python int (the module's host check)."""
+    cfg = {"synthetic": {"background": {"p": 1.0, "strength": 0.1}, "noise": {"p": 1.0, "std": 0.05},
+                         "pose_error": {"p": 1.0, "rotation_deg": 2.0, "translation": 0.01}}}
+    batch = {**_aug_batch(8), "kind": ["synthetic"] * 8}
+    batch["alpha"][:, :, :, :4] = 0.0  # background pixels for the background shift
+    clean = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
+    as_int = DomainGapAugment(cfg, seed=1)({**batch, "num_input_views": 2}, "reconstruction", step=0)
+    out = DomainGapAugment(cfg, seed=1)(batch, "reconstruction", step=0)
+    for k, v in clean.items():
+        assert torch.equal(batch[k], v), f"{k} was edited in place"
+    assert (out["input_images"] != clean["images"][:, :2]).all(dim=(2, 3, 4)).all()
+    assert not torch.equal(out["input_c2w"], clean["c2w"][:, :2])
+    assert torch.equal(as_int["input_images"], out["input_images"])
+
+
 def test_augmentation_changes_inputs_with_probability_and_never_targets():
     cfg = {"synthetic": {"noise": {"p": 0.5, "std": 0.05}, "pose_error": {"p": 1.0, "rotation_deg": 2.0,
                                                                           "translation": 0.01}}}
