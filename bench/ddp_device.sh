@@ -6,7 +6,8 @@
 #   bash bench/ddp_device.sh scaling   # RUNS (default: all five) of 150 steps, the report, a resume if time is left
 #   bash bench/ddp_device.sh profile   # 1 and 2 GPUs with callbacks.profile.ProfileSteps: GPU idle gaps per step
 #
-# Run names say the configuration: gpu<D>[_seed<S>] = D GPUs at a global batch of 8 (8/D per GPU), data seed S.
+# Run names say the configuration: gpu<D>[_seed<S>] = D GPUs at a global batch of GLOBAL (default 8; GLOBAL/D per
+# GPU), data seed S. GLOBAL=16 gives each rank twice the GPU work per step against the same host work.
 # gpu1, gpu1_seed1, gpu1_seed2 (one GPU, three seeds) are the yardstick for "loss curves agree within noise";
 # gpu2, gpu2_seed1 are compared with them. EXTRA="..." adds overrides to every run (e.g. the model's compile);
 # TAG names the experiment (runs/bench_ddp$TAG); RESUME=0 skips the resume. Output: ${OUT:-runs/bench_ddp_out}.
@@ -30,7 +31,7 @@ fit() {  # name [overrides...]: devices and seed from the name
     local dev=${name#gpu}; dev=${dev%%_*}
     local seed=0; [[ $name == *_seed* ]] && seed=${name##*_seed}
     timeout ${LIMIT:-110} python -m tools.fit -c $CFG --run.experiment "bench_ddp$TAG" --run.run "$name" \
-        --trainer.devices "$dev" --data.init_args.batch_size $((8 / dev)) --data.init_args.seed "$seed" \
+        --trainer.devices "$dev" --data.init_args.batch_size $((${GLOBAL:-8} / dev)) --data.init_args.seed "$seed" \
         --trainer.max_steps "$STEPS" ${EXTRA:-} "$@" > "$OUT/$name.log" 2>&1
     echo "$name rc=$? at $((SECONDS - START)) s"
 }
