@@ -98,7 +98,10 @@ class MultiViewDataModule(L.LightningDataModule):
     the same number of draws, so rank 0's position (the one in the checkpoint) is every rank's. After
     ``load_state_dict`` the next training pass starts at that draw, so a run resumed from a mid-epoch checkpoint sees
     exactly the batches, and the augmentation exactly the random ops, of the uninterrupted run (also with workers:
-    batches do not depend on ``num_workers``). The position is in draws, not batches; a different world size or
+    batches do not depend on ``num_workers``). Every later pass continues the data stream at the draw after the last
+    one taken (the next epoch once one is used up), whatever Lightning's own epoch count says: resumed from an
+    end-of-epoch checkpoint that max_steps cut short, Lightning ends its next epoch early, and the draws still follow
+    the uninterrupted run. The position is in draws, not batches; a different world size or
     ``samples_per_epoch`` changes the epoch's draws (resume then continues at the same fraction of the global epoch,
     with a warning). Only the data side: Lightning does not checkpoint the global torch RNG, so a model that draws
     random numbers from it (noise, timesteps, dropout) needs its own seeding to resume exactly.
@@ -236,6 +239,12 @@ class MultiViewDataModule(L.LightningDataModule):
         """(epoch, first draw) of a training pass over ``n`` draws per rank (the train sampler calls it on iter)."""
         if self._resume is not None:  # kept until a batch is taken: Lightning may call iter() twice on resume
             epoch, start = self._resumed_position()
+        elif self._pass is not None:
+            # the data stream continues at the draw after the last one the training loop took. Lightning's own epoch
+            # count can run ahead of the data's: resumed from a checkpoint written at an epoch's end after
+            # max_steps stopped it early, Lightning counts that epoch as complete and ends its next one early; the
+            # draws follow the uninterrupted run all the same
+            epoch, start = self._pass[0], self._pass[1] + self._consumed
         elif self.trainer is not None:
             epoch, start = int(self.trainer.current_epoch), 0
         else:

@@ -549,6 +549,7 @@ class DiffusionModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.train_background.merge_ranks()  # every rank saves (rank 0 writes): the record covers all ranks
         checkpoint["mvlift"] = {**self.mvlift_metadata(), "noise_seed": self.noise_seed}
+        checkpoint["train_loss_interval"] = self._train_loss.state_dict()
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):  # frozen VAE / CLIP come from `pretrained`, not from every checkpoint
             for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
@@ -567,6 +568,7 @@ class DiffusionModule(pl.LightningModule):
                 raise ValueError(f"checkpoint rig {stored.name!r} ({stored.fingerprint}) does not match the module's "
                                  f"rig {self.rig.name!r} ({self.rig.fingerprint})")
         self.train_background.load(meta.get("background"))
+        self._train_loss.load_state_dict(checkpoint.get("train_loss_interval"))
         if self._trainer is not None and meta.get("noise_seed") is not None:  # resuming: the run's own seed
             self._noise_seed = int(meta["noise_seed"])
         state = checkpoint.get("state_dict")

@@ -45,6 +45,16 @@ class IntervalMean:
         self.total, self.count = None, 0
         return out
 
+    def state_dict(self) -> dict[str, float | int | None]:
+        """The open interval (saved with checkpoints: a resumed run logs the same means as an uninterrupted one)."""
+        return {"total": None if self.total is None else float(self.total), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float | int | None] | None) -> None:
+        state = state or {}
+        total = state.get("total")
+        self.total = None if total is None else torch.tensor(float(total))
+        self.count = int(state.get("count") or 0) if total is not None else 0
+
 
 def logs_this_step(module) -> bool:
     """Whether Lightning writes this training step's logged values (every ``log_every_n_steps``; True without a

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ from lightning_modules.optim import (
 from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
 
 log = logging.getLogger(__name__)
+# Lightning warns whenever a module's batch hook runs beside a DataModule; ours is meant to (the DataModule leaves
+# on_before_batch_transfer to the module: the checks below are the model's contract with any data)
+warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_EMA_WEIGHTS = "model_ema.safetensors"
@@ -371,12 +375,14 @@ class ReconstructionModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.train_background.merge_ranks()  # every rank saves (rank 0 writes): the record covers all ranks
         checkpoint["mvlift"] = self.mvlift_metadata()
+        checkpoint["train_loss_interval"] = self._train_loss.state_dict()
         hp = checkpoint.get("hyper_parameters")
         if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring
             hp["init_from"] = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.train_background.load((checkpoint.get("mvlift") or {}).get("background"))
+        self._train_loss.load_state_dict(checkpoint.get("train_loss_interval"))
 
     def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
         """Write model.safetensors (+ model_ema.safetensors), config.json and rig.json into ``out_dir``."""

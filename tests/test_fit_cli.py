@@ -253,3 +253,48 @@ def test_training_values_are_logged_every_log_every_n_steps_and_only_then(tmp_pa
     assert sorted(each) == list(range(7))
     for row, steps in zip(rows, ([0, 1, 2], [3, 4, 5])):
         assert float(row["train/loss"]) == pytest.approx(sum(each[s] for s in steps) / 3, rel=1e-5)
+
+
+def test_a_resumed_run_logs_the_interval_means_of_the_uninterrupted_run(tmp_path):
+    """train/loss averages the steps since the last log; a checkpoint taken inside an interval keeps the open sum,
+    so the resumed run's next logged value is the uninterrupted run's."""
+    common = ["--trainer.log_every_n_steps", "3", "--trainer.val_check_interval", "100",
+              "--run.export_every_n_steps", "null"]
+    main(["-c", str(_config(tmp_path, run="whole")), "--trainer.max_steps", "6", *common])
+    cfg = _config(tmp_path, run="parts")
+    main(["-c", str(cfg), "--trainer.max_steps", "4", *common])  # stops inside the interval of steps 3..5
+    main(["-c", str(cfg), "--trainer.max_steps", "6", "--resume", "auto", *common])
+
+    def logged(run: str) -> dict[int, float]:
+        return {int(r["step"]): float(r["train/loss"])
+                for r in RunPaths(tmp_path / "runs", "cli", run).metric_rows() if r.get("train/loss")}
+
+    whole, parts = logged("whole"), logged("parts")
+    assert sorted(whole) == sorted(parts) == [2, 5]
+    for step in (2, 5):
+        assert parts[step] == pytest.approx(whole[step], rel=1e-5), (step, whole, parts)
+
+
+@pytest.mark.parametrize("stop", [3, 4], ids=["mid_epoch", "end_of_epoch"])
+def test_a_run_extended_past_max_steps_draws_and_trains_like_the_uninterrupted_run(tmp_path, stop):
+    """tools.fit to ``stop`` steps, then ``--resume auto`` to 7 (4 draws per epoch). The default ModelCheckpoint
+    saves at the epoch's end when max_steps stops it, and Lightning then counts that epoch as complete and ends the
+    next one early; the data stream must still continue where it stopped (it had skipped the rest of an epoch)."""
+    common = ["--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "100",
+              "--run.export_every_n_steps", "null", "--trainer.callbacks+=callbacks.throughput.SampleLedger"]
+    main(["-c", str(_config(tmp_path, run="whole")), "--trainer.max_steps", "7", *common])
+    cfg = _config(tmp_path, run="parts")
+    main(["-c", str(cfg), "--trainer.max_steps", str(stop), *common])
+    main(["-c", str(cfg), "--trainer.max_steps", "7", "--resume", "auto", *common])
+
+    def run(name: str) -> tuple[list[str], dict[int, float]]:
+        paths = RunPaths(tmp_path / "runs", "cli", name)
+        rows = [json.loads(line) for line in (paths.log_dir / "samples_rank0.jsonl").read_text().splitlines()]
+        losses = {int(r["step"]): float(r["train/loss"]) for r in paths.metric_rows() if r.get("train/loss")}
+        return [r["scene_id"] for r in sorted(rows, key=lambda r: r["step"])], losses
+
+    (scenes, losses), (scenes2, losses2) = run("whole"), run("parts")
+    assert len(scenes) == 7 and scenes2 == scenes
+    assert sorted(losses2) == sorted(losses) == list(range(7))
+    for step in range(7):
+        assert losses2[step] == pytest.approx(losses[step], rel=1e-5), step
