@@ -121,17 +121,9 @@ def _sync(device: torch.device) -> None:
 
 def trace_idle(prof, path: Path, steps: int) -> dict:
     """Write the profiler's chrome trace to ``path`` (gzipped) and summarise the GPU's idle gaps per step."""
-    import gzip
-    import shutil
+    from callbacks.profile import save_trace
 
-    from callbacks.profile import gpu_gaps, load_trace
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prof.export_chrome_trace(str(path))
-    gaps = gpu_gaps(load_trace(path), min_gap_us=20, top=8)
-    with open(path, "rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    path.unlink()
+    gaps = save_trace(prof, path, min_gap_us=20, top=8)
     return {"idle_ms_per_step": round(gaps["idle_us"] / steps / 1e3, 2),
             "busy_ms_per_step": round(gaps["busy_us"] / steps / 1e3, 2), "gaps_per_step": gaps["gaps_counted"] / steps,
             "longest_gaps": gaps["gaps"], "idle_ms_by_launcher": {k: round(v / steps / 1e3, 2)

@@ -205,8 +205,6 @@ class ProfileSteps(Callback):
             self._finish(trainer, pl_module, max(1, trainer.global_step - self._from))
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> None:
-        import shutil
-
         from callbacks.throughput import run_log_file
 
         if pl_module.device.type == "cuda":
@@ -215,12 +213,7 @@ class ProfileSteps(Callback):
         prof.__exit__(None, None, None)
         rank = trainer.global_rank
         trace = run_log_file(trainer, f"trace_rank{rank}.json")
-        trace.parent.mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(trace))
-        gaps = gpu_gaps(load_trace(trace), self.min_gap_us)
-        with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        trace.unlink()
+        gaps = save_trace(prof, trace, self.min_gap_us)
         self.summary = {"rank": rank, "from_step": self._from, "steps": steps,
                         "idle_ms_per_step": round(gaps["idle_us"] / steps / 1e3, 3),
                         "busy_ms_per_step": round(gaps["busy_us"] / steps / 1e3, 3),
@@ -228,6 +221,20 @@ class ProfileSteps(Callback):
                         "trace": f"{trace.name}.gz", **gaps}
         out = run_log_file(trainer, f"gpu_gaps_rank{rank}.json")
         out.write_text(json.dumps(self.summary) + "\n")
+
+
+def save_trace(prof, path: str | Path, min_gap_us: float = 20.0, top: int = 15) -> dict[str, Any]:
+    """Write a finished torch profiler's chrome trace as ``<path>.gz`` and return :func:`gpu_gaps` of it."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(path))
+    gaps = gpu_gaps(load_trace(path), min_gap_us, top)
+    with open(path, "rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+    return gaps
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -160,7 +160,6 @@ class MultiViewDataModule(L.LightningDataModule):
         self.val_sources: list[Source] = []
         self._train_idx: list[np.ndarray] = []
         self._val_idx: list[np.ndarray] = []
-        self._epoch_counter = 0  # without a trainer: the epoch of the next training pass
         self._pass: list[int] | None = None  # [epoch, first draw] of the current training pass
         self._consumed = 0  # draws of the current pass the training loop has taken
         self._resume: dict[str, Any] | None = None  # position from load_state_dict, until a batch is taken
@@ -245,15 +244,15 @@ class MultiViewDataModule(L.LightningDataModule):
             # max_steps stopped it early, Lightning counts that epoch as complete and ends its next one early; the
             # draws follow the uninterrupted run all the same
             epoch, start = self._pass[0], self._pass[1] + self._consumed
-        elif self.trainer is not None:
-            epoch, start = int(self.trainer.current_epoch), 0
-        else:
-            epoch, start = self._epoch_counter, 0
+        else:  # the first pass
+            epoch, start = self._trainer_epoch(), 0
         if start >= n:  # the checkpoint was taken after the epoch's last batch
             epoch, start = epoch + 1, 0
-        self._epoch_counter = epoch + 1
         self._pass, self._consumed = [epoch, start], 0
         return epoch, start
+
+    def _trainer_epoch(self) -> int:
+        return int(self.trainer.current_epoch) if self.trainer is not None else 0
 
     def _resumed_position(self) -> tuple[int, int]:
         assert self._resume is not None
@@ -275,7 +274,7 @@ class MultiViewDataModule(L.LightningDataModule):
         if self._resume is not None:
             return int(self._resume["epoch"]), int(self._resume["samples"])
         if self._pass is None:
-            return (int(self.trainer.current_epoch) if self.trainer is not None else self._epoch_counter), 0
+            return self._trainer_epoch(), 0
         return self._pass[0], self._pass[1] + self._consumed
 
     def state_dict(self) -> dict[str, Any]:
@@ -297,7 +296,6 @@ class MultiViewDataModule(L.LightningDataModule):
                         state_dict.get("version"))
             return
         self._resume = {k: state_dict.get(k) for k in ("epoch", "samples", "world_size", "samples_per_epoch", "seed")}
-        self._epoch_counter = int(state_dict["epoch"])
         self._aug_step = int(state_dict.get("aug_step", 0))
         report = state_dict.get("report") or {}
         self._epoch = report.get("epoch")
