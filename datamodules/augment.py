@@ -1,4 +1,10 @@
-"""Domain-gap augmentation (kornia, batched on the batch's device): make clean synthetic inputs look captured.
+"""Domain-gap augmentation (kornia, batched): make clean synthetic inputs look captured.
+
+Where it runs is the DataModule's ``augment_on``: ``loader`` (default) augments each sample in the DataLoader's
+worker processes (:meth:`DomainGapAugment.augment_sample`, seeded by the sample's draw), ``device`` augments each
+batch after its copy to the GPU (``__call__``, seeded by the training step). On a GPU the batched path is cheap in
+GPU time but not in host time: kornia launches a few hundred small kernels per batch from the training process, a
+host cost every rank pays in full under DDP, while the loader's workers run beside the training step.
 
 Only what the model sees as input changes: ``input_images`` = augmented reference view (diffusion, [B, 1, 3, H, W])
 or augmented input views (reconstruction, [B, Vin, 3, H, W]); optional ``input_c2w`` [B, Vin, 4, 4] with a small
@@ -208,6 +214,19 @@ class DomainGapAugment:
         if out_c2w is not None and self.wants_pose_error():
             batch["input_c2w"] = out_c2w
         return batch
+
+    def augment_sample(self, sample: dict[str, Any], key: int, stage: str) -> dict[str, Any]:
+        """One sample dict (no batch dim, datamodules.dataset) augmented as a batch of one with step ``key``: adds
+        ``input_images`` ([1, 3, H, W] diffusion / [Vin, 3, H, W] reconstruction) and ``input_c2w`` when a kind
+        has pose_error. The same ``key`` gives the same ops whatever batch the sample later joins."""
+        one = {k: v[None] if isinstance(v, Tensor) and k != "num_input_views" else v for k, v in sample.items()
+               if k in ("images", "alpha", "c2w", "ref_images", "ref_alpha", "num_input_views")}
+        one["kind"], one["source"] = [sample.get("kind", "synthetic")], [sample.get("source")]
+        out = self(one, stage, key)
+        sample["input_images"] = out["input_images"][0]
+        if "input_c2w" in out:
+            sample["input_c2w"] = out["input_c2w"][0]
+        return sample
 
 
 __all__ = ["DEFAULTS", "DomainGapAugment", "check_ops", "perturb_poses", "resolve_config", "scene_index",

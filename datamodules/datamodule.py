@@ -12,6 +12,7 @@ Example (CPU, procedural data, no files):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import zlib
 from collections import Counter
@@ -81,9 +82,11 @@ class MultiViewDataModule(L.LightningDataModule):
         on_bad_sample: "raise" | "skip" (skips are counted per source: ``skip_report()``).
         augment: per-kind domain-gap ops (datamodules.augment docstring); None = defaults; {"enabled": False} = off.
             A source's own ``augment:`` ops replace its kind's for its scenes.
-            Training batches are augmented with step = training batch number (saved for resume) and rank.
-        augment_val: augment validation inputs too, seeded by the batch's scenes (the same inputs every validation
-            pass; the training steps are not touched).
+        augment_val: augment validation inputs too, the same inputs every validation pass (the training draws and
+            steps are not touched).
+        augment_on: "loader" (default): each sample in the DataLoader's workers, seeded by its draw (the same ops
+            for any world size, batch size or worker count); "device": each batch after its copy to the device,
+            seeded by the training step and rank (datamodules.augment docstring: which costs what).
         batch_size, num_workers, samples_per_epoch (draws per epoch, all ranks), val_samples, seed.
         persistent_workers: keep the loader's worker processes between epochs (with num_workers > 0). Safe: the
             sampler runs in the main process and every key it hands the workers carries its epoch, so no per-epoch
@@ -129,6 +132,7 @@ class MultiViewDataModule(L.LightningDataModule):
         on_bad_sample: str = "raise",
         augment: dict | None = None,
         augment_val: bool = False,
+        augment_on: str = "loader",
         batch_size: int = 2,
         num_workers: int = 2,
         samples_per_epoch: int = 1000,
@@ -141,6 +145,8 @@ class MultiViewDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if reference_view not in REFERENCE_MODES:
             raise ValueError(f"reference_view must be one of {REFERENCE_MODES}, got {reference_view!r}")
+        if augment_on not in ("loader", "device"):
+            raise ValueError(f"augment_on must be 'loader' or 'device', got {augment_on!r}")
         if on_bad_sample not in ("raise", "skip"):
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
         if stage == "reconstruction" and not (1 <= num_input_views <= num_views):
@@ -203,11 +209,17 @@ class MultiViewDataModule(L.LightningDataModule):
         for s in self.train_sources:
             log.info("data source %s", s)
 
+    def _sample_augment(self, wanted: bool) -> Any:
+        """The per-sample augmentation a dataset applies in the loader (augment_on: loader), or None."""
+        if self.augmenter is None or not wanted or self.hparams.augment_on != "loader":
+            return None
+        return functools.partial(self.augmenter.augment_sample, stage=self.stage)
+
     def train_dataset(self) -> MixedSceneDataset:
         self.setup()
         h = self.hparams
         return MixedSceneDataset(self.train_sources, self._train_idx, self.builder, h.samples_per_epoch, h.seed,
-                                 h.on_bad_sample)
+                                 h.on_bad_sample, augment=self._sample_augment(True))
 
     def val_dataset(self) -> MixedSceneDataset | None:
         self.setup()
@@ -216,7 +228,7 @@ class MultiViewDataModule(L.LightningDataModule):
         h = self.hparams
         held_out = dataclasses.replace(self.builder, supervise_inputs=False)  # validation scores unseen views only
         return MixedSceneDataset(self.val_sources, self._val_idx, held_out, h.val_samples, h.seed + 1,
-                                 h.on_bad_sample)
+                                 h.on_bad_sample, augment=self._sample_augment(bool(h.augment_val)))
 
     def _loader(self, ds: MixedSceneDataset, sampler: Any) -> DataLoader:
         h = self.hparams
@@ -361,7 +373,8 @@ class MultiViewDataModule(L.LightningDataModule):
             self._account(batch, skipped)
         elif skipped:
             log.warning("validation skipped %d bad samples: %s", len(skipped), skipped[:3])
-        if self.augmenter is not None and (training or self.hparams.augment_val):
+        on_device = self.augmenter is not None and self.hparams.augment_on == "device"
+        if on_device and (training or self.hparams.augment_val):
             if training:
                 rank = int(self.trainer.global_rank) if self.trainer is not None else 0
                 step = self._aug_step * 8192 + rank  # deterministic per (seed, training batch number, rank)

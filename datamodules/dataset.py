@@ -155,15 +155,19 @@ class MixedSceneDataset(Dataset):
     Args:
         sources: the sources.  indices: per source, the scene indices it may draw (train or held-out part).
         builder: SceneBuilder.  num_samples: draws per epoch over all ranks.  on_bad_sample: "raise" | "skip".
+        augment: ``f(sample, key) -> sample`` applied to each built sample (in the worker that builds it), ``key`` an
+            int fixed by (seed, epoch, source, scene position, occurrence): a draw is augmented the same way for any
+            world size, batch size or ``num_workers``, and a resumed run repeats the uninterrupted run's ops.
     """
 
     def __init__(self, sources: list[Source], indices: list[np.ndarray], builder: SceneBuilder, num_samples: int,
-                 seed: int = 0, on_bad_sample: str = "raise", epoch: int = 0, max_retries: int = 32) -> None:
+                 seed: int = 0, on_bad_sample: str = "raise", epoch: int = 0, max_retries: int = 32,
+                 augment: Callable[[dict[str, Any], int], dict[str, Any]] | None = None) -> None:
         if on_bad_sample not in ("raise", "skip"):
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
         self.sources, self.indices, self.builder = sources, [np.asarray(i) for i in indices], builder
         self.num_samples, self.seed, self.on_bad_sample = int(num_samples), int(seed), on_bad_sample
-        self.epoch, self.max_retries = int(epoch), int(max_retries)
+        self.epoch, self.max_retries, self.augment = int(epoch), int(max_retries), augment
         self.plan = MixingPlan([len(i) for i in self.indices], [s.weight for s in sources], seed)
         self._draws: tuple[tuple[int, int, int], np.ndarray] | None = None  # draws() of (epoch, rank, world)
 
@@ -211,6 +215,9 @@ class MixedSceneDataset(Dataset):
                     raise SampleError(f"source {src.name!r} scene {scene}: {e}") from None
                 skipped.append({"source": src.name, "scene": str(scene), "problem": str(e).split("\n")[0]})
                 continue
+            if self.augment is not None:
+                key = np.random.SeedSequence([self.seed, epoch, k, p, t]).generate_state(1)[0]
+                out = self.augment(out, int(key))
             out["skipped"] = skipped
             return out
         raise SampleError(f"source {src.name!r}: {len(skipped)} consecutive bad samples, last: "

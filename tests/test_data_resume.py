@@ -1,5 +1,6 @@
-"""MultiViewDataModule position: state_dict round-trips mid-epoch (0 and 2 workers), batches do not depend on
-num_workers, persistent workers see every epoch."""
+"""MultiViewDataModule position: state_dict round-trips mid-epoch (0 and 2 workers; augmentation in the loader and on
+the device), batches do not depend on num_workers, persistent workers see every epoch; loader augmentation does not
+depend on the batch size."""
 
 from __future__ import annotations
 
@@ -44,38 +45,40 @@ def _same(a: list[tuple], b: list[tuple]) -> bool:
     return len(a) == len(b) and all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
-@pytest.fixture(scope="module")
-def ref() -> list[list[tuple]]:
-    """Epochs 0..2 taken in process, uninterrupted."""
+@pytest.fixture(scope="module", params=["loader", "device"])
+def ref(request) -> tuple[str, list[list[tuple]]]:
+    """(augment_on, epochs 0..2 taken in process, uninterrupted)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # module scope: set up before conftest's per-test one-thread fixture
     try:
-        dm = _dm()
+        dm = _dm(augment_on=request.param)
         loader = dm.train_dataloader()
-        return [_take(dm, loader) for _ in range(3)]
+        return request.param, [_take(dm, loader) for _ in range(3)]
     finally:
         torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_state_round_trips_mid_epoch_and_the_loader_continues_exactly(ref, workers):
+    on, ref = ref
     # the reference is in process: batches do not depend on num_workers
     assert [len(e) for e in ref] == [PER_EPOCH // BATCH] * 3
 
-    dm = _dm(num_workers=workers)
+    dm = _dm(num_workers=workers, augment_on=on)
     loader = dm.train_dataloader()
     assert _same(_take(dm, loader), ref[0])
     taken = _take(dm, loader, 2)  # epoch 1, 2 of 5 batches; with workers, more were prefetched and are dropped
     assert _same(taken, ref[1][:2])
     state = dm.state_dict()
-    assert (state["epoch"], state["samples"], state["aug_step"]) == (1, 4, 6)
+    # the step counter seeds device augmentation only; loader augmentation is seeded by each draw
+    assert (state["epoch"], state["samples"], state["aug_step"]) == (1, 4, 6 if on == "device" else 0)
     assert state["report"]["counts"] and sum(state["report"]["counts"].values()) == 4
     buf = io.BytesIO()
     torch.save(state, buf)  # as in a checkpoint
     state = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
     del loader
 
-    resumed = _dm(num_workers=workers)
+    resumed = _dm(num_workers=workers, augment_on=on)
     resumed.load_state_dict(state)
     assert resumed.state_dict()["samples"] == 4  # a checkpoint taken before any new batch keeps the position
     loader = resumed.train_dataloader()
@@ -84,24 +87,26 @@ def test_state_round_trips_mid_epoch_and_the_loader_continues_exactly(ref, worke
     epoch1 = resumed.history[0]  # the per-source report of epoch 1 counts the draws taken before the checkpoint too
     assert epoch1["epoch"] == 1 and sum(r["count"] for r in epoch1["sources"].values()) == PER_EPOCH
 
-    fresh = _dm(num_workers=workers)  # control: without the state the loader starts over
+    fresh = _dm(num_workers=workers, augment_on=on)  # control: without the state the loader starts over
     assert not _same(_take(fresh, fresh.train_dataloader(), 1), ref[1][2:3])
 
 
 def test_state_at_the_end_of_an_epoch_resumes_at_the_next_epoch(ref):
-    dm = _dm()
+    on, ref = ref
+    dm = _dm(augment_on=on)
     _take(dm, dm.train_dataloader())
     state = dm.state_dict()
     assert (state["epoch"], state["samples"]) == (0, PER_EPOCH)
-    resumed = _dm()
+    resumed = _dm(augment_on=on)
     resumed.load_state_dict(state)
     assert _same(_take(resumed, resumed.train_dataloader()), ref[1])
 
 
 def test_iterating_twice_before_taking_a_batch_keeps_the_resumed_position(ref):
-    dm = _dm()
+    on, ref = ref
+    dm = _dm(augment_on=on)
     _take(dm, dm.train_dataloader(), 3)
-    resumed = _dm()
+    resumed = _dm(augment_on=on)
     resumed.load_state_dict(dm.state_dict())
     loader = resumed.train_dataloader()
     iter(loader)  # Lightning may create the iterator again before the first batch
@@ -109,7 +114,8 @@ def test_iterating_twice_before_taking_a_batch_keeps_the_resumed_position(ref):
 
 
 def test_persistent_workers_follow_the_epochs(ref):
-    dm = _dm(num_workers=2, persistent_workers=True)
+    on, ref = ref
+    dm = _dm(num_workers=2, persistent_workers=True, augment_on=on)
     loader = dm.train_dataloader()
     assert loader.persistent_workers
     first = _take(dm, loader)
@@ -137,3 +143,23 @@ def test_batches_are_pinned_only_where_cuda_is(monkeypatch):
     assert not _dm(pin_memory=False).train_dataloader().pin_memory
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not _dm().train_dataloader().pin_memory, "no pinning without CUDA (DataLoader would warn)"
+
+
+def test_loader_augmentation_follows_the_draw_not_the_batch():
+    """augment_on: loader seeds each sample by its draw: batches of 2 and of 4 give every scene the same augmented
+    inputs; on the device the ops follow the step, so the same scenes come out differently."""
+    def per_scene(on: str, batch_size: int) -> dict:
+        dm = _dm(augment_on=on, batch_size=batch_size)
+        out = {}
+        for batch in dm.train_dataloader():
+            batch = dm.on_after_batch_transfer(batch, 0)
+            out.update({(i, s): x for i, (s, x) in enumerate(zip(batch["scene_id"], batch["input_images"]),
+                                                              start=len(out))})
+        return out
+
+    two, four = per_scene("loader", 2), per_scene("loader", 4)
+    assert two.keys() == four.keys() and len(two) == PER_EPOCH
+    assert all(torch.equal(two[k], four[k]) for k in two)
+    dev2, dev4 = per_scene("device", 2), per_scene("device", 4)
+    assert dev2.keys() == two.keys()
+    assert not all(torch.equal(dev2[k], dev4[k]) for k in dev2)

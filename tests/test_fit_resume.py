@@ -232,13 +232,13 @@ class TinyMultiView(pl.LightningModule):
         checkpoint["mvlift"] = self.mvlift_metadata()
 
 
-def multiview_data(num_workers: int = 0, persistent_workers: bool = False):
+def multiview_data(num_workers: int = 0, persistent_workers: bool = False, augment_on: str = "loader"):
     from datamodules.datamodule import MultiViewDataModule
 
     # 10 draws per epoch, batch 2: 5 steps per epoch. Default domain-gap augmentation (synthetic only, p < 1 ops).
     return MultiViewDataModule(stage="reconstruction", image_size=16, num_views=3, num_input_views=2, batch_size=2,
                                samples_per_epoch=10, val_fraction=0, seed=3, num_workers=num_workers,
-                               persistent_workers=persistent_workers,
+                               persistent_workers=persistent_workers, augment_on=augment_on,
                                sources=[{"name": "syn", "num_scenes": 12, "weight": 0.6},
                                         {"name": "real", "kind": "real", "realistic": True, "num_scenes": 8,
                                          "weight": 0.4, "seed": 1}])
@@ -255,15 +255,16 @@ def fit_multiview(root: Path, run: str | None, max_steps: int, resume: str | Non
     return model, paths_cb, ema
 
 
-@pytest.mark.parametrize(("workers", "every", "crash", "saved"), [
-    (0, 4, 11, (8, 1, 6)), (2, 4, 11, (8, 1, 6)), (0, 5, 7, (5, 0, 10))],
-    ids=["mid_epoch", "mid_epoch_2_persistent_workers", "after_last_batch_of_epoch"])
+@pytest.mark.parametrize(("workers", "every", "crash", "saved", "on"), [
+    (0, 4, 11, (8, 1, 6), "loader"), (2, 4, 11, (8, 1, 6), "loader"), (0, 5, 7, (5, 0, 10), "loader"),
+    (0, 4, 11, (8, 1, 6), "device")],
+    ids=["mid_epoch", "mid_epoch_2_persistent_workers", "after_last_batch_of_epoch", "mid_epoch_augment_on_device"])
 def test_resume_with_mixed_sources_and_augmentation_matches_uninterrupted_curve(tmp_path, workers, every, crash,
-                                                                                 saved, monkeypatch):
+                                                                                 saved, on, monkeypatch):
     """5 steps per epoch. mid_epoch: checkpoints every 4 steps, a crash at step 11, resume auto continues from step 8
     = epoch 1, draw 6 of 10; after_last_batch_of_epoch: from step 5 = epoch 0, draw 10 of 10. Every later step must
     see the same scenes, the same augmented inputs and give the same loss as the uninterrupted run."""
-    kw = {"num_workers": workers, "persistent_workers": workers > 0, "every": every}
+    kw = {"num_workers": workers, "persistent_workers": workers > 0, "every": every, "augment_on": on}
     total = 14
     resume_step, epoch, draws = saved
     full, _, full_ema = fit_multiview(tmp_path, "full", total, **kw)
@@ -275,7 +276,9 @@ def test_resume_with_mixed_sources_and_augmentation_matches_uninterrupted_curve(
 
     ckpt = next(p for p in paths_cb.paths.checkpoints() if f"step={resume_step}." in p.name)
     state = torch.load(ckpt, weights_only=False)["MultiViewDataModule"]
-    assert (state["epoch"], state["samples"], state["aug_step"]) == (epoch, draws, resume_step)
+    # the step counter seeds device augmentation only; loader augmentation is seeded by each draw
+    aug_step = resume_step if on == "device" else 0
+    assert (state["epoch"], state["samples"], state["aug_step"]) == (epoch, draws, aug_step)
     assert [s[0] for s in resumed.steps] == list(range(resume_step, total)), "resume from the newest checkpoint"
     reference = {s[0]: s for s in full.steps}
     for step, loss, scenes, checksum in resumed.steps:
@@ -287,7 +290,7 @@ def test_resume_with_mixed_sources_and_augmentation_matches_uninterrupted_curve(
     for name, s in full_ema.ema_state_dict().items():
         torch.testing.assert_close(resumed_ema.ema_state_dict()[name], s, atol=1e-6, rtol=0)
 
-    if resume_step == 8 and workers == 0:  # control: without the DataModule's state, epoch 1 restarts: other curve
+    if resume_step == 8 and workers == 0 and on == "loader":  # control: without the DataModule's state, epoch 1 restarts: other curve
         from datamodules.datamodule import MultiViewDataModule
 
         monkeypatch.setattr(MultiViewDataModule, "load_state_dict", lambda self, state: None)
@@ -304,7 +307,7 @@ def test_a_run_that_reached_max_steps_is_extended_from_its_last_step(tmp_path):
     full, _, _ = fit_multiview(tmp_path, "full", total)
     _, paths_cb, _ = fit_multiview(tmp_path, "short", 11, resume="auto")
     last = torch.load(paths_cb.paths.last_checkpoint, weights_only=False)
-    assert last["global_step"] == 11 and last["MultiViewDataModule"]["aug_step"] == 11
+    assert last["global_step"] == 11 and last["MultiViewDataModule"]["samples"] == 2  # epoch 2, 1 batch
     resumed, _, _ = fit_multiview(tmp_path, "short", total, resume="auto")
     assert [s[0] for s in resumed.steps] == [11, 12, 13]
     reference = {s[0]: s for s in full.steps}

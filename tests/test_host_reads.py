@@ -20,7 +20,8 @@ REFERENCE_RASTERIZER = ("lightning_modules/gaussians.py",)
 
 def _batch(stage: str, **kw):
     dm = MultiViewDataModule(stage=stage, image_size=16, num_views=3, num_input_views=2, batch_size=6,
-                             num_workers=0, samples_per_epoch=12, val_fraction=0, **kw)  # demo: synthetic + real
+                             num_workers=0, samples_per_epoch=12, val_fraction=0, augment_on="device",
+                             **kw)  # demo sources: synthetic + real; augmentation after the transfer is what we audit
     dm.setup("fit")
     return dm, next(iter(dm.train_dataloader()))
 
