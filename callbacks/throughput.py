@@ -43,8 +43,9 @@ def _batch_size(batch: Any) -> int:
 class StepTimer(Callback):
     """Wall time per training step after ``warmup_steps`` (``samples_per_s`` from the median step: robust to the
     occasional checkpoint or validation step), and over the whole window from the end of warm-up to the end of
-    training (``window_step_s``, ``window_samples_per_s``: CUDA synchronised only at its two ends, everything in
-    between counted).
+    the last step (``window_step_s``, ``window_samples_per_s``: CUDA synchronised only at its two ends, everything
+    in between counted; the window closes at ``max_steps`` before the final checkpoint is written, or at the end of
+    training for a run without ``max_steps``).
 
     ``sync_cuda``: synchronise at every step end, so that each ``perf/step_s`` is that step's own time. It stops
     the host from queueing the next step while the GPU works; with ``sync_cuda: false`` only the window figure is
@@ -90,6 +91,9 @@ class StepTimer(Callback):
                 pl_module.log("perf/samples_per_s", self._batch * trainer.world_size / dt, on_step=True,
                               rank_zero_only=True)
         self._last = now
+        if self._window is not None and 0 < trainer.max_steps <= trainer.global_step:
+            # the last step: close the window before ModelCheckpoint (always the last callback) saves
+            self._window_end = (trainer.global_step, self._now(pl_module, sync=True))
 
     def summary(self, trainer: pl.Trainer) -> dict[str, Any]:
         times, waits = self.step_times, self.wait_times
@@ -108,7 +112,7 @@ class StepTimer(Callback):
                 "global_step": trainer.global_step}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._window is not None:
+        if self._window is not None and self._window_end is None:
             self._window_end = (trainer.global_step, self._now(pl_module, sync=True))
         if trainer.is_global_zero:
             path = run_log_file(trainer, "throughput.json")

@@ -16,7 +16,8 @@ Per source: ``sources={name: {op: ...}}`` (a source config's ``augment:`` key, d
 kind's ops for the scenes of that source (``batch["source"]``); ``{}`` or ``None``: no ops for it.
 Ops, applied in this order, each independently per image with its probability:
     background {strength}: shift the background color (where alpha < 1) by up to +-strength per channel
-    lighting {brightness, contrast, saturation, hue}: kornia ColorJitter
+    lighting {brightness, contrast, saturation, hue}: torchvision ColorJitter's factor ranges as one affine colour
+        map per image (:class:`Lighting`: a 3x3 matrix and an offset, not kornia's four passes through HSV)
     gamma {gamma: [lo, hi]}
     gaussian_blur {sigma: [lo, hi], kernel_size}
     motion_blur {kernel_size, angle, direction}
@@ -84,24 +85,76 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, dict[str, dict[st
     return out
 
 
-def _kornia_op(name: str, cfg: dict[str, Any]) -> KA.AugmentationBase2D | None:
-    p = float(cfg.get("p", 1.0))
+LUMA = (0.299, 0.587, 0.114)
+
+
+class Lighting:
+    """Brightness, contrast, saturation and hue of x [N, 3, H, W] in [0, 1], one random draw per image: factors
+    b, c, s ~ U(1 - strength, 1 + strength) and a hue turn ~ U(-hue, hue) (torchvision's ColorJitter ranges).
+    Saturation blends with the luma, hue rotates about the grey axis, brightness scales, contrast blends with the
+    image's mean luma: an affine map per image, drawn on x's device (nothing read back)."""
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
+        self.brightness, self.contrast, self.saturation, self.hue = (float(v) for v in
+                                                                     (brightness, contrast, saturation, hue))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        n, dev = len(x), x.device
+
+        def factor(strength: float) -> Tensor:
+            return 1.0 + (torch.rand(n, device=dev) * 2.0 - 1.0) * strength
+
+        b, c, s = factor(self.brightness), factor(self.contrast), factor(self.saturation)
+        turn = (torch.rand(n, device=dev) * 2.0 - 1.0) * (self.hue * 2.0 * math.pi)
+        luma = torch.tensor(LUMA, device=dev)
+        eye = torch.eye(3, device=dev)
+        sat = s[:, None, None] * eye + (1.0 - s)[:, None, None] * luma[None, None, :]  # rows: s*rgb + (1-s)*luma
+        k = torch.full((3,), 3.0 ** -0.5, device=dev)  # the grey axis
+        cross = torch.zeros(3, 3, device=dev)
+        cross[0, 1], cross[0, 2], cross[1, 2] = -k[2], k[1], -k[0]
+        cross = cross - cross.T
+        sin, cos = turn.sin()[:, None, None], turn.cos()[:, None, None]
+        rot = eye + sin * cross + (1.0 - cos) * (cross @ cross)  # Rodrigues
+        m = b[:, None, None] * (rot @ sat)
+        y = torch.einsum("nij,njhw->nihw", m.to(x.dtype), x)
+        mean = torch.einsum("i,nihw->n", luma.to(x.dtype), y) / (x.shape[-1] * x.shape[-2])
+        y = c[:, None, None, None] * y + ((1.0 - c) * mean)[:, None, None, None]
+        return y.clamp(0.0, 1.0)
+
+
+def _kornia_op(name: str, cfg: dict[str, Any]) -> Any:
+    """The op of ``name`` at p = 1 (kornia's, or :class:`Lighting`): which images it hits is drawn by
+    :func:`apply_op` (kornia's own p runs the op on every image and blends, paying the full cost whatever p is)."""
     if name == "lighting":
-        return KA.ColorJitter(cfg.get("brightness", 0.0), cfg.get("contrast", 0.0), cfg.get("saturation", 0.0),
-                              cfg.get("hue", 0.0), p=p)
+        return Lighting(cfg.get("brightness", 0.0), cfg.get("contrast", 0.0), cfg.get("saturation", 0.0),
+                        cfg.get("hue", 0.0))
     if name == "gamma":
-        return KA.RandomGamma(tuple(cfg.get("gamma", (0.8, 1.25))), p=p)
+        return KA.RandomGamma(tuple(cfg.get("gamma", (0.8, 1.25))), p=1.0)
     if name == "gaussian_blur":
         k = int(cfg.get("kernel_size", 5))
-        return KA.RandomGaussianBlur((k, k), tuple(cfg.get("sigma", (0.3, 1.2))), p=p)
+        return KA.RandomGaussianBlur((k, k), tuple(cfg.get("sigma", (0.3, 1.2))), p=1.0)
     if name == "motion_blur":
         return KA.RandomMotionBlur(int(cfg.get("kernel_size", 5)), float(cfg.get("angle", 45.0)),
-                                   float(cfg.get("direction", 0.5)), p=p)
+                                   float(cfg.get("direction", 0.5)), p=1.0)
     if name == "noise":
-        return KA.RandomGaussianNoise(std=float(cfg.get("std", 0.02)), p=p)
+        return KA.RandomGaussianNoise(std=float(cfg.get("std", 0.02)), p=1.0)
     if name == "jpeg":
-        return KA.RandomJPEG(jpeg_quality=tuple(float(q) for q in cfg.get("quality", (40, 95))), p=p)
+        return KA.RandomJPEG(jpeg_quality=tuple(float(q) for q in cfg.get("quality", (40, 95))), p=1.0)
     return None
+
+
+def apply_op(op: Any, x: Tensor, p: float) -> Tensor:
+    """``op`` on a p-fraction of the images x [N, 3, H, W], drawn with the host RNG: only the drawn images are
+    computed, and no GPU value is read (the indices go to the device from page-locked memory without blocking)."""
+    if p >= 1.0:
+        return op(x)
+    rows = [i for i, u in enumerate(torch.rand(len(x)).tolist()) if u < p]  # a host tensor, read on the host
+    if not rows:
+        return x
+    idx = scene_index(rows, len(x), x.device)
+    if isinstance(idx, slice):
+        return op(x)
+    return x.index_copy(0, idx, op(x.index_select(0, idx)).to(x.dtype))
 
 
 def shift_background(x: Tensor, alpha: Tensor, cfg: dict[str, Any]) -> Tensor:
@@ -176,7 +229,7 @@ class DomainGapAugment:
                 if alpha is not None:
                     x = shift_background(x, alpha, cfg)
             else:
-                x = op(x.clamp(0.0, 1.0))
+                x = apply_op(op, x.clamp(0.0, 1.0), float(cfg.get("p", 1.0)))
         return x.clamp(0.0, 1.0)
 
     def __call__(self, batch: dict[str, Any], stage: str, step: int) -> dict[str, Any]:
@@ -229,5 +282,5 @@ class DomainGapAugment:
         return sample
 
 
-__all__ = ["DEFAULTS", "DomainGapAugment", "check_ops", "perturb_poses", "resolve_config", "scene_index",
+__all__ = ["DEFAULTS", "DomainGapAugment", "Lighting", "apply_op", "check_ops", "perturb_poses", "resolve_config", "scene_index",
            "shift_background"]

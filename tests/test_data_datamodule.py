@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from datamodules.augment import DomainGapAugment
+from datamodules.augment import DomainGapAugment, Lighting, apply_op
 from datamodules.datamodule import MultiViewDataModule
 from datamodules.io import SampleError
 from geometry.rig import load_rig
@@ -123,6 +123,46 @@ def test_augmentation_changes_inputs_with_probability_and_never_targets():
     assert moved[:128].all() and not moved[128:].any()
     again = DomainGapAugment(cfg, seed=1)(_aug_batch(256), "reconstruction", step=0)
     assert torch.equal(again["input_images"], out["input_images"])  # deterministic under a seed
+
+
+def test_lighting_is_an_affine_colour_map_per_image_within_its_ranges():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 8, 8, generator=g) * 0.6 + 0.2
+    assert torch.allclose(Lighting()(x), x, atol=1e-6), "no strength: identity"
+    torch.manual_seed(0)
+    y = Lighting(brightness=0.2)(x)
+    ratio = (y / x).flatten(1)
+    assert torch.allclose(ratio.amin(1), ratio.amax(1), atol=1e-5), "brightness scales each image by one factor"
+    assert ratio.amin() >= 0.8 - 1e-5 and ratio.amax() <= 1.2 + 1e-5 and ratio.std() > 0.05
+    grey = x[:, :1].expand(-1, 3, -1, -1)
+    torch.manual_seed(0)
+    out = Lighting(saturation=0.5, hue=0.25)(grey)
+    assert torch.allclose(out, grey, atol=1e-5), "saturation and hue leave grey pixels alone"
+    torch.manual_seed(0)
+    hued = Lighting(hue=0.25)(x)
+    assert (hued - x).abs().amax() > 0.05, "hue moves coloured pixels"
+    torch.manual_seed(0)
+    flat = Lighting(contrast=0.5)(x)  # no pixel leaves [0, 1]: nothing clipped
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    mean = lambda t: torch.einsum("i,nihw->n", luma, t) / 64  # noqa: E731
+    assert torch.allclose(mean(flat), mean(x), atol=1e-5), "contrast keeps the mean luma"
+
+
+def test_an_op_runs_only_on_the_images_its_probability_draws():
+    calls = []
+
+    def op(x):
+        calls.append(len(x))
+        return x + 1
+
+    torch.manual_seed(0)
+    x = torch.zeros(1000, 1, 1, 1)
+    out = apply_op(op, x, 0.3)
+    hit = out.flatten() == 1
+    assert calls == [int(hit.sum())] and abs(hit.float().mean() - 0.3) < 0.05
+    assert (out.flatten()[~hit] == 0).all()
+    assert apply_op(op, x, 0.0) is x or torch.rand(1000).lt(0).any()  # p = 0: usually no call at all
+    assert torch.equal(apply_op(op, x, 1.0), x + 1)
 
 
 def test_default_augmentation_writes_reference_input_for_diffusion():

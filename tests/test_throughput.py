@@ -55,3 +55,21 @@ def test_data_wait_is_measured_and_separates_a_slow_loader_from_a_fast_one(tmp_p
     for run in (slow, fast):  # the window (steps 1..8) agrees with the per-step figures on a steady run
         assert abs(run["window_step_s"] / run["step_s_median"] - 1) < 0.5
         assert abs(run["window_samples_per_s"] - run["global_batch"] / run["window_step_s"]) < 1e-9
+
+
+class _SlowSave(pl.Callback):
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        time.sleep(0.5)
+
+
+def test_the_window_closes_at_max_steps_before_the_final_checkpoint_is_written(tmp_path):
+    """A slow checkpoint save at the last step is not training throughput: the window ends before it."""
+    timer = StepTimer(warmup_steps=1, sync_cuda=False)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=8)
+    trainer = pl.Trainer(max_steps=8, accelerator="cpu", logger=False, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[ckpt, timer, _SlowSave()])
+    trainer.fit(_Tiny(), torch.utils.data.DataLoader(_Slow(0.0), batch_size=2))
+    assert list((tmp_path / "ckpt").glob("*step=8*.ckpt")), "the final checkpoint was written (slowly)"
+    run = timer.summary(trainer)
+    assert run["window_step_s"] < 0.5 / 7, "0.5 s of saving spread over 7 steps would show"
+    assert abs(run["window_step_s"] / run["step_s_median"] - 1) < 0.5
