@@ -1,10 +1,13 @@
 """Loader throughput (samples/s) of MultiViewDataModule from FaceLift folders and from webdataset shards.
 
     python -m bench.data_throughput [--scenes 4] [--samples 48] [--views 8] [--size 512] [--workers 2] [--batch 2]
+                                    [--augment default|none]
 
 Generates its own data (procedural mouse-like scenes, 8-bit RGBA PNGs, written with tools.synthesize's writer) in a
 temporary directory, converts it with tools.make_shards, then times full passes of the reconstruction-stage loader
-(decode, composite, resize, collate; augmentation excluded: it runs on the device). Prints one JSON line.
+(decode, composite, resize, the domain-gap augmentation of the input views in the workers as in training —
+``--augment default``: the default ops for synthetic data, every sample here being synthetic — and collate).
+``--augment none`` times the loader without it (as with ``augment_on: device``). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def measure(source: dict, args: argparse.Namespace) -> float:
 
     dm = MultiViewDataModule(stage="reconstruction", sources=[source], image_size=args.size, num_views=args.views,
                              num_input_views=args.views // 2, batch_size=args.batch, num_workers=args.workers,
-                             samples_per_epoch=args.samples, val_fraction=0, augment={"enabled": False})
+                             samples_per_epoch=args.samples, val_fraction=0,
+                             augment=None if args.augment == "default" else {"enabled": False})
     dm.setup("fit")
     loader = dm.train_dataloader()
     for _ in loader:  # warm-up pass: worker start-up, file cache
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--augment", choices=("default", "none"), default="default")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -64,7 +69,7 @@ def main() -> None:
         shards_sps = measure({"name": "shards", "format": "shards", "urls": str(shards)}, args)
     print(json.dumps({
         "bench": "data_throughput", "views": args.views, "size": args.size, "workers": args.workers,
-        "batch": args.batch, "samples": args.samples, "scenes": args.scenes,
+        "batch": args.batch, "augment": args.augment, "samples": args.samples, "scenes": args.scenes,
         "folders_samples_per_s": round(folders_sps, 2), "shards_samples_per_s": round(shards_sps, 2),
         "data_generation_s": round(gen_s, 1), "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from datamodules.augment import DomainGapAugment, Lighting, apply_op
+from datamodules.augment import DomainGapAugment, Jpeg, Lighting, apply_op
 from datamodules.datamodule import MultiViewDataModule
 from datamodules.io import SampleError
 from geometry.rig import load_rig
@@ -146,6 +146,24 @@ def test_lighting_is_an_affine_colour_map_per_image_within_its_ranges():
     luma = torch.tensor([0.299, 0.587, 0.114])
     mean = lambda t: torch.einsum("i,nihw->n", luma, t) / 64  # noqa: E731
     assert torch.allclose(mean(flat), mean(x), atol=1e-5), "contrast keeps the mean luma"
+
+
+def test_jpeg_on_cpu_is_a_real_codec_round_trip_whose_error_grows_as_quality_falls():
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    smooth = torch.stack([xx, yy, (xx + yy) / 2])[None].repeat(4, 1, 1, 1)
+    smooth[:, :, 20:40, 20:40] = torch.tensor([0.9, 0.1, 0.2])[:, None, None]  # an edge: JPEG rings around it
+    err = {}
+    for q in (95, 20):
+        torch.manual_seed(0)
+        out = Jpeg((q, q))(smooth)
+        assert out.shape == smooth.shape and out.dtype == smooth.dtype and 0 <= out.min() and out.max() <= 1
+        assert torch.equal(out * 255, (out * 255).round()), "8-bit, as a camera writes it"
+        err[q] = (out - smooth).abs().mean().item()
+    assert 0 < err[95] < 0.01 < err[20] < 0.1, err
+    torch.manual_seed(3)
+    a = Jpeg((30, 90))(smooth)
+    torch.manual_seed(3)
+    assert torch.equal(a, Jpeg((30, 90))(smooth)), "the quality draw follows the seed"
 
 
 def test_an_op_runs_only_on_the_images_its_probability_draws():
