@@ -40,7 +40,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -56,14 +55,12 @@ from torch import Tensor
 
 from geometry.rig import Rig, load_rig
 from lightning_modules.hparams import init_hparams
-from lightning_modules.metrics import IntervalMean, logs_this_step
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
 from lightning_modules.optim import (
     build_optimizer,
     build_param_groups,
     build_scheduler,
     check_optimizer,
-    total_grad_norm,
     trainer_clips_gradients,
 )
 from lightning_modules.pretrained import (
@@ -72,7 +69,8 @@ from lightning_modules.pretrained import (
     load_pipeline_components,
     save_pipeline_components,
 )
-from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
+from lightning_modules.stage import StageModule
+from lightning_modules.training_background import datamodule_backgrounds
 from lightning_modules.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
 from lightning_modules.view_conditioning import ViewEmbeddings
 
@@ -138,7 +136,7 @@ def _batch_rigs(batch: dict) -> list[str]:
     return [rig] if isinstance(rig, str) else [str(r) for r in rig]
 
 
-class DiffusionModule(pl.LightningModule):
+class DiffusionModule(StageModule):
     """Multi-view diffusion training, sampling and export. Constructor arguments are plain types (LightningCLI)."""
 
     ema_target = "unet"  # the EMA callback keeps a shadow of self.unet and calls export(..., ema_weights=...)
@@ -216,8 +214,6 @@ class DiffusionModule(pl.LightningModule):
                         "checkpoint, so a resumed run will not repeat the uninterrupted one exactly", dropout)
         self._noise_seed: int | None = None  # resolved at the first training step (or taken from the resumed ckpt)
         self._generators: dict[str, torch.Generator] = {}
-        self.train_background = TrainingBackground()
-        self._train_loss = IntervalMean()
         self._last_sample_step: int | None = None
         self.last_val_grid: Tensor | None = None
         from lightning_modules.losses import load_lpips
@@ -417,16 +413,9 @@ class DiffusionModule(pl.LightningModule):
         self.train_background.update(batch.get("background"))
         terms = self.diffusion_loss(batch, generator=self.training_generator(batch_idx))
         b = batch["images"].shape[0]
-        self._train_loss.add(terms["loss"])
-        if logs_this_step(self):  # train/loss: mean over the steps since the last log, and over all ranks
-            self.log("train/loss", self._train_loss.pop(), batch_size=b, prog_bar=True, sync_dist=True)
+        if self.log_train_loss(terms["loss"], b):
             self.log("train/mse", terms["mse"], batch_size=b)
         return terms["loss"]
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        total = total_grad_norm(self.parameters()) if logs_this_step(self) else None
-        if total is not None:
-            self.log("train/grad_norm", total)
 
     def configure_optimizers(self) -> dict:
         h = self.hparams
@@ -542,14 +531,9 @@ class DiffusionModule(pl.LightningModule):
                 "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size),
                 "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
 
-    def on_before_export(self) -> None:
-        """Collective: every rank calls it before rank 0 exports (callbacks.paths.CheckpointPaths.export)."""
-        self.train_background.merge_ranks()
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.train_background.merge_ranks()  # every rank saves (rank 0 writes): the record covers all ranks
-        checkpoint["mvlift"] = {**self.mvlift_metadata(), "noise_seed": self.noise_seed}
-        checkpoint["train_loss_interval"] = self._train_loss.state_dict()
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["mvlift"]["noise_seed"] = self.noise_seed
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):  # frozen VAE / CLIP come from `pretrained`, not from every checkpoint
             for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
@@ -567,8 +551,7 @@ class DiffusionModule(pl.LightningModule):
             if stored.fingerprint != self.rig.fingerprint:
                 raise ValueError(f"checkpoint rig {stored.name!r} ({stored.fingerprint}) does not match the module's "
                                  f"rig {self.rig.name!r} ({self.rig.fingerprint})")
-        self.train_background.load(meta.get("background"))
-        self._train_loss.load_state_dict(checkpoint.get("train_loss_interval"))
+        super().on_load_checkpoint(checkpoint)
         if self._trainer is not None and meta.get("noise_seed") is not None:  # resuming: the run's own seed
             self._noise_seed = int(meta["noise_seed"])
         state = checkpoint.get("state_dict")

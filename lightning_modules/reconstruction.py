@@ -23,7 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,10 +43,8 @@ from lightning_modules.losses import (
 )
 from lightning_modules.metrics import (
     KINDS,
-    IntervalMean,
     KindMetrics,
     batch_kinds,
-    logs_this_step,
     per_view_psnr,
     view_metrics,
 )
@@ -56,10 +53,10 @@ from lightning_modules.optim import (
     build_param_groups,
     build_scheduler,
     check_optimizer,
-    total_grad_norm,
     trainer_clips_gradients,
 )
-from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
+from lightning_modules.stage import StageModule
+from lightning_modules.training_background import datamodule_backgrounds
 
 log = logging.getLogger(__name__)
 # Lightning warns whenever a module's batch hook runs beside a DataModule; ours is meant to (the DataModule leaves
@@ -99,7 +96,7 @@ def check_index(index: Tensor, where: str = "batch") -> None:
         )
 
 
-class ReconstructionModule(pl.LightningModule):
+class ReconstructionModule(StageModule):
     """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML)."""
 
     ema_target = "net"  # the EMA callback keeps a shadow of self.net and calls export(..., ema_weights=...)
@@ -169,8 +166,6 @@ class ReconstructionModule(pl.LightningModule):
         self.perceptual = load_perceptual(vgg_weights) if perceptual_weight > 0 else None
         self.lpips = load_lpips(vgg_weights, lpips_weights) if (lpips_weight > 0 or lpips_weights) else None
         self.val_metrics = KindMetrics()
-        self.train_background = TrainingBackground()
-        self._train_loss = IntervalMean()
 
     # ---- configuration ------------------------------------------------------------------------------------------
     def model_config(self) -> GSLRMConfig:
@@ -319,19 +314,12 @@ class ReconstructionModule(pl.LightningModule):
         out = self.predict_views(batch, training=True)
         terms = self.compute_loss(out)
         b = out["pred"].shape[0]
-        self._train_loss.add(terms["loss"])
-        if logs_this_step(self):  # train/loss: mean over the steps since the last log, and over all ranks
-            self.log("train/loss", self._train_loss.pop(), batch_size=b, prog_bar=True, sync_dist=True)
+        if self.log_train_loss(terms["loss"], b):
             for k, v in terms.items():
                 if k != "loss":
                     self.log(f"train/{k}", v, batch_size=b)
             self._log_per_kind_psnr("train", out, batch)
         return terms["loss"]
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        total = total_grad_norm(self.net.parameters()) if logs_this_step(self) else None
-        if total is not None:
-            self.log("train/grad_norm", total)
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict) -> dict[str, Any]:
@@ -368,21 +356,11 @@ class ReconstructionModule(pl.LightningModule):
                 "model_config": self.net.config.to_dict(),
                 "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
 
-    def on_before_export(self) -> None:
-        """Collective: every rank calls it before rank 0 exports (callbacks.paths.CheckpointPaths.export)."""
-        self.train_background.merge_ranks()
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.train_background.merge_ranks()  # every rank saves (rank 0 writes): the record covers all ranks
-        checkpoint["mvlift"] = self.mvlift_metadata()
-        checkpoint["train_loss_interval"] = self._train_loss.state_dict()
+        super().on_save_checkpoint(checkpoint)
         hp = checkpoint.get("hyper_parameters")
         if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring
             hp["init_from"] = None
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.train_background.load((checkpoint.get("mvlift") or {}).get("background"))
-        self._train_loss.load_state_dict(checkpoint.get("train_loss_interval"))
 
     def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
         """Write model.safetensors (+ model_ema.safetensors), config.json and rig.json into ``out_dir``."""

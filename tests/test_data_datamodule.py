@@ -144,7 +144,7 @@ def test_lighting_is_an_affine_colour_map_per_image_within_its_ranges():
     torch.manual_seed(0)
     flat = Lighting(contrast=0.5)(x)  # no pixel leaves [0, 1]: nothing clipped
     luma = torch.tensor([0.299, 0.587, 0.114])
-    mean = lambda t: torch.einsum("i,nihw->n", luma, t) / 64  # noqa: E731
+    mean = lambda t: torch.einsum("i,nihw->n", luma, t) / 64
     assert torch.allclose(mean(flat), mean(x), atol=1e-5), "contrast keeps the mean luma"
 
 
