@@ -278,7 +278,11 @@ class DomainGapAugment:
         out_c2w = None if c2w is None else c2w.clone()
         devices = [clean.device] if clean.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed * 1_000_003 + int(step))
+            seed = self.seed * 1_000_003 + int(step)
+            torch.default_generator.manual_seed(seed)  # not torch.manual_seed: in a loader worker without CUDA it
+            if devices:  # queues a lazy CUDA seeding with a stack trace, 1.4 ms a sample
+                with torch.cuda.device(clean.device):
+                    torch.cuda.manual_seed(seed)
             for tag, key in sorted(set(groups)):
                 # the group's scenes: all of them (no indexing), or an index list sent without a host sync
                 sel = scene_index([i for i, g in enumerate(groups) if g == (tag, key)], b, clean.device)

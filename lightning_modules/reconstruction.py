@@ -305,8 +305,9 @@ class ReconstructionModule(StageModule):
         self.log(f"{prefix}/psnr", psnr.mean(), batch_size=b, prog_bar=True)
         for kind in KINDS:
             n = sum(k == kind for k in kinds)
-            if n:
-                w = torch.tensor([float(k == kind) for k in kinds], device=psnr.device)
+            if n:  # the weights go to the GPU from page-locked memory: no wait for the queued work
+                w = torch.tensor([float(k == kind) for k in kinds])
+                w = (w.pin_memory() if psnr.is_cuda else w).to(psnr.device, non_blocking=True)
                 self.log(f"{prefix}/psnr/{kind}", (psnr * w).sum() / n, batch_size=n)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
