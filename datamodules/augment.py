@@ -1,4 +1,4 @@
-"""Domain-gap augmentation (kornia, batched): make clean synthetic inputs look captured.
+"""Domain-gap augmentation (kornia and torch ops, batched): make clean synthetic inputs look captured.
 
 Where it runs is the DataModule's ``augment_on``: ``loader`` (default) augments each sample in the DataLoader's
 worker processes (:meth:`DomainGapAugment.augment_sample`, seeded by the sample's draw), ``device`` augments each
@@ -150,7 +150,7 @@ class Jpeg:
         return torch.stack(out).permute(0, 3, 1, 2).to(x.dtype).div(255.0)
 
 
-def _kornia_op(name: str, cfg: dict[str, Any]) -> Any:
+def _make_op(name: str, cfg: dict[str, Any]) -> Any:
     """The op of ``name`` at p = 1 (kornia's, :class:`Lighting` or :class:`Jpeg`): which images it hits is drawn by
     :func:`apply_op` (kornia's own p runs the op on every image and blends, paying the full cost whatever p is)."""
     if name == "lighting":
@@ -244,7 +244,7 @@ class DomainGapAugment:
 
     @staticmethod
     def _image_ops(ops: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any], Any]]:
-        return [(n, cfg, _kornia_op(n, cfg)) for n, cfg in ops.items() if n in IMAGE_OPS]
+        return [(n, cfg, _make_op(n, cfg)) for n, cfg in ops.items() if n in IMAGE_OPS]
 
     def wants_pose_error(self) -> bool:
         return any("pose_error" in ops for ops in [*self.config.values(), *self.source_config.values()])
