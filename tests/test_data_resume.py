@@ -163,3 +163,14 @@ def test_loader_augmentation_follows_the_draw_not_the_batch():
     dev2, dev4 = per_scene("device", 2), per_scene("device", 4)
     assert dev2.keys() == two.keys()
     assert not all(torch.equal(dev2[k], dev4[k]) for k in dev2)
+
+
+def test_a_draw_is_augmented_the_same_on_any_rank():
+    from datamodules.mixing import Draw
+
+    ds = _dm(augment_on="loader").train_dataset()
+    on_one = ds[Draw(1, 0, 3, 0, slot=0, num_slots=1)]
+    on_rank1_of_2 = ds[Draw(1, 0, 3, 0, slot=1, num_slots=2)]
+    assert on_one["scene_id"] == on_rank1_of_2["scene_id"]
+    assert torch.equal(on_one["input_images"], on_rank1_of_2["input_images"])
+    assert not torch.equal(on_one["input_images"], ds[Draw(1, 0, 3, 1)]["input_images"]), "another occurrence"
