@@ -174,3 +174,23 @@ def test_a_draw_is_augmented_the_same_on_any_rank():
     assert on_one["scene_id"] == on_rank1_of_2["scene_id"]
     assert torch.equal(on_one["input_images"], on_rank1_of_2["input_images"])
     assert not torch.equal(on_one["input_images"], ds[Draw(1, 0, 3, 1)]["input_images"]), "another occurrence"
+
+
+@pytest.mark.parametrize("on", ["loader", "device"])
+def test_validation_inputs_are_augmented_only_with_augment_val_and_alike_every_pass(on):
+    from types import SimpleNamespace
+
+    def val_pass(dm):
+        dm.trainer = SimpleNamespace(training=False, global_rank=0, current_epoch=0)  # as in Lightning's validation loop
+        return [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
+
+    kw = {"augment_on": on, "val_fraction": 0.3, "val_samples": 4}
+    plain = val_pass(_dm(**kw))
+    assert plain and all("input_images" not in b for b in plain), "augment_val off: the clean views"
+    dm = _dm(**kw, augment_val=True)
+    first, second = val_pass(dm), val_pass(dm)
+    synthetic = [(b["input_images"][i], b["images"][i, :2]) for b in first for i, k in enumerate(b["kind"])
+                 if k == "synthetic"]
+    assert synthetic and all(not torch.equal(x, clean) for x, clean in synthetic), "synthetic inputs get noise"
+    assert all(torch.equal(a["input_images"], b["input_images"]) for a, b in zip(first, second)), "every pass alike"
+    assert dm.state_dict()["aug_step"] == 0, "validation leaves the training steps alone"
