@@ -22,6 +22,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,16 +126,17 @@ def build_scheduler(
 
 
 def build_adamw(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), fused: bool | None = None,
-                clips_gradients: bool = False) -> torch.optim.AdamW:
+                clips_scaled_gradients: bool = False) -> torch.optim.AdamW:
     """AdamW over ``groups``: the fused kernel on CUDA when every parameter lives there, unless the trainer clips
-    gradients (``clips_gradients``: Lightning refuses to clip under 16/bf16-mixed precision with a fused optimizer,
-    which unscales internally), then the multi-tensor ``foreach`` kernel."""
+    gradients that a GradScaler scales (``clips_scaled_gradients``, fp16-mixed: clipping needs the gradients
+    unscaled first, which a fused optimizer only does inside its step), then the multi-tensor ``foreach`` kernel.
+    Clipping under bf16 or fp32 goes with the fused kernel (``StageModule.configure_gradient_clipping``)."""
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("no trainable parameters: every parameter is frozen")
     on_cuda = all(p.is_cuda for p in params)
     if fused is None:
-        fused = on_cuda and not clips_gradients
+        fused = on_cuda and not clips_scaled_gradients
     return torch.optim.AdamW(groups, betas=betas, fused=fused, foreach=None if fused else on_cuda or None)
 
 
@@ -146,7 +148,7 @@ def check_optimizer(name: str) -> str:
 
 
 def build_optimizer(name: str, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95),
-                    clips_gradients: bool = False) -> torch.optim.Optimizer:
+                    clips_scaled_gradients: bool = False) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``groups``: ``adamw`` (torch, ``build_adamw``), ``adamw8bit`` (bitsandbytes'
     AdamW8bit; ImportError when bitsandbytes is missing) or ``auto`` (8-bit when bitsandbytes is installed, else
     torch AdamW with a warning)."""
@@ -160,13 +162,19 @@ def build_optimizer(name: str, groups: list[dict], betas: tuple[float, float] = 
             log.warning("optimizer='auto': bitsandbytes not installed, using torch AdamW")
         else:
             return bnb.optim.AdamW8bit(groups, betas=betas)
-    return build_adamw(groups, betas=betas, clips_gradients=clips_gradients)
+    return build_adamw(groups, betas=betas, clips_scaled_gradients=clips_scaled_gradients)
 
 
-def trainer_clips_gradients(module: torch.nn.Module) -> bool:
-    """Whether the Lightning trainer attached to ``module`` (if any) clips gradients."""
+def trainer_clips_scaled_gradients(module: torch.nn.Module) -> bool:
+    """Whether the Lightning trainer attached to ``module`` (if any) clips gradients that a GradScaler scales
+    (fp16-mixed precision)."""
     trainer = getattr(module, "_trainer", None)
-    return bool(trainer is not None and trainer.gradient_clip_val)
+    return bool(trainer is not None and trainer.gradient_clip_val and gradient_scaler(trainer) is not None)
+
+
+def gradient_scaler(trainer: Any) -> Any:
+    """The trainer's GradScaler (fp16-mixed precision), else None."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
 
 
 def total_grad_norm(parameters) -> torch.Tensor | None:
@@ -178,5 +186,17 @@ def total_grad_norm(parameters) -> torch.Tensor | None:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
 
-__all__ = ["OPTIMIZERS", "build_adamw", "build_optimizer", "build_param_groups", "build_scheduler", "check_optimizer",
-           "freeze_parameters", "lr_factor", "name_matches", "total_grad_norm", "trainer_clips_gradients"]
+__all__ = [
+    "OPTIMIZERS",
+    "build_adamw",
+    "build_optimizer",
+    "build_param_groups",
+    "build_scheduler",
+    "check_optimizer",
+    "freeze_parameters",
+    "gradient_scaler",
+    "lr_factor",
+    "name_matches",
+    "total_grad_norm",
+    "trainer_clips_scaled_gradients",
+]

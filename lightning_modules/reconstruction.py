@@ -53,7 +53,7 @@ from lightning_modules.optim import (
     build_param_groups,
     build_scheduler,
     check_optimizer,
-    trainer_clips_gradients,
+    trainer_clips_scaled_gradients,
 )
 from lightning_modules.stage import StageModule
 from lightning_modules.training_background import datamodule_backgrounds
@@ -347,7 +347,7 @@ class ReconstructionModule(StageModule):
     def configure_optimizers(self) -> dict:
         h = self.hparams
         groups = build_param_groups(self.net, h.freeze, h.lr_groups, h.lr, h.weight_decay)
-        opt = build_optimizer(h.optimizer, groups, tuple(h.betas), trainer_clips_gradients(self))
+        opt = build_optimizer(h.optimizer, groups, tuple(h.betas), trainer_clips_scaled_gradients(self))
         sched = build_scheduler(opt, h.warmup_steps, h.max_steps, h.decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -3,7 +3,8 @@
 Both keep a record of the training samples' backgrounds (``train_background``, merged over ranks before a checkpoint
 or an export is written), log ``train/loss`` as the mean over the steps since the last logged point and over all
 ranks (an :class:`IntervalMean` that checkpoints carry, so a resumed run logs what the uninterrupted one would), and
-log ``train/grad_norm`` on logging steps only. A subclass calls :meth:`log_train_loss` in ``training_step``, provides
+log ``train/grad_norm`` on logging steps only. They clip gradients (``trainer.gradient_clip_val``) also with a fused
+optimizer where no GradScaler is in play (:meth:`StageModule.configure_gradient_clipping`). A subclass calls :meth:`log_train_loss` in ``training_step``, provides
 ``mvlift_metadata()`` (``checkpoint["mvlift"]``, docs/ARCHITECTURE.md) and extends the checkpoint hooks through
 ``super()``.
 """
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_modules.metrics import IntervalMean, logs_this_step
-from lightning_modules.optim import total_grad_norm
+from lightning_modules.optim import gradient_scaler, total_grad_norm
 from lightning_modules.training_background import TrainingBackground
 
 
@@ -47,6 +48,21 @@ class StageModule(pl.LightningModule):
             total = total_grad_norm(self.parameters())
             if total is not None:
                 self.log("train/grad_norm", total)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, also for a fused optimizer when no GradScaler scales the gradients (bf16-mixed,
+        fp32). Lightning refuses any fused optimizer under mixed precision because fp16's scaler would leave the
+        gradients scaled until inside the fused step; without a scaler they are the true gradients here."""
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if not gradient_clip_val or not fused or gradient_scaler(self.trainer) is not None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":  # Lightning passes its str enum
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def on_before_export(self) -> None:
         """Collective: every rank calls it before rank 0 exports (callbacks.paths.CheckpointPaths.export)."""

@@ -122,10 +122,61 @@ def test_warmup_then_cosine_and_constant_schedules():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernel)")
 @pytest.mark.gpu
-def test_fused_adamw_on_cuda_only_when_the_trainer_does_not_clip():
+def test_fused_adamw_on_cuda_unless_the_trainer_clips_scaled_gradients():
     groups = [{"params": [torch.nn.Parameter(torch.zeros(3, device="cuda"))]}]
     assert build_adamw(groups).defaults["fused"]
-    assert not build_adamw(groups, clips_gradients=True).defaults["fused"]
+    assert not build_adamw(groups, clips_scaled_gradients=True).defaults["fused"]
+
+
+class _RecordingFusedAdamW(torch.optim.AdamW):
+    """Fused AdamW (on CPU here) that records the gradient norm it steps with."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=1e-3, fused=True)
+        self.norms: list[float] = []
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None  # Lightning clips inside its closure's after-hook
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        super().step()
+        return loss
+
+
+@pytest.mark.parametrize("base", ["stage", "plain"])
+def test_gradients_are_clipped_under_bf16_with_a_fused_optimizer(tmp_path, base):
+    """Lightning refuses a fused optimizer with gradient clipping under any mixed precision (fp16's scaler); the
+    stage modules clip themselves where no scaler is in play, so the fused kernel and clipping go together."""
+    import lightning.pytorch as pl
+
+    from lightning_modules.stage import StageModule
+
+    class Tiny(StageModule if base == "stage" else pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+
+        def mvlift_metadata(self):
+            return {}
+
+        def training_step(self, batch, batch_idx):
+            return (self.net(batch[0]) - 100.0).square().mean()  # large gradients
+
+        def configure_optimizers(self):
+            self.opt = _RecordingFusedAdamW(self.parameters())
+            return self.opt
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 8)), batch_size=4)
+    model = Tiny()
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.5,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    if base == "plain":
+        with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+            trainer.fit(model, data)
+        return
+    trainer.fit(model, data)
+    assert len(model.opt.norms) == 3 and all(n <= 0.5 + 1e-4 for n in model.opt.norms), model.opt.norms
 
 
 
