@@ -19,6 +19,7 @@ reconstruction)
     timeout 90 python bench/gslrm_block.py --backends cudnn | tee -a "$OUT/gslrm_block.jsonl"
     timeout 150 python bench/reconstruction_step.py --scale-bias -5.3 --attn-backend cudnn --compile \
         | tee "$OUT/reconstruction_step.jsonl"
+    timeout 60 python -m bench.augment_cost --device cuda --size 512 | tee "$OUT/augment_cost.jsonl"
     ;;
 diffusion)
     timeout 150 python bench/diffusion_step.py --batches 1,2 --attention diffusers,sparse --grad-checkpointing off \

@@ -330,3 +330,12 @@ def test_a_sources_own_augment_replaces_its_kinds_ops_for_its_scenes_only():
     assert torch.equal(own[:32], batch["images"][:32, :2]) and not torch.equal(own[:32], base[:32])
     with pytest.raises(ValueError, match=r"source 'x' augment: unknown ops \['blur'\]"):
         MultiViewDataModule(**TINY, sources=[{"name": "x", "augment": {"blur": {"p": 1.0}}}]).setup("fit")
+
+
+def test_the_augmentation_cost_bench_times_every_image_op_and_a_sample(capsys):
+    from bench.augment_cost import main
+
+    row = main(["--size", "16", "--views", "2", "--iters", "1"])
+    assert set(row["op_ms_p1"]) == {"background", "lighting", "gamma", "gaussian_blur", "motion_blur", "noise", "jpeg"}
+    assert all(v > 0 for v in row["op_ms_p1"].values()) and row["sample_ms_defaults"] > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == row
