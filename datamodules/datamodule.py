@@ -85,8 +85,8 @@ class MultiViewDataModule(L.LightningDataModule):
         augment_val: augment validation inputs too, the same inputs every validation pass (the training draws and
             steps are not touched).
         augment_on: "loader" (default): each sample in the DataLoader's workers, seeded by its draw (a draw gets
-            the same ops whatever the world size, batch size or worker count); "device": each batch after its copy to the device,
-            seeded by the training step and rank (datamodules.augment docstring: which costs what).
+            the same ops whatever the world size, batch size or worker count); "device": each batch after its copy
+            to the device, seeded by the training step and rank (datamodules.augment docstring: which costs what).
         batch_size, num_workers, samples_per_epoch (draws per epoch, all ranks), val_samples, seed.
         persistent_workers: keep the loader's worker processes between epochs (with num_workers > 0). Safe: the
             sampler runs in the main process and every key it hands the workers carries its epoch, so no per-epoch
