@@ -47,8 +47,9 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:
 def sparse_keys(x: Tensor, num_views: int) -> Tensor:
     """Keys/values of the ``sparse`` mode: x [(B V), H, N, d] -> [(B V), H, 2N, d] = [first view of the scene, own]."""
     bv, h, n, d = x.shape
-    first = x.view(bv // num_views, num_views, h, n, d)[:, :1].expand(-1, num_views, -1, -1, -1)
-    return torch.cat([first.reshape(bv, h, n, d), x], dim=2)
+    scenes = x.view(bv // num_views, num_views, h, n, d)
+    first = scenes[:, :1].expand(-1, num_views, -1, -1, -1)  # a view: the cat below is the only copy
+    return torch.cat([first, scenes], dim=3).view(bv, h, 2 * n, d)
 
 
 def multiview_sdpa(query: Tensor, key: Tensor, value: Tensor, num_views: int, mode: str,

@@ -119,3 +119,15 @@ def test_install_replaces_only_self_attention_of_the_unet_and_views_talk_through
     assert multiview_attention_mode(unet) is None
     a, b = run()
     torch.testing.assert_close(a[1:], b[1:])  # processor off: views independent
+
+
+def test_sparse_keys_are_the_first_view_then_the_own_view_of_each_scene():
+    from lightning_modules.mv_attention import sparse_keys
+
+    v, n = 3, 4
+    x = torch.randn(2 * v, n, 2, 5).transpose(1, 2)  # [(B V), H, N, d] as the processor makes it (not contiguous)
+    keys = sparse_keys(x, v)
+    assert keys.shape == (2 * v, 2, 2 * n, 5)
+    for row in range(2 * v):
+        first = (row // v) * v
+        assert torch.equal(keys[row], torch.cat([x[first], x[row]], dim=1)), row
