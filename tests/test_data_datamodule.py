@@ -256,6 +256,8 @@ def test_inspect_data_prints_one_json_object(tmp_path, capsys):
     assert out["sources"] == {"syn": {"kind": "synthetic", "fraction": 0.7}, "rl": {"kind": "real", "fraction": 0.3}}
     assert out["skipped"] == 0 and out["batch"]["images"] == [2, 6, 3, 16, 16]
     assert out["batch"]["ref_images"] == [2, 1, 3, 16, 16] and out["batch"]["index"] == [2, 6, 2]
+    assert out["batch"]["input_images"] == [2, 1, 3, 16, 16], "the loader's augmentation is in the batch"
+    assert 0 < out["sample_ms"] < 60_000
 
 
 def test_lightning_fit_logs_per_source_counts_each_epoch(tmp_path):

@@ -1,10 +1,13 @@
-"""Show what a data config draws: per-source realized fractions over N draws (indices only, no decoding) and the
-shapes of one decoded batch.
+"""Show what a data config draws: per-source realized fractions over N draws (indices only, no decoding), the
+shapes of one decoded batch and what a sample costs to build.
 
     python -m tools.inspect_data -c configs/data/demo.yaml [--stage diffusion|reconstruction] --samples N --json
 
-Prints one JSON object: {"sources": {NAME: {"kind", "fraction"}}, "skipped": n, "batch": {KEY: SHAPE}}
-(``skipped`` counts bad samples skipped while building the one batch). The config is the DataModule's init
+Prints one JSON object: {"sources": {NAME: {"kind", "fraction"}}, "skipped": n, "batch": {KEY: SHAPE},
+"sample_ms": t} (``skipped`` counts bad samples skipped while building the one batch; ``sample_ms``: wall time per
+sample of that batch in this one process — reading, decoding, resizing and, with ``augment_on: loader``, the
+augmentation — so a run consuming S samples/s needs about S * sample_ms / 1000 loader workers per rank, on as many
+free cores; the first batch includes file-cache misses). The config is the DataModule's init
 arguments, either plain, under ``init_args`` or under ``data`` (a LightningCLI config).
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,10 +55,13 @@ def inspect(cfg: dict[str, Any], samples: int, stage: str | None = None) -> dict
     total = max(1, len(draws))
     sources = {s.name: {"kind": s.kind, "fraction": round(counts[k] / total, 6)}
                for k, s in enumerate(dm.train_sources)}
+    t0 = time.perf_counter()
     batch = next(iter(dm.train_dataloader()))
+    sample_ms = (time.perf_counter() - t0) * 1000 / max(1, len(batch.get("source") or [None]))
     skipped = len(batch.get("skipped", []))
     batch = dm.on_after_batch_transfer(batch, 0)
-    return {"sources": sources, "skipped": skipped, "batch": {k: shape_of(v) for k, v in batch.items()}}
+    return {"sources": sources, "skipped": skipped, "batch": {k: shape_of(v) for k, v in batch.items()},
+            "sample_ms": round(sample_ms, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
