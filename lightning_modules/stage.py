@@ -4,7 +4,7 @@ Both keep a record of the training samples' backgrounds (``train_background``, m
 or an export is written), log ``train/loss`` as the mean over the steps since the last logged point and over all
 ranks (an :class:`IntervalMean` that checkpoints carry, so a resumed run logs what the uninterrupted one would), and
 log ``train/grad_norm`` on logging steps only. They clip gradients (``trainer.gradient_clip_val``) also with a fused
-optimizer where no GradScaler is in play (:meth:`StageModule.configure_gradient_clipping`). A subclass calls :meth:`log_train_loss` in ``training_step``, provides
+optimizer under bf16-mixed precision (:meth:`StageModule.configure_gradient_clipping`). A subclass calls :meth:`log_train_loss` in ``training_step``, provides
 ``mvlift_metadata()`` (``checkpoint["mvlift"]``, docs/ARCHITECTURE.md) and extends the checkpoint hooks through
 ``super()``.
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor
 
 from lightning_modules.metrics import IntervalMean, logs_this_step
@@ -51,11 +52,14 @@ class StageModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        """Lightning's clipping, also for a fused optimizer when no GradScaler scales the gradients (bf16-mixed,
-        fp32). Lightning refuses any fused optimizer under mixed precision because fp16's scaler would leave the
-        gradients scaled until inside the fused step; without a scaler they are the true gradients here."""
+        """Lightning's clipping, also for a fused optimizer under bf16-mixed precision (no GradScaler). Lightning's
+        MixedPrecision refuses any fused optimizer because fp16's scaler would leave the gradients scaled until
+        inside the fused step; without a scaler they are the true gradients here. Only for that plugin (DDP or one
+        device): sharded strategies (FSDP, DeepSpeed) clip through their own plugins."""
         fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-        if not gradient_clip_val or not fused or gradient_scaler(self.trainer) is not None:
+        plugin = self.trainer.precision_plugin
+        ours = type(plugin) is MixedPrecision and gradient_scaler(self.trainer) is None
+        if not gradient_clip_val or not fused or not ours:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
