@@ -81,7 +81,8 @@ def duplicates_across_ranks(run: Path) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--window", type=int, default=10, help="moving-average window (training steps) for the loss comparison")
+    p.add_argument("--window", type=int, default=10,
+                   help="moving-average window (training steps) for the loss comparison")
     p.add_argument("--control", type=Path, action="append", default=[],
                    help="the first run's configuration with another data seed (repeatable): the yardstick for "
                         "'within noise'")

@@ -314,5 +314,5 @@ class DomainGapAugment:
         return sample
 
 
-__all__ = ["DEFAULTS", "DomainGapAugment", "Jpeg", "Lighting", "apply_op", "check_ops", "perturb_poses", "resolve_config", "scene_index",
-           "shift_background"]
+__all__ = ["DEFAULTS", "DomainGapAugment", "Jpeg", "Lighting", "apply_op", "check_ops", "perturb_poses",
+           "resolve_config", "scene_index", "shift_background"]

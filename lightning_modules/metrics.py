@@ -140,4 +140,5 @@ def batch_kinds(batch: dict, b: int) -> list[str]:
     return [kind] * b if isinstance(kind, str) else list(kind)
 
 
-__all__ = ["KINDS", "IntervalMean", "KindMetrics", "batch_kinds", "logs_this_step", "per_view_psnr", "per_view_ssim", "view_metrics"]
+__all__ = ["KINDS", "IntervalMean", "KindMetrics", "batch_kinds", "logs_this_step", "per_view_psnr", "per_view_ssim",
+           "view_metrics"]

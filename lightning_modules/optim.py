@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def build_adamw(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), fu
     """AdamW over ``groups``: the fused kernel on CUDA when every parameter lives there, unless the trainer clips
     gradients that a GradScaler scales (``clips_scaled_gradients``, fp16-mixed: clipping needs the gradients
     unscaled first, which a fused optimizer only does inside its step), then the multi-tensor ``foreach`` kernel.
-    Clipping under bf16 or fp32 goes with the fused kernel (``StageModule.configure_gradient_clipping``)."""
+    Clipping under bf16-mixed (``StageModule.configure_gradient_clipping``, ``stage_clips_fused``) or fp32 (Lightning's
+    own) goes with the fused kernel."""
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("no trainable parameters: every parameter is frozen")
@@ -165,16 +167,21 @@ def build_optimizer(name: str, groups: list[dict], betas: tuple[float, float] = 
     return build_adamw(groups, betas=betas, clips_scaled_gradients=clips_scaled_gradients)
 
 
+def stage_clips_fused(trainer: Any) -> bool:
+    """Whether ``StageModule.configure_gradient_clipping`` clips for a fused optimizer itself: under Lightning's
+    MixedPrecision plugin without a GradScaler (bf16-mixed; DDP or one device), which refuses any fused optimizer
+    although only fp16's scaler (unscaling inside the fused step) needs that."""
+    plugin = getattr(trainer, "precision_plugin", None)
+    return type(plugin) is MixedPrecision and getattr(plugin, "scaler", None) is None
+
+
 def trainer_clips_scaled_gradients(module: torch.nn.Module) -> bool:
-    """Whether the Lightning trainer attached to ``module`` (if any) clips gradients that a GradScaler scales
-    (fp16-mixed precision)."""
+    """Whether the Lightning trainer attached to ``module`` (if any) clips gradients that a fused optimizer cannot
+    take: under Lightning's MixedPrecision plugin where the stage modules do not clip themselves (a GradScaler,
+    fp16-mixed: see ``stage_clips_fused``)."""
     trainer = getattr(module, "_trainer", None)
-    return bool(trainer is not None and trainer.gradient_clip_val and gradient_scaler(trainer) is not None)
-
-
-def gradient_scaler(trainer: Any) -> Any:
-    """The trainer's GradScaler (fp16-mixed precision), else None."""
-    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    return bool(trainer is not None and trainer.gradient_clip_val
+                and isinstance(trainer.precision_plugin, MixedPrecision) and not stage_clips_fused(trainer))
 
 
 def total_grad_norm(parameters) -> torch.Tensor | None:
@@ -194,9 +201,9 @@ __all__ = [
     "build_scheduler",
     "check_optimizer",
     "freeze_parameters",
-    "gradient_scaler",
     "lr_factor",
     "name_matches",
+    "stage_clips_fused",
     "total_grad_norm",
     "trainer_clips_scaled_gradients",
 ]

@@ -4,9 +4,9 @@ Both keep a record of the training samples' backgrounds (``train_background``, m
 or an export is written), log ``train/loss`` as the mean over the steps since the last logged point and over all
 ranks (an :class:`IntervalMean` that checkpoints carry, so a resumed run logs what the uninterrupted one would), and
 log ``train/grad_norm`` on logging steps only. They clip gradients (``trainer.gradient_clip_val``) also with a fused
-optimizer under bf16-mixed precision (:meth:`StageModule.configure_gradient_clipping`). A subclass calls :meth:`log_train_loss` in ``training_step``, provides
-``mvlift_metadata()`` (``checkpoint["mvlift"]``, docs/ARCHITECTURE.md) and extends the checkpoint hooks through
-``super()``.
+optimizer under bf16-mixed precision (:meth:`StageModule.configure_gradient_clipping`). A subclass calls
+:meth:`log_train_loss` in ``training_step``, provides ``mvlift_metadata()`` (``checkpoint["mvlift"]``,
+docs/ARCHITECTURE.md) and extends the checkpoint hooks through ``super()``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor
 
 from lightning_modules.metrics import IntervalMean, logs_this_step
-from lightning_modules.optim import gradient_scaler, total_grad_norm
+from lightning_modules.optim import stage_clips_fused, total_grad_norm
 from lightning_modules.training_background import TrainingBackground
 
 
@@ -57,9 +56,7 @@ class StageModule(pl.LightningModule):
         inside the fused step; without a scaler they are the true gradients here. Only for that plugin (DDP or one
         device): sharded strategies (FSDP, DeepSpeed) clip through their own plugins."""
         fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-        plugin = self.trainer.precision_plugin
-        ours = type(plugin) is MixedPrecision and gradient_scaler(self.trainer) is None
-        if not gradient_clip_val or not fused or not ours:
+        if not gradient_clip_val or not fused or not stage_clips_fused(self.trainer):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -57,7 +57,7 @@ def inspect(cfg: dict[str, Any], samples: int, stage: str | None = None) -> dict
                for k, s in enumerate(dm.train_sources)}
     t0 = time.perf_counter()
     batch = next(iter(dm.train_dataloader()))
-    sample_ms = (time.perf_counter() - t0) * 1000 / max(1, len(batch.get("source") or [None]))
+    sample_ms = (time.perf_counter() - t0) * 1000 / len(batch["images"])
     skipped = len(batch.get("skipped", []))
     batch = dm.on_after_batch_transfer(batch, 0)
     return {"sources": sources, "skipped": skipped, "batch": {k: shape_of(v) for k, v in batch.items()},
