@@ -11,7 +11,13 @@ scene, times the scenes, without checkpoint recomputation), mfu (model FLOPs / s
     python bench/diffusion_step.py                  # on CUDA, the full grid
     python bench/diffusion_step.py --batches 2 --grad-checkpointing off --compile --profile
     python bench/diffusion_step.py --batches 2 --grad-checkpointing off --compile --trace runs/traces  # idle gaps
+    python bench/diffusion_step.py --batches 2 --attention sparse,diffusers --attn-backend auto,cudnn --compile \
+        --isolate                                   # each configuration in a fresh process, in the order given
     python bench/diffusion_step.py --tiny           # tiny UNet on CPU (a smoke test of this script)
+
+``--attn-backend`` is the modules' ``attention_backend`` (lightning_modules.sdpa: that SDPA kernel first), applied
+to the baseline and to ours alike. ``--isolate`` runs every configuration in its own process, so no configuration
+inherits another's allocator state, compiled graphs or warm caches (configurations share one UNet otherwise).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from bench.kernels import DIFFUSION_KINDS, kernel_times_us
 from lightning_modules.mv_attention import install_multiview_attention
 from lightning_modules.pretrained import sd21_unclip_unet_config, tiny_unet_config
+from lightning_modules.sdpa import NAMES, attention_backend, check_attention_backend
 
 PEAK_FLOPS = 989e12
 ATTENTIONS = ("sparse", "joint", "diffusers")
@@ -50,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", default="1,2", help="scenes per step, comma separated")
     p.add_argument("--attention", default=",".join(ATTENTIONS))
     p.add_argument("--grad-checkpointing", default="off,on")
+    p.add_argument("--attn-backend", default="auto", help=f"comma separated, of {NAMES}")
+    p.add_argument("--isolate", action="store_true", help="each configuration in a fresh process")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # set by --isolate for its processes
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--tokens", type=int, default=77, help="cross-attention tokens per view")
@@ -131,8 +141,9 @@ def trace_idle(prof, path: Path, steps: int) -> dict:
             "trace": f"{path}.gz"}
 
 
-def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckpt: bool, args: argparse.Namespace,
-               device: torch.device, autocast_dtype: torch.dtype | None, flops_cache: dict) -> dict:
+def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckpt: bool, backend: str,
+               args: argparse.Namespace, device: torch.device, autocast_dtype: torch.dtype | None, flops_cache: dict
+               ) -> dict:
     set_attention(unet, attention, args.views)
     if grad_ckpt:
         unet.enable_gradient_checkpointing()
@@ -153,7 +164,8 @@ def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckp
     times = []
 
     def step() -> None:
-        forward_backward(model, inp, autocast_dtype)
+        with attention_backend(backend):
+            forward_backward(model, inp, autocast_dtype)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -176,7 +188,7 @@ def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckp
             _sync(device)
         kernel_ms = {k: round(us / 2e3, 2) for k, us in sorted(kernel_times_us(prof, DIFFUSION_KINDS).items())}
         if args.trace:
-            idle = trace_idle(prof, args.trace / f"{attention}_b{scenes}_gc{int(grad_ckpt)}_c{int(args.compile)}.json",
+            idle = trace_idle(prof, args.trace / f"{attention}_{backend}_b{scenes}_gc{int(grad_ckpt)}_c{int(args.compile)}.json",
                               steps=2)
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
     flops = flops_cache[attention] * scenes
@@ -188,8 +200,42 @@ def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckp
         "tflops_per_step": round(flops / 1e12, 6), "mfu": round(flops / step_s / PEAK_FLOPS, 6),
         "steps": args.steps, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
-        "compile": args.compile, "kernel_ms_per_step": kernel_ms, "gpu_idle": idle,
+        "compile": args.compile, "attn_backend": backend, "isolated": args.child, "kernel_ms_per_step": kernel_ms,
+        "gpu_idle": idle,
     }
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[int, str, bool, str]]:
+    """(scenes, attention, gradient checkpointing, attention backend) in the order the arguments give."""
+    return [(int(b), a.strip(), g.strip() == "on", check_attention_backend(k.strip()))
+            for b in args.batches.split(",") for a in args.attention.split(",")
+            for g in args.grad_checkpointing.split(",") for k in args.attn_backend.split(",")]
+
+
+def run_isolated(args: argparse.Namespace) -> list[dict]:
+    """Each configuration in a fresh ``python bench/diffusion_step.py`` process; its JSON line is passed on."""
+    import subprocess
+
+    common = ["--views", str(args.views), "--latent", str(args.latent), "--steps", str(args.steps), "--warmup",
+              str(args.warmup), "--tokens", str(args.tokens), "--child"]
+    common += ["--compile"] * args.compile + ["--profile"] * args.profile + ["--tiny"] * args.tiny
+    common += ["--trace", str(args.trace)] if args.trace else []
+    common += ["--device", args.device] if args.device else []
+    rows = []
+    for scenes, attention, grad_ckpt, backend in configurations(args):
+        cmd = [sys.executable, __file__, *common, "--batches", str(scenes), "--attention", attention,
+               "--grad-checkpointing", "on" if grad_ckpt else "off", "--attn-backend", backend]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode or not lines:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            row = {"bench": "diffusion_step", "attention": attention, "scenes": scenes, "attn_backend": backend,
+                   "grad_checkpointing": grad_ckpt, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+        else:
+            row = json.loads(lines[-1])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -199,6 +245,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.latent = 8 if args.latent == 64 else args.latent
         args.batches = "1"
         args.steps, args.warmup, args.tokens = 1, 0, 4
+    if args.isolate and not args.child:
+        return run_isolated(args)
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available; run with --tiny for the CPU smoke test")
@@ -209,22 +257,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unet = make_unet(args.tiny, args.latent, device)
     flops_cache: dict = {}
     results = []
-    for scenes in [int(b) for b in args.batches.split(",")]:
-        for attention in args.attention.split(","):
-            for gc_flag in args.grad_checkpointing.split(","):
-                grad_ckpt = gc_flag.strip() == "on"
-                try:
-                    row = run_config(unet, attention.strip(), scenes, grad_ckpt, args, device, autocast_dtype,
-                                     flops_cache)
-                except torch.cuda.OutOfMemoryError as e:  # report and continue with the next configuration
-                    row = {"bench": "diffusion_step", "attention": attention, "scenes": scenes,
-                           "grad_checkpointing": grad_ckpt, "error": f"out of memory: {str(e).splitlines()[0]}"}
-                    unet.zero_grad(set_to_none=True)
-                print(json.dumps(row), flush=True)
-                results.append(row)
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+    for scenes, attention, grad_ckpt, backend in configurations(args):
+        try:
+            row = run_config(unet, attention, scenes, grad_ckpt, backend, args, device, autocast_dtype, flops_cache)
+        except torch.cuda.OutOfMemoryError as e:  # report and continue with the next configuration
+            row = {"bench": "diffusion_step", "attention": attention, "scenes": scenes, "attn_backend": backend,
+                   "grad_checkpointing": grad_ckpt, "error": f"out of memory: {str(e).splitlines()[0]}"}
+            unet.zero_grad(set_to_none=True)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return results
 
 

@@ -17,17 +17,25 @@ mfu_bound (the step's transformer FLOPs / depth_x_block_ms / 989e12: the MFU of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.reconstruction_step import PEAK_FLOPS, attn_context, time_ms
+from bench.reconstruction_step import PEAK_FLOPS, time_ms
 from lightning_modules.gslrm import TransformerBlock
+from lightning_modules.sdpa import BACKENDS
+
+
+def only_kernel(name: str):
+    """SDPA restricted to one kernel (``default``: torch's choice), so each row measures exactly that kernel."""
+    return contextlib.nullcontext() if name == "default" else sdpa_kernel([BACKENDS[name]])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,11 +68,11 @@ def attention_times(name: str, args: argparse.Namespace, device: torch.device) -
     grad = torch.randn(b, h, n, d, generator=g).to(device, dtype)
 
     def fwd() -> None:
-        with torch.no_grad(), attn_context(name):
+        with torch.no_grad(), only_kernel(name):
             F.scaled_dot_product_attention(q, k, v)
 
     def fwdbwd() -> None:
-        with attn_context(name):
+        with only_kernel(name):
             out = F.scaled_dot_product_attention(q, k, v)
         out.backward(grad)
 
@@ -92,7 +100,7 @@ def run_backend(name: str, args: argparse.Namespace, device: torch.device) -> di
     dy = torch.randn(b, n, args.width, generator=g).to(device)
 
     def block_step(module) -> None:
-        with attn_context(name), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with only_kernel(name), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             y = module(x)
         y.backward(dy)
 

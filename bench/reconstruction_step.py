@@ -16,7 +16,6 @@ steps), kernel_ms_per_step (that kernel time by kind: attention, gemm, rasterize
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.kernels import kernel_times_us
 from geometry.cameras import camera_position, look_at
 from geometry.rig import load_rig
+from lightning_modules.sdpa import NAMES
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 
@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--grad-ckpt", action="store_true")
-    p.add_argument("--attn-backend", default="default", choices=["default", "flash", "cudnn", "efficient", "math"])
+    p.add_argument("--attn-backend", default="auto", choices=NAMES,
+                   help="the module's attention_backend: that SDPA kernel first (lightning_modules.sdpa)")
     p.add_argument("--supervise", default="all", choices=["all", "rest"], help="render all views or non-inputs")
     p.add_argument("--rasterizer", default="auto", choices=["auto", "torch", "gsplat"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -106,16 +107,6 @@ def time_ms(fn, steps: int, warmup: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def attn_context(name: str):
-    if name == "default":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
-    return sdpa_kernel([backend])
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -128,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     size_kw = {"width": 64, "depth": 2, "head_dim": 16} if args.tiny else {}
     module = ReconstructionModule(
         rig="facelift_6view", image_size=args.size, num_input_views=args.inputs, rasterizer=args.rasterizer,
-        grad_checkpointing=args.grad_ckpt, compile=args.compile, max_steps=10_000, **size_kw,
+        grad_checkpointing=args.grad_ckpt, compile=args.compile, max_steps=10_000, attention_backend=args.attn_backend,
+        **size_kw,
     ).to(device)
     if args.scale_bias is not None:
         module.net.config.scale_bias = args.scale_bias
@@ -139,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def step() -> torch.Tensor:
-        with attn_context(args.attn_backend), amp:
+        with amp:
             out = module.predict_views(batch, training=True)
             loss = module.compute_loss(out)["loss"]
         loss.backward()
@@ -157,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
 
     # rendering + loss alone (forward + backward) on fixed Gaussians of this batch
-    with torch.no_grad(), attn_context(args.attn_backend), amp:
+    with torch.no_grad(), amp:
         inp, sup = module.split_views(batch, training=True)
         gs = module.reconstruct(inp["images"], inp["c2w"], inp["fxfycxcy"])
     leaves = {k: v.detach().float().requires_grad_() for k, v in vars(gs).items()}

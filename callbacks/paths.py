@@ -265,9 +265,10 @@ def _jsonable(obj: Any) -> Any:
 
 
 # Hyper-parameters that change how fast a run goes, never what it computes: left out of the config hash so a run
-# can be resumed on a machine with other cores (loader workers) or with compilation / checkpointing switched.
+# can be resumed on a machine with other cores (loader workers), another GPU (attention kernel) or with compilation /
+# checkpointing switched. Holds lightning_modules.hparams.RUNTIME (what exports leave out).
 EXECUTION_ONLY = frozenset({"num_workers", "persistent_workers", "pin_memory", "prefetch_factor", "compile",
-                            "grad_checkpointing"})
+                            "grad_checkpointing", "attention_backend"})
 
 
 def _identity_hparams(obj: Any, skip: bool = True) -> dict[str, Any] | None:

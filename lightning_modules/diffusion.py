@@ -69,6 +69,7 @@ from lightning_modules.pretrained import (
     load_pipeline_components,
     save_pipeline_components,
 )
+from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
 from lightning_modules.training_background import datamodule_backgrounds
 from lightning_modules.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
@@ -147,6 +148,7 @@ class DiffusionModule(StageModule):
         pretrained: str | None = None,
         unet_subfolder: str = "unet",
         attention: str = "sparse",
+        attention_backend: str = "auto",
         view_embeddings: str = "facelift",
         facelift_embeds: str | None = None,
         view_embeddings_path: str | None = None,
@@ -185,6 +187,7 @@ class DiffusionModule(StageModule):
         super().__init__()
         self.save_hyperparameters()
         self.attention_mode = check_mode(attention)
+        self.attention_backend = check_attention_backend(attention_backend)
         check_optimizer(optimizer)
         if view_embeddings not in ("facelift", "learned"):
             raise ValueError(f"view_embeddings must be 'facelift' or 'learned', got {view_embeddings!r}")
@@ -348,8 +351,9 @@ class DiffusionModule(StageModule):
         image embeddings [(B V), 2E] and view context [(B V), T, D]."""
         dtype = self.unet.dtype if not torch.is_autocast_enabled(noisy.device.type) else noisy.dtype
         x = torch.cat([noisy, ref_latents.to(noisy.dtype)], dim=1).to(dtype)
-        return self.unet(x, timesteps, encoder_hidden_states=context.to(dtype),
-                         class_labels=image_embeds.to(dtype)).sample
+        with attention_backend(self.attention_backend):
+            return self.unet(x, timesteps, encoder_hidden_states=context.to(dtype),
+                             class_labels=image_embeds.to(dtype)).sample
 
     # ---- training -----------------------------------------------------------------------------------------------
     def reference_input(self, batch: dict) -> Tensor:
@@ -580,8 +584,7 @@ class DiffusionModule(StageModule):
             ema_unet.save_pretrained(str(out / "unet_ema"))
         self.view_embeddings.save(out / VIEW_EMBEDDINGS_FILE)
         (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
-        hp = init_hparams(self.hparams, drop=("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder",
-                                              "compile"))
+        hp = init_hparams(self.hparams, drop=("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder"))
         meta = {**self.mvlift_metadata(), "pipeline_notes": self.pipeline_notes, "hparams": hp}
         (out / EXPORT_META).write_text(json.dumps(meta, indent=2, default=list))
         return out

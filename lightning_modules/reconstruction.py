@@ -55,6 +55,7 @@ from lightning_modules.optim import (
     check_optimizer,
     trainer_clips_scaled_gradients,
 )
+from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
 from lightning_modules.training_background import datamodule_backgrounds
 
@@ -143,6 +144,7 @@ class ReconstructionModule(StageModule):
         optimizer: str = "adamw",
         # runtime
         rasterizer: str = "auto",
+        attention_backend: str = "auto",
         grad_checkpointing: bool = False,
         compile: bool = False,
         init_from: str | None = None,
@@ -154,6 +156,7 @@ class ReconstructionModule(StageModule):
         if decay not in ("cosine", "constant"):
             raise ValueError(f"decay must be cosine|constant, got {decay!r}")
         check_optimizer(optimizer)
+        self.attention_backend = check_attention_backend(attention_backend)
         self.rig: Rig = load_rig(rig)
         if not 1 <= num_input_views:
             raise ValueError(f"num_input_views must be >= 1, got {num_input_views}")
@@ -192,7 +195,8 @@ class ReconstructionModule(StageModule):
     # ---- model ----------------------------------------------------------------------------------------------------
     def reconstruct(self, images: Tensor, c2w: Tensor, fxfycxcy: Tensor) -> Gaussians:
         """images [B, Vin, 3, H, W] in [0, 1], c2w [B, Vin, 4, 4], fxfycxcy [B, Vin, 4] -> Gaussians."""
-        return self.net(images, c2w, fxfycxcy)
+        with attention_backend(self.attention_backend):
+            return self.net(images, c2w, fxfycxcy)
 
     def _backend(self) -> str:
         if self.hparams.rasterizer != "auto":
@@ -373,7 +377,7 @@ class ReconstructionModule(StageModule):
             ema = {k.removeprefix("net."): v.detach().cpu().contiguous() for k, v in ema_weights.items()}
             check_state_dict({k: tuple(v.shape) for k, v in state.items()}, ema, "ema_weights")
             save_file(ema, str(out / EXPORT_EMA_WEIGHTS))
-        hparams = init_hparams(self.hparams, drop=("init_from", "compile"))
+        hparams = init_hparams(self.hparams, drop=("init_from",))
         config = {**self.mvlift_metadata(), "hparams": hparams}
         (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=list))
         (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
