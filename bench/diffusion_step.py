@@ -15,20 +15,25 @@ scene, times the scenes, without checkpoint recomputation), mfu (model FLOPs / s
         --isolate                                   # each configuration in a fresh process, in the order given
     python bench/diffusion_step.py --tiny           # tiny UNet on CPU (a smoke test of this script)
 
-``--attn-backend`` is the modules' ``attention_backend`` (lightning_modules.sdpa: that SDPA kernel first), applied
-to the baseline and to ours alike. ``--isolate`` runs every configuration in its own process, so no configuration
-inherits another's allocator state, compiled graphs or warm caches (configurations share one UNet otherwise).
+``--attn-backend`` is the modules' ``attention_backend`` (lightning_modules.sdpa: that SDPA kernel first) and
+``--memory-format channels_last`` the UNet's and its input's layout; both apply to the baseline and to ours alike.
+By default the configurations run one after another on one UNet. ``--isolate`` runs each in its own process (no
+configuration inherits another's allocator state, compiled graphs or caches); ``--interleave`` builds them all in one
+process, each on a copy of the UNet, and times them in turns, so slow host phases fall on all of them alike (the
+way to compare configurations whose steps are host-bound).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +44,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from bench.kernels import DIFFUSION_KINDS, kernel_times_us
+from bench.kernels import DIFFUSION_KINDS, kernel_times_us, top_kernels
 from lightning_modules.mv_attention import install_multiview_attention
 from lightning_modules.pretrained import sd21_unclip_unet_config, tiny_unet_config
 from lightning_modules.sdpa import NAMES, attention_backend, check_attention_backend
 
 PEAK_FLOPS = 989e12
 ATTENTIONS = ("sparse", "joint", "diffusers")
+
+
+class Config(NamedTuple):
+    scenes: int
+    attention: str
+    grad_ckpt: bool
+    backend: str
+    channels_last: bool
+
+    @property
+    def name(self) -> str:
+        return (f"{self.attention}_{self.backend}_b{self.scenes}_gc{int(self.grad_ckpt)}"
+                f"{'_cl' if self.channels_last else ''}")
+
+    def argv(self) -> list[str]:
+        return ["--batches", str(self.scenes), "--attention", self.attention, "--grad-checkpointing",
+                "on" if self.grad_ckpt else "off", "--attn-backend", self.backend, "--memory-format",
+                "channels_last" if self.channels_last else "nchw"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attention", default=",".join(ATTENTIONS))
     p.add_argument("--grad-checkpointing", default="off,on")
     p.add_argument("--attn-backend", default="auto", help=f"comma separated, of {NAMES}")
+    p.add_argument("--memory-format", default="nchw", help="comma separated, of nchw / channels_last (UNet and input)")
     p.add_argument("--isolate", action="store_true", help="each configuration in a fresh process")
+    p.add_argument("--interleave", action="store_true",
+                   help="all configurations in one process, each on its own UNet copy, timed in turns")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # set by --isolate for its processes
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -85,8 +111,8 @@ def set_attention(unet: UNet2DConditionModel, mode: str, views: int) -> None:
         install_multiview_attention(unet, views, mode)
 
 
-def make_inputs(unet: UNet2DConditionModel, n: int, latent: int, tokens: int, device: torch.device
-                ) -> dict[str, torch.Tensor]:
+def make_inputs(unet: UNet2DConditionModel, n: int, latent: int, tokens: int, device: torch.device,
+                channels_last: bool = False) -> dict[str, torch.Tensor]:
     cfg = unet.config
     g = torch.Generator(device="cpu").manual_seed(0)
 
@@ -94,7 +120,8 @@ def make_inputs(unet: UNet2DConditionModel, n: int, latent: int, tokens: int, de
         return torch.randn(*shape, generator=g).to(device)
 
     return {
-        "x": rnd(n, cfg.in_channels, latent, latent),
+        "x": rnd(n, cfg.in_channels, latent, latent).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format),
         "t": torch.randint(0, 1000, (n,), generator=g).to(device),
         "ctx": rnd(n, tokens, cfg.cross_attention_dim),
         "cls": rnd(n, cfg.projection_class_embeddings_input_dim),
@@ -141,75 +168,119 @@ def trace_idle(prof, path: Path, steps: int) -> dict:
             "trace": f"{path}.gz"}
 
 
-def run_config(unet: UNet2DConditionModel, attention: str, scenes: int, grad_ckpt: bool, backend: str,
-               args: argparse.Namespace, device: torch.device, autocast_dtype: torch.dtype | None, flops_cache: dict
-               ) -> dict:
-    set_attention(unet, attention, args.views)
-    if grad_ckpt:
-        unet.enable_gradient_checkpointing()
-    else:
-        unet.disable_gradient_checkpointing()
-    unet.train()
-    n = scenes * args.views
-    inp = make_inputs(unet, n, args.latent, args.tokens, device)
-    if attention not in flops_cache:  # FLOPs are linear in the number of scenes: count one scene (less memory)
-        one = make_inputs(unet, args.views, args.latent, args.tokens, device)
-        flops_cache[attention] = count_flops(unet, one, autocast_dtype)
-        del one
-    model = torch.compile(unet) if args.compile else unet
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
+class Runner:
+    """One configuration, ready to step: its UNet (processors, checkpointing, memory format set), inputs, optimizer."""
 
-    def step() -> None:
-        with attention_backend(backend):
-            forward_backward(model, inp, autocast_dtype)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def __init__(self, unet: UNet2DConditionModel, cfg: Config, args: argparse.Namespace, device: torch.device,
+                 autocast_dtype: torch.dtype | None, flops_cache: dict):
+        self.cfg, self.args, self.device, self.autocast_dtype = cfg, args, device, autocast_dtype
+        set_attention(unet, cfg.attention, args.views)
+        unet.enable_gradient_checkpointing() if cfg.grad_ckpt else unet.disable_gradient_checkpointing()
+        unet.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        unet.train()
+        self.unet = unet
+        self.inp = make_inputs(unet, cfg.scenes * args.views, args.latent, args.tokens, device, cfg.channels_last)
+        if cfg.attention not in flops_cache:  # FLOPs are linear in the number of scenes: count one scene (less memory)
+            one = make_inputs(unet, args.views, args.latent, args.tokens, device, cfg.channels_last)
+            flops_cache[cfg.attention] = count_flops(unet, one, autocast_dtype)
+            del one
+        self.flops = flops_cache[cfg.attention] * cfg.scenes
+        self.model = torch.compile(unet) if args.compile else unet
+        self.opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device.type == "cuda")
+        self.times: list[float] = []
 
-    for i in range(args.warmup + args.steps):
-        _sync(device)
+    def step(self) -> None:
+        with attention_backend(self.cfg.backend):
+            forward_backward(self.model, self.inp, self.autocast_dtype)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def timed_step(self, keep: bool) -> None:
+        _sync(self.device)
         t0 = time.perf_counter()
-        step()
-        _sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
-    kernel_ms = idle = None
-    if (args.profile or args.trace) and device.type == "cuda":
+        self.step()
+        _sync(self.device)
+        if keep:
+            self.times.append(time.perf_counter() - t0)
+
+    def profile(self) -> tuple[dict | None, list | None, dict | None]:
+        """Kernel time by kind, the top attention kernels and (``--trace``) the idle gaps, over 2 profiled steps."""
+        args, cfg = self.args, self.cfg
+        if not (args.profile or args.trace) or self.device.type != "cuda":
+            return None, None, None
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.trace else [])
         with profile(activities=activities) as prof:
             for _ in range(2):
-                step()
-            _sync(device)
+                self.step()
+            _sync(self.device)
         kernel_ms = {k: round(us / 2e3, 2) for k, us in sorted(kernel_times_us(prof, DIFFUSION_KINDS).items())}
+        attention = [[name, round(ms / 2, 2)] for name, ms in top_kernels(prof, "attention", DIFFUSION_KINDS)]
+        idle = None
         if args.trace:
-            idle = trace_idle(prof, args.trace / f"{attention}_{backend}_b{scenes}_gc{int(grad_ckpt)}_c{int(args.compile)}.json",
-                              steps=2)
-    peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
-    flops = flops_cache[attention] * scenes
-    return {
-        "bench": "diffusion_step", "attention": attention, "scenes": scenes, "views": args.views,
-        "latent": args.latent, "image_px": args.latent * 8, "grad_checkpointing": grad_ckpt,
-        "dtype": "bf16" if autocast_dtype == torch.bfloat16 else "fp32", "step_ms": round(step_s * 1e3, 2),
-        "images_per_s": round(n / step_s, 2), "peak_mem_gb": peak,
-        "tflops_per_step": round(flops / 1e12, 6), "mfu": round(flops / step_s / PEAK_FLOPS, 6),
-        "steps": args.steps, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
-        "compile": args.compile, "attn_backend": backend, "isolated": args.child, "kernel_ms_per_step": kernel_ms,
-        "gpu_idle": idle,
-    }
+            idle = trace_idle(prof, args.trace / f"{cfg.name}_c{int(args.compile)}.json", steps=2)
+        return kernel_ms, attention, idle
+
+    def row(self, peak_gb: float | None) -> dict:
+        args, cfg = self.args, self.cfg
+        kernel_ms, attention_kernels, idle = self.profile()
+        step_s = statistics.median(self.times)
+        n = cfg.scenes * args.views
+        return {
+            "bench": "diffusion_step", "attention": cfg.attention, "scenes": cfg.scenes, "views": args.views,
+            "latent": args.latent, "image_px": args.latent * 8, "grad_checkpointing": cfg.grad_ckpt,
+            "dtype": "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32", "step_ms": round(step_s * 1e3, 2),
+            "images_per_s": round(n / step_s, 2), "peak_mem_gb": peak_gb,
+            "tflops_per_step": round(self.flops / 1e12, 6), "mfu": round(self.flops / step_s / PEAK_FLOPS, 6),
+            "steps": len(self.times),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "params_m": round(sum(p.numel() for p in self.unet.parameters()) / 1e6, 1), "compile": args.compile,
+            "attn_backend": cfg.backend, "channels_last": cfg.channels_last,
+            "timing": "interleaved" if args.interleave else ("isolated" if args.child else "sequential"),
+            "kernel_ms_per_step": kernel_ms, "attention_kernels": attention_kernels, "gpu_idle": idle,
+        }
 
 
-def configurations(args: argparse.Namespace) -> list[tuple[int, str, bool, str]]:
-    """(scenes, attention, gradient checkpointing, attention backend) in the order the arguments give."""
-    return [(int(b), a.strip(), g.strip() == "on", check_attention_backend(k.strip()))
+def run_config(unet: UNet2DConditionModel, cfg: Config, args: argparse.Namespace, device: torch.device,
+               autocast_dtype: torch.dtype | None, flops_cache: dict) -> dict:
+    """Warm up, time ``args.steps`` steps, profile: one configuration on the shared UNet."""
+    runner = Runner(unet, cfg, args, device, autocast_dtype, flops_cache)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(args.warmup + args.steps):
+        runner.timed_step(keep=i >= args.warmup)
+    return runner.row(_peak_gb(device))
+
+
+def run_interleaved(base: UNet2DConditionModel, configs: list[Config], args: argparse.Namespace,
+                    device: torch.device, autocast_dtype: torch.dtype | None) -> list[dict]:
+    """Every configuration on its own copy of the UNet (same weights), warmed up, then timed in turns (step i of
+    each before step i + 1 of any), so host and clock drift fall on all of them alike. Peak memory is the process's
+    (all copies), so it is left out."""
+    flops_cache: dict = {}
+    runners = [Runner(copy.deepcopy(base), cfg, args, device, autocast_dtype, flops_cache) for cfg in configs]
+    for r in runners:
+        for _ in range(args.warmup):
+            r.timed_step(keep=False)
+    for _ in range(args.steps):
+        for r in runners:
+            r.timed_step(keep=True)
+    return [r.row(None) for r in runners]
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def configurations(args: argparse.Namespace) -> list[Config]:
+    """The grid of the arguments, in the order they give."""
+    formats = {"nchw": False, "channels_last": True}
+    return [Config(int(b), a.strip(), g.strip() == "on", check_attention_backend(k.strip()), formats[f.strip()])
             for b in args.batches.split(",") for a in args.attention.split(",")
-            for g in args.grad_checkpointing.split(",") for k in args.attn_backend.split(",")]
+            for g in args.grad_checkpointing.split(",") for k in args.attn_backend.split(",")
+            for f in args.memory_format.split(",")]
 
 
 def run_isolated(args: argparse.Namespace) -> list[dict]:
@@ -222,15 +293,13 @@ def run_isolated(args: argparse.Namespace) -> list[dict]:
     common += ["--trace", str(args.trace)] if args.trace else []
     common += ["--device", args.device] if args.device else []
     rows = []
-    for scenes, attention, grad_ckpt, backend in configurations(args):
-        cmd = [sys.executable, __file__, *common, "--batches", str(scenes), "--attention", attention,
-               "--grad-checkpointing", "on" if grad_ckpt else "off", "--attn-backend", backend]
+    for cfg in configurations(args):
+        cmd = [sys.executable, __file__, *common, *cfg.argv()]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            row = {"bench": "diffusion_step", "attention": attention, "scenes": scenes, "attn_backend": backend,
-                   "grad_checkpointing": grad_ckpt, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+            row = {"bench": "diffusion_step", "config": cfg.name, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
         else:
             row = json.loads(lines[-1])
         print(json.dumps(row), flush=True)
@@ -257,12 +326,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unet = make_unet(args.tiny, args.latent, device)
     flops_cache: dict = {}
     results = []
-    for scenes, attention, grad_ckpt, backend in configurations(args):
+    if args.interleave:
+        results = run_interleaved(unet, configurations(args), args, device, autocast_dtype)
+        for row in results:
+            print(json.dumps(row), flush=True)
+        return results
+    for cfg in configurations(args):
         try:
-            row = run_config(unet, attention, scenes, grad_ckpt, backend, args, device, autocast_dtype, flops_cache)
+            row = run_config(unet, cfg, args, device, autocast_dtype, flops_cache)
         except torch.cuda.OutOfMemoryError as e:  # report and continue with the next configuration
-            row = {"bench": "diffusion_step", "attention": attention, "scenes": scenes, "attn_backend": backend,
-                   "grad_checkpointing": grad_ckpt, "error": f"out of memory: {str(e).splitlines()[0]}"}
+            row = {"bench": "diffusion_step", "config": cfg.name, "error": f"out of memory: {str(e).splitlines()[0]}"}
             unet.zero_grad(set_to_none=True)
         print(json.dumps(row), flush=True)
         results.append(row)

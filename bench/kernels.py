@@ -34,3 +34,11 @@ def kernel_times_us(prof, kinds=RECONSTRUCTION_KINDS) -> dict[str, float]:
             kind = kernel_kind(e.key, kinds)
             out[kind] = out.get(kind, 0.0) + e.self_device_time_total
     return out
+
+
+def top_kernels(prof, kind: str, kinds=RECONSTRUCTION_KINDS, n: int = 3) -> list[list]:
+    """The ``n`` CUDA kernels of ``kind`` with the most self time: [[name (first 90 characters), ms], ...] (which
+    kernel an SDPA backend setting really ran, for example)."""
+    rows = [(e.self_device_time_total, e.key) for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and kernel_kind(e.key, kinds) == kind]
+    return [[name[:90], round(us / 1e3, 2)] for us, name in sorted(rows, reverse=True)[:n]]

@@ -2,8 +2,9 @@
 # The single-GPU speed runs of docs/benchmarks.md (issues 4 and 5) and the gpu-marked tests, in two device calls
 # (each under the 10-minute limit):
 #   bash bench/perf_device.sh reconstruction   # gpu tests (they build gsplat, ~100 s), gslrm_block, reconstruction_step
-#   bash bench/perf_device.sh diffusion        # diffusion_step eager with kernel profile, then compiled with a
-#                                              # host+GPU trace (gpu_idle: the idle gaps and what held the host)
+#   bash bench/perf_device.sh diffusion        # diffusion_step, ours (sparse) against diffusers' UNet timed in
+#                                              # turns in one process (--interleave): eager at batch 1 and 2, then
+#                                              # compiled at batch 2 (two full-UNet compiles, ~5 min), kernel profile
 # Each piece has its own time limit so a slow compile cannot starve the rest. JSON lines go to ${OUT:-runs/perf}.
 set -u
 PART=${1:-reconstruction}
@@ -22,10 +23,12 @@ reconstruction)
     timeout 60 python -m bench.augment_cost --device cuda --size 512 | tee "$OUT/augment_cost.jsonl"
     ;;
 diffusion)
-    timeout 150 python bench/diffusion_step.py --batches 1,2 --attention diffusers,sparse --grad-checkpointing off \
-        --profile | tee "$OUT/diffusion_step.jsonl"
-    timeout 400 python bench/diffusion_step.py --batches 2 --attention diffusers,sparse --grad-checkpointing off \
-        --compile --trace "$OUT/traces" | tee -a "$OUT/diffusion_step.jsonl"  # + gpu_idle: where the GPU waits
+    for b in 1 2; do
+        timeout 90 python bench/diffusion_step.py --batches $b --attention sparse,diffusers --grad-checkpointing off \
+            --interleave --profile | tee -a "$OUT/diffusion_step.jsonl"
+    done
+    timeout 380 python bench/diffusion_step.py --batches 2 --attention sparse,diffusers --grad-checkpointing off \
+        --compile --interleave --steps 8 --warmup 2 --profile | tee -a "$OUT/diffusion_step.jsonl"
     ;;
 *) echo "usage: bash bench/perf_device.sh reconstruction|diffusion" >&2; exit 2 ;;
 esac

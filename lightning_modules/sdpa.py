@@ -1,8 +1,11 @@
 """Which kernel runs ``F.scaled_dot_product_attention``: one setting (``attention_backend``) for both stages.
 
-torch picks an SDPA kernel by a priority order (FlashAttention-2, memory-efficient, math, cuDNN by default, so cuDNN
-last). On Hopper GPUs at head dim 64 — every attention of the SD 2.1 UNet and of GS-LRM — cuDNN's kernel is about
-1.5x faster than FlashAttention-2 (docs/benchmarks.md). ``attention_backend`` names the kernel to try first:
+torch picks an SDPA kernel itself (``auto``). On Hopper GPUs at head dim 64 (every attention of the SD 2.1 UNet and
+of GS-LRM) cuDNN's kernel is about 1.5x faster than FlashAttention-2, and the device's torch 2.11 already picks it
+there (docs/benchmarks.md: the profiled kernels are cuDNN's under ``auto``); the priority list torch reports still
+ranks cuDNN last, and other torch versions or GPUs choose differently. ``attention_backend`` pins the choice — for
+speed where ``auto`` picks a slower kernel, or to rule a kernel out when chasing a numerical difference. It names
+the kernel to try first:
 
 - ``auto``: torch's own order, unchanged;
 - ``cudnn`` / ``flash`` / ``efficient`` / ``math``: that kernel first, then torch's order for inputs it cannot take

@@ -384,6 +384,12 @@ def test_bench_tiny_cpu_path_prints_one_json_line_per_configuration(capsys):
     for row in lines:
         assert {"step_ms", "images_per_s", "peak_mem_gb", "mfu", "tflops_per_step"} <= set(row)
         assert row["step_ms"] > 0 and row["tflops_per_step"] > 0
+    assert [(r["attention"], r["grad_checkpointing"]) for r in rows] == [
+        ("sparse", False), ("sparse", True), ("diffusers", False), ("diffusers", True)]
+    # in turns: one UNet copy per configuration, each timed for every step
+    rows = bench.main(["--tiny", "--attention", "sparse,joint", "--grad-checkpointing", "off", "--interleave"])
+    assert [(r["attention"], r["timing"], r["steps"]) for r in rows] == [("sparse", "interleaved", 1),
+                                                                       ("joint", "interleaved", 1)]
 
 
 # ---- configs -----------------------------------------------------------------------------------------------------

@@ -150,18 +150,20 @@ def test_the_fine_tune_configs_document_their_command():
 
 
 @pytest.mark.gpu
-def test_bf16_mixed_fit_with_gradient_clipping_on_cuda(tmp_path):
+@pytest.mark.parametrize("precision,fused", [("bf16-mixed", True), ("16-mixed", False)])
+def test_mixed_precision_fit_with_gradient_clipping_on_cuda(tmp_path, precision, fused):
     """Lightning refuses to clip the gradients of a fused optimizer under mixed precision (the bench run that found
-    it died at step 1); the modules pick the foreach kernel when the trainer clips."""
+    it died at step 1). Under bf16 (no GradScaler) the modules keep the fused kernel and clip themselves
+    (``optim.stage_clips_fused``); under fp16 the scaler needs the foreach kernel, and Lightning clips."""
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    cfg = _config(tmp_path, run="bf16")
-    cli = main(["-c", str(cfg), "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
+    cfg = _config(tmp_path, run=precision)
+    cli = main(["-c", str(cfg), "--trainer.accelerator", "gpu", "--trainer.precision", precision,
                 "--trainer.gradient_clip_val", "1.0"])
     assert cli.trainer.global_step == 3
-    assert not cli.trainer.optimizers[0].defaults["fused"]
+    assert cli.trainer.optimizers[0].defaults["fused"] is fused
 
 
 def test_wandb_logger_only_on_request_and_named_after_the_run(tmp_path, monkeypatch):
