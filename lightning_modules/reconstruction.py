@@ -218,7 +218,7 @@ class ReconstructionModule(StageModule):
         (``supervise_all_views``, set by the DataModule's ``supervise_inputs`` on training samples), when the module's
         ``supervise_inputs`` is on and ``training`` (the training step), or when there are no remaining views."""
         images, c2w, k = batch["images"], batch["c2w"], batch["fxfycxcy"]
-        vin = self._num_input_views(batch)
+        vin = self.input_views_of(batch)
         v = images.shape[1]
         if vin > v:
             raise ValueError(f"batch has {v} views but num_input_views is {vin}")
@@ -236,7 +236,9 @@ class ReconstructionModule(StageModule):
                "alpha": alpha[:, sel] if alpha is not None else None}
         return inp, sup
 
-    def _num_input_views(self, batch: dict) -> int:
+    def input_views_of(self, batch: dict) -> int:
+        """How many of the batch's views are inputs: its ``num_input_views`` (a tensor from the loader, an int once
+        ``on_before_batch_transfer`` ran), else the module's setting."""
         n = batch.get("num_input_views")
         if n is None:
             return int(self.hparams.num_input_views)
@@ -253,7 +255,7 @@ class ReconstructionModule(StageModule):
         if batch.get("index") is not None:
             check_index(batch["index"], "batch['index']")
         if isinstance(batch.get("num_input_views"), Tensor):
-            batch["num_input_views"] = self._num_input_views(batch)
+            batch["num_input_views"] = self.input_views_of(batch)
         if isinstance(batch.get("supervise_all_views"), Tensor):
             batch["supervise_all_views"] = bool(batch["supervise_all_views"].all())
         batch["checked_on_host"] = True

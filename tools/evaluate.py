@@ -264,8 +264,7 @@ def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, args: argparse.N
         if lpips is not None:
             scores["lpips"] = score_views(pred, target, lpips)["lpips"]
         v = batch["images"].shape[1]
-        vin = int(batch["num_input_views"].reshape(-1)[0]) if "num_input_views" in batch else \
-            int(module.hparams.num_input_views)
+        vin = module.input_views_of(batch)
         vs = pred.shape[1]
         res.num_input_views = vin
         sup = slice(0, v) if vs == v else slice(vin, v)
