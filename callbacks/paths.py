@@ -43,6 +43,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from callbacks.atomic import atomic_directory, atomic_write, is_complete_checkpoint, remove_stale_temporaries
+from lightning_modules.hparams import RUNTIME
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +267,10 @@ def _jsonable(obj: Any) -> Any:
 
 # Hyper-parameters that change how fast a run goes, never what it computes: left out of the config hash so a run
 # can be resumed on a machine with other cores (loader workers), another GPU (attention kernel) or with compilation /
-# checkpointing switched. Holds lightning_modules.hparams.RUNTIME (what exports leave out).
-EXECUTION_ONLY = frozenset({"num_workers", "persistent_workers", "pin_memory", "prefetch_factor", "compile",
-                            "grad_checkpointing", "attention_backend"})
+# checkpointing switched: the loader's settings, gradient checkpointing, and the modules' RUNTIME settings (compile,
+# attention kernel; what exports leave out).
+EXECUTION_ONLY = frozenset({"num_workers", "persistent_workers", "pin_memory", "prefetch_factor", "grad_checkpointing",
+                            *RUNTIME})
 
 
 def _identity_hparams(obj: Any, skip: bool = True) -> dict[str, Any] | None:
