@@ -295,7 +295,7 @@ def run_isolated(args: argparse.Namespace) -> list[dict]:
     rows = []
     for cfg in configurations(args):
         cmd = [sys.executable, __file__, *common, *cfg.argv()]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # a failure becomes its row
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
