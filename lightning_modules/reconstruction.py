@@ -330,10 +330,10 @@ class ReconstructionModule(StageModule):
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict) -> dict[str, Any]:
-        """Per-view metrics of the supervision views: {"psnr", "ssim"[, "lpips"]} [B, Vs], plus "pred" and
-        "target" images [B, Vs, 3, H, W] for the evaluate tool."""
+        """Per-view metrics of the supervision views: {"psnr", "ssim"[, "lpips"][, "psnr_fg"]} [B, Vs] (psnr_fg with
+        the batch's alpha), plus "pred" and "target" images [B, Vs, 3, H, W] for the evaluate tool."""
         out = self.predict_views(batch)
-        metrics: dict[str, Any] = view_metrics(out["pred"], out["target"], self.lpips)
+        metrics: dict[str, Any] = view_metrics(out["pred"], out["target"], self.lpips, alpha=out["target_alpha"])
         metrics["pred"], metrics["target"] = out["pred"], out["target"]
         return metrics
 
@@ -342,7 +342,7 @@ class ReconstructionModule(StageModule):
         terms = self.compute_loss(out)
         b = out["pred"].shape[0]
         self.log("val/loss", terms["loss"], batch_size=b, sync_dist=True)
-        metrics = view_metrics(out["pred"], out["target"], self.lpips)
+        metrics = view_metrics(out["pred"], out["target"], self.lpips, alpha=out["target_alpha"])
         self.val_metrics.update(metrics, batch_kinds(batch, b))
 
     def on_validation_epoch_end(self) -> None:

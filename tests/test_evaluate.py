@@ -63,8 +63,10 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
     for r in rows:
         assert r["mode"] == "reconstruction" and r["scenes"] == 2 and r["image_size"] == 16 and "error" not in r
         m = r["metrics"]
-        assert set(m["all"]) == {"psnr", "ssim", "n"}  # no LPIPS without local weights
+        assert set(m["all"]) == {"psnr", "psnr_fg", "psnr_fg_empty", "ssim", "n"}  # no LPIPS without local weights
         assert _finite(m["all"]["psnr"]) and _finite(m["all"]["ssim"]) and -1 <= m["all"]["ssim"] <= 1
+        assert _finite(m["all"]["psnr_fg"]) and isinstance(m["all"]["psnr_fg_empty"], int)  # views without fg
+        assert all(len(s["psnr_fg"]) == 2 for s in r["per_scene"])
         assert set(m["kind"]) == {"synthetic", "real"}  # demo data: 0.7 synthetic / 0.3 "realistic" (real)
         assert set(m["source"]) == set(demo_sources)
         assert set(m["view"]) <= {"front", "front_right", "right", "back", "left", "front_left"} and m["view"]
@@ -85,6 +87,10 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
     for x, r in zip(lines, rows):
         assert float(x["psnr"]) == pytest.approx(r["metrics"]["all"]["psnr"])
         assert float(x["ssim/real"]) == pytest.approx(r["metrics"]["kind"]["real"]["ssim"])
+        assert float(x["psnr_fg"]) == pytest.approx(r["metrics"]["all"]["psnr_fg"])
+        assert float(x["psnr_fg/synthetic"]) == pytest.approx(r["metrics"]["kind"]["synthetic"]["psnr_fg"])
+        assert int(x["psnr_fg_empty"]) == r["metrics"]["all"]["psnr_fg_empty"]
+        assert any(k.startswith("psnr_fg/view:") for k in x)
         assert "lpips" not in x
 
     md = (out / "results.md").read_text()
@@ -92,6 +98,7 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
     assert len(table) == 8  # main table + per-view table
     head = next(ln for ln in md.splitlines() if ln.startswith("| checkpoint | data | rig | checkpoint rig"))
     assert "PSNR synthetic" in head and "SSIM real" in head and "LPIPS" not in head
+    assert "| PSNR | PSNR fg | SSIM |" in head and "PSNR fg real" in head and "- PSNR fg: PSNR over the pixels" in md
     assert "| finetuned | demo | facelift_6view | mouse_oblique20_6view | **no** (20.0°) | 2 |" in md
     assert "LPIPS: left out" in md
 

@@ -34,7 +34,11 @@ evaluation rig and reported in the table (``rig match``, worst per-view angle) â
 is guarded, as in tools.infer.
 
 Metrics: PSNR (dB, data range 1) and SSIM (Gaussian window 11, sigma 1.5) per view from
-``lightning_modules.metrics``; LPIPS only with local weights (``--lpips-weights`` = the lpips package's vgg.pth and
+``lightning_modules.metrics``, and ``psnr_fg`` ("PSNR fg"): the PSNR over the pixels inside the axis-aligned
+bounding box of the ground-truth view's alpha > 0.5 (``per_view_psnr_fg``; mouse views are mostly white background,
+which whole-image PSNR rewards). A view without foreground has no box: NaN, left out of the means (a scene's score is
+the mean over its other views; a scene without any is left out of the group means) and counted in
+``psnr_fg_empty``. LPIPS only with local weights (``--lpips-weights`` = the lpips package's vgg.pth and
 ``--vgg-weights`` = torchvision's VGG16 state dict), otherwise left out and said once â€” never estimated. Each scene's
 score is the mean over its evaluated views; a group's score is the mean over its scenes (PSNR averaged in dB).
 Groups: all, per kind (synthetic / real), per source name, per view name. The data are the split's draws of the
@@ -44,9 +48,10 @@ checkpoint's image size; no augmentation. Diffusion sampling is seeded (``--seed
 Outputs in ``--out``:
     results.json   everything: settings, checkpoints, rows with metrics per group, per-scene scores, rig diffs
     results.csv    one line per row (checkpoint x data x rig): metric columns ``psnr``, ``psnr/real``,
-                   ``psnr/source:NAME``, ``psnr/view:NAME``, ``generated/psnr``...
-    results.md     the table (rows = checkpoint x data x rig; PSNR / SSIM [/ LPIPS] overall and per kind), a
-                   per-view table and notes
+                   ``psnr/source:NAME``, ``psnr/view:NAME``, ``psnr_fg``..., ``psnr_fg_empty`` (views without
+                   foreground), ``generated/psnr``...
+    results.md     the table (rows = checkpoint x data x rig; PSNR / PSNR fg / SSIM [/ LPIPS] overall and per kind),
+                   a per-view table and notes
     grids/*.png    per row: one line per scene (the first ``--grid-scenes``), columns inputs | rendered | ground
                    truth (chained: reference | generated | rendered | ground truth)
 Non-finite values (PSNR of a perfect prediction is +inf) are written as the strings "inf" / "nan" in JSON.
@@ -90,22 +95,28 @@ log = logging.getLogger("mvlift.evaluate")
 
 RESULTS_VERSION = 1
 KINDS = ("synthetic", "real")
-BASE_METRICS = ("psnr", "ssim", "lpips")
+BASE_METRICS = ("psnr", "psnr_fg", "ssim", "lpips")
 CSV_FIXED = ("checkpoint", "mode", "checkpoint_rig", "data", "rig", "rig_match", "rig_worst_angle_deg",
              "image_size", "scenes", "distinct_scenes", "skipped", "error", "checkpoint_path", "data_path", "grid")
 
 
 # ---- metrics --------------------------------------------------------------------------------------------------------
-def score_views(pred: Tensor, target: Tensor, lpips: torch.nn.Module | None = None) -> dict[str, Tensor]:
-    """Per-view metrics {"psnr", "ssim"[, "lpips"]} -> [B, V] for images [B, V, 3, H, W] in [0, 1] (the
-    project's ``lightning_modules.metrics.view_metrics``)."""
+def score_views(pred: Tensor, target: Tensor, lpips: torch.nn.Module | None = None, alpha: Tensor | None = None
+                ) -> dict[str, Tensor]:
+    """Per-view metrics {"psnr", "ssim"[, "lpips"][, "psnr_fg"]} -> [B, V] for images [B, V, 3, H, W] in [0, 1]
+    (the project's ``lightning_modules.metrics.view_metrics``; ``psnr_fg`` with the targets' alpha [B, V, 1, H, W])."""
     from lightning_modules.metrics import view_metrics
 
-    return view_metrics(pred, target, lpips)
+    return view_metrics(pred, target, lpips, alpha=alpha)
 
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
+
+
+def _defined_mean(values: list[float]) -> float:
+    """Mean over the non-NaN values (NaN = undefined, e.g. psnr_fg of a view without foreground); NaN if none."""
+    return _mean([x for x in values if not math.isnan(x)])
 
 
 def summarize(scenes: list[dict[str, Any]], metrics: Sequence[str], prefix: str = "") -> dict[str, Any]:
@@ -113,9 +124,23 @@ def summarize(scenes: list[dict[str, Any]], metrics: Sequence[str], prefix: str 
 
     Returns {"all": {metric: mean, "n": scenes}, "kind": {kind: {...}}, "source": {name: {...}},
     "view": {name: {...}}}; a scene's score is the mean over its views, a group's the mean over its scenes.
+    Metrics in ``UNDEFINED_AS_NAN`` (psnr_fg) leave NaN views out (a scene's score is the mean over its other views;
+    a scene without any is left out of the group) and count them: ``"<metric>_empty"`` = the group's NaN views.
     """
+    from lightning_modules.metrics import UNDEFINED_AS_NAN
+
+    def scene_score(values: list[float], m: str) -> float:
+        return _defined_mean([float(x) for x in values]) if m in UNDEFINED_AS_NAN else float(np.mean(values))
+
     def group(records: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {m: _mean([float(np.mean(r[prefix + m])) for r in records]) for m in metrics}
+        out: dict[str, Any] = {}
+        for m in metrics:
+            scores = [scene_score(r[prefix + m], m) for r in records]
+            if m in UNDEFINED_AS_NAN:
+                out[m] = _defined_mean(scores)
+                out[f"{m}_empty"] = sum(math.isnan(float(x)) for r in records for x in r[prefix + m])
+            else:
+                out[m] = _mean(scores)
         out["n"] = len(records)
         return out
 
@@ -132,7 +157,12 @@ def summarize(scenes: list[dict[str, Any]], metrics: Sequence[str], prefix: str 
             for m in metrics:
                 views.setdefault(v, {}).setdefault(m, []).append(float(s[prefix + m][i]))
     for v, vals in views.items():
-        summary["view"][v] = {**{m: _mean(x) for m, x in vals.items()}, "n": len(next(iter(vals.values())))}
+        summary["view"][v] = {"n": len(next(iter(vals.values())))}
+        for m, x in vals.items():
+            if m in UNDEFINED_AS_NAN:
+                summary["view"][v].update({m: _defined_mean(x), f"{m}_empty": sum(math.isnan(y) for y in x)})
+            else:
+                summary["view"][v][m] = _mean(x)
     return summary
 
 
@@ -218,13 +248,13 @@ def _view_name(rig: Rig, i: int) -> str:
 
 
 def _resize(images: Tensor, size: int) -> Tensor:
-    """[B, V, 3, H, W] -> [B, V, 3, size, size]."""
+    """[B, V, C, H, W] -> [B, V, C, size, size] (images, or alpha with C = 1)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    b, v = images.shape[:2]
+    b, v, c = images.shape[:3]
     x = F.interpolate(images.flatten(0, 1).float(), size=(size, size), mode="bilinear", align_corners=False,
                       antialias=True)
-    return x.view(b, v, 3, size, size)
+    return x.view(b, v, c, size, size)
 
 
 # ---- rows -----------------------------------------------------------------------------------------------------------
@@ -260,7 +290,7 @@ def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, args: argparse.N
         with torch.no_grad():
             out = module.evaluate_batch(batch)
         pred, target = out["pred"], out["target"]
-        scores = {m: out[m] for m in ("psnr", "ssim") if m in out}
+        scores = {m: out[m] for m in ("psnr", "ssim", "psnr_fg") if m in out}
         if lpips is not None:
             scores["lpips"] = score_views(pred, target, lpips)["lpips"]
         v = batch["images"].shape[1]
@@ -301,9 +331,10 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, args: argparse.Namesp
         with torch.no_grad():
             gen = _sample(module, ref, args, i)["images"]
         target = _resize(batch["images"], gen.shape[-1])
+        alpha = _resize(batch["alpha"], gen.shape[-1]) if batch.get("alpha") is not None else None
         v = min(gen.shape[1], target.shape[1])
         gen, target = gen[:, :v], target[:, :v]
-        scores = score_views(gen, target, lpips)
+        scores = score_views(gen, target, lpips, alpha=None if alpha is None else alpha[:, :v])
         names = [_view_name(rig, j) for j in range(v)]
         for b in range(gen.shape[0]):
             res.scenes.append(_record(batch, b, names, scores))
@@ -336,10 +367,11 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, args: a
             gen = _sample(diffusion, ref, args, i)["images"]
             gaussians, _ = lift_views(module, gen, diffusion.rig, input_views)
             rendered = module.render(gaussians, batch["c2w"], batch["fxfycxcy"], h, w, batch.get("background"))["rgb"]
-        scores = score_views(rendered, target, lpips)
+        alpha = batch.get("alpha")
+        scores = score_views(rendered, target, lpips, alpha=alpha)
         gen_r = _resize(gen, h)
         v = min(gen_r.shape[1], target.shape[1])
-        gen_scores = score_views(gen_r[:, :v], target[:, :v], lpips)
+        gen_scores = score_views(gen_r[:, :v], target[:, :v], lpips, alpha=None if alpha is None else alpha[:, :v])
         names = [_view_name(rig, j) for j in range(target.shape[1])]
         for b in range(target.shape[0]):
             rec = _record(batch, b, names, scores)
@@ -472,8 +504,8 @@ def _fmt(x: Any, digits: int) -> str:
     return f"{x:.{digits}f}"
 
 
-DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4}
-TITLES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
+DIGITS = {"psnr": 2, "psnr_fg": 2, "ssim": 4, "lpips": 4}
+TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim": "SSIM", "lpips": "LPIPS"}
 
 
 def csv_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -484,6 +516,8 @@ def csv_row(row: dict[str, Any]) -> dict[str, Any]:
         names = [m for m in BASE_METRICS if m in summary["all"]]
         for m in names:
             out[f"{prefix}{m}"] = summary["all"][m]
+            if f"{m}_empty" in summary["all"]:
+                out[f"{prefix}{m}_empty"] = summary["all"][f"{m}_empty"]
         for group in ("kind", "source", "view"):
             for key, vals in summary[group].items():
                 for m in names:
@@ -570,11 +604,18 @@ def markdown(results: dict[str, Any]) -> str:
                  "per-view angle when they differ) and is reported, not enforced.")
     lines.append("- Scores: mean over a scene's evaluated views, then over scenes; PSNR in dB (data range 1), SSIM "
                  "with a Gaussian window 11 / sigma 1.5.")
+    if "psnr_fg" in metrics:
+        lines.append("- PSNR fg: PSNR over the pixels inside the axis-aligned bounding box of the ground truth's "
+                     "alpha > 0.5 (the background outside the subject's box does not count); views without "
+                     "foreground are left out of the means and counted in the row notes.")
     for r in rows:
         cams = "; ".join(f"{k}: {v}" for k, v in (r.get("cameras") or {}).items())
         extra = []
         if r.get("skipped"):
             extra.append(f"{r['skipped']} bad samples skipped")
+        empty = ((r.get("metrics") or {}).get("all") or {}).get("psnr_fg_empty")
+        if empty:
+            extra.append(f"{empty} views without foreground (left out of PSNR fg)")
         if r.get("distinct_scenes") is not None and r.get("distinct_scenes") != r.get("scenes"):
             extra.append(f"{r['distinct_scenes']} distinct of {r['scenes']} scenes")
         if r.get("grid"):
@@ -654,8 +695,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 write_results(args.out, results)
                 if row.get("metrics"):
                     m = row["metrics"]["all"]
-                    log.info("  PSNR %s  SSIM %s  (%d scenes, rig match %s)", _fmt(m["psnr"], 2), _fmt(m["ssim"], 4),
-                             row["scenes"], row["rig_match"])
+                    log.info("  PSNR %s  PSNR fg %s  SSIM %s  (%d scenes, rig match %s)", _fmt(m["psnr"], 2),
+                             _fmt(m.get("psnr_fg"), 2), _fmt(m["ssim"], 4), row["scenes"], row["rig_match"])
         del module
     write_results(args.out, results)
     return results
