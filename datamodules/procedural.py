@@ -5,10 +5,18 @@ paws, a tail as a curved chain), with a random size, pose (yaw, pitch, roll, hea
 top-down shading, centred at the rig's target and sized to about 0.6 of the frame of a radius-2.7, 50-degree camera.
 Everything is deterministic per (seed, index).
 
-``realistic=True`` renders what real captures look like: a textured, cluttered background baked into the RGB, a
-lighting change, a small camera pose error (the image comes from perturbed cameras, the returned cameras are the
-nominal ones), blur and sensor noise. ``alpha`` stays the object mask; ``has_background`` tells readers to use the
-image as is instead of compositing it.
+``realistic=True`` is a captured scene whose every nuisance a 3D reconstruction can either explain or is told to
+ignore. In the scene (3D-consistent, so in the targets too): fur colour and shape variety, shading, a per-scene
+lighting gain. From the capture (per view): a cluttered background, lens blur, sensor noise, a small calibration
+error (the pixels come from perturbed cameras, the returned cameras are the nominal ones). From the segmenter:
+``alpha`` is an imperfect binary mask (silhouette moved in or out, wobbly edge), as real data's masks are. The
+background is not kept: readers composite the photo with that mask over the configured colour, exactly as real
+captures are read, so the clutter survives only where the mask errs at the silhouette. Per-view nuisances no 3D
+scene explains (background colour, JPEG, extra blur/noise, lighting shifts, pose error of the inputs) belong to the
+domain-gap augmentation of the model's inputs (``datamodules.augment``), never to the targets.
+
+Scenes render on the CPU one at a time (the torch rasterizer, ~0.3 s at 128 px) or in batches on a GPU
+(:func:`make_scenes` with ``device="cuda"``: gsplat; ``bench/procedural_throughput.py``).
 
 Example:
     >>> scene = make_scene(0, "facelift_6view", num_views=8, size=64)
@@ -117,23 +125,22 @@ def _ellipsoid(parts: _Parts, rng: np.random.Generator, center, radii, rot, n: i
 
 
 def _tail(parts: _Parts, rng: np.random.Generator, start: np.ndarray, color, segments: int = 30) -> None:
-    """A tapering chain of Gaussians curling behind the body."""
-    yaw, pitch = math.pi + rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.05)
+    """A tapering chain of Gaussians curling behind the body (vectorized: one draw per quantity)."""
+    yaw0, pitch0 = math.pi + rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.05)
     dyaw, dpitch = rng.uniform(-0.12, 0.12), rng.uniform(-0.02, 0.03)
     step = rng.uniform(0.026, 0.034)
-    p = np.asarray(start, dtype=np.float64)
-    for i in range(segments):
-        yaw += dyaw + rng.normal(0, 0.03)
-        pitch = float(np.clip(pitch + dpitch, -0.6, 0.3))
-        d = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)])
-        p = p + d * step
-        thick = 0.024 * (1 - i / segments) + 0.01
-        x = d
-        y = np.cross([0.0, 0.0, 1.0], x)
-        y /= np.linalg.norm(y)
-        rot = np.stack([x, y, np.cross(x, y)], -1)
-        parts.add(p[None], rot, np.array([step * 0.9, thick, thick]), np.asarray(color)[None], np.array([[0, 0, 1.0]]),
-                  np.array([0.95]))
+    i = np.arange(1, segments + 1)
+    yaw = yaw0 + np.cumsum(dyaw + rng.normal(0, 0.03, segments))
+    pitch = np.clip(pitch0 + i * dpitch, -0.6, 0.3)  # a constant increment: clipping the sum = clipping each step
+    x = np.stack([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)], -1)  # [n, 3]
+    means = np.asarray(start, dtype=np.float64) + np.cumsum(x * step, axis=0)
+    y = np.stack([-x[:, 1], x[:, 0], np.zeros(segments)], -1)  # (0, 0, 1) x x
+    y /= np.linalg.norm(y, axis=-1, keepdims=True)
+    rots = np.stack([x, y, np.cross(x, y)], -1)
+    thick = 0.024 * (1 - (i - 1) / segments) + 0.01
+    scales = np.stack([np.full(segments, step * 0.9), thick, thick], -1)
+    parts.add(means, rots, scales, np.asarray(color)[None], np.tile([0.0, 0.0, 1.0], (segments, 1)),
+              np.full(segments, 0.95))
 
 
 def _creature(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -260,36 +267,58 @@ def scene_cameras(rig: Rig, num_views: int, size: int, rng: np.random.Generator,
 
 
 # ---- realistic capture effects -----------------------------------------------------------------------------------
-def _textured_background(rng: np.random.Generator, size: int) -> Tensor:
-    """A cluttered, colored background [3, H, W]: smooth color field, floor gradient, random blobs and boxes."""
-    base = rng.uniform(0.15, 0.85, 3)
-    coarse = torch.from_numpy(base[:, None, None] + rng.normal(0, 0.12, (3, 4, 4))).float()
-    bg = torch.nn.functional.interpolate(coarse[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-    ys = torch.linspace(0, 1, size)[:, None].expand(size, size)
-    xs = torch.linspace(0, 1, size)[None, :].expand(size, size)
-    bg = bg * (1.0 - rng.uniform(0.0, 0.35) * ys)  # darker towards one edge (floor / vignetting)
-    for _ in range(rng.integers(3, 9)):
-        color = torch.from_numpy(rng.uniform(0, 1, 3)).float()[:, None, None]
-        cx, cy, rx, ry = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.25), rng.uniform(0.03, 0.25)
-        if rng.uniform() < 0.5:
-            mask = (((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2) <= 1
-        else:
-            mask = ((xs - cx).abs() <= rx) & ((ys - cy).abs() <= ry)
-        bg = torch.where(mask, 0.6 * color + 0.4 * bg, bg)
-    bg = bg + torch.from_numpy(rng.normal(0, 0.04, (3, size, size))).float()  # fine texture
+def _generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
+    """A torch generator on ``device`` seeded from ``rng`` (large pixel fields are drawn by torch, on the device)."""
+    return torch.Generator(device).manual_seed(int(rng.integers(2**62)))
+
+
+def _textured_backgrounds(rng: np.random.Generator, views: int, size: int, device: torch.device) -> Tensor:
+    """Cluttered, colored backgrounds [V, 3, H, W], one per view: smooth color field, floor gradient, up to 8
+    random ellipses and boxes, fine texture."""
+    gen = _generator(rng, device)
+    base = torch.from_numpy(rng.uniform(0.15, 0.85, (views, 3, 1, 1))).float().to(device)
+    coarse = base + 0.12 * torch.randn(views, 3, 4, 4, generator=gen, device=device)
+    bg = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    ys = torch.linspace(0, 1, size, device=device)[:, None].expand(size, size)
+    xs = torch.linspace(0, 1, size, device=device)[None, :].expand(size, size)
+    floor = torch.from_numpy(rng.uniform(0.0, 0.35, (views, 1, 1, 1))).float().to(device)
+    bg = bg * (1.0 - floor * ys)  # darker towards one edge (floor / vignetting)
+    shapes = torch.from_numpy(rng.uniform(0, 1, (views, 8, 8))).float().to(device)  # cx cy rx ry kind rgb
+    count = torch.from_numpy(rng.integers(3, 9, views)).to(device)
+    for j in range(8):
+        cx, cy, rx, ry, kind = (shapes[:, j, i, None, None] for i in range(5))
+        rx, ry = 0.03 + 0.22 * rx, 0.03 + 0.22 * ry
+        ellipse = (((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2) <= 1
+        box = ((xs - cx).abs() <= rx) & ((ys - cy).abs() <= ry)
+        mask = torch.where(kind < 0.5, ellipse, box) & (j < count)[:, None, None]
+        color = shapes[:, j, 5:8, None, None]
+        bg = torch.where(mask[:, None], 0.6 * color + 0.4 * bg, bg)
+    bg = bg + 0.04 * torch.randn(bg.shape, generator=gen, device=device)  # fine texture
     return bg.clamp(0, 1)
 
 
 def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of [V, C, H, W] with reflect padding."""
     r = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-r, r + 1, dtype=img.dtype)
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
     w = torch.exp(-0.5 * (x / sigma) ** 2)
     w = w / w.sum()
     c = img.shape[1]
     img = torch.nn.functional.pad(img, (r, r, r, r), mode="reflect")
     img = torch.nn.functional.conv2d(img, w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return torch.nn.functional.conv2d(img, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _segmentation(alpha: Tensor, rng: np.random.Generator) -> Tensor:
+    """An imperfect binary segmentation [V, 1, H, W] of the object alpha, as a real segmenter gives: the silhouette
+    moved in or out by up to ~1.5 % of the frame, with a wobbly, low-frequency boundary error per view."""
+    v, _, size, _ = alpha.shape
+    gen = _generator(rng, alpha.device)
+    wobble = torch.nn.functional.interpolate(torch.randn(v, 1, 6, 6, generator=gen, device=alpha.device),
+                                             size=(size, size), mode="bicubic", align_corners=False)
+    soft = _gaussian_blur(alpha, max(0.5, size / 128))  # a band around the edge to move the threshold in
+    level = torch.from_numpy(rng.uniform(0.3, 0.7, (v, 1, 1, 1))).float().to(alpha.device)
+    return (soft + 0.12 * wobble > level).to(alpha.dtype)
 
 
 def _pose_error(c2w: Tensor, rng: np.random.Generator, rot_deg: float = 1.0, trans: float = 0.02) -> Tensor:
@@ -302,20 +331,22 @@ def _pose_error(c2w: Tensor, rng: np.random.Generator, rot_deg: float = 1.0, tra
 
 
 # ---- public -----------------------------------------------------------------------------------------------------
-def make_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, realistic: bool = False, seed: int = 0,
-               camera_jitter_deg: float = 0.0) -> dict[str, Any]:
-    """One procedural scene, deterministic per (seed, index).
+@dataclasses.dataclass
+class ScenePlan:
+    """Everything of one scene but its pixels (CPU, cheap): what :func:`render_plans` rasterizes."""
 
-    Args:
-        index: scene number.  rig: a Rig or anything ``load_rig`` takes.  num_views: views to render; the first
-            min(num_views, rig.num_views) are the rig's in rig order, the rest random on the rig's sphere.
-        size: square image size in px.  realistic: bake capture effects (module docstring).
-        camera_jitter_deg: rotate each rig camera about the target by up to this angle (returned cameras include it).
-    Returns:
-        {"images" [V, 3, H, W] straight (not premultiplied) RGB in [0, 1] (realistic: background baked in),
-         "alpha" [V, 1, H, W], "c2w" [V, 4, 4], "fxfycxcy" [V, 4], "scene_id" str, "has_background" bool,
-         "gaussians" Gaussians (B=1, what was rendered), "meta" dict (fur, radius, realistic settings)}.
-    """
+    scene_id: str
+    gaussians: Gaussians  # B=1, what is rendered (realistic: with the scene's lighting gain)
+    c2w: Tensor  # [V, 4, 4] nominal cameras (returned)
+    fxfycxcy: Tensor  # [V, 4]
+    render_c2w: Tensor  # [V, 4, 4] the cameras the pixels come from (realistic: with calibration error)
+    meta: dict[str, Any]
+    capture_rng: np.random.Generator | None  # realistic: the stream of the capture effects
+
+
+def plan_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, realistic: bool = False, seed: int = 0,
+               camera_jitter_deg: float = 0.0) -> ScenePlan:
+    """The creature, cameras and realism draws of scene ``index`` (see :func:`make_scene`)."""
     rig = load_rig(rig)
     if num_views < 1 or size < 8:
         raise ValueError(f"make_scene: need num_views >= 1 and size >= 8, got {num_views} views, size {size}")
@@ -323,32 +354,101 @@ def make_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, rea
     creature, meta = _creature(rng)
     gaussians = _to_gaussians(creature, rig)
     c2w, k = scene_cameras(rig, num_views, size, rng, camera_jitter_deg)
-    render_c2w = c2w
+    render_c2w, fx_rng = c2w, None
     if realistic:
         fx_rng = np.random.default_rng([int(seed), int(index), 1])  # separate stream: clean and realistic share the
         gain = fx_rng.uniform(0.7, 1.25) * (1 + fx_rng.normal(0, 0.06, 3))  # creature and the cameras
         gaussians = dataclasses.replace(gaussians, colors=(gaussians.colors * torch.from_numpy(gain).float()).clamp(0, 1))
         render_c2w = _pose_error(c2w, fx_rng)
         meta.update({"light_gain": [round(float(x), 4) for x in gain]})
-    with torch.no_grad():
-        out = rasterize(gaussians, render_c2w[None], k[None], size, size, torch.zeros(3), backend="torch")
-    premult, alpha = out["rgb"][0].clamp(0, 1), out["alpha"][0].clamp(0, 1)
-    if realistic:
-        bg = torch.stack([_textured_background(fx_rng, size) for _ in range(num_views)])
-        images = premult + (1 - alpha) * bg
-        sigma = float(fx_rng.uniform(0.4, 1.1))
-        noise = float(fx_rng.uniform(0.01, 0.035))
-        images = _gaussian_blur(images, sigma)
-        images = images + torch.from_numpy(fx_rng.normal(0, noise, images.shape)).float()
-        images = images.clamp(0, 1)
-        meta.update({"blur_sigma_px": round(sigma, 4), "noise_std": round(noise, 4)})
-    else:
-        images = torch.where(alpha > 1e-3, premult / alpha.clamp_min(1e-3), torch.zeros_like(premult)).clamp(0, 1)
-    return {
-        "images": images.contiguous(), "alpha": alpha.contiguous(), "c2w": c2w, "fxfycxcy": k,
-        "scene_id": f"proc_{seed}_{index:06d}", "has_background": bool(realistic), "gaussians": gaussians,
-        "meta": meta,
-    }
+    return ScenePlan(f"proc_{seed}_{index:06d}", gaussians, c2w, k, render_c2w, meta, fx_rng)
 
 
-__all__ = ["make_scene", "rotmat_to_quat", "scene_cameras"]
+def _pad_gaussians(items: list[Gaussians], device: torch.device) -> Gaussians:
+    """Scenes of different Gaussian counts as one batch: the shorter ones padded with transparent Gaussians."""
+    n = max(g.num_gaussians for g in items)
+
+    def pad(t: Tensor, fill: float) -> Tensor:
+        extra = n - t.shape[1]
+        return torch.cat([t, t.new_full((1, extra, *t.shape[2:]), fill)], 1) if extra else t
+
+    fields = {"means": 0.0, "quats": 0.0, "scales": 1e-3, "opacities": 0.0, "colors": 0.0}
+    out = {f: torch.cat([pad(getattr(g, f), v) for g in items]).to(device) for f, v in fields.items()}
+    out["quats"][..., 0] = torch.where(out["opacities"] > 0, out["quats"][..., 0], torch.ones_like(out["opacities"]))
+    return Gaussians(**out)
+
+
+@torch.no_grad()
+def render_plans(plans: list[ScenePlan], size: int, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """Rasterize scene plans (views of a batch must agree in count) on ``device`` in one call and apply the
+    realistic capture effects there: a list of :func:`make_scene` dicts with pixels on ``device``."""
+    device = torch.device(device)
+    views = {len(p.c2w) for p in plans}
+    if len(views) != 1:
+        raise ValueError(f"render_plans: scenes of one batch need one view count, got {sorted(views)}")
+    g = _pad_gaussians([p.gaussians for p in plans], device)
+    c2w = torch.stack([p.render_c2w for p in plans]).to(device)
+    k = torch.stack([p.fxfycxcy for p in plans]).to(device)
+    backend = "torch" if device.type == "cpu" else "auto"
+    out = rasterize(g, c2w, k, size, size, torch.zeros(3, device=device), backend=backend)
+    results = []
+    for i, p in enumerate(plans):
+        premult, alpha = out["rgb"][i].clamp(0, 1), out["alpha"][i].clamp(0, 1)
+        meta = dict(p.meta)
+        if p.capture_rng is not None:
+            images, mask, effects = _capture(premult, alpha, p.capture_rng)
+            meta.update(effects)
+        else:
+            images = torch.where(alpha > 1e-3, premult / alpha.clamp_min(1e-3), torch.zeros_like(premult)).clamp(0, 1)
+            mask = alpha
+        results.append({
+            "images": images.contiguous(), "alpha": mask.contiguous(), "object_alpha": alpha.contiguous(),
+            "c2w": p.c2w, "fxfycxcy": p.fxfycxcy, "scene_id": p.scene_id, "has_background": False,
+            "gaussians": p.gaussians, "meta": meta,
+        })
+    return results
+
+
+def _capture(premult: Tensor, alpha: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """What a real camera and segmenter give for one scene: (photo [V, 3, H, W] with a cluttered background, blur and
+    sensor noise; segmentation mask [V, 1, H, W]; the effects' settings)."""
+    v, _, size, _ = premult.shape
+    bg = _textured_backgrounds(rng, v, size, premult.device)
+    photo = premult + (1 - alpha) * bg
+    sigma, noise = float(rng.uniform(0.4, 1.1)) * size / 128, float(rng.uniform(0.01, 0.035))
+    photo = _gaussian_blur(photo, sigma)
+    photo = photo + noise * torch.randn(photo.shape, generator=_generator(rng, photo.device), device=photo.device)
+    mask = _segmentation(alpha, rng)
+    return photo.clamp(0, 1), mask, {"blur_sigma_px": round(sigma, 4), "noise_std": round(noise, 4)}
+
+
+def make_scenes(indices: list[int], rig: Rig | str | dict, num_views: int, size: int, realistic: bool = False,
+                seed: int = 0, camera_jitter_deg: float = 0.0, device: torch.device | str = "cpu"
+                ) -> list[dict[str, Any]]:
+    """Scenes ``indices`` rendered together on ``device`` (CUDA: gsplat, a few ms for a batch of 64): see
+    :func:`make_scene`. The plans are drawn on the CPU; the pixels stay on ``device``."""
+    rig = load_rig(rig)
+    plans = [plan_scene(i, rig, num_views, size, realistic, seed, camera_jitter_deg) for i in indices]
+    return render_plans(plans, size, device)
+
+
+def make_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, realistic: bool = False, seed: int = 0,
+               camera_jitter_deg: float = 0.0) -> dict[str, Any]:
+    """One procedural scene, deterministic per (seed, index) on the CPU (on another device: up to rasterizer
+    rounding and that device's random streams).
+
+    Args:
+        index: scene number.  rig: a Rig or anything ``load_rig`` takes.  num_views: views to render; the first
+            min(num_views, rig.num_views) are the rig's in rig order, the rest random on the rig's sphere.
+        size: square image size in px.  realistic: a captured scene (module docstring).
+        camera_jitter_deg: rotate each rig camera about the target by up to this angle (returned cameras include it).
+    Returns:
+        {"images" [V, 3, H, W] straight (not premultiplied) RGB in [0, 1] (realistic: the photo, background and all),
+         "alpha" [V, 1, H, W] (clean: the object's alpha; realistic: the segmentation mask), "object_alpha" (the
+         object's true alpha), "c2w" [V, 4, 4], "fxfycxcy" [V, 4], "scene_id" str, "has_background" False,
+         "gaussians" Gaussians (B=1, what was rendered), "meta" dict (fur, radius, realistic settings)}.
+    """
+    return make_scenes([index], rig, num_views, size, realistic, seed, camera_jitter_deg)[0]
+
+
+__all__ = ["ScenePlan", "make_scene", "make_scenes", "plan_scene", "render_plans", "rotmat_to_quat", "scene_cameras"]

@@ -9,7 +9,8 @@ Source config (one dict of the DataModule's ``sources``):
     background (white | gray | black | random | as_is), up_axis (data world up, for normalization; default the rig's),
     augment (optional: domain-gap ops ``{op: {p, ...}}`` that replace its kind's ops for this source's scenes,
     datamodules.augment; ``{}`` or null: none)
-    procedural: num_scenes, realistic, num_views, seed, camera_jitter_deg, rig (default: the stage's rig)
+    procedural: num_scenes, realistic, num_views, seed, camera_jitter_deg, rig (default: the stage's rig),
+        device (auto | cpu | cuda: where its scenes are rendered, ProceduralSource)
     facelift / facelift_mvdiffusion: path (folder of sample dirs, one sample dir) or list_file; mvdiffusion: rig
     shards: urls (paths, brace patterns ``shard-{000000..000009}.tar``, globs or a directory of .tar files)
 
@@ -41,7 +42,7 @@ KINDS = ("synthetic", "real")
 CAMERA_FILE = "opencv_cameras.json"
 SOURCE_KEYS = {
     "name", "kind", "format", "weight", "background", "up_axis", "path", "list_file", "urls", "num_scenes",
-    "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset", "augment",
+    "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset", "augment", "device",
 }
 
 
@@ -87,36 +88,71 @@ class Source:
 
 # ---- procedural ----------------------------------------------------------------------------------------------------
 class ProceduralSource(Source):
-    """Scenes from ``datamodules.procedural.make_scene`` at the stage's image size, deterministic per index."""
+    """Scenes from ``datamodules.procedural`` at the stage's image size, deterministic per index.
+
+    ``device``: ``cpu`` renders each scene when it is read (the torch rasterizer: ~0.3 s a scene at 128 px, in the
+    loader workers); ``cuda`` renders every scene once, at construction, in batches on this process's GPU (gsplat:
+    thousands of scenes in seconds) and keeps them in host memory as 8-bit RGBA (num_scenes x views x 4 x size^2
+    bytes: 1 GB for 4,000 scenes of 8 views at 128 px); ``auto``: ``cuda`` when CUDA is available."""
 
     def __init__(self, name: str, kind: str, rig: Rig, num_scenes: int, num_views: int, size: int,
                  realistic: bool = False, seed: int = 0, camera_jitter_deg: float = 0.0, index_offset: int = 0,
-                 **kw: Any) -> None:
+                 device: str = "auto", **kw: Any) -> None:
         super().__init__(name, kind, **kw)
         if num_scenes < 1 or num_views < 1:
             raise ValueError(f"source {name!r}: num_scenes and num_views must be >= 1")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"source {name!r}: device must be auto|cpu|cuda, got {device!r}")
         self.rig, self.num_scenes, self.num_views, self.size = rig, int(num_scenes), int(num_views), int(size)
         self.realistic, self.seed, self.jitter = bool(realistic), int(seed), float(camera_jitter_deg)
         self.index_offset = int(index_offset)
         self._cache: dict[int, dict[str, Any]] = {}
+        self._rendered: dict[str, Tensor] | None = None
+        if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+            self._rendered = self._render_all(torch.device("cuda", torch.cuda.current_device()))
 
     def __len__(self) -> int:
         return self.num_scenes
+
+    def _args(self) -> tuple:
+        return self.rig, self.num_views, self.size, self.realistic, self.seed, self.jitter
+
+    def _render_all(self, device: torch.device, chunk: int = 64) -> dict[str, Tensor]:
+        from datamodules.procedural import make_scenes
+
+        v, s = self.num_views, self.size
+        out = {"rgba": torch.empty(self.num_scenes, v, 4, s, s, dtype=torch.uint8),
+               "c2w": torch.empty(self.num_scenes, v, 4, 4), "fxfycxcy": torch.empty(self.num_scenes, v, 4)}
+        for start in range(0, self.num_scenes, chunk):
+            idx = range(start, min(start + chunk, self.num_scenes))
+            scenes = make_scenes([i + self.index_offset for i in idx], *self._args(), device=device)
+            rgba = torch.stack([torch.cat([sc["images"], sc["alpha"]], 1) for sc in scenes])
+            out["rgba"][idx.start: idx.stop] = (rgba * 255.0 + 0.5).to(torch.uint8).cpu()
+            out["c2w"][idx.start: idx.stop] = torch.stack([sc["c2w"] for sc in scenes])
+            out["fxfycxcy"][idx.start: idx.stop] = torch.stack([sc["fxfycxcy"] for sc in scenes])
+        return out
 
     def _scene(self, i: int) -> dict[str, Any]:
         if i not in self._cache:
             from datamodules.procedural import make_scene
 
-            self._cache = {i: make_scene(i + self.index_offset, self.rig, self.num_views, self.size, self.realistic,
-                                         self.seed, self.jitter)}
+            self._cache = {i: make_scene(i + self.index_offset, *self._args())}
         return self._cache[i]
 
+    def scene_id(self, i: int) -> str:
+        return f"proc_{self.seed}_{i + self.index_offset:06d}"
+
     def cameras(self, i: int) -> SceneCameras:
+        where = f"{self.name} procedural scene {i + self.index_offset}"
+        if self._rendered is not None:
+            return SceneCameras(self.scene_id(i), where, self._rendered["c2w"][i], self._rendered["fxfycxcy"][i])
         s = self._scene(i)
-        return SceneCameras(s["scene_id"], f"{self.name} procedural scene {i + self.index_offset}", s["c2w"],
-                            s["fxfycxcy"])
+        return SceneCameras(s["scene_id"], where, s["c2w"], s["fxfycxcy"])
 
     def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
+        if self._rendered is not None:
+            rgba = self._rendered["rgba"][i, views].float() / 255.0
+            return rgba[:, :3], rgba[:, 3:], False
         s = self._scene(i)
         return s["images"][views], s["alpha"][views], bool(s["has_background"])
 
@@ -367,12 +403,11 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
         base["augment"] = check_ops(cfg["augment"], f"source {name!r} augment")
     src_rig = load_rig(cfg["rig"]) if cfg.get("rig") else rig
     if fmt == "procedural":
-        realistic = bool(cfg.get("realistic", False))
-        background = cfg.get("background", "as_is" if realistic else "white")
         return ProceduralSource(name, kind, src_rig, int(cfg.get("num_scenes", 1000)),
-                                int(cfg.get("num_views", num_views)), size, realistic, int(cfg.get("seed", 0)),
-                                float(cfg.get("camera_jitter_deg", 0.0)), int(cfg.get("index_offset", 0)),
-                                background=background, **base)
+                                int(cfg.get("num_views", num_views)), size, bool(cfg.get("realistic", False)),
+                                int(cfg.get("seed", 0)), float(cfg.get("camera_jitter_deg", 0.0)),
+                                int(cfg.get("index_offset", 0)), str(cfg.get("device", "auto")),
+                                background=cfg.get("background", "white"), **base)
     background = cfg.get("background", "white")
     if fmt == "facelift":
         return FaceLiftFolderSource(name, kind, cfg.get("path"), cfg.get("list_file"), background=background, **base)

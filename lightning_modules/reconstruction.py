@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,23 @@ def check_index(index: Tensor, where: str = "batch") -> None:
         )
 
 
+def pixel_scale_bias(rig: Rig, image_size: int, pixels: float = 0.7) -> float:
+    """log of the world size of ``pixels`` pixels at the rig's radius: a scale_bias that starts every Gaussian at
+    about that footprint (-3.6 at 64 px, -4.3 at 128 px, -5.7 at 512 px on a 50-degree rig at radius 2.7)."""
+    pixel = 2.0 * rig.radius * math.tan(math.radians(rig.fov_deg) / 2.0) / image_size
+    return round(math.log(pixels * pixel), 2)
+
+
+def stored_scale_bias(path: str | Path) -> float:
+    """The scale_bias an export folder's weights were trained with (config.json), FaceLift's -2.3 when unrecorded."""
+    cfg = Path(path) / EXPORT_CONFIG
+    if Path(path).is_dir() and cfg.is_file():
+        mc = json.loads(cfg.read_text()).get("model_config") or {}
+        if "scale_bias" in mc:
+            return float(mc["scale_bias"])
+    return GSLRMConfig.scale_bias
+
+
 class ReconstructionModule(StageModule):
     """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML)."""
 
@@ -116,10 +134,10 @@ class ReconstructionModule(StageModule):
         mlp_ratio: int = 4,
         sh_degree: int = 0,
         clip_xyz: float | None = 1.0,
-        # Gaussian activations: start scale exp(scale_bias), opacity sigmoid(opacity_bias), depth interval half-width
-        # (FaceLift's). A pixel spans about 2.7 tan(fov/2) / (size/2) world units; scale_bias near log(half a
-        # pixel) trains small models far faster (-3.0 at 24 px, -3.6 at 64 px; tests/test_reconstruction_overfit.py)
-        scale_bias: float = -2.3,
+        # Gaussian activations: start scale exp(scale_bias), opacity sigmoid(opacity_bias), depth interval half-width.
+        # scale_bias None: the weights' own when init_from names them, else pixel_scale_bias(rig, image_size) (a
+        # Gaussian of 0.7 px at the rig's radius; FaceLift's -2.3 is ~5 px at 128 px and trains to a haze)
+        scale_bias: float | None = None,
         opacity_bias: float = -2.0,
         depth_range: float = 1.8,
         # losses
@@ -158,6 +176,9 @@ class ReconstructionModule(StageModule):
         check_optimizer(optimizer)
         self.attention_backend = check_attention_backend(attention_backend)
         self.rig: Rig = load_rig(rig)
+        if scale_bias is None:  # resolved once, so checkpoints and exports record the value trained with
+            self.hparams.scale_bias = stored_scale_bias(init_from) if init_from else pixel_scale_bias(self.rig,
+                                                                                                      image_size)
         if not 1 <= num_input_views:
             raise ValueError(f"num_input_views must be >= 1, got {num_input_views}")
         self.net = GSLRM(self.model_config())

@@ -27,8 +27,8 @@ with the per-view difference (exit code 2, nothing written) unless ``--allow-rig
 ``dataset.json`` records the check as ``rig_check``.
 
 Layout (what FaceLift's loaders and ours read):
-    DIR/sample_000000/images/cam_000.png   RGBA 8-bit: straight RGB + alpha (``--realistic``: RGB with the
-                                           background baked in, alpha = object mask)
+    DIR/sample_000000/images/cam_000.png   RGBA 8-bit: straight RGB + alpha (``--realistic``: the photo,
+                                           background and all, alpha = an imperfect segmentation mask)
     DIR/sample_000000/opencv_cameras.json  {"id", "frames": [{"w", "h", "fx", "fy", "cx", "cy", "w2c", "file_path"}]}
     DIR/data_train.txt, DIR/data_val.txt   one absolute sample directory per line
     DIR/dataset.json                       generator, rig (name, fingerprint, definition), seed, counts, settings
@@ -125,7 +125,7 @@ def dataset_record(rig: Rig, args: argparse.Namespace, train: Sequence[int], val
     return {
         "version": DATASET_VERSION, "generator": "procedural", "rig": rig.name, "rig_fingerprint": rig.fingerprint,
         "rig_definition": rig.to_dict(), "seed": args.seed, "realistic": bool(args.realistic),
-        "has_background": bool(args.realistic), "scenes": args.scenes, "views": args.views, "size": args.size,
+        "has_background": False, "scenes": args.scenes, "views": args.views, "size": args.size,
         "camera_jitter_deg": args.camera_jitter_deg, "val_fraction": args.val_fraction,
         "train": len(train), "val": len(val),
     }

@@ -1,0 +1,35 @@
+# Device calls behind docs/results.md: bash bench/learning_device.sh PHASE (run from the checkout root on a GPU host).
+# Needs the wheels in .whl/ (README "GPU machines without internet") and, for the FaceLift overfit, FaceLift's
+# sample data in .carry/facelift_sample (copied from ../shared/data/); results go to $OUT (default: ./out).
+set -u
+source bench/device_env.sh || exit 1
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-out}
+mkdir -p "$OUT" ../shared/data
+[ -e ../shared/data/facelift_sample ] || ln -sfn "$PWD/.carry/facelift_sample" ../shared/data/facelift_sample
+python - <<'PY' || exit 1   # compile gsplat's kernels once, before the runs start in parallel
+import torch
+from datamodules.procedural import make_scenes
+make_scenes([0], "mouse_oblique20_6view", 8, 64, device="cuda")
+print("gsplat ready", torch.cuda.device_count(), "GPUs")
+PY
+fit() {  # fit GPU NAME ARGS...: one run in the background, its log in $OUT
+  local gpu=$1 name=$2; shift 2
+  CUDA_VISIBLE_DEVICES=$gpu python -m tools.fit "$@" --run.run "$name" > "$OUT/$name.log" 2>&1 &
+}
+pack() {  # logs (csv, images, throughput) of every run, no checkpoints
+  tar czf "$OUT/runs_$1.tgz" $(find runs -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o -name '*.json' \) \
+      -not -name 'samples_rank*') $(find runs -maxdepth 4 -name 'eval*' -type d) 2>/dev/null
+}
+case "${1:-}" in
+sweep)
+  python bench/procedural_throughput.py --scenes 1024 --batch 128 | tee "$OUT/procedural_throughput.jsonl"
+  O=configs/recipes/overfit_facelift_sample.yaml P=configs/recipes/gslrm_procedural_128.yaml
+  fit 0 overfit_old -c $O --model.init_args.scale_bias -2.3 --model.init_args.warmup_steps 0 --trainer.max_time 00:00:04:00
+  fit 0 overfit_new -c $O --trainer.max_time 00:00:04:00
+  fit 1 proc128_lr4 -c $P --trainer.max_time 00:00:04:00
+  fit 1 proc128_lr2 -c $P --model.init_args.lr 2.0e-4 --trainer.max_time 00:00:04:00
+  wait
+  pack sweep ;;
+*) echo "usage: bash bench/learning_device.sh sweep" ; exit 2 ;;
+esac
