@@ -20,8 +20,20 @@ Batches (diffusion stage, docs/ARCHITECTURE.md): ``images`` [B, V, 3, H, W] targ
 ``ref_images`` [B, 1, 3, H, W], optional ``input_images`` [B, 1, 3, H, W] (augmented reference: the model's input
 when present), ``kind`` list[str], ``rig`` list[str] (must name the module's rig).
 
-Validation samples the first ``val_sample_batches`` batches and logs val/psnr and val/ssim per source kind, plus
-val/lpips when local ``vgg_weights`` and ``lpips_weights`` are given (LPIPS stays out of checkpoints).
+Autoencoder (``autoencoder``, stored in checkpoints and exports): ``vae`` — the pipeline's frozen SD VAE (latents
+[4, S/8, S/8] in SD; the tiny random one halves the size) —, or ``pixel`` — ``lightning_modules.pretrained.
+PixelAutoencoder``, the identity: the UNet denoises the image itself at ``image_size`` (RGB in [-1, 1], 3 channels;
+inputs = 2 x 3 for the noisy and the reference image). A pixel-space model needs no VAE weights: built from scratch
+(``pretrained`` unset) it learns from random initialisation (``unet_channels``, ``unet_layers_per_block``,
+``unet_attention_levels``, ``unet_head_dim`` size its UNet); its export has no ``vae/`` folder.
+
+Validation samples the first ``val_sample_batches`` batches (``val_inference_steps`` sampling steps) and logs
+val/psnr, val/ssim and val/psnr_fg (inside the target's foreground box) per source kind, plus val/lpips when local
+``vgg_weights`` and ``lpips_weights`` are given (LPIPS stays out of checkpoints). Whether the model learned anything
+beyond its input: ``val/gen_psnr`` (the generated views against the ground-truth rig views) next to
+``val/copy_ref_psnr``, the baseline that copies the reference image into every view (``copy_reference_views``),
+and the same pair for ``psnr_fg`` (``val/gen_psnr_fg``, ``val/copy_ref_psnr_fg``). Both are over the novel views
+only: a target view that is the reference view itself (``reference_view_mask``) is left out, where copying is exact.
 
 Example (tiny random components, CPU):
     >>> m = DiffusionModule(rig="facelift_6view", view_embeddings="learned", view_init="scratch", image_size=32,
@@ -66,6 +78,8 @@ from lightning_modules.optim import (
 from lightning_modules.pretrained import (
     PipelineComponents,
     build_tiny_components,
+    check_autoencoder,
+    latent_channels_of,
     load_pipeline_components,
     save_pipeline_components,
 )
@@ -130,6 +144,58 @@ def clip_input_size(feature_extractor: Any) -> tuple[int, int]:
     return int(get("height")), int(get("width"))
 
 
+def copy_reference_views(ref: Tensor, num_views: int, size: int | tuple[int, int]) -> Tensor:
+    """The "copy the reference into every view" baseline: ref [B, 3, H, W] -> [B, num_views, 3, h, w] at ``size``.
+
+    A multi-view model has learned something when its generated views beat this against the ground-truth views.
+
+    >>> tuple(copy_reference_views(torch.rand(2, 3, 8, 8), 6, 4).shape)
+    (2, 6, 3, 4, 4)
+    """
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    x = ref.float()
+    if tuple(x.shape[-2:]) != hw:
+        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
+    return x[:, None].expand(-1, num_views, -1, -1, -1)
+
+
+def reference_view_mask(batch: dict) -> Tensor | None:
+    """[B, V] bool: which target views are the reference view itself (``index[..., 0] == ref_view``); None when the
+    batch does not say (no ``index`` / ``ref_view``).
+
+    >>> reference_view_mask({"index": torch.tensor([[[0, 7], [1, 7], [2, 7]]]), "ref_view": torch.tensor([1])})
+    tensor([[False,  True, False]])
+    """
+    index, ref = batch.get("index"), batch.get("ref_view")
+    if not isinstance(index, Tensor) or not isinstance(ref, Tensor):
+        return None
+    return index[..., 0] == ref.view(-1, 1).to(index.device)
+
+
+def novel_view_means(values: Tensor, is_ref: Tensor | None) -> Tensor:
+    """Per-scene means [B] of per-view values [B, V] over the views that are not the reference (NaN values, e.g.
+    ``psnr_fg`` of an empty view, left out; NaN for a scene with none left).
+
+    >>> novel_view_means(torch.tensor([[float("inf"), 20.0, 30.0]]), torch.tensor([[True, False, False]]))
+    tensor([25.])
+    """
+    v = values.float()
+    if is_ref is not None:
+        v = v.masked_fill(is_ref.to(v.device), float("nan"))
+    return v.nanmean(-1)
+
+
+COMPARED = ("gen_psnr", "copy_ref_psnr", "gen_psnr_fg", "copy_ref_psnr_fg")  # validation: model vs copy baseline
+
+
+def _resize_views(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, V, C, H, W] -> [B, V, C, *size] (bilinear, antialiased)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    y = F.interpolate(x.flatten(0, 1).float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return y.view(*x.shape[:3], *size)
+
+
 def _batch_rigs(batch: dict) -> list[str]:
     rig = batch.get("rig")
     if rig is None:
@@ -158,10 +224,15 @@ class DiffusionModule(StageModule):
         image_size: int = 512,
         prediction_type: str | None = None,
         noise_level: int = 0,
-        # tiny random components when pretrained is None (demo / tests)
+        autoencoder: str = "vae",
+        # components built from scratch when pretrained is None (random UNet / tiny CLIP [/ tiny VAE])
         tiny_width: int = 32,
         tiny_cross_attention_dim: int = 32,
         tiny_image_embed_dim: int = 16,
+        unet_channels: list[int] | None = None,
+        unet_layers_per_block: int = 1,
+        unet_attention_levels: list[bool] | None = None,
+        unet_head_dim: int = 16,
         # training
         snr_gamma: float | None = 5.0,
         cond_drop_prob: float = 0.05,
@@ -192,13 +263,18 @@ class DiffusionModule(StageModule):
         if view_embeddings not in ("facelift", "learned"):
             raise ValueError(f"view_embeddings must be 'facelift' or 'learned', got {view_embeddings!r}")
         self.rig: Rig = load_rig(rig)
+        check_autoencoder(autoencoder)
 
         if pretrained:
-            c = load_pipeline_components(pretrained, unet_subfolder=unet_subfolder)
+            c = load_pipeline_components(pretrained, unet_subfolder=unet_subfolder, autoencoder=autoencoder,
+                                         image_size=image_size)
         else:
+            default_prediction = "v_prediction" if autoencoder == "pixel" else "epsilon"
             c = build_tiny_components(image_size=image_size, cross_attention_dim=tiny_cross_attention_dim,
                                       image_embed_dim=tiny_image_embed_dim, width=tiny_width,
-                                      prediction_type=prediction_type or "epsilon")
+                                      prediction_type=prediction_type or default_prediction, autoencoder=autoencoder,
+                                      unet_channels=unet_channels, layers_per_block=unet_layers_per_block,
+                                      attention_levels=unet_attention_levels, head_dim=unet_head_dim)
         self._set_components(c, prediction_type)
         upstream_sparse = c.upstream_unet_config.get("sparse_mv_attention")
         if upstream_sparse is not None and (attention == "sparse") != bool(upstream_sparse):
@@ -224,6 +300,9 @@ class DiffusionModule(StageModule):
 
         self.lpips = load_lpips(vgg_weights, lpips_weights) if (vgg_weights or lpips_weights) else None
         self.val_metrics = KindMetrics()
+        from torchmetrics import MeanMetric
+
+        self.compare_metrics = torch.nn.ModuleDict({k: MeanMetric(nan_strategy="ignore") for k in COMPARED})
 
     # ---- construction -----------------------------------------------------------------------------------------
     def _set_components(self, c: PipelineComponents, prediction_type: str | None) -> None:
@@ -244,8 +323,17 @@ class DiffusionModule(StageModule):
         self.clip_size = clip_input_size(fe)
         self.register_buffer("clip_mean", torch.tensor(fe.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(fe.image_std).view(1, 3, 1, 1), persistent=False)
-        self.latent_scale = float(getattr(self.vae.config, "scaling_factor", 0.18215))
-        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.autoencoder = c.autoencoder
+        if self.autoencoder == "pixel":
+            self.latent_scale = float(self.vae.scaling_factor)
+            self.vae_factor = int(self.vae.downsample_factor)
+        else:
+            self.latent_scale = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+            self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_channels = latent_channels_of(self.autoencoder)
+        if int(self.unet.config.out_channels) != self.latent_channels:
+            raise ValueError(f"the UNet predicts {self.unet.config.out_channels} channels but the {self.autoencoder!r} "
+                             f"autoencoder's latents have {self.latent_channels}")
         self._components = c
 
     def _make_view_embeddings(self) -> ViewEmbeddings:
@@ -308,14 +396,19 @@ class DiffusionModule(StageModule):
     @torch.no_grad()
     def encode_latents(self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None
                        ) -> Tensor:
-        """images [N, 3, H, W] in [0, 1] -> scaled VAE latents [N, 4, H/f, W/f] (posterior mode or a sample)."""
+        """images [N, 3, H, W] in [0, 1] -> scaled VAE latents [N, 4, H/f, W/f] (posterior mode or a sample);
+        pixel autoencoder: the images at ``image_size`` in [-1, 1], [N, 3, S, S] (deterministic)."""
+        if self.autoencoder == "pixel":
+            return self.vae.encode(images)
         dist = self.vae.encode(images.to(self.vae.dtype) * 2.0 - 1.0).latent_dist
         z = dist.sample(generator=generator) if sample else dist.mode()
         return z * self.latent_scale
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
-        """[N, 4, h, w] -> images [N, 3, h*f, w*f] in [0, 1]."""
+        """[N, C, h, w] -> images [N, 3, h*f, w*f] in [0, 1]."""
+        if self.autoencoder == "pixel":
+            return self.vae.decode(latents)
         x = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
         return (x.float() / 2.0 + 0.5).clamp(0, 1)
 
@@ -464,7 +557,7 @@ class DiffusionModule(StageModule):
         sampler = self.make_sampler(scheduler)
         sampler.set_timesteps(num_inference_steps, device=device)
         h = size // self.vae_factor
-        latents = _randn((b * v, 4, h, h), gen, device) * sampler.init_noise_sigma
+        latents = _randn((b * v, self.latent_channels, h, h), gen, device) * sampler.init_noise_sigma
         step_kwargs = {}
         params = inspect.signature(sampler.step).parameters
         if "eta" in params:
@@ -500,13 +593,20 @@ class DiffusionModule(StageModule):
         self._last_sample_step = self.global_step
         ref = self.reference_input(batch)
         out = self.sample(ref, self.hparams.val_inference_steps, self.hparams.val_guidance_scale, seed=batch_idx)
-        target = batch["images"]
-        if out["images"].shape[-2:] != target.shape[-2:]:
-            target = F.interpolate(target.flatten(0, 1), size=out["images"].shape[-2:], mode="bilinear",
-                                   antialias=True).view_as(out["images"])
+        size = tuple(out["images"].shape[-2:])
+        target = _resize_views(batch["images"], size)
+        alpha = batch.get("alpha")
+        alpha = _resize_views(alpha, size) if alpha is not None else None
         from lightning_modules.metrics import batch_kinds, view_metrics
 
-        self.val_metrics.update(view_metrics(out["images"], target, self.lpips), batch_kinds(batch, b))
+        generated = view_metrics(out["images"], target, self.lpips, alpha)
+        self.val_metrics.update(generated, batch_kinds(batch, b))
+        copied = view_metrics(copy_reference_views(ref, target.shape[1], size), target, None, alpha)
+        is_ref = reference_view_mask(batch)
+        for name in ("psnr", "psnr_fg"):
+            if name in generated:
+                self.compare_metrics[f"gen_{name}"].update(novel_view_means(generated[name], is_ref))
+                self.compare_metrics[f"copy_ref_{name}"].update(novel_view_means(copied[name], is_ref))
         if batch_idx == 0:
             self.last_val_grid = image_grid(ref, out["images"], target)
             self._log_grid(self.last_val_grid)
@@ -515,6 +615,10 @@ class DiffusionModule(StageModule):
         values = self.val_metrics.compute()
         for name, value in values.items():
             self.log(f"val/{name}", value, sync_dist=True)
+        for name, metric in self.compare_metrics.items():  # generated vs copying the reference, novel views
+            if metric.update_called:
+                self.log(f"val/{name}", metric.compute(), sync_dist=True)
+            metric.reset()
         self.val_metrics.reset()
 
     def _log_grid(self, grid: Tensor) -> None:
@@ -533,6 +637,7 @@ class DiffusionModule(StageModule):
                 "view_embeddings": self.view_embeddings.source,
                 "view_rig_fingerprint": self.view_embeddings.rig_fingerprint,
                 "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size),
+                "autoencoder": self.autoencoder,
                 "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -550,6 +655,10 @@ class DiffusionModule(StageModule):
         if "attention" in meta and meta["attention"] != self.attention_mode:
             raise ValueError(f"checkpoint was trained with {meta['attention']!r} multi-view attention but this module "
                              f"uses {self.attention_mode!r}; the mode is never switched silently")
+        stored_ae = meta.get("autoencoder", "vae")  # checkpoints written before the choice existed: the VAE
+        if stored_ae != self.autoencoder:
+            raise ValueError(f"checkpoint was trained with the {stored_ae!r} autoencoder but this module uses "
+                             f"{self.autoencoder!r}; the latent space is never switched silently")
         if "rig" in meta:
             stored = Rig.from_dict(meta["rig"])
             if stored.fingerprint != self.rig.fingerprint:
@@ -566,8 +675,9 @@ class DiffusionModule(StageModule):
 
     # ---- export -------------------------------------------------------------------------------------------------
     def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
-        """Write a self-contained pipeline folder: unet/ (+ unet_ema/), vae/, image_encoder/, feature_extractor/,
-        scheduler/, image_normalizer/, image_noising_scheduler/, view_embeddings.safetensors, rig.json, mvlift.json.
+        """Write a self-contained pipeline folder: unet/ (+ unet_ema/), vae/ (not for ``autoencoder: pixel``),
+        image_encoder/, feature_extractor/, scheduler/, image_normalizer/, image_noising_scheduler/,
+        view_embeddings.safetensors, rig.json, mvlift.json (metadata with ``autoencoder``, and the hparams).
         ``ema_weights``: the EMA shadow of ``self.unet`` (names with or without the ``unet.`` prefix)."""
         out = Path(out_dir)
         c = self._components
@@ -604,6 +714,7 @@ class DiffusionModule(StageModule):
         hp = init_hparams(meta.get("hparams") or {})
         hp.update(rig=str(path / EXPORT_RIG), pretrained=str(path), unet_subfolder="unet_ema" if ema else "unet",
                   attention=meta["attention"], prediction_type=meta["prediction_type"],
+                  autoencoder=meta.get("autoencoder", "vae"),
                   view_embeddings=meta["view_embeddings"], view_embeddings_path=str(path / VIEW_EMBEDDINGS_FILE))
         hp.update(overrides)
         module = cls(**hp)
@@ -626,4 +737,5 @@ def image_grid(ref: Tensor, generated: Tensor, target: Tensor, max_scenes: int =
     return torch.cat(rows, dim=-2).clamp(0, 1).cpu()
 
 
-__all__ = ["DiffusionModule", "image_grid", "min_snr_weights", "step_seed"]
+__all__ = ["COMPARED", "DiffusionModule", "copy_reference_views", "image_grid", "min_snr_weights", "novel_view_means",
+           "reference_view_mask", "step_seed"]

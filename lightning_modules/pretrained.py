@@ -10,7 +10,14 @@ Everything is read with ``from_pretrained(..., local_files_only=True)``: nothing
 plain diffusers blocks (same parameter names and shapes) and the extra keys are reported, not used — the
 multi-view behaviour comes from ``lightning_modules.mv_attention``.
 
-``make_tiny_pipeline_folder(path)`` writes tiny random components in the same layout (tests and ``make demo``).
+``make_tiny_pipeline_folder(path)`` writes tiny random components in the same layout (tests and smoke runs).
+
+The autoencoder (``AUTOENCODERS``): ``vae`` is the pipeline's frozen ``AutoencoderKL`` (4 latent channels, 8x
+smaller in SD); ``pixel`` is :class:`PixelAutoencoder`, the identity: the latents are the image itself, RGB in
+[-1, 1] at the model's image size (3 channels, scaling factor 1, no weights), so the UNet denoises pixels and no
+``vae/`` folder is read or written. A pixel-space UNet takes 2 x 3 inputs (noisy + reference image) and predicts 3
+channels; built from scratch (``build_tiny_components(autoencoder="pixel", ...)``) it comes with a noise schedule
+meant for pixels (:func:`pixel_scheduler`).
 
 Example:
     >>> import tempfile
@@ -26,13 +33,15 @@ import dataclasses
 import inspect
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-from torch import nn
+from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,57 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 OPTIONAL_COMPONENTS = ("image_normalizer", "image_noising_scheduler")
 PLAIN_UNET_CLASS = "UNet2DConditionModel"
+AUTOENCODERS = ("vae", "pixel")
+
+
+def check_autoencoder(name: str) -> str:
+    """Return ``name`` if it is a known autoencoder (``AUTOENCODERS``), else raise ValueError."""
+    if name not in AUTOENCODERS:
+        raise ValueError(f"autoencoder must be one of {AUTOENCODERS}, got {name!r}")
+    return name
+
+
+def latent_channels_of(autoencoder: str) -> int:
+    """Latent channels of an autoencoder kind: 4 for SD's VAE, 3 (RGB) for ``pixel``."""
+    return PixelAutoencoder.latent_channels if check_autoencoder(autoencoder) == "pixel" else 4
+
+
+class PixelAutoencoder(nn.Module):
+    """The identity autoencoder of pixel-space diffusion: latents = the image at ``size`` px, RGB in [-1, 1].
+
+    ``encode(images [N, 3, H, W] in [0, 1]) -> [N, 3, size, size]`` (resized with antialiasing when H, W differ
+    from ``size``, then ``2x - 1``); ``decode(latents) -> [N, 3, size, size]`` in [0, 1] (``(z + 1) / 2``, clamped).
+    Encoding then decoding gives the image back exactly (at ``size``). No parameters and no state: a checkpoint or
+    export records only that the model is pixel-space (``autoencoder: pixel``) and its image size.
+
+    Example:
+        >>> ae = PixelAutoencoder(8)
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> torch.equal(ae.decode(ae.encode(x)), x), tuple(ae.encode(torch.rand(1, 3, 16, 16)).shape)
+        (True, (1, 3, 8, 8))
+    """
+
+    latent_channels = 3
+    scaling_factor = 1.0
+    downsample_factor = 1
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if int(size) < 1:
+            raise ValueError(f"PixelAutoencoder size must be >= 1, got {size}")
+        self.size = int(size)
+
+    def encode(self, images: Tensor) -> Tensor:
+        x = images.float()
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return x * 2.0 - 1.0
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return ((latents.float() + 1.0) / 2.0).clamp(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
 
 
 # ---- UNet configs ------------------------------------------------------------------------------------------------
@@ -127,7 +187,7 @@ class PipelineComponents:
     """Everything the diffusion stage needs besides the view embeddings."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | PixelAutoencoder
     image_encoder: CLIPVisionModelWithProjection
     feature_extractor: CLIPImageProcessor
     scheduler_config: dict[str, Any]
@@ -140,36 +200,55 @@ class PipelineComponents:
     def image_embed_dim(self) -> int:
         return int(self.image_encoder.config.projection_dim)
 
+    @property
+    def autoencoder(self) -> str:
+        """``"pixel"`` for a :class:`PixelAutoencoder`, else ``"vae"``."""
+        return "pixel" if isinstance(self.vae, PixelAutoencoder) else "vae"
+
 
 def default_image_noising_scheduler() -> DDPMScheduler:
     """SD 2.1 unCLIP's image-embedding noise schedule (1000 steps, squared cosine)."""
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
 
 
-def _check_folder(folder: Path) -> None:
+def _check_folder(folder: Path, autoencoder: str = "vae") -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"pretrained pipeline folder not found: {folder}")
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    needed = [c for c in COMPONENTS if not (c == "vae" and autoencoder == "pixel")]
+    missing = [c for c in needed if not (folder / c).is_dir()]
     if missing:
         raise FileNotFoundError(
-            f"{folder}: not a pipeline folder — missing {missing} (expected {list(COMPONENTS)}, FaceLift's "
+            f"{folder}: not a pipeline folder — missing {missing} (expected {needed}, FaceLift's "
             "pipeckpts/ or SD 2.1 unCLIP layout)"
         )
 
 
-def load_pipeline_components(folder: str | Path, unet_subfolder: str = "unet", in_channels: int = 8
-                             ) -> PipelineComponents:
-    """Read a local pipeline folder (see module docstring); a 4-input UNet is widened to ``in_channels``."""
+def load_pipeline_components(folder: str | Path, unet_subfolder: str = "unet", in_channels: int | None = None,
+                             autoencoder: str = "vae", image_size: int | None = None) -> PipelineComponents:
+    """Read a local pipeline folder (see module docstring); a UNet with fewer inputs is widened to ``in_channels``
+    (default: 2 x the autoencoder's latent channels, noisy + reference latent). ``autoencoder="pixel"``: no
+    ``vae/`` is read (a :class:`PixelAutoencoder` at ``image_size``, default the UNet's sample size) and the UNet
+    must predict 3 channels."""
     folder = Path(folder)
-    _check_folder(folder)
+    check_autoencoder(autoencoder)
+    _check_folder(folder, autoencoder)
+    latent_channels = latent_channels_of(autoencoder)
+    in_channels = 2 * latent_channels if in_channels is None else int(in_channels)
     notes: list[str] = []
     unet = load_unet(folder / unet_subfolder)
     raw_cfg = json.loads((folder / unet_subfolder / "config.json").read_text())
     upstream = plain_unet_config(raw_cfg)[1] if is_facelift_unet_config(raw_cfg) else {}
+    if autoencoder == "pixel" and unet.config.out_channels != latent_channels:
+        raise ValueError(f"{folder / unet_subfolder}: the UNet predicts {unet.config.out_channels} channels; a "
+                         f"pixel-space model (autoencoder: pixel) needs {latent_channels} (RGB) — a latent-space "
+                         "pipeline's UNet cannot be used in pixel space")
     if unet.config.in_channels != in_channels:
         notes.append(f"conv_in widened {unet.config.in_channels} -> {in_channels} (new inputs zero)")
         expand_conv_in(unet, in_channels)
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True)
+    if autoencoder == "pixel":
+        vae = PixelAutoencoder(int(image_size or unet.config.sample_size))
+    else:
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True)
     image_encoder = CLIPVisionModelWithProjection.from_pretrained(str(folder / "image_encoder"), local_files_only=True)
     feature_extractor = CLIPImageProcessor.from_pretrained(str(folder / "feature_extractor"), local_files_only=True)
     sched_path = folder / "scheduler" / "scheduler_config.json"
@@ -204,13 +283,43 @@ def load_pipeline_components(folder: str | Path, unet_subfolder: str = "unet", i
 
 # ---- tiny random components ---------------------------------------------------------------------------------------
 def tiny_unet_config(in_channels: int = 8, sample_size: int = 16, cross_attention_dim: int = 32,
-                     image_embed_dim: int = 16, width: int = 32) -> dict[str, Any]:
-    """A small SD-2.1-unCLIP-shaped UNet (2 levels, 1 layer each, linear projections, class projection)."""
+                     image_embed_dim: int = 16, width: int = 32, out_channels: int = 4,
+                     channels: Sequence[int] | None = None, layers_per_block: int = 1,
+                     attention_levels: Sequence[bool] | None = None, head_dim: int = 16) -> dict[str, Any]:
+    """A small SD-2.1-unCLIP-shaped UNet (linear projections, class projection) built from scratch.
+
+    Default: 2 levels (``width``, 2 x ``width``), 1 layer each, 2 / 4 attention heads. ``channels`` sets the
+    levels' widths (``block_out_channels``; heads = width // ``head_dim``); ``attention_levels`` says which levels
+    have transformer blocks (multi-view self-attention + view cross-attention), default all but the last (SD's
+    layout; the mid block always has one); ``layers_per_block`` as in diffusers.
+
+    Example:
+        >>> cfg = tiny_unet_config(6, 64, out_channels=3, channels=(64, 128, 256), attention_levels=(False, True, True),
+        ...                        head_dim=32)
+        >>> cfg["down_block_types"], cfg["attention_head_dim"]
+        (['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'], [2, 4, 8])
+        >>> cfg["up_block_types"]
+        ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D']
+    """
+    if channels is None:
+        widths, heads = [width, 2 * width], [2, 4]
+    else:
+        widths = [int(c) for c in channels]
+        if not widths or head_dim < 1 or any(c < head_dim for c in widths):
+            raise ValueError(f"UNet channels {widths} must be a non-empty list of widths >= head_dim ({head_dim})")
+        heads = [c // head_dim for c in widths]
+    attn = [i < len(widths) - 1 for i in range(len(widths))] if attention_levels is None else \
+        [bool(a) for a in attention_levels]
+    if len(attn) != len(widths):
+        raise ValueError(f"attention_levels {attn} must name each of the {len(widths)} UNet levels")
+    down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn]
+    up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]
     return {
-        "sample_size": sample_size, "in_channels": in_channels, "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "block_out_channels": [width, 2 * width],
-        "layers_per_block": 1, "attention_head_dim": [2, 4], "cross_attention_dim": cross_attention_dim,
+        "sample_size": sample_size, "in_channels": in_channels, "out_channels": out_channels,
+        "down_block_types": down, "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": up, "block_out_channels": widths,
+        "layers_per_block": int(layers_per_block), "attention_head_dim": heads,
+        "cross_attention_dim": cross_attention_dim,
         "use_linear_projection": True, "class_embed_type": "projection",
         "projection_class_embeddings_input_dim": 2 * image_embed_dim, "norm_num_groups": 8,
         "flip_sin_to_cos": True, "freq_shift": 0,
@@ -224,35 +333,62 @@ def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
                          prediction_type=prediction_type)
 
 
-def build_tiny_components(image_size: int = 32, in_channels: int = 8, cross_attention_dim: int = 32,
+def pixel_scheduler(prediction_type: str = "v_prediction") -> DDIMScheduler:
+    """The noise schedule of a pixel-space model (1000 steps, in a DDIM config): cosine (``squaredcos_cap_v2``,
+    Nichol & Dhariwal's choice for 64 px images: the scaled-linear latent schedule leaves a 64 px image visible at
+    its last step, a linear one destroys it early), sampled with ``trailing`` timesteps so the first sampling step is
+    the last training step (signal ~0, matching the pure noise sampling starts from), and predicted images clipped to
+    [-1, 1] (``clip_sample``: pixels have a known range)."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                         clip_sample_range=1.0, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing",
+                         prediction_type=prediction_type)
+
+
+def build_tiny_components(image_size: int = 32, in_channels: int | None = None, cross_attention_dim: int = 32,
                           image_embed_dim: int = 16, width: int = 32, prediction_type: str = "epsilon",
-                          seed: int = 0) -> PipelineComponents:
-    """Tiny random components (deterministic for a seed): VAE with 2x downsampling, 2-layer CLIP vision encoder."""
+                          seed: int = 0, autoencoder: str = "vae", unet_channels: Sequence[int] | None = None,
+                          layers_per_block: int = 1, attention_levels: Sequence[bool] | None = None,
+                          head_dim: int = 16) -> PipelineComponents:
+    """Random components built from scratch (deterministic for a seed): the UNet (``tiny_unet_config``; inputs
+    default to 2 x the latent channels), a tiny VAE with 2x downsampling (``autoencoder="vae"``) or the
+    :class:`PixelAutoencoder` (``"pixel"``: the UNet works on the ``image_size`` image, with
+    :func:`pixel_scheduler`), and a 2-layer CLIP vision encoder (the frozen image embedding of the reference)."""
+    check_autoencoder(autoencoder)
+    pixel = autoencoder == "pixel"
+    latent_channels = latent_channels_of(autoencoder)
+    in_channels = 2 * latent_channels if in_channels is None else int(in_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**tiny_unet_config(in_channels, image_size // 2, cross_attention_dim,
-                                                       image_embed_dim, width))
-        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                            up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], latent_channels=4,
-                            norm_num_groups=8, layers_per_block=1, sample_size=image_size)
+        unet = UNet2DConditionModel(**tiny_unet_config(
+            in_channels, image_size if pixel else image_size // 2, cross_attention_dim, image_embed_dim, width,
+            out_channels=latent_channels, channels=unet_channels, layers_per_block=layers_per_block,
+            attention_levels=attention_levels, head_dim=head_dim))
+        if pixel:
+            vae = PixelAutoencoder(image_size)
+        else:
+            vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                                up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32],
+                                latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=image_size)
         clip_cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, projection_dim=image_embed_dim,
                                     num_hidden_layers=2, num_attention_heads=4, image_size=image_size, patch_size=8)
         image_encoder = CLIPVisionModelWithProjection(clip_cfg)
         normalizer = StableUnCLIPImageNormalizer(embedding_dim=image_embed_dim)
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                            crop_size={"height": image_size, "width": image_size})
-    return PipelineComponents(unet, vae.eval(), image_encoder.eval(), feature_extractor,
-                              dict(tiny_scheduler(prediction_type).config), normalizer,
-                              default_image_noising_scheduler())
+    scheduler = pixel_scheduler(prediction_type) if pixel else tiny_scheduler(prediction_type)
+    return PipelineComponents(unet, vae.eval(), image_encoder.eval(), feature_extractor, dict(scheduler.config),
+                              normalizer, default_image_noising_scheduler())
 
 
 def save_pipeline_components(c: PipelineComponents, folder: str | Path, unet: nn.Module | None = None,
                              unet_subfolder: str = "unet") -> Path:
-    """Write components in the pipeline-folder layout (``unet`` overrides ``c.unet``, e.g. EMA weights)."""
+    """Write components in the pipeline-folder layout (``unet`` overrides ``c.unet``, e.g. EMA weights); no
+    ``vae/`` for a pixel-space model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (unet if unet is not None else c.unet).save_pretrained(str(folder / unet_subfolder))
-    c.vae.save_pretrained(str(folder / "vae"))
+    if c.autoencoder == "vae":  # a PixelAutoencoder has nothing to save
+        c.vae.save_pretrained(str(folder / "vae"))
     c.image_encoder.save_pretrained(str(folder / "image_encoder"))
     c.feature_extractor.save_pretrained(str(folder / "feature_extractor"))
     DDIMScheduler.from_config(c.scheduler_config).save_pretrained(str(folder / "scheduler"))
@@ -311,8 +447,9 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "COMPONENTS", "PipelineComponents", "build_tiny_components", "default_image_noising_scheduler",
-    "expand_conv_in", "facelift_style_unet_config", "is_facelift_unet_config", "load_pipeline_components",
-    "load_unet", "make_tiny_pipeline_folder", "plain_block_name", "plain_unet_config", "save_pipeline_components",
-    "sd21_unclip_unet_config", "tiny_unet_config",
+    "AUTOENCODERS", "COMPONENTS", "PipelineComponents", "PixelAutoencoder", "build_tiny_components",
+    "check_autoencoder", "default_image_noising_scheduler", "expand_conv_in", "facelift_style_unet_config",
+    "is_facelift_unet_config", "latent_channels_of", "load_pipeline_components", "load_unet",
+    "make_tiny_pipeline_folder", "pixel_scheduler", "plain_block_name", "plain_unet_config",
+    "save_pipeline_components", "sd21_unclip_unet_config", "tiny_unet_config",
 ]
