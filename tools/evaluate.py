@@ -14,7 +14,10 @@ What is measured (the "mode" of a row):
     reconstruction  a GS-LRM checkpoint alone: the data's first ``num_input_views`` views of each scene are the
                     inputs, the other views are rendered and compared with the ground truth.
     diffusion       a diffusion checkpoint alone: the reference view (``--reference-view K`` of the rig, default 0
-                    = front) generates the rig's views, compared with the ground-truth views in rig order.
+                    = front) generates the rig's views, compared with the ground-truth views in rig order. Whether
+                    the model learned more than its input: over the novel views (the rig's views other than the
+                    reference view itself), the generated views (``novel/*``) next to the baseline that copies the
+                    reference into every view (``copy_ref/*``; ``lightning_modules.diffusion.copy_reference_views``).
     chained         ``--diffusion D`` with GS-LRM checkpoints: D's generated views, with D's rig cameras (the views'
                     true cameras), are lifted by the GS-LRM and the Gaussians rendered at the data's ground-truth
                     cameras, compared with the ground truth (all rig views, the reference view included: the
@@ -49,7 +52,7 @@ Outputs in ``--out``:
     results.json   everything: settings, checkpoints, rows with metrics per group, per-scene scores, rig diffs
     results.csv    one line per row (checkpoint x data x rig): metric columns ``psnr``, ``psnr/real``,
                    ``psnr/source:NAME``, ``psnr/view:NAME``, ``psnr_fg``..., ``psnr_fg_empty`` (views without
-                   foreground), ``generated/psnr``...
+                   foreground), ``generated/psnr``..., ``novel/psnr`` and ``copy_ref/psnr``... (diffusion rows)
     results.md     the table (rows = checkpoint x data x rig; PSNR / PSNR fg / SSIM [/ LPIPS] overall and per kind),
                    a per-view table and notes
     grids/*.png    per row: one line per scene (the first ``--grid-scenes``), columns inputs | rendered | ground
@@ -267,6 +270,10 @@ class RowResult:
     metric_names: list[str]
     generated: bool = False
     num_input_views: int | None = None
+    novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # diffusion: novel views, model vs copy
+
+
+NOVEL_METRICS = ("psnr", "psnr_fg", "ssim")  # diffusion rows: generated vs copy-the-reference, on the novel views
 
 
 def _record(batch: dict[str, Any], b: int, views: list[str], scores: dict[str, Tensor], prefix: str = ""
@@ -319,7 +326,10 @@ def _sample(diffusion: Any, ref: Tensor, args: argparse.Namespace, batch_index: 
 
 def evaluate_diffusion(module: Any, loader: Any, rig: Rig, args: argparse.Namespace, lpips: Any,
                        device: torch.device) -> RowResult:
-    """Diffusion alone: generated rig views vs the ground-truth views in rig order (mode ``diffusion``)."""
+    """Diffusion alone: generated rig views vs the ground-truth views in rig order (mode ``diffusion``), and on the
+    novel views the generated views vs copying the reference (``RowResult.novel``)."""
+    from lightning_modules.diffusion import copy_reference_views, reference_view_mask
+
     res = RowResult([], [], [], [], [])
     res.num_input_views = 1  # the reference view
     for i, batch in enumerate(loader):
@@ -335,9 +345,20 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, args: argparse.Namesp
         v = min(gen.shape[1], target.shape[1])
         gen, target = gen[:, :v], target[:, :v]
         scores = score_views(gen, target, lpips, alpha=None if alpha is None else alpha[:, :v])
+        copied = score_views(copy_reference_views(ref, v, tuple(gen.shape[-2:])), target, None,
+                             alpha=None if alpha is None else alpha[:, :v])
+        is_ref = reference_view_mask(batch)
         names = [_view_name(rig, j) for j in range(v)]
         for b in range(gen.shape[0]):
             res.scenes.append(_record(batch, b, names, scores))
+            keep = [j for j in range(v) if is_ref is None or not bool(is_ref[b, j])]
+            novel = {"scene_id": str(batch["scene_id"][b]), "source": str(batch["source"][b]),
+                     "kind": str(batch["kind"][b]), "views": [names[j] for j in keep]}
+            for m in NOVEL_METRICS:
+                if m in scores:
+                    novel[f"novel/{m}"] = [float(scores[m][b, j]) for j in keep]
+                    novel[f"copy_ref/{m}"] = [float(copied[m][b, j]) for j in keep]
+            res.novel.append(novel)
             if len(res.grid_rows) < args.grid_scenes:
                 r = _resize(ref[b][None, None], gen.shape[-1])[0]
                 res.grid_rows.append(torch.cat([r, gen[b], target[b]]).float().cpu())
@@ -490,6 +511,10 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
                     "or more held-out scenes)", ckpt.label, data.label, eval_rig.name, len(ids), len(set(ids)))
     if res.generated:
         row["generated_metrics"] = summarize(res.scenes, res.metric_names, prefix="generated/")
+    if res.novel and res.novel[0]["views"]:
+        names = [m for m in NOVEL_METRICS if f"novel/{m}" in res.novel[0]]
+        row["novel_metrics"] = summarize(res.novel, names, prefix="novel/")
+        row["copy_ref_metrics"] = summarize(res.novel, names, prefix="copy_ref/")
     grid = write_grid(args.out / "grids" / f"{_slug(ckpt.label, data.label, eval_rig.name)}.png", res.grid_rows,
                       res.grid_labels, [f"#{i}" for i in range(len(res.grid_rows))])
     row["grid"] = str(grid.relative_to(args.out)) if grid is not None else None
@@ -510,7 +535,8 @@ TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim": "SSIM", "lpips": "LPIPS"
 
 def csv_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in CSV_FIXED}
-    for prefix, summary in (("", row.get("metrics")), ("generated/", row.get("generated_metrics"))):
+    for prefix, summary in (("", row.get("metrics")), ("generated/", row.get("generated_metrics")),
+                            ("novel/", row.get("novel_metrics")), ("copy_ref/", row.get("copy_ref_metrics"))):
         if not summary:
             continue
         names = [m for m in BASE_METRICS if m in summary["all"]]
@@ -564,6 +590,9 @@ def markdown(results: dict[str, Any]) -> str:
     head += [f"{TITLES[m]} {k}" for k in kinds for m in metrics]
     if any(r.get("generated_metrics") for r in ok_rows):
         head += [f"generated {TITLES[m]}" for m in metrics]
+    compared = [m for m in ("psnr", "psnr_fg") if any(m in (r.get("copy_ref_metrics") or {}).get("all", {})
+                                                     for r in ok_rows)]
+    head += [f"{who} {TITLES[m]}" for m in compared for who in ("novel", "copy-ref")]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         match = "yes" if r.get("rig_match") else f"**no** ({r.get('rig_worst_angle_deg', 0):.1f}°)"
@@ -583,6 +612,9 @@ def markdown(results: dict[str, Any]) -> str:
         if any(x.get("generated_metrics") for x in ok_rows):
             g = (r.get("generated_metrics") or {}).get("all", {})
             cells += [_fmt(g.get(m), DIGITS[m]) for m in metrics]
+        for m in compared:
+            cells += [_fmt((r.get(key) or {}).get("all", {}).get(m), DIGITS[m])
+                      for key in ("novel_metrics", "copy_ref_metrics")]
         lines.append("| " + " | ".join(cells) + " |")
     order = {v: i for r in reversed(ok_rows) for i, v in enumerate(r.get("rig_views") or [])}
     views = sorted(dict.fromkeys(v for r in ok_rows for v in r["metrics"]["view"]),
@@ -608,6 +640,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("- PSNR fg: PSNR over the pixels inside the axis-aligned bounding box of the ground truth's "
                      "alpha > 0.5 (the background outside the subject's box does not count); views without "
                      "foreground are left out of the means and counted in the row notes.")
+    if compared:
+        lines.append("- novel / copy-ref (diffusion rows): over the rig's views other than the reference view itself, "
+                     "the generated views and the baseline that copies the reference into every view; a model that "
+                     "learned the other views beats the copy.")
     for r in rows:
         cams = "; ".join(f"{k}: {v}" for k, v in (r.get("cameras") or {}).items())
         extra = []
