@@ -31,5 +31,39 @@ sweep)
   fit 1 proc128_lr2 -c $P --model.init_args.lr 2.0e-4 --trainer.max_time 00:00:04:00
   wait
   pack sweep ;;
-*) echo "usage: bash bench/learning_device.sh sweep" ; exit 2 ;;
+sweep2)
+  O=configs/recipes/overfit_facelift_sample.yaml P=configs/recipes/gslrm_procedural_128.yaml T=00:00:04:00
+  fit 0 p_alpha -c $P --model.init_args.opacity_weight 1.0 --trainer.max_time $T
+  fit 0 p_alpha_d1 -c $P --model.init_args.opacity_weight 1.0 --model.init_args.depth_range 1.0 --trainer.max_time $T
+  fit 0 p_fp32_lr1 -c $P --model.init_args.lr 1.0e-4 --model.init_args.weight_decay 0 --trainer.precision 32-true \
+      --trainer.max_time $T
+  fit 1 p_alpha_lr1 -c $P --model.init_args.opacity_weight 1.0 --model.init_args.lr 1.0e-4 \
+      --model.init_args.weight_decay 0 --trainer.max_time $T
+  fit 1 p_alpha_s33 -c $P --model.init_args.opacity_weight 1.0 --model.init_args.scale_bias -3.3 --trainer.max_time $T
+  fit 1 o_alpha -c $O --model.init_args.opacity_weight 1.0 --data.init_args.num_workers 10 --trainer.max_time $T
+  wait
+  pack sweep2 ;;
+final)  # the recipes, the domain-gap experiment and the pixel-space diffusion recipe, then one evaluation table
+  P=configs/recipes/gslrm_procedural_128.yaml T=00:00:04:30
+  fit 0 gslrm_procedural_128 -c $P --trainer.max_time $T
+  fit 0 domain_mixed -c $P --data configs/data/procedural_mixed_128.yaml --trainer.max_time $T
+  fit 0 overfit_facelift_sample -c configs/recipes/overfit_facelift_sample.yaml --data.init_args.num_workers 10 \
+      --trainer.max_time $T
+  fit 1 domain_mixed_aug -c $P --data configs/data/procedural_mixed_128.yaml --data.init_args.augment null \
+      --trainer.max_time $T
+  fit 1 gslrm_procedural_128_lr1e-4 -c $P --model.init_args.lr 1.0e-4 --model.init_args.weight_decay 0 \
+      --trainer.max_time $T
+  fit 1 diffusion_pixel_procedural64 -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time $T
+  wait
+  R=runs/recipes
+  python -m tools.evaluate --ckpt clean=$R/gslrm_procedural_128/checkpoints/last.ckpt \
+      --ckpt mixed=$R/domain_mixed/checkpoints/last.ckpt --ckpt mixed_aug=$R/domain_mixed_aug/checkpoints/last.ckpt \
+      --ckpt clean_lr1e-4=$R/gslrm_procedural_128_lr1e-4/checkpoints/last.ckpt \
+      --data clean=configs/data/procedural_clean_128.yaml --data realistic=configs/data/procedural_realistic_128.yaml \
+      --out runs/eval_domain_gap --device cuda --batches 8 --batch-size 8 --grid-scenes 4 > "$OUT/eval.log" 2>&1
+  cp "$OUT"/*.log runs/ 2>/dev/null
+  tar czf "$OUT/final.tgz" runs/*.log $(find runs -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o \
+      -name 'throughput.json' \)) runs/eval_domain_gap
+  ls -la "$OUT" ;;
+*) echo "usage: bash bench/learning_device.sh sweep|sweep2|final" ; exit 2 ;;
 esac

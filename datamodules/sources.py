@@ -36,6 +36,7 @@ from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_
 from geometry.camera_files import read_camera_file
 from geometry.cameras import invert_rigid
 from geometry.rig import Rig, load_rig
+from lightning_modules.gaussians import gsplat_available
 
 FORMATS = ("procedural", "facelift", "facelift_mvdiffusion", "shards")
 KINDS = ("synthetic", "real")
@@ -87,13 +88,16 @@ class Source:
 
 
 # ---- procedural ----------------------------------------------------------------------------------------------------
+_PRERENDERED: dict[tuple, dict[str, Tensor]] = {}  # this process's last 4 GPU pre-renderings, by their settings
+
+
 class ProceduralSource(Source):
     """Scenes from ``datamodules.procedural`` at the stage's image size, deterministic per index.
 
     ``device``: ``cpu`` renders each scene when it is read (the torch rasterizer: ~0.3 s a scene at 128 px, in the
     loader workers); ``cuda`` renders every scene once, at construction, in batches on this process's GPU (gsplat:
     thousands of scenes in seconds) and keeps them in host memory as 8-bit RGBA (num_scenes x views x 4 x size^2
-    bytes: 1 GB for 4,000 scenes of 8 views at 128 px); ``auto``: ``cuda`` when CUDA is available."""
+    bytes: 1 GB for 4,000 scenes of 8 views at 128 px); ``auto``: ``cuda`` when CUDA and gsplat are available."""
 
     def __init__(self, name: str, kind: str, rig: Rig, num_scenes: int, num_views: int, size: int,
                  realistic: bool = False, seed: int = 0, camera_jitter_deg: float = 0.0, index_offset: int = 0,
@@ -108,8 +112,13 @@ class ProceduralSource(Source):
         self.index_offset = int(index_offset)
         self._cache: dict[int, dict[str, Any]] = {}
         self._rendered: dict[str, Tensor] | None = None
-        if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-            self._rendered = self._render_all(torch.device("cuda", torch.cuda.current_device()))
+        if device == "cuda" or (device == "auto" and torch.cuda.is_available() and gsplat_available()):
+            key = (rig.fingerprint, *self._args()[1:], self.index_offset, self.num_scenes)
+            if key not in _PRERENDERED:  # one rendering per process (tools.evaluate builds a source per row)
+                while len(_PRERENDERED) >= 4:
+                    _PRERENDERED.pop(next(iter(_PRERENDERED)))
+                _PRERENDERED[key] = self._render_all(torch.device("cuda", torch.cuda.current_device()))
+            self._rendered = _PRERENDERED[key]
 
     def __len__(self) -> int:
         return self.num_scenes

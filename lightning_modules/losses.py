@@ -59,7 +59,16 @@ def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Te
 
 
 def ssim_map(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> Tensor:
-    """Per-pixel SSIM [N, C, H, W] of images [..., C, H, W] in [0, data_range] (reflect-padded, same size)."""
+    """Per-pixel SSIM [N, C, H, W] of images [..., C, H, W] in [0, data_range] (reflect-padded, same size).
+
+    Always fp32, autocast or not: the variances are differences of blurred squares (E[x^2] - E[x]^2), which bf16's
+    8-bit mantissa turns into noise — under bf16-mixed that noise, not the image, drove the SSIM term's gradient and
+    GS-LRM training stalled at a grey haze (docs/results.md)."""
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        return _ssim_map_fp32(pred, target, window, sigma, data_range)
+
+
+def _ssim_map_fp32(pred: Tensor, target: Tensor, window: int, sigma: float, data_range: float) -> Tensor:
     x, y = _flat(pred.float()), _flat(target.float())
     c = x.shape[1]
     w = _gaussian_window(window, sigma, c, x)

@@ -85,7 +85,8 @@ def per_view_ssim(pred: Tensor, target: Tensor) -> Tensor:
     """SSIM per view (Gaussian window 11, sigma 1.5). [B, V, C, H, W] -> [B, V]."""
     b, v = pred.shape[:2]
     p, t = pred.detach().float().flatten(0, 1).clamp(0, 1), target.detach().float().flatten(0, 1)
-    ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+    with torch.autocast(device_type=p.device.type, enabled=False):  # fp32: see losses.ssim_map
+        ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
     return ssim.reshape(b, v)
 
 

@@ -368,7 +368,7 @@ def diffusion_data():
                                seed=3, num_workers=0,
                                sources=[{"name": "syn", "num_scenes": 6, "weight": 0.6},
                                         {"name": "real", "kind": "real", "realistic": True, "num_scenes": 4,
-                                         "weight": 0.4, "seed": 1}])
+                                         "weight": 0.4, "seed": 1, "background": "as_is"}])
 
 
 def fit_diffusion(root: Path, run: str, max_steps: int, resume: str | None = None, extra=(),
@@ -403,7 +403,7 @@ def test_diffusion_resume_draws_the_same_timesteps_noise_and_condition_dropout(t
         if isinstance(p, torch.Tensor):
             torch.testing.assert_close(p, full_state[name], atol=1e-7, rtol=0, msg=name)
 
-    # the training backgrounds are recorded and survive the resume: white synthetic + realistic photos = varied
+    # the training backgrounds are recorded and survive the resume: white synthetic + photos as is = varied
     last = {int(p.name.split("step=")[1].split(".")[0]): p for p in paths_cb.paths.checkpoints() if "step=" in p.name}
     meta = torch.load(last[max(last)], weights_only=False)["mvlift"]
     full_meta = torch.load(next(p for p in full_paths.paths.checkpoints() if "step=9." in p.name),

@@ -220,3 +220,26 @@ def test_total_grad_norm_is_the_norm_of_all_gradients_as_one_vector():
     assert total.shape == () and torch.allclose(total, flat.norm())
     # what gradient clipping computes too
     assert torch.allclose(total, torch.nn.utils.clip_grad_norm_(net.parameters(), 1e9))
+
+
+def test_ssim_loss_and_metric_are_fp32_under_bf16_autocast():
+    """Under bf16 autocast, conv2d runs in bf16 and SSIM's variances (E[x^2] - E[x]^2) become noise: GS-LRM training
+    stalled at a grey haze until the loss and the metric opted out of autocast."""
+    from lightning_modules.losses import ssim_loss
+    from lightning_modules.metrics import per_view_ssim
+
+    from datamodules.procedural import make_scene
+
+    s = make_scene(0, "mouse_oblique20_6view", 2, 32)  # a mouse on white: smooth regions, where bf16 hurts most
+    target = s["images"] * s["alpha"] + 1 - s["alpha"]
+    pred = (0.9 * target + 0.1 * target.mean()).requires_grad_(True)
+    ref = ssim_loss(pred, target)
+    (ref_grad,) = torch.autograd.grad(ref, pred)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = ssim_loss(pred, target)
+        metric = per_view_ssim(pred[None], target[None])
+    (mixed_grad,) = torch.autograd.grad(mixed, pred)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed_grad, ref_grad, rtol=0, atol=1e-7)
+    torch.testing.assert_close(metric, per_view_ssim(pred[None], target[None]), rtol=0, atol=1e-6)
