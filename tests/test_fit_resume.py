@@ -449,3 +449,24 @@ def test_training_steps_leave_the_global_torch_rng_alone():
         assert torch.equal(torch.get_rng_state(), before), f"{stage}: training_step drew from the global RNG"
         rec = module.mvlift_metadata()["background"]
         assert rec["color"] == [0.5, 0.5, 0.5] and rec["samples"] == 2 and not rec["varied"], stage
+
+
+class StopAt(pl.Callback):
+    """Stops training after ``step`` the way Lightning's Timer (max_time) and early stopping do."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_a_run_stopped_early_keeps_its_last_step_in_last_ckpt(tmp_path):
+    """max_time stopped a 4.5-minute run at step 3600 and last.ckpt still held step 2000 (checkpoints every 2000)."""
+    _, paths_cb, _ = fit(tmp_path, "early", max_steps=50, extra=[StopAt(6)], with_ema=False)
+    last = paths_cb.paths.checkpoint_dir / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 6  # periodic checkpoints: steps 4 and 8
+    # and a run that reaches max_steps is not saved twice
+    _, paths_cb, _ = fit(tmp_path, "full", max_steps=6, with_ema=False)
+    assert torch.load(paths_cb.paths.checkpoint_dir / "last.ckpt", weights_only=False)["global_step"] == 6

@@ -3,8 +3,9 @@
 #   DEMO_OUT=demo_out PY=.venv/bin/python bash tools/demo.sh
 #
 # Rig reports -> a small synthesized mouse data set (+ rig check, shards, data inspection) -> the diffusion stage
-# (tiny pipeline folder, a few steps) -> the reconstruction stage (a few steps) -> evaluation (GS-LRM alone on two
-# rigs, and the chained pipeline) -> inference on one photo (views, gaussians.ply, turntable.gif) -> a summary.
+# (pixel space, a small UNet from scratch, about a minute) -> the reconstruction stage (a few steps) -> evaluation
+# (GS-LRM alone on two rigs, and the chained pipeline) -> inference on one photo (views, gaussians.ply, turntable.gif)
+# -> a summary.
 # Everything is written under $DEMO_OUT (default: demo_out/ in the checkout), which is wiped first.
 # The models are tiny and trained for seconds: the numbers show that the pipeline runs, not what it can reach.
 set -euo pipefail
@@ -19,7 +20,7 @@ case "$DEMO_OUT" in /|"$ROOT"|"$ROOT"/) echo "demo.sh: refusing DEMO_OUT=$DEMO_O
 cd "$ROOT"
 
 RIG=mouse_oblique20_6view
-DIFF_STEPS=20        # diffusion training steps (validation, checkpoint and export at the last one)
+DIFF_STEPS=120       # diffusion training steps (validation, checkpoint and export at the last one)
 RECON_STEPS=100      # reconstruction training steps
 SAMPLE_STEPS=10      # sampling steps of the diffusion model in evaluation and inference
 # quiet the "install accelerate" / torchvision notices of diffusers and transformers
@@ -90,11 +91,9 @@ run "$PY" -m tools.inspect_data -c "$DATA/files.yaml" --samples 200 --json
 echo
 
 # ---------------------------------------------------------------------------------------------------------------
-banner "3/7 Diffusion stage: tiny pipeline folder (pipeckpts/ layout), $DIFF_STEPS training steps"
+banner "3/7 Diffusion stage in pixel space (no VAE: a small UNet learns from scratch at 32 px), $DIFF_STEPS steps"
 RUNS="$DEMO_OUT/runs"
-run "$PY" -m lightning_modules.pretrained make-tiny "$DEMO_OUT/tiny_pipeline" --image-size 64
 run "$PY" -m tools.fit -c configs/demo_diffusion.yaml \
-    --model.init_args.pretrained "$DEMO_OUT/tiny_pipeline" \
     --run.root "$RUNS" \
     --trainer.max_steps "$DIFF_STEPS" --model.init_args.max_steps "$DIFF_STEPS" \
     --trainer.val_check_interval "$DIFF_STEPS" --checkpoint.every_n_train_steps "$DIFF_STEPS" \
@@ -142,8 +141,18 @@ echo "  shards                  $(rel "$DATA/mouse_synth_shards")/ ($(ls "$DATA/
 echo "  data config of them     $(rel "$DATA/files.yaml")"
 echo "Diffusion stage (run $(rel "$DIFF_RUN")):"
 echo "  checkpoint              $(rel "$DIFF_CKPT")"
-echo "  export                  $(rel "$DIFF_EXPORT")/  (diffusers folders unet/ unet_ema/ vae/ ..., rig.json)"
+echo "  export                  $(rel "$DIFF_EXPORT")/  (diffusers folders unet/ unet_ema/ image_encoder/ ...,"
+echo "                          rig.json; no vae/: pixel space)"
 echo "  validation grid         $(rel "$(ls "$DIFF_RUN"/logs/images/*.png | tail -n 1)")"
+# did it learn more than its input? the generated novel views vs copying the reference into them (last validation)
+echo "  last validation         $("$PY" - "$DIFF_RUN" <<'PYEOF'
+import csv, glob, sys
+rows = [r for f in sorted(glob.glob(sys.argv[1] + "/logs/csv/*/metrics.csv")) for r in csv.DictReader(open(f))]
+last = [r for r in rows if r.get("val/gen_psnr")]
+print("val/gen_psnr %.2f dB vs val/copy_ref_psnr %.2f dB (step %s)" % (
+    float(last[-1]["val/gen_psnr"]), float(last[-1]["val/copy_ref_psnr"]), last[-1]["step"]) if last else "-")
+PYEOF
+)"
 echo "Reconstruction stage (run $(rel "$RECON_RUN")):"
 echo "  checkpoint              $(rel "$RECON_CKPT")"
 echo "  export                  $(rel "$RECON_EXPORT")/  (model.safetensors, config.json, rig.json)"
