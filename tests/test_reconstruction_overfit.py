@@ -39,7 +39,7 @@ def test_tiny_gslrm_overfits_one_scene_to_24db_on_held_out_views():
     module = ReconstructionModule(
         rig=RIG, image_size=SIZE, num_input_views=NUM_INPUTS, width=64, depth=2, head_dim=32, patch_size=4,
         scale_bias=-3.0, supervise_inputs=True, lr=3e-3, weight_decay=0.0, max_steps=STEPS, decay="cosine",
-        rasterizer="torch",
+        rasterizer="torch", ssim_weight=0.5,  # the loss of the GPU recipes (configs/recipes/)
     )
     # inputs = views 0-3; targets = every view, the last (a random camera) never seen in training
     evaluation = {**scene_batch(slice(0, RIG_VIEWS + 1), NUM_INPUTS), "supervise_all_views": True}
