@@ -81,7 +81,7 @@ sources:
   - {name: mouse_synth_shards, kind: synthetic, format: shards, urls: "$DATA/mouse_synth_shards", weight: 0.7,
      background: white}
   - {name: mouse_realistic, kind: real, format: facelift, list_file: "$DATA/mouse_realistic/data_train.txt",
-     weight: 0.3, background: as_is}
+     weight: 0.3, background: white}
 reference_view: random_rig
 batch_size: 2
 num_workers: 0
