@@ -26,9 +26,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from geometry.rig import Rig, RigDiff, load_rig
+from lightning_modules.artifacts import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +79,20 @@ def check_rigs(
     raise RigMismatchError(message, diff)
 
 
-def _read_ckpt_metadata(path: Path) -> dict[str, Any]:
+def _read_ckpt_metadata(path: Path, trust: bool = False) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a complete torch checkpoint (truncated or another format)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_checkpoint(path, trust=trust, mmap=True)  # weights_only unless trusted (lightning_modules.artifacts)
     meta = ckpt.get("mvlift") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: no checkpoint['mvlift'] metadata (not written by an mvlift module)")  # noqa: TRY004
     return meta
 
 
-def rig_from_checkpoint(path: str | os.PathLike) -> Rig:
+def rig_from_checkpoint(path: str | os.PathLike, trust: bool = False) -> Rig:
     """The rig stored with a checkpoint: a Lightning ``.ckpt`` (``checkpoint["mvlift"]["rig"]``), an export folder
-    (``rig.json``) or a ``rig.json`` file."""
+    (``rig.json``) or a ``rig.json`` file. A ``.ckpt`` is read without unpickling code unless ``trust``
+    (:func:`lightning_modules.artifacts.load_checkpoint`)."""
     path = Path(path)
     if path.is_dir():
         rig_file = path / EXPORT_RIG_FILE
@@ -103,7 +103,7 @@ def rig_from_checkpoint(path: str | os.PathLike) -> Rig:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".json":
         return _load_rig_json(path)
-    meta = _read_ckpt_metadata(path)
+    meta = _read_ckpt_metadata(path, trust)
     if "rig" not in meta:
         raise ValueError(f"{path}: checkpoint['mvlift'] has no 'rig'")
     try:
@@ -112,7 +112,7 @@ def rig_from_checkpoint(path: str | os.PathLike) -> Rig:
         raise ValueError(f"{path}: bad rig in checkpoint['mvlift']['rig']: {e}") from e
 
 
-def stage_from_checkpoint(path: str | os.PathLike) -> str | None:
+def stage_from_checkpoint(path: str | os.PathLike, trust: bool = False) -> str | None:
     """``"diffusion"`` / ``"reconstruction"`` as stored with a checkpoint or export (None when not recorded)."""
     path = Path(path)
     if path.is_dir():
@@ -121,7 +121,7 @@ def stage_from_checkpoint(path: str | os.PathLike) -> str | None:
             if f.is_file():
                 return json.loads(f.read_text()).get("stage")
         return None
-    return _read_ckpt_metadata(path).get("stage")
+    return _read_ckpt_metadata(path, trust).get("stage")
 
 
 def _load_rig_json(path: Path) -> Rig:
@@ -132,9 +132,9 @@ def _load_rig_json(path: Path) -> Rig:
 
 
 def check_checkpoint_rigs(diffusion_ckpt: str | os.PathLike, reconstruction_ckpt: str | os.PathLike,
-                          allow_mismatch: bool = False, **tolerances: float) -> RigDiff:
+                          allow_mismatch: bool = False, trust: bool = False, **tolerances: float) -> RigDiff:
     """:func:`check_rigs` on the rigs stored with two checkpoints (``.ckpt`` files or export folders)."""
-    return check_rigs(rig_from_checkpoint(diffusion_ckpt), rig_from_checkpoint(reconstruction_ckpt),
+    return check_rigs(rig_from_checkpoint(diffusion_ckpt, trust), rig_from_checkpoint(reconstruction_ckpt, trust),
                       allow_mismatch=allow_mismatch, **tolerances)
 
 

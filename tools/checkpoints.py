@@ -4,6 +4,10 @@ A checkpoint's stage is read from what the module wrote, never guessed from the 
 ``checkpoint["mvlift"]["stage"]`` in a ``.ckpt``; ``mvlift.json`` (diffusion) or ``config.json`` (reconstruction)
 in an export folder (:func:`callbacks.rig_guard.stage_from_checkpoint`).
 
+Files are read without unpickling code (``weights_only=True`` with the allow-list of
+:mod:`lightning_modules.artifacts`); a file that needs more is refused naming the file and the types, unless the
+caller passes ``trust=True`` (the tools' ``--trust-checkpoint``).
+
 ``--ema`` in the tools picks the EMA weights: ``unet_ema/`` / ``model_ema.safetensors`` of an export, or the EMA
 callback's shadow saved in a ``.ckpt`` (``checkpoint["callbacks"][...]["shadow"]``).
 
@@ -26,6 +30,7 @@ import torch
 
 from callbacks.rig_guard import rig_from_checkpoint, stage_from_checkpoint
 from geometry.rig import Rig
+from lightning_modules.artifacts import UntrustedCheckpointError, load_checkpoint, load_lightning_module
 
 log = logging.getLogger("mvlift.checkpoints")
 
@@ -74,21 +79,22 @@ def unique_labels(items: list[Labelled]) -> list[Labelled]:
     return out
 
 
-def checkpoint_stage(path: str | os.PathLike) -> str:
-    """``"diffusion"`` or ``"reconstruction"``; errors name the file when it is missing, unreadable or unmarked."""
+def checkpoint_stage(path: str | os.PathLike, trust: bool = False) -> str:
+    """``"diffusion"`` or ``"reconstruction"``; errors name the file when it is missing, unreadable, unmarked or
+    needs unpickling beyond the allow-list (without ``trust``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    stage = stage_from_checkpoint(path)
+    stage = stage_from_checkpoint(path, trust)
     if stage not in STAGES:
         what = "export folder (no mvlift.json / config.json with a stage)" if path.is_dir() else "checkpoint"
         raise ValueError(f"{path}: cannot tell the stage of this {what}; got {stage!r}")
     return stage
 
 
-def checkpoint_rig(path: str | os.PathLike) -> Rig:
+def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
     """The rig stored with a ``.ckpt`` or export folder."""
-    return rig_from_checkpoint(path)
+    return rig_from_checkpoint(path, trust)
 
 
 def _module_class(stage: str) -> type:
@@ -101,8 +107,8 @@ def _module_class(stage: str) -> type:
     return ReconstructionModule
 
 
-def _ckpt_ema_shadow(path: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+def _ckpt_ema_shadow(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(path, trust=trust, mmap=True)
     found = [state["shadow"] for state in (ckpt.get("callbacks") or {}).values()
              if isinstance(state, dict) and isinstance(state.get("shadow"), dict)]
     if not found:
@@ -114,15 +120,17 @@ def _ckpt_ema_shadow(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_stage(path: str | os.PathLike, stage: str | None = None, ema: bool = False,
-               device: str | torch.device = "cpu", **overrides: Any) -> Any:
+               device: str | torch.device = "cpu", trust: bool = False, **overrides: Any) -> Any:
     """The LightningModule saved at ``path`` (``.ckpt`` or export folder), in eval mode on ``device``.
 
     ``stage``: the stage the caller needs; a checkpoint of the other stage is an error naming the file.
     ``overrides``: constructor arguments to change (e.g. ``rasterizer="torch"``); unknown ones are dropped with a
     debug log, so the same call works for both stages.
+    ``trust``: load a ``.ckpt`` with full unpickling (``--trust-checkpoint``); without it a file that needs more
+    than :data:`lightning_modules.artifacts.SAFE_GLOBALS` is refused (:class:`UntrustedCheckpointError`).
     """
     path = Path(path)
-    found = checkpoint_stage(path)
+    found = checkpoint_stage(path, trust)
     if stage is not None and found != stage:
         raise ValueError(f"{path}: is a {found} checkpoint, but a {stage} checkpoint is needed here")
     cls = _module_class(found)
@@ -135,10 +143,10 @@ def load_stage(path: str | os.PathLike, stage: str | None = None, ema: bool = Fa
     if path.is_dir():
         module = cls.from_export(path, ema=ema, **kept)
     else:
-        module = cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=False, **kept)
+        module = load_lightning_module(cls, path, trust=trust, map_location="cpu", **kept)
         if ema:
             target = getattr(module, module.ema_target)
-            shadow = _ckpt_ema_shadow(path)
+            shadow = _ckpt_ema_shadow(path, trust)
             own = target.state_dict()
             state = {k: v.to(own[k].dtype) if k in own else v for k, v in shadow.items()}
             target.load_state_dict(state, strict=True)
@@ -155,6 +163,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 __all__ = [
-    "Labelled", "checkpoint_rig", "checkpoint_stage", "default_label", "load_stage", "parse_labelled",
+    "Labelled", "UntrustedCheckpointError", "checkpoint_rig", "checkpoint_stage", "default_label", "load_stage", "parse_labelled",
     "resolve_device", "unique_labels",
 ]

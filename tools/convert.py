@@ -5,7 +5,10 @@ Subcommands:
                               ``state_dict``, or bare; .pt/.pth/.ckpt or .safetensors) -> an export folder
                               (model.safetensors, config.json, rig.json) that ``ReconstructionModule.from_export``,
                               ``init_from:`` in a fit config and tools.evaluate read. Unknown, missing or mis-shaped
-                              tensors are an error listing them.
+                              tensors are an error listing them. A .pt/.pth/.ckpt is read without
+                              unpickling code (``weights_only``, ``lightning_modules.artifacts``); one that holds
+                              other Python objects (optimizer state classes, configs) is refused naming the file and
+                              the types, ``--trust-checkpoint`` loads it anyway (only files you trust).
 
 Example:
     python -m tools.convert facelift-gslrm ckpts/gslrm.pt runs/facelift_gslrm --rig facelift_6view
@@ -15,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -35,18 +37,18 @@ IGNORED_PREFIXES = ("loss_calculator.",)
 STATE_KEYS = ("model", "model_state_dict", "state_dict")
 
 
-def load_checkpoint_state(path: Path) -> dict[str, Tensor]:
-    """The tensor state dict inside a checkpoint file (see module docstring for accepted layouts)."""
+def load_checkpoint_state(path: Path, trust: bool = False) -> dict[str, Tensor]:
+    """The tensor state dict inside a checkpoint file (see module docstring for accepted layouts); ``trust``: full
+    unpickling for a file that needs more than ``weights_only`` (never done without it)."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError):  # older pickles with extra Python objects (optimizer state, configs)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    from lightning_modules.artifacts import load_checkpoint
+
+    obj = load_checkpoint(path, trust=trust, mmap=zipfile.is_zipfile(path))  # mmap needs the zip format
     if isinstance(obj, dict):
         for key in STATE_KEYS:
             if isinstance(obj.get(key), dict):
@@ -95,7 +97,8 @@ def cmd_facelift_gslrm(args: argparse.Namespace) -> int:
     from lightning_modules.reconstruction import EXPORT_CONFIG, EXPORT_RIG, EXPORT_WEIGHTS, FORMAT_VERSION
 
     ckpt, out = Path(args.ckpt), Path(args.out)
-    state, config = convert_facelift_gslrm_state(load_checkpoint_state(ckpt), str(ckpt), head_dim=args.head_dim)
+    state, config = convert_facelift_gslrm_state(load_checkpoint_state(ckpt, trust=args.trust_checkpoint), str(ckpt),
+                                                 head_dim=args.head_dim)
     config.image_size = args.image_size
     rig = load_rig(args.rig)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rig", default="facelift_6view", help="rig stored with the weights (default facelift_6view)")
     p.add_argument("--head-dim", type=int, default=64, help="attention head dim (not visible in shapes; 64)")
     p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a .pt/.ckpt holding other Python objects with full unpickling (can run code from the "
+                        "file: only for files you trust)")
     return parser
 
 

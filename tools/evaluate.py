@@ -4,10 +4,12 @@
         --out DIR [--batches 4] [--batch-size 2] [--device cpu|cuda] [--split val|train] [--seed 0]
         [--diffusion CKPT] [--allow-rig-mismatch] [--steps 50] [--guidance 3.0] [--scheduler ddim]
         [--reference-view 0] [--num-input-views N] [--chain-input-views all|0,1,...] [--ema]
-        [--lpips-weights FILE --vgg-weights FILE] [--grid-scenes 4] [--num-workers 0]
+        [--lpips-weights FILE --vgg-weights FILE] [--grid-scenes 4] [--num-workers 0] [--trust-checkpoint]
 
 A checkpoint is a Lightning ``.ckpt`` or an export folder; its stage comes from its metadata
-(``checkpoint["mvlift"]["stage"]``, the export's mvlift.json / config.json). CONFIG is a data config: the
+(``checkpoint["mvlift"]["stage"]``, the export's mvlift.json / config.json). A ``.ckpt`` is read without unpickling
+code (``weights_only``, ``lightning_modules.artifacts``): one that needs more is refused naming the file and the
+types it asks for; ``--trust-checkpoint`` loads such files anyway (only files you trust: unpickling can run code). CONFIG is a data config: the
 MultiViewDataModule's init arguments (configs/data/*.yaml, or a fit config whose ``data:`` holds them).
 
 What is measured (the "mode" of a row):
@@ -444,13 +446,14 @@ def preflight(args: argparse.Namespace) -> tuple[list[CheckpointInfo], Checkpoin
         raise ValueError(f"--batches and --batch-size must be >= 1, got {args.batches} and {args.batch_size}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    ckpts = []
+    ckpts, trust = [], args.trust_checkpoint
     for spec in unique_labels([parse_labelled(s) for s in args.ckpt]):
-        ckpts.append(CheckpointInfo(spec.label, spec.path, checkpoint_stage(spec.path), checkpoint_rig(spec.path)))
+        ckpts.append(CheckpointInfo(spec.label, spec.path, checkpoint_stage(spec.path, trust),
+                                    checkpoint_rig(spec.path, trust)))
     diffusion = None
     if args.diffusion is not None:
         d = parse_labelled(args.diffusion)
-        diffusion = CheckpointInfo(d.label, d.path, checkpoint_stage(d.path), checkpoint_rig(d.path))
+        diffusion = CheckpointInfo(d.label, d.path, checkpoint_stage(d.path, trust), checkpoint_rig(d.path, trust))
         if diffusion.stage != "diffusion":
             raise ValueError(f"--diffusion {d.path}: is a {diffusion.stage} checkpoint")
         bad = [c for c in ckpts if c.stage != "reconstruction"]
@@ -710,9 +713,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     diffusion = None
     if diffusion_info is not None:
-        diffusion = load_stage(diffusion_info.path, "diffusion", ema=args.ema, device=device)
+        diffusion = load_stage(diffusion_info.path, "diffusion", ema=args.ema, device=device,
+                               trust=args.trust_checkpoint)
     for ckpt in ckpts:
-        module = load_stage(ckpt.path, ckpt.stage, ema=args.ema, device=device, rasterizer="auto", compile=False)
+        module = load_stage(ckpt.path, ckpt.stage, ema=args.ema, device=device, trust=args.trust_checkpoint,
+                            rasterizer="auto", compile=False)
         for d, cfg in zip(data, configs):
             for rig in rigs:
                 rig_name = rig.name if rig is not None else cfg.get("rig", "(data rig)")
@@ -764,6 +769,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-input-views", default="all",
                    help="chained: generated views given to the GS-LRM (all, or indices / view names)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of every checkpoint")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load .ckpt files that need more than plain tensors and values with full unpickling (can "
+                        "run code from the file: only for files you trust)")
     p.add_argument("--lpips-weights", type=Path, default=None, help="local LPIPS linear heads (lpips' vgg.pth)")
     p.add_argument("--vgg-weights", type=Path, default=None, help="local torchvision VGG16 weights for LPIPS")
     p.add_argument("--grid-scenes", type=int, default=4, help="scenes per image grid")

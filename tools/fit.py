@@ -12,7 +12,10 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
 - checks that the DataModule's ``stage`` and ``rig`` match the model's (error naming both);
 - seeds everything from ``seed_everything`` (default 0);
 - ``--resume auto`` continues from the newest complete checkpoint of the run (same config: the newest run of the
-  experiment with this config when ``run.run`` is not given); ``--resume PATH`` from a given checkpoint.
+  experiment with this config when ``run.run`` is not given); ``--resume PATH`` from a given checkpoint. The
+  checkpoint is read without unpickling code (``weights_only=True`` with the allow-list of
+  ``lightning_modules.artifacts``): one that needs more is refused before training starts, naming the file and the
+  types; ``--trust-checkpoint`` resumes from it anyway (only files you trust: unpickling can run code).
 
 Examples:
     python -m tools.fit -c configs/demo_reconstruction.yaml
@@ -22,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -38,6 +42,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from callbacks.atomic import AtomicCheckpointIO
 from callbacks.paths import CheckpointPaths, RunPaths
 from callbacks.rig_guard import check_data_matches_model
+from lightning_modules.artifacts import allowed_globals, check_loadable
 
 log = logging.getLogger("mvlift.fit")
 
@@ -115,6 +120,9 @@ class FitCLI(LightningCLI):
                             help="'auto': continue from the newest complete checkpoint of the run; or a .ckpt path")
         parser.add_argument("--wandb", type=Optional[str], default=None,  # noqa: UP045
                             help="also log to this W&B project")
+        parser.add_argument("--trust-checkpoint", action="store_true",
+                            help="resume from a checkpoint that needs more than plain tensors and values, with full "
+                                 "unpickling (can run code from the file: only for files you trust)")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         paths_cb: CheckpointPaths = self._get(self.config_init, "run")
@@ -164,7 +172,12 @@ def main(argv: list[str] | None = None) -> FitCLI:
         )
     finally:
         sys.argv = saved_argv
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
+    ckpt_path = cli.resume_path()
+    trust = bool(cli._get(cli.config, "trust_checkpoint"))
+    if ckpt_path is not None:
+        check_loadable(ckpt_path, trust)  # the named refusal, before Lightning's own load
+    with contextlib.nullcontext() if trust else allowed_globals():
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=not trust)
     return cli
 
 

@@ -3,9 +3,12 @@
     python -m tools.infer IMAGE [IMAGE ...] --diffusion CKPT --reconstruction CKPT --out DIR
         [--steps 50] [--guidance 3.0] [--seed 0] [--scheduler ddim] [--allow-rig-mismatch]
         [--background-removal alpha|none|MODULE:FUNCTION] [--background COLOR] [--input-views all|0,1,...]
-        [--ema] [--device cpu|cuda] [--turntable-frames 36] [--turntable-size 256] [--fps 12]
+        [--ema] [--device cpu|cuda] [--turntable-frames 36] [--turntable-size 256] [--fps 12] [--trust-checkpoint]
 
 CKPT: a Lightning ``.ckpt`` or an export folder of the stage (the stage is read from the checkpoint's metadata).
+A ``.ckpt`` is read without unpickling code (``weights_only``, ``lightning_modules.artifacts``); one that needs more
+is refused naming the file and the types it asks for; ``--trust-checkpoint`` loads it anyway (only for files you
+trust: unpickling can run code).
 
 Order of work: (1) the rig guard — the diffusion checkpoint's rig and the reconstruction checkpoint's rig must
 match, else an error naming both rigs with the per-view difference (``--allow-rig-mismatch``: a logged warning, and
@@ -49,6 +52,7 @@ from torch import Tensor
 from callbacks.rig_guard import check_rigs
 from geometry.camera_files import CameraFile, write_camera_file
 from geometry.rig import Rig
+from lightning_modules.artifacts import load_checkpoint
 from lightning_modules.training_background import TOLERANCE, describe
 from tools.checkpoints import checkpoint_rig, checkpoint_stage, load_stage, resolve_device
 from tools.images import (
@@ -88,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated views given to the reconstruction model: all, or comma-separated view indices "
                         "or names of the rig")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of both checkpoints")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load .ckpt files that need more than plain tensors and values with full unpickling (can "
+                        "run code from the file: only for files you trust)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--turntable-frames", type=int, default=36)
     p.add_argument("--turntable-size", type=int, default=256)
@@ -111,20 +118,21 @@ def _check_args(args: argparse.Namespace) -> None:
         stems[path.stem] = path
 
 
-def check_stages_and_rigs(diffusion: Path, reconstruction: Path, allow_mismatch: bool) -> dict[str, Any]:
+def check_stages_and_rigs(diffusion: Path, reconstruction: Path, allow_mismatch: bool,
+                          trust: bool = False) -> dict[str, Any]:
     """The rig guard, from checkpoint metadata only (no model is built). Returns a JSON-able report."""
     for path, want in ((diffusion, "diffusion"), (reconstruction, "reconstruction")):
-        found = checkpoint_stage(path)
+        found = checkpoint_stage(path, trust)
         if found != want:
             raise ValueError(f"--{want} {path}: is a {found} checkpoint")
-    d_rig, r_rig = checkpoint_rig(diffusion), checkpoint_rig(reconstruction)
+    d_rig, r_rig = checkpoint_rig(diffusion, trust), checkpoint_rig(reconstruction, trust)
     diff = check_rigs(d_rig, r_rig, allow_mismatch=allow_mismatch)
     return {"diffusion_rig": d_rig.name, "diffusion_rig_fingerprint": d_rig.fingerprint,
             "reconstruction_rig": r_rig.name, "reconstruction_rig_fingerprint": r_rig.fingerprint,
             "match": diff.ok, "mismatch_allowed": (not diff.ok) and allow_mismatch, "diff": diff.to_dict()}
 
 
-def stored_background(path: Path) -> dict[str, Any] | None:
+def stored_background(path: Path, trust: bool = False) -> dict[str, Any] | None:
     """The training-background record stored with a ``.ckpt`` (``checkpoint["mvlift"]["background"]``) or an export
     folder (mvlift.json / config.json); None when not recorded."""
     if path.is_dir():
@@ -132,15 +140,17 @@ def stored_background(path: Path) -> dict[str, Any] | None:
             if (path / name).is_file():
                 return json.loads((path / name).read_text()).get("background")
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_checkpoint(path, trust=trust, mmap=True)
     meta = ckpt.get("mvlift") if isinstance(ckpt, dict) else None
     return meta.get("background") if isinstance(meta, dict) else None
 
 
-def choose_background(spec: str | None, diffusion: Path, reconstruction: Path) -> tuple[Tensor, dict[str, Any]]:
+def choose_background(spec: str | None, diffusion: Path, reconstruction: Path,
+                      trust: bool = False) -> tuple[Tensor, dict[str, Any]]:
     """(background [3], report): ``spec`` (--background) when given, else the diffusion model's training background,
     else the reconstruction model's, else white with a logged note (module docstring)."""
-    trained = {"diffusion": stored_background(diffusion), "reconstruction": stored_background(reconstruction)}
+    trained = {"diffusion": stored_background(diffusion, trust),
+               "reconstruction": stored_background(reconstruction, trust)}
     if spec is not None:
         return background_color(spec), {"from": "--background", "trained": trained}
     colors = {k: rec["color"] for k, rec in trained.items() if rec and rec.get("color") is not None}
@@ -242,8 +252,9 @@ def infer_image(path: Path, ref: Tensor, diffusion: Any, reconstruction: Any, ou
 def run(args: argparse.Namespace) -> list[Path]:
     """The whole command (module docstring); returns the per-image output folders."""
     _check_args(args)
-    rig_report = check_stages_and_rigs(args.diffusion, args.reconstruction, args.allow_rig_mismatch)
-    background, background_report = choose_background(args.background, args.diffusion, args.reconstruction)
+    trust = args.trust_checkpoint
+    rig_report = check_stages_and_rigs(args.diffusion, args.reconstruction, args.allow_rig_mismatch, trust)
+    background, background_report = choose_background(args.background, args.diffusion, args.reconstruction, trust)
     removal = BackgroundRemoval(args.background_removal, background)
     prepared = []
     for path in args.images:  # every image is checked before any model is loaded
@@ -252,8 +263,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         image, _, how = removal(rgb, alpha, str(path))
         prepared.append((path, image, how))
     device = resolve_device(args.device)
-    diffusion = load_stage(args.diffusion, "diffusion", ema=args.ema, device=device)
-    reconstruction = load_stage(args.reconstruction, "reconstruction", ema=args.ema, device=device,
+    diffusion = load_stage(args.diffusion, "diffusion", ema=args.ema, device=device, trust=trust)
+    reconstruction = load_stage(args.reconstruction, "reconstruction", ema=args.ema, device=device, trust=trust,
                                 rasterizer="auto", compile=False)
     input_views = parse_input_views(args.input_views, diffusion.rig)
     model_size = int(diffusion.hparams.image_size)

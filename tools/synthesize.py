@@ -5,7 +5,7 @@
     python -m tools.synthesize --from-diffusion CKPT --inputs DATA --out DIR [--steps 50] [--guidance 3.0]
         [--seed K] [--reference-view 0] [--kind real|synthetic|all] [--limit N] [--size S] [--scheduler ddim]
         [--matting opaque|MODULE:FUNCTION] [--val-fraction 0.1] [--ema] [--device cpu|cuda] [--skip-existing]
-        [--reconstruction CKPT [--allow-rig-mismatch]]
+        [--reconstruction CKPT [--allow-rig-mismatch]] [--trust-checkpoint]
 
 ``--from-diffusion`` (Phase 3: train the reconstruction model on diffusion outputs): for every input scene, its view
 ``--reference-view`` (default 0) is the reference photo; the diffusion model (a ``.ckpt`` or export folder) generates
@@ -24,7 +24,8 @@ run with the same settings (a sample is finished when its camera file exists: it
 ``--reconstruction CKPT`` (the reconstruction ``.ckpt`` or export folder these views will train or feed): the rig
 guard of ``tools.infer`` runs first, from checkpoint metadata only — a rig mismatch is an error naming both rigs
 with the per-view difference (exit code 2, nothing written) unless ``--allow-rig-mismatch`` (a logged warning);
-``dataset.json`` records the check as ``rig_check``.
+``dataset.json`` records the check as ``rig_check``. Checkpoints are read without unpickling code
+(``lightning_modules.artifacts``); ``--trust-checkpoint`` loads a ``.ckpt`` that needs more (only files you trust).
 
 Layout (what FaceLift's loaders and ours read):
     DIR/sample_000000/images/cam_000.png   RGBA 8-bit: straight RGB + alpha (``--realistic``: the photo,
@@ -174,13 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reconstruction .ckpt or export folder: its rig must be the diffusion model's (rig guard)")
     diff.add_argument("--allow-rig-mismatch", action="store_true", default=None,
                       help="with --reconstruction: go on (with a logged warning) when the two rigs differ")
+    diff.add_argument("--trust-checkpoint", action="store_true", default=None,
+                      help="load .ckpt files that need more than plain tensors and values with full unpickling "
+                           "(can run code from the file: only for files you trust)")
     return p
 
 
 PROCEDURAL = {"scenes": 64, "views": 8, "rig": "facelift_6view", "realistic": False, "camera_jitter_deg": 0.0}
 DIFFUSION = {"inputs": None, "steps": 50, "guidance": 3.0, "scheduler": "ddim", "reference_view": 0, "kind": "real",
              "limit": None, "matting": "opaque", "ema": False, "device": "cpu", "skip_existing": False,
-             "reconstruction": None, "allow_rig_mismatch": False}
+             "reconstruction": None, "allow_rig_mismatch": False, "trust_checkpoint": False}
 
 
 def _fill_mode_defaults(args: argparse.Namespace) -> None:
@@ -403,10 +407,10 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
 
         rig_check = {"reconstruction": str(Path(args.reconstruction).resolve()),
                      **check_stages_and_rigs(Path(args.from_diffusion), Path(args.reconstruction),
-                                             args.allow_rig_mismatch)}
+                                             args.allow_rig_mismatch, args.trust_checkpoint)}
     matting = _matting(args.matting)
     device = resolve_device(args.device)
-    model = load_stage(args.from_diffusion, "diffusion", ema=args.ema, device=device)
+    model = load_stage(args.from_diffusion, "diffusion", ema=args.ema, device=device, trust=args.trust_checkpoint)
     rig: Rig = model.rig
     model_size = int(model.hparams.image_size)
     size = int(args.size or model_size)
