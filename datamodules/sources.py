@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes, validate_cameras
-from geometry.camera_files import read_camera_file
+from geometry.camera_files import PathEscapeError, frame_image_path, read_camera_file
 from geometry.cameras import invert_rigid
 from geometry.rig import Rig, load_rig
 from lightning_modules.gaussians import gsplat_available
@@ -126,20 +126,30 @@ class ProceduralSource(Source):
     def _args(self) -> tuple:
         return self.rig, self.num_views, self.size, self.realistic, self.seed, self.jitter
 
-    def _render_all(self, device: torch.device, chunk: int = 64) -> dict[str, Tensor]:
-        from datamodules.procedural import make_scenes
+    def _render_all(self, device: torch.device, chunk: int = 128) -> dict[str, Tensor]:
+        """Every scene rendered on ``device`` in batches of ``chunk``, planned by up to 8 processes (one per two
+        cores; none for fewer than 256 scenes, where starting them costs more than it saves)."""
+        from datamodules.procedural import ScenePlanner, make_scenes
 
         v, s = self.num_views, self.size
         out = {"rgba": torch.empty(self.num_scenes, v, 4, s, s, dtype=torch.uint8),
                "c2w": torch.empty(self.num_scenes, v, 4, 4), "fxfycxcy": torch.empty(self.num_scenes, v, 4)}
-        for start in range(0, self.num_scenes, chunk):
-            idx = range(start, min(start + chunk, self.num_scenes))
-            scenes = make_scenes([i + self.index_offset for i in idx], *self._args(), device=device)
-            rgba = torch.stack([torch.cat([sc["images"], sc["alpha"]], 1) for sc in scenes])
-            out["rgba"][idx.start: idx.stop] = (rgba * 255.0 + 0.5).to(torch.uint8).cpu()
-            out["c2w"][idx.start: idx.stop] = torch.stack([sc["c2w"] for sc in scenes])
-            out["fxfycxcy"][idx.start: idx.stop] = torch.stack([sc["fxfycxcy"] for sc in scenes])
+        workers = min(8, (os.cpu_count() or 1) // 2) if self.num_scenes >= 256 else 0
+        with ScenePlanner(*self._args(), workers=workers) as planner:
+            for start in range(0, self.num_scenes, chunk):
+                idx = range(start, min(start + chunk, self.num_scenes))
+                scenes = make_scenes([i + self.index_offset for i in idx], *self._args(), device=device,
+                                     planner=planner)
+                self._store(out, idx, scenes)
         return out
+
+    @staticmethod
+    def _store(out: dict[str, Tensor], idx: range, scenes: list[dict[str, Any]]) -> None:
+        """Scenes ``idx`` of ``out`` from rendered scene dicts (pixels as 8-bit RGBA in host memory)."""
+        rgba = torch.stack([torch.cat([sc["images"], sc["alpha"]], 1) for sc in scenes])
+        out["rgba"][idx.start: idx.stop] = (rgba * 255.0 + 0.5).to(torch.uint8).cpu()
+        out["c2w"][idx.start: idx.stop] = torch.stack([sc["c2w"] for sc in scenes])
+        out["fxfycxcy"][idx.start: idx.stop] = torch.stack([sc["fxfycxcy"] for sc in scenes])
 
     def _scene(self, i: int) -> dict[str, Any]:
         if i not in self._cache:
@@ -245,9 +255,13 @@ class FaceLiftFolderSource(Source):
         return SceneCameras(cams.scene_id, str(d), cams.c2w, cams.fxfycxcy, cams.sizes)
 
     def image_paths(self, i: int) -> list[Path]:
+        """Each camera frame's image; a ``file_path`` leading outside the scene folder is a SampleError."""
         d = self.dirs[i]
         cams = json.loads((d / CAMERA_FILE).read_text())["frames"]
-        return [d / (fr.get("file_path") or f"images/cam_{v:03d}.png") for v, fr in enumerate(cams)]
+        try:
+            return [frame_image_path(d, fr.get("file_path"), v, str(d / CAMERA_FILE)) for v, fr in enumerate(cams)]
+        except PathEscapeError as e:
+            raise SampleError(str(e)) from None
 
     def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
         paths = self.image_paths(i)
@@ -324,12 +338,16 @@ def split_member(name: str) -> tuple[str, str]:
 
 
 def index_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """[(key, {extension: (byte offset, size)})] of one tar shard, in file order."""
+    """[(key, {extension: (byte offset, size)})] of one tar shard, in file order. A member name that is absolute or
+    holds ``..`` (a tar made to write outside its folder when unpacked) is a SampleError naming the shard and member."""
     samples: dict[str, dict[str, tuple[int, int]]] = {}
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
                 if m.isfile():
+                    if m.name.startswith(("/", "\\")) or ".." in m.name.replace("\\", "/").split("/"):
+                        raise SampleError(f"{path}: member {m.name!r} is an absolute path or holds '..': shard "
+                                          "members must be relative names inside the shard")
                     key, ext = split_member(m.name)
                     samples.setdefault(key, {})[ext] = (m.offset_data, m.size)
     except (tarfile.TarError, OSError) as e:
