@@ -1,6 +1,19 @@
 """FaceLift's ``opencv_cameras.json``: read and write (w2c on disk, c2w in memory).
 
 Layout: ``{"id": ..., "frames": [{"w", "h", "fx", "fy", "cx", "cy", "w2c": 4x4, "file_path": "images/cam_000.png"}]}``.
+
+A frame's ``file_path`` (default ``images/cam_VVV.png``) is relative to the scene folder and must stay inside it:
+:func:`frame_image_path` refuses absolute paths, ``..`` components and symlinks that lead outside with a
+:class:`PathEscapeError` naming the camera file, the frame and the entry (readers and writers of scene folders and
+shards all go through it, so a camera file cannot make mvlift read ``/etc/hostname`` or write outside its output).
+
+Example:
+    >>> frame_image_path(Path("scene"), "images/cam_001.png", 1, "scene/opencv_cameras.json").as_posix()
+    'scene/images/cam_001.png'
+    >>> frame_image_path(Path("scene"), "../../x.png", 1, "scene/opencv_cameras.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    geometry.camera_files.PathEscapeError: scene/opencv_cameras.json frame 1: file_path '../../x.png' leaves ...
 """
 
 from __future__ import annotations
@@ -9,7 +22,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from torch import Tensor
@@ -26,6 +39,35 @@ class CameraFile:
     fxfycxcy: Tensor
     sizes: list[tuple[int, int]]
     file_paths: list[str | None]
+
+
+class PathEscapeError(ValueError):
+    """A path inside a camera file or shard would resolve outside the folder it belongs to."""
+
+
+def contained_path(root: str | Path, rel: object, what: str) -> Path:
+    """``root / rel`` when ``rel`` is a non-empty relative path without ``..`` components that, symlinks resolved,
+    stays inside ``root``; else :class:`PathEscapeError` ``"{what} {rel!r} ..."``."""
+    root = Path(root)
+    if not isinstance(rel, str) or not rel.strip():
+        raise PathEscapeError(f"{what} {rel!r} is not a relative path")
+    posix, windows = PurePosixPath(rel), PureWindowsPath(rel)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
+        raise PathEscapeError(f"{what} {rel!r} leaves its folder {root} (absolute path or '..'); paths in scene "
+                              "files must be relative to the scene folder, inside it")
+    target = root / rel
+    real_root, real = root.resolve(), target.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise PathEscapeError(f"{what} {rel!r} resolves to {real}, outside its folder {root} (a symlink)")
+    return target
+
+
+def frame_image_path(scene_dir: str | Path, file_path: object, view: int, where: str) -> Path:
+    """The image of camera frame ``view`` of the scene in ``scene_dir``: its ``file_path`` (None: the default
+    ``images/cam_VVV.png``), which must stay inside ``scene_dir`` (module docstring). ``where``: the camera file or
+    shard sample, for the error."""
+    rel = f"images/cam_{view:03d}.png" if file_path is None else file_path
+    return contained_path(scene_dir, rel, f"{where} frame {view}: file_path")
 
 
 def read_camera_file(path: str | Path) -> CameraFile:

@@ -11,6 +11,10 @@ Lossless: each scene becomes one webdataset sample whose members are the scene's
 
 ``--to-folders`` writes the shards' scenes back as ``OUT/<sample dir name>/`` with the camera file and the images
 at the paths it names, byte for byte, plus ``OUT/data_list.txt`` (one sample dir per line, shard order).
+
+Every path a camera file or shard names (a frame's ``file_path``, a member name, the sample folder) must stay inside
+its scene / output folder: an absolute path, ``..`` or a symlink leading outside is an error naming the file and the
+entry (``geometry.camera_files.frame_image_path``), both when reading folders and when writing them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import webdataset as wds
 
 from datamodules.sources import CAMERA_FILE, sample_dirs
+from geometry.camera_files import contained_path, frame_image_path
 
 
 def scene_members(sample_dir: Path) -> dict[str, bytes]:
@@ -37,7 +42,7 @@ def scene_members(sample_dir: Path) -> dict[str, bytes]:
         raise ValueError(f"{cam_path}: cannot read camera file ({e})") from None
     members = {"cameras.json": cam_bytes}
     for v, fr in enumerate(frames):
-        img = sample_dir / (fr.get("file_path") or f"images/cam_{v:03d}.png")
+        img = frame_image_path(sample_dir, fr.get("file_path"), v, str(cam_path))  # inside the sample folder
         if not img.is_file():
             raise FileNotFoundError(f"{img}: image of frame {v} is missing")
         members[f"{v:03d}.png"] = img.read_bytes()
@@ -74,7 +79,7 @@ def shards_to_folders(src: str | Path, out: str | Path) -> dict:
     dirs: list[Path] = []
     for i, (_, key, _) in enumerate(shards.entries):
         m = _KEY_RE.match(os.path.basename(key))
-        target = out / (m.group(1) if m else os.path.basename(key))
+        target = contained_path(out, m.group(1) if m else os.path.basename(key), f"{shards.where(i)}: sample folder")
         if target.exists():
             raise ValueError(f"{shards.where(i)}: would overwrite {target}")
         cam_bytes = shards._read(i, "cameras.json")
@@ -82,10 +87,11 @@ def shards_to_folders(src: str | Path, out: str | Path) -> dict:
         pngs = shards.view_exts(i)
         if len(pngs) != len(frames):
             raise ValueError(f"{shards.where(i)}: {len(frames)} camera frames but {len(pngs)} PNG members")
+        where = f"{shards.where(i)} member cameras.json"
+        paths = [frame_image_path(target, fr.get("file_path"), v, where) for v, fr in enumerate(frames)]  # all first
         target.mkdir(parents=True)
         (target / CAMERA_FILE).write_bytes(cam_bytes)
-        for v, (fr, ext) in enumerate(zip(frames, pngs)):
-            path = target / (fr.get("file_path") or f"images/cam_{v:03d}.png")
+        for path, ext in zip(paths, pngs):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(shards._read(i, ext))
         dirs.append(target)
