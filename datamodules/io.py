@@ -110,7 +110,9 @@ def png_to_float(arr: np.ndarray) -> tuple[Tensor, Tensor | None]:
 def load_png_views(blobs: list[bytes], wheres: list[str]) -> tuple[Tensor, Tensor | None]:
     """Decode one scene's views: (rgb [V, 3, H, W], alpha [V, 1, H, W] or None when no view has alpha).
 
-    All views must share one size; a view without alpha gets alpha = 1 when others have one.
+    All views must share one size and one alpha policy: either every view has an alpha channel (RGBA, gray + alpha)
+    or none has (RGB, gray: alpha None, the scene's background is in the pixels). A scene mixing the two (one RGB
+    view among RGBA ones) is a SampleError naming the views, never silently given alpha = 1.
     """
     rgbs, alphas = [], []
     for data, where in zip(blobs, wheres):
@@ -123,7 +125,13 @@ def load_png_views(blobs: list[bytes], wheres: list[str]) -> tuple[Tensor, Tenso
     rgb = torch.stack(rgbs)
     if all(a is None for a in alphas):
         return rgb, None
-    return rgb, torch.stack([a if a is not None else torch.ones_like(rgb[0, :1]) for a in alphas])
+    without = [where for where, a in zip(wheres, alphas) if a is None]
+    if without:
+        with_alpha = next(where for where, a in zip(wheres, alphas) if a is not None)
+        raise SampleError(f"{without[0]}: no alpha channel, but other views of the scene have one (e.g. {with_alpha})"
+                          f"; {len(without)} of {len(alphas)} views lack alpha: a scene's views must be all RGBA or "
+                          "all without alpha")
+    return rgb, torch.stack(alphas)
 
 
 # ---- background --------------------------------------------------------------------------------------------------

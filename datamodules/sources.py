@@ -16,7 +16,8 @@ Source config (one dict of the DataModule's ``sources``):
 
 Shard layout (written by ``tools.make_shards``): one webdataset sample per scene, key ``NNNNNNNN_<scene dir>``,
 members ``KEY.cameras.json`` (the scene's ``opencv_cameras.json`` bytes, verbatim) and ``KEY.VVV.png`` (view VVV's PNG
-bytes, verbatim, in camera-frame order).
+bytes, verbatim, in camera-frame order). Views are looked up by their number VVV, never by position; the PNG members
+must be exactly one per camera frame (a SampleError naming the sample and the missing members otherwise).
 """
 
 from __future__ import annotations
@@ -382,18 +383,49 @@ class ShardSource(Source):
         return f"{self.shards[s]} sample {key}"
 
     def cameras(self, i: int) -> SceneCameras:
-        return parse_camera_json(self._read(i, "cameras.json"), self.where(i))
+        cams = parse_camera_json(self._read(i, "cameras.json"), self.where(i))
+        self.check_views(i, len(cams.sizes))
+        return cams
+
+    def view_members(self, i: int) -> dict[int, str]:
+        """{view number: member extension} of the sample's numbered PNGs (``VVV.png``); two members of one number
+        (``1.png`` and ``001.png``) are a SampleError."""
+        out: dict[int, str] = {}
+        for e in self.entries[i][2]:
+            if e.endswith(".png") and e[:-4].isdigit():
+                v = int(e[:-4])
+                if v in out:
+                    raise SampleError(f"{self.where(i)}: members {out[v]!r} and {e!r} are both view {v}")
+                out[v] = e
+        return dict(sorted(out.items()))
 
     def view_exts(self, i: int) -> list[str]:
-        return sorted(e for e in self.entries[i][2] if e.endswith(".png") and e[:-4].isdigit())
+        """The numbered PNG members in view order (after :meth:`check_views`: view v is the v-th)."""
+        return list(self.view_members(i).values())
+
+    def check_views(self, i: int, num_frames: int) -> None:
+        """The sample's PNG members must be exactly views 0 .. num_frames - 1, one per camera frame: else a
+        SampleError naming the sample and the missing / extra members (never images paired with other cameras)."""
+        have = self.view_members(i)
+        if set(have) == set(range(num_frames)):
+            return
+        key = self.entries[i][1]
+        missing = [f"{key}.{v:03d}.png" for v in range(num_frames) if v not in have]
+        extra = [f"{key}.{e}" for v, e in have.items() if v >= num_frames]
+        raise SampleError(f"{self.where(i)}: {num_frames} camera frames but {len(have)} PNG members"
+                          + (f"; missing {missing}" if missing else "") + (f"; no camera frame for {extra}" if extra
+                                                                            else ""))
 
     def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
-        exts = self.view_exts(i)
-        missing = [v for v in views if v >= len(exts)]
+        """The PNGs of ``views``, looked up by their number (member ``VVV.png`` is camera frame VVV)."""
+        members = self.view_members(i)
+        missing = [v for v in views if v not in members]
         if missing:
-            raise SampleError(f"{self.where(i)}: views {missing} requested, the shard sample has {len(exts)} PNGs")
-        blobs = [self._read(i, exts[v]) for v in views]
-        rgb, alpha = load_png_views(blobs, [f"{self.where(i)} member {exts[v]}" for v in views])
+            key = self.entries[i][1]
+            raise SampleError(f"{self.where(i)}: views {missing} requested, members "
+                              f"{[f'{key}.{v:03d}.png' for v in missing]} are missing")
+        blobs = [self._read(i, members[v]) for v in views]
+        rgb, alpha = load_png_views(blobs, [f"{self.where(i)} member {members[v]}" for v in views])
         return rgb, alpha, False
 
 

@@ -84,9 +84,8 @@ def shards_to_folders(src: str | Path, out: str | Path) -> dict:
             raise ValueError(f"{shards.where(i)}: would overwrite {target}")
         cam_bytes = shards._read(i, "cameras.json")
         frames = json.loads(cam_bytes)["frames"]
+        shards.check_views(i, len(frames))  # one PNG member per frame, by number (SampleError naming them)
         pngs = shards.view_exts(i)
-        if len(pngs) != len(frames):
-            raise ValueError(f"{shards.where(i)}: {len(frames)} camera frames but {len(pngs)} PNG members")
         where = f"{shards.where(i)} member cameras.json"
         paths = [frame_image_path(target, fr.get("file_path"), v, where) for v, fr in enumerate(frames)]  # all first
         target.mkdir(parents=True)
