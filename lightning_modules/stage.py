@@ -37,6 +37,7 @@ class StageModule(pl.LightningModule):
     def log_train_loss(self, loss: Tensor, batch_size: int) -> bool:
         """Add this step's loss to the interval; on the steps Lightning writes, log its mean over the interval and
         over all ranks as ``train/loss`` and return True (the caller logs its other terms then)."""
+        self.step_loss = loss.detach()  # this step's loss, for callbacks.nonfinite.NonFiniteGuard (no host read)
         self._train_loss.add(loss)
         if not logs_this_step(self):
             return False

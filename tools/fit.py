@@ -10,6 +10,9 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
 - logs to TensorBoard (when installed) and CSV under ``<run>/logs``, to W&B with ``--wandb PROJECT``;
 - saves the resolved config as ``<run>/config.yaml``;
 - checks that the DataModule's ``stage`` and ``rig`` match the model's (error naming both);
+- stops at a step whose loss or gradients are not finite, before the update, naming the step, the batch's scenes and
+  the last checkpoint (``nonfinite:`` = :class:`callbacks.nonfinite.NonFiniteGuard`; ``--nonfinite.skip true`` skips
+  such steps instead, counted and logged as ``train/nonfinite_skipped``);
 - seeds everything from ``seed_everything`` (default 0);
 - ``--resume auto`` continues from the newest complete checkpoint of the run (same config: the newest run of the
   experiment with this config when ``run.run`` is not given); ``--resume PATH`` from a given checkpoint. The
@@ -40,6 +43,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from callbacks.atomic import AtomicCheckpointIO
+from callbacks.nonfinite import NonFiniteGuard
 from callbacks.paths import CheckpointPaths, RunPaths
 from callbacks.rig_guard import check_data_matches_model
 from lightning_modules.artifacts import allowed_globals, check_loadable
@@ -115,6 +119,7 @@ class FitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(CheckpointPaths, "run")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
         parser.add_argument("--resume", type=Optional[str], default=None,  # noqa: UP045 (jsonargparse type)
                             help="'auto': continue from the newest complete checkpoint of the run; or a .ckpt path")
