@@ -360,6 +360,9 @@ class CheckpointPaths(Callback):
             (None = only at the end of fit).
         export_on_fit_end: export once more when fit ends.
         save_last: make ModelCheckpoints without their own setting keep ``last.ckpt``.
+
+    Under ``fast_dev_run`` (a smoke run) nothing is checkpointed or exported: no ``last.ckpt`` (also not the one
+    Lightning's ModelCheckpoint writes at the end of training), no ``export/``.
     """
 
     def __init__(
@@ -437,6 +440,8 @@ class CheckpointPaths(Callback):
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint):
                 self.configure_checkpoint(cb)
+                if trainer.fast_dev_run:  # Lightning 2.6's ModelCheckpoint.on_train_end writes last.ckpt even then
+                    cb.save_last = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resuming = self.resume == "auto" or trainer.ckpt_path is not None
@@ -476,6 +481,8 @@ class CheckpointPaths(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if trainer.fast_dev_run:  # a smoke run: no checkpoint, no export (Lightning's own ModelCheckpoint agrees)
+            return
         step = trainer.global_step
         n = self.export_every_n_steps
         if n and step > 0 and step % n == 0 and step != self._last_export_step:
@@ -508,7 +515,7 @@ class CheckpointPaths(Callback):
             log.info("saved the final state (step %d) to %s", step, path)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.export_on_fit_end and trainer.global_step != self._last_export_step:
+        if self.export_on_fit_end and trainer.global_step != self._last_export_step and not trainer.fast_dev_run:
             self.export(trainer, pl_module)
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:

@@ -14,6 +14,7 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
   the last checkpoint (``nonfinite:`` = :class:`callbacks.nonfinite.NonFiniteGuard`; ``--nonfinite.skip true`` skips
   such steps instead, counted and logged as ``train/nonfinite_skipped``);
 - seeds everything from ``seed_everything`` (default 0);
+- ``--trainer.fast_dev_run true``: one step of each loop, no checkpoint and no export;
 - ``--resume auto`` continues from the newest complete checkpoint of the run (same config: the newest run of the
   experiment with this config when ``run.run`` is not given); ``--resume PATH`` from a given checkpoint. The
   checkpoint is read without unpickling code (``weights_only=True`` with the allow-list of
