@@ -271,16 +271,19 @@ def _jsonable(obj: Any) -> Any:
 # attention kernel; what exports leave out).
 EXECUTION_ONLY = frozenset({"num_workers", "persistent_workers", "pin_memory", "prefetch_factor", "grad_checkpointing",
                             *RUNTIME})
+# The run length is the trainer's (StageModule.schedule_steps): a module's max_steps is its fallback, not the run's
+# identity, so extending a run is never "another config".
+RUN_LENGTH = frozenset({"max_steps"})
 
 
 def _identity_hparams(obj: Any, skip: bool = True) -> dict[str, Any] | None:
-    """``obj``'s hyper-parameters as JSON; ``skip``: without ``EXECUTION_ONLY`` and ``_``-prefixed (LightningCLI) keys
-    (False: all of them, the hash of runs made before). None for no ``obj``."""
+    """``obj``'s hyper-parameters as JSON; ``skip``: without ``EXECUTION_ONLY``, ``RUN_LENGTH`` and ``_``-prefixed
+    (LightningCLI) keys (False: all of them, the hash of runs made before). None for no ``obj``."""
     if obj is None:
         return None
     hp = dict(getattr(obj, "hparams", {}) or {})
     return _jsonable({k: v for k, v in hp.items()
-                      if not skip or (k not in EXECUTION_ONLY and not str(k).startswith("_"))})
+                      if not skip or (k not in EXECUTION_ONLY | RUN_LENGTH and not str(k).startswith("_"))})
 
 
 def run_identity(pl_module: pl.LightningModule, datamodule: Any = None) -> dict[str, Any]:

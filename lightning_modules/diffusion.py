@@ -518,7 +518,7 @@ class DiffusionModule(StageModule):
         h = self.hparams
         groups = build_param_groups(self, h.freeze, h.lr_groups, h.lr, h.weight_decay)
         opt = build_optimizer(h.optimizer, groups, tuple(h.betas), trainer_clips_scaled_gradients(self))
-        sched = build_scheduler(opt, h.warmup_steps, h.max_steps, h.decay)
+        sched = build_scheduler(opt, h.warmup_steps, self.schedule_steps(), h.decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- sampling -----------------------------------------------------------------------------------------------

@@ -34,6 +34,15 @@ class StageModule(pl.LightningModule):
     def mvlift_metadata(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def schedule_steps(self) -> int:
+        """The run length the learning-rate schedule spans: the trainer's ``max_steps`` (one run length for the loop
+        and the schedule, so extending a finished run with a larger ``--trainer.max_steps`` continues the schedule
+        over the new length), the module's ``max_steps`` only without a step-limited trainer."""
+        trainer = self._trainer
+        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        return int(self.hparams.max_steps)
+
     def log_train_loss(self, loss: Tensor, batch_size: int) -> bool:
         """Add this step's loss to the interval; on the steps Lightning writes, log its mean over the interval and
         over all ranks as ``train/loss`` and return True (the caller logs its other terms then)."""

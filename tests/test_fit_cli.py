@@ -257,11 +257,16 @@ def test_training_values_are_logged_every_log_every_n_steps_and_only_then(tmp_pa
         assert float(row["train/loss"]) == pytest.approx(sum(each[s] for s in steps) / 3, rel=1e-5)
 
 
+CONSTANT_LR = ["--model.init_args.decay", "constant", "--model.init_args.warmup_steps", "0"]
+
+
 def test_a_resumed_run_logs_the_interval_means_of_the_uninterrupted_run(tmp_path):
     """train/loss averages the steps since the last log; a checkpoint taken inside an interval keeps the open sum,
     so the resumed run's next logged value is the uninterrupted run's."""
+    # a constant learning rate: the schedule spans the trainer's max_steps (an extension stretches it), so only a
+    # constant one makes stopped-then-extended parts train like the whole
     common = ["--trainer.log_every_n_steps", "3", "--trainer.val_check_interval", "100",
-              "--run.export_every_n_steps", "null"]
+              "--run.export_every_n_steps", "null", *CONSTANT_LR]
     main(["-c", str(_config(tmp_path, run="whole")), "--trainer.max_steps", "6", *common])
     cfg = _config(tmp_path, run="parts")
     main(["-c", str(cfg), "--trainer.max_steps", "4", *common])  # stops inside the interval of steps 3..5
@@ -282,7 +287,7 @@ def test_a_run_extended_past_max_steps_draws_and_trains_like_the_uninterrupted_r
     """tools.fit to ``stop`` steps, then ``--resume auto`` to 7 (4 draws per epoch). The default ModelCheckpoint
     saves at the epoch's end when max_steps stops it, and Lightning then counts that epoch as complete and ends the
     next one early; the data stream must still continue where it stopped (it had skipped the rest of an epoch)."""
-    common = ["--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "100",
+    common = ["--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "100", *CONSTANT_LR,
               "--run.export_every_n_steps", "null", "--trainer.callbacks+=callbacks.throughput.SampleLedger"]
     main(["-c", str(_config(tmp_path, run="whole")), "--trainer.max_steps", "7", *common])
     cfg = _config(tmp_path, run="parts")

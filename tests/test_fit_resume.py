@@ -470,3 +470,41 @@ def test_a_run_stopped_early_keeps_its_last_step_in_last_ckpt(tmp_path):
     # and a run that reaches max_steps is not saved twice
     _, paths_cb, _ = fit(tmp_path, "full", max_steps=6, with_ema=False)
     assert torch.load(paths_cb.paths.checkpoint_dir / "last.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_the_schedule_spans_the_trainers_max_steps_and_an_extension_continues_it():
+    """`--resume auto --trainer.max_steps 110` on a run that ended at 100 used to train 10 steps at learning rate 0
+    (the schedule read the model's own max_steps)."""
+    from lightning_modules.optim import lr_factor
+    from lightning_modules.reconstruction import ReconstructionModule
+
+    def scheduler(trainer_steps: int):
+        m = ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32, depth=1, head_dim=16,
+                                 lr=1e-3, warmup_steps=2, max_steps=100)
+        m.trainer = pl.Trainer(max_steps=trainer_steps, logger=False, accelerator="cpu")
+        return m.configure_optimizers()["lr_scheduler"]["scheduler"]
+
+    finished = scheduler(100)
+    for _ in range(100):
+        finished.optimizer.step()
+        finished.step()
+    assert finished.get_last_lr()[0] == 0.0  # cosine to 0 at the end of the run
+    extended = scheduler(110)
+    extended.load_state_dict(finished.state_dict())  # what a resume restores
+    extended.optimizer.step()
+    extended.step()
+    assert extended.get_last_lr()[0] == pytest.approx(1e-3 * lr_factor(101, 2, 110))
+    assert extended.get_last_lr()[0] > 1e-6
+
+
+def test_a_longer_run_is_the_same_run():
+    from callbacks.paths import run_identity
+    from lightning_modules.reconstruction import ReconstructionModule
+
+    def ident(max_steps: int):
+        return run_identity(ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32,
+                                                 depth=1, head_dim=16, max_steps=max_steps))["config_hash"]
+
+    assert ident(100) == ident(110)
+    assert ident(100) != run_identity(ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2,
+                                                           width=32, depth=1, head_dim=16, lr=1e-3))["config_hash"]
