@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.procedural import ScenePlanner, make_scenes  # noqa: E402
-from datamodules.sources import ProceduralSource  # noqa: E402
-from geometry.rig import load_rig  # noqa: E402
+from datamodules.procedural import ScenePlanner, make_scenes
+from datamodules.sources import ProceduralSource
+from geometry.rig import load_rig
 
 
 def sync(device: torch.device) -> None:

@@ -473,10 +473,10 @@ class ScenePlanner:
             self._pool.join()
             self._pool = None
 
-    def __enter__(self) -> ScenePlanner:
+    def __enter__(self) -> ScenePlanner:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -225,10 +225,9 @@ def test_total_grad_norm_is_the_norm_of_all_gradients_as_one_vector():
 def test_ssim_loss_and_metric_are_fp32_under_bf16_autocast():
     """Under bf16 autocast, conv2d runs in bf16 and SSIM's variances (E[x^2] - E[x]^2) become noise: GS-LRM training
     stalled at a grey haze until the loss and the metric opted out of autocast."""
+    from datamodules.procedural import make_scene
     from lightning_modules.losses import ssim_loss
     from lightning_modules.metrics import per_view_ssim
-
-    from datamodules.procedural import make_scene
 
     s = make_scene(0, "mouse_oblique20_6view", 2, 32)  # a mouse on white: smooth regions, where bf16 hurts most
     target = s["images"] * s["alpha"] + 1 - s["alpha"]
