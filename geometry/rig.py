@@ -35,7 +35,7 @@ from geometry.cameras import (
     spherical_from_c2w,
 )
 
-RIGS_DIR = Path(__file__).resolve().parent.parent / "configs" / "rigs"
+RIGS_DIR = Path(__file__).resolve().parent / "rigs"  # package data; configs/rigs links here
 
 
 @dataclasses.dataclass(frozen=True)
