@@ -180,7 +180,10 @@ class MultiViewDataModule(L.LightningDataModule):
     def _default_views(self) -> int:
         return self.rig.num_views if self.stage == "diffusion" else self.hparams.num_views
 
-    def _build(self, cfgs: list[dict]) -> list[Source]:
+    def _build(self, cfgs: list[dict], key: str = "sources") -> list[Source]:
+        if not isinstance(cfgs, (list, tuple)) or not all(isinstance(c, dict) for c in cfgs):
+            raise ValueError(f"{key} must be a list of source mappings (YAML: '- {{name: ..., kind: ..., "
+                             f"format: ...}}' per source), got {type(cfgs).__name__}: {cfgs!r}"[:400])
         names = [c.get("name") for c in cfgs]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
@@ -191,7 +194,7 @@ class MultiViewDataModule(L.LightningDataModule):
             return
         self.train_sources = self._build(self.hparams.sources or DEMO_SOURCES)
         if self.hparams.val_sources:
-            self.val_sources = self._build(self.hparams.val_sources)
+            self.val_sources = self._build(self.hparams.val_sources, "val_sources")
             self._train_idx = [np.arange(len(s)) for s in self.train_sources]
             self._val_idx = [np.arange(len(s)) for s in self.val_sources]
         else:

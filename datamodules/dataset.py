@@ -87,6 +87,10 @@ class SceneBuilder:
         if self.normalize_cameras:
             c2w, _, _ = normalize_scene_cameras(c2w, self.target_radius, source.up_axis or self.rig.up_axis,
                                                 self.rig.up_axis)
+        needed = self.rig.num_views if self.stage == "diffusion" else self.num_views
+        if len(c2w) < needed:  # a bad sample (skip mode skips it), not a configuration error
+            what = f"rig {self.rig.name!r} has {needed}" if self.stage == "diffusion" else f"num_views is {needed}"
+            raise SampleError(f"{where}: the scene has {len(c2w)} views, {what}")
         if self.stage == "diffusion":
             self.check_rig(c2w, where)
         views, ref = self.select(len(c2w), rng)

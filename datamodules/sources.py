@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
+import math
 import os
 import tarfile
 from pathlib import Path
@@ -39,6 +41,7 @@ from geometry.cameras import invert_rigid
 from geometry.rig import Rig, load_rig
 from lightning_modules.gaussians import gsplat_available
 
+log = logging.getLogger("mvlift.data")
 FORMATS = ("procedural", "facelift", "facelift_mvdiffusion", "shards")
 KINDS = ("synthetic", "real")
 CAMERA_FILE = "opencv_cameras.json"
@@ -228,10 +231,15 @@ def sample_dirs(path: str | Path, marker: str | None = CAMERA_FILE) -> list[Path
 
     if is_sample(path):
         return [path]
-    dirs = sorted(d for d in path.iterdir() if d.is_dir() and is_sample(d))
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir())
+    dirs = [d for d in subdirs if is_sample(d)]
+    what = marker or "PNG images"
     if not dirs:
-        what = marker or "PNG images"
         raise FileNotFoundError(f"{path}: no sample directories (sub-folders with {what}) found")
+    left_out = [d.name for d in subdirs if not is_sample(d)]
+    if left_out:  # e.g. a scene whose camera file is missing: said, never silently dropped
+        log.warning("%s: %d of %d sub-folders have no %s and are left out: %s%s", path, len(left_out), len(subdirs),
+                    what, ", ".join(left_out[:5]), ", ..." if len(left_out) > 5 else "")
     return dirs
 
 
@@ -444,8 +452,26 @@ def parse_camera_json(data: bytes, where: str) -> SceneCameras:
 
 
 # ---- factory -------------------------------------------------------------------------------------------------------
+def _number(cfg: dict[str, Any], key: str, default: float, name: str, kind: type = float,
+            minimum: float | None = None) -> Any:
+    """``cfg[key]`` as ``kind``, finite and >= ``minimum``; a ValueError naming the source and the key otherwise."""
+    value = cfg.get(key, default)
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        out = kind(value)
+        if not math.isfinite(out) or (minimum is not None and out < minimum):
+            raise ValueError
+    except (TypeError, ValueError):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"source {name!r}: {key} must be a finite {kind.__name__}{bound}, got {value!r}") from None
+    return out
+
+
 def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> Source:
     """A Source from one config dict (module docstring). ``rig``/``num_views``/``size``: the stage's defaults."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a source must be a mapping ({{name: ..., kind: ..., format: ...}}), got {cfg!r}")  # noqa: TRY004
     cfg = dict(cfg)
     name = str(cfg.get("name") or cfg.get("format", "source"))
     unknown = set(cfg) - SOURCE_KEYS
@@ -455,17 +481,18 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
     if fmt not in FORMATS:
         raise ValueError(f"source {name!r}: format must be one of {FORMATS}, got {fmt!r}")
     kind = cfg.get("kind", "synthetic")
-    base = {"weight": float(cfg.get("weight", 1.0)), "up_axis": cfg.get("up_axis")}
+    base = {"weight": _number(cfg, "weight", 1.0, name, minimum=0.0), "up_axis": cfg.get("up_axis")}
     if "augment" in cfg:
         from datamodules.augment import check_ops
 
         base["augment"] = check_ops(cfg["augment"], f"source {name!r} augment")
     src_rig = load_rig(cfg["rig"]) if cfg.get("rig") else rig
     if fmt == "procedural":
-        return ProceduralSource(name, kind, src_rig, int(cfg.get("num_scenes", 1000)),
-                                int(cfg.get("num_views", num_views)), size, bool(cfg.get("realistic", False)),
-                                int(cfg.get("seed", 0)), float(cfg.get("camera_jitter_deg", 0.0)),
-                                int(cfg.get("index_offset", 0)), str(cfg.get("device", "auto")),
+        return ProceduralSource(name, kind, src_rig, _number(cfg, "num_scenes", 1000, name, int, 1),
+                                _number(cfg, "num_views", num_views, name, int, 1), size,
+                                bool(cfg.get("realistic", False)), _number(cfg, "seed", 0, name, int),
+                                _number(cfg, "camera_jitter_deg", 0.0, name, minimum=0.0),
+                                _number(cfg, "index_offset", 0, name, int, 0), str(cfg.get("device", "auto")),
                                 background=cfg.get("background", "white"), **base)
     background = cfg.get("background", "white")
     if fmt == "facelift":

@@ -14,7 +14,9 @@ from datamodules.sources import (
     FaceLiftFolderSource,
     MVDiffusionFolderSource,
     ShardSource,
+    build_source,
     resolve_list_entries,
+    sample_dirs,
 )
 from geometry.camera_files import CameraFile, write_camera_file
 from geometry.rig import load_rig
@@ -162,3 +164,42 @@ def test_shards_back_to_folders_gives_the_same_files_byte_for_byte(folder, tmp_p
     # a second conversion into the same folder would overwrite: refused, naming the sample
     assert make_shards_main([str(tmp_path / "shards"), str(tmp_path / "back"), "--to-folders"]) == 2
     assert "would overwrite" in capsys.readouterr().err
+
+
+def test_scene_folders_without_a_camera_file_are_reported_not_silently_dropped(folder, caplog):
+    (folder / "sample_b" / "opencv_cameras.json").unlink()
+    with caplog.at_level("WARNING", logger="mvlift.data"):
+        dirs = sample_dirs(folder)
+    assert [d.name for d in dirs] == ["sample_a", "sample_c"]
+    assert "1 of 3 sub-folders have no opencv_cameras.json and are left out: sample_b" in caplog.text
+
+
+@pytest.mark.parametrize("key, value", [("num_scenes", "four"), ("weight", float("inf")), ("weight", -1.0),
+                                        ("num_views", 2.5), ("seed", None)])
+def test_a_bad_source_value_names_the_source_and_the_key(key, value):
+    with pytest.raises(ValueError, match=rf"source 'syn': {key} must be a finite"):
+        build_source({"name": "syn", "format": "procedural", key: value}, load_rig("facelift_6view"), 6, 16)
+
+
+def test_sources_written_as_a_mapping_is_a_named_error():
+    from datamodules.datamodule import MultiViewDataModule
+
+    dm = MultiViewDataModule(stage="reconstruction", rig="facelift_6view", image_size=16, num_views=2,
+                             num_input_views=1, sources={"syn": {"format": "procedural", "num_scenes": 2}})
+    with pytest.raises(ValueError, match="sources must be a list of source mappings"):
+        dm.setup("fit")
+
+
+def test_skip_mode_skips_a_scene_with_too_few_views(folder):
+    from datamodules.datamodule import MultiViewDataModule
+
+    dm = MultiViewDataModule(stage="reconstruction", rig="facelift_6view", image_size=16, num_views=4,
+                             num_input_views=2, sources=[{"name": "f", "format": "facelift", "path": str(folder)}],
+                             on_bad_sample="skip", num_workers=0, samples_per_epoch=6, batch_size=1, val_fraction=0)
+    dm.setup("fit")
+    batches = [dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()]
+    assert len(batches) == 6 and all(b["images"].shape[1] == 4 and "sample_b" not in b["scene_id"] for b in batches)
+    skipped = dm.skip_report()
+    assert skipped["total"] >= 1
+    assert all("sample_b" in e["problem"] and "has 3 views, num_views is 4" in e["problem"]
+               for e in skipped["examples"])
