@@ -182,8 +182,10 @@ class ProceduralSource(Source):
 
 # ---- FaceLift folders ----------------------------------------------------------------------------------------------
 def resolve_list_entries(list_file: str | Path) -> list[Path]:
-    """Sample directories named by a list file: each entry as is when it exists, else relative to the list file's
-    folder (or its parent) by its trailing path components; otherwise ValueError naming the entries."""
+    """Sample directories named by a list file: an absolute entry as is when it exists, a relative one against the
+    list file's folder (never the working directory first), else by its trailing path components under the list
+    file's folder or its parent; otherwise FileNotFoundError naming the entries. Two entries naming one folder are
+    an error (the scene would count twice)."""
     list_file = Path(list_file)
     try:
         entries = [ln.strip() for ln in list_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
@@ -200,14 +202,23 @@ def resolve_list_entries(list_file: str | Path) -> list[Path]:
                                 f"relative to {base}: {shown}")
     if not found:
         raise ValueError(f"{list_file}: list file has no entries")
+    seen: dict[Path, str] = {}
+    for entry, p in zip(entries, found):
+        key = p.resolve()
+        if key in seen:
+            raise ValueError(f"{list_file}: entries {seen[key]!r} and {entry!r} name the same folder {key}")
+        seen[key] = entry
     return found
 
 
 def resolve_entry(entry: str, base: Path) -> Path | None:
-    """``entry`` if it is a directory; else base/<trailing components of entry> (longest first); else None."""
+    """``entry`` if it is an absolute directory, base/entry if it is relative, else base/<trailing components of
+    entry> (longest first, also under base's parent); else None."""
     p = Path(entry)
-    if p.is_dir():
+    if p.is_absolute() and p.is_dir():
         return p
+    if not p.is_absolute() and (base / p).is_dir():
+        return base / p
     parts = [x for x in p.parts if x not in ("/", "")]
     for n in range(len(parts), 0, -1):
         for root in (base, base.parent):

@@ -203,3 +203,21 @@ def test_skip_mode_skips_a_scene_with_too_few_views(folder):
     assert skipped["total"] >= 1
     assert all("sample_b" in e["problem"] and "has 3 views, num_views is 4" in e["problem"]
                for e in skipped["examples"])
+
+
+def test_relative_list_entries_resolve_against_the_list_file_not_the_working_directory(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    _write_scene(data / "s0", 2, 8, 0, 8)
+    decoy = tmp_path / "cwd"
+    _write_scene(decoy / "s0", 2, 8, 1, 8)
+    (data / "list.txt").write_text("s0\n")
+    monkeypatch.chdir(decoy)
+    assert resolve_list_entries(data / "list.txt") == [data / "s0"]
+
+
+def test_two_list_entries_naming_one_folder_are_an_error(tmp_path):
+    data = tmp_path / "data"
+    _write_scene(data / "s0", 2, 8, 0, 8)
+    (data / "list.txt").write_text(f"s0\n{data / 's0'}\n")
+    with pytest.raises(ValueError, match=r"entries 's0' and '.*s0' name the same folder"):
+        resolve_list_entries(data / "list.txt")
