@@ -273,3 +273,25 @@ def test_rig_cli_compare_and_check(tmp_path, capsys):
     assert main(["check", str(tmp_path), "--rig", "facelift_6view"]) == 1
     assert "normalization" in capsys.readouterr().out
     assert math.isfinite(float(k[0, 0]))
+
+
+def test_rig_check_compares_the_first_rig_views_of_scenes_with_more_views_and_flags_short_ones(tmp_path, capsys):
+    """8-view scenes rotated 30 degrees were reported OK: only scenes of exactly the rig's view count were compared."""
+    from tools.rig import check_dataset
+
+    rig = load_rig("facelift_6view")
+    c2w, k = rig.cameras(64)
+    turn = torch.eye(4)
+    turn[:2, :2] = torch.tensor([[math.cos(math.pi / 6), -math.sin(math.pi / 6)],
+                                 [math.sin(math.pi / 6), math.cos(math.pi / 6)]])
+    rotated = turn @ torch.cat([c2w, c2w[:2]])  # 8 views, the rig's six first, all turned 30 deg about up (z)
+    (tmp_path / "turned").mkdir()
+    write_camera_file(tmp_path / "turned" / "opencv_cameras.json",
+                      CameraFile("t", rotated, torch.cat([k, k[:2]]), [(64, 64)] * 8, [None] * 8))
+    report = check_dataset(tmp_path, "facelift_6view")
+    assert not report["ok"] and report["rig_order_scenes"][0]["worst_angle_deg"] == pytest.approx(30.0, abs=0.1)
+    (tmp_path / "short").mkdir()
+    write_camera_file(tmp_path / "short" / "opencv_cameras.json",
+                      CameraFile("s", c2w[:4], k[:4], [(64, 64)] * 4, [None] * 4))
+    report = check_dataset(tmp_path, "facelift_6view")
+    assert any("fewer views than the rig's 6" in p for p in report["problems"])

@@ -45,22 +45,26 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_tol: float = 0.05) -> dict:
-    """Compare every scene's cameras under ``data_dir`` with the rig; returns a JSON-able report."""
+    """Compare every scene's cameras under ``data_dir`` with the rig (its first rig-many views, in rig order; a scene
+    with fewer views is a problem); returns a JSON-able report."""
     rig = load_rig(rig_name)
     files = sorted(data_dir.rglob("opencv_cameras.json"))
     if not files:
         raise FileNotFoundError(f"{data_dir}: no opencv_cameras.json found below it")
-    per_scene, dists, elevs, fovs = [], [], [], []
+    per_scene, dists, elevs, fovs, short = [], [], [], [], []
     for f in files:
         cams = read_camera_file(f)
         _, el, d = spherical_from_c2w(cams.c2w.double(), up=rig.up_axis)
         dists.append(d)
         elevs.append(el)
         fovs += [fov_from_focal(float(k[0]), w) for k, (_, w) in zip(cams.fxfycxcy, cams.sizes)]
-        if len(cams.c2w) == rig.num_views:
-            diff = rig.compare_cameras(cams.c2w, name=str(f.parent), angle_tol_deg=angle_tol, dist_tol=dist_tol)
+        if len(cams.c2w) >= rig.num_views:  # the rig's views come first (FaceLift layout); extra views are free
+            diff = rig.compare_cameras(cams.c2w[: rig.num_views], name=str(f.parent), angle_tol_deg=angle_tol,
+                                       dist_tol=dist_tol)
             per_scene.append({"scene": str(f.parent), "ok": diff.ok, "worst_angle_deg": diff.worst_angle_deg,
                               "worst_distance": diff.worst_distance})
+        else:
+            short.append(f"{f.parent} ({len(cams.c2w)} views)")
     d, e = torch.cat(dists), torch.cat(elevs)
     report = {
         "rig": rig.name, "fingerprint": rig.fingerprint, "scenes": len(files),
@@ -77,7 +81,10 @@ def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_to
         problems.append(f"fields of view span {min(fovs):.2f}..{max(fovs):.2f} deg, the rig has {rig.fov_deg}")
     bad = [s["scene"] for s in per_scene if not s["ok"]]
     if bad:
-        problems.append(f"{len(bad)} scene(s) in rig view count do not match the rig, e.g. {bad[0]}")
+        problems.append(f"{len(bad)} scene(s)' first {rig.num_views} views do not match the rig, e.g. {bad[0]}")
+    if short:
+        problems.append(f"{len(short)} scene(s) have fewer views than the rig's {rig.num_views}, e.g. {short[0]}")
+    report["short_scenes"] = short
     report["problems"], report["ok"] = problems, not problems
     return report
 
