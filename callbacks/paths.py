@@ -307,7 +307,49 @@ def run_identity(pl_module: pl.LightningModule, datamodule: Any = None) -> dict[
     legacy_digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     return {"config_hash": digest, "legacy_config_hash": legacy_digest, "stage": stage, "rig": rig_info,
             "model_class": payload["model_class"],
-            "data_class": payload["data_class"]}
+            "data_class": payload["data_class"],
+            "hparams": flat_identity_hparams(payload)}
+
+
+# a value whose JSON is longer than this is stored in run.json as its digest (run.json stays small; a change in it
+# is still named by its key)
+LONG_VALUE = 120
+
+
+def flat_identity_hparams(payload: dict[str, Any]) -> dict[str, Any]:
+    """The hashed hyper-parameters as one flat ``{"model.lr": 0.001, "data.sources.0.name": "syn", ...}`` mapping
+    (what ``run.json`` stores so that a conflict names the keys that differ); long values become ``sha256:<12>``."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(value, list) and value:
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        else:
+            text = json.dumps(value, sort_keys=True)
+            flat[prefix] = value if len(text) <= LONG_VALUE else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    for part in ("model", "data"):
+        walk(part, payload.get(part))
+    return flat
+
+
+def identity_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"KEY: STORED -> CURRENT"`` for each class or hyper-parameter that differs between a run.json and an
+    identity (``<unset>`` for a key only one side has); empty when the stored record predates ``hparams``."""
+    out = [f"{k}: {stored.get(k)} -> {current.get(k)}" for k in ("model_class", "data_class")
+           if k in stored and stored.get(k) != current.get(k)]
+    a, b = stored.get("hparams"), current.get("hparams") or {}
+    if not isinstance(a, dict):
+        return out
+    unset = "<unset>"
+    for k in sorted(set(a) | set(b)):
+        if a.get(k, unset) != b.get(k, unset):
+            out.append(f"{k}: {json.dumps(a.get(k, unset))} -> {json.dumps(b.get(k, unset))}")
+    return out
 
 
 def _is_launched_child() -> bool:
@@ -346,6 +388,21 @@ def find_matching_run(experiment_dir: Path, config_hash: str, *also: str) -> str
             key = (latest.stat().st_mtime_ns, d.name)
             best = max(best, key) if best else key
     return best[1] if best else None
+
+
+def check_root(paths: RunPaths) -> None:
+    """Refuse a root that already holds the run's own ``<experiment>/<run>`` path, or that lies inside an existing
+    run folder (one with a ``run.json``): both would nest a run in a run, e.g. checkpoints in
+    ``.../P7/checkpoints/demo/P7/checkpoints/`` (the doubled-path bug). Raises :class:`PathError`."""
+    parts = paths.root.parts
+    own = (paths.experiment, paths.run)
+    if any(parts[i:i + 2] == own for i in range(len(parts) - 1)):
+        raise PathError(f"run root {paths.root} already contains this run's own path {'/'.join(own)}: the run would "
+                        f"land in {paths.run_dir}; pass the folder above {'/'.join(own)} as the root (run.root)")
+    for folder in (paths.root, *paths.root.parents):
+        if (folder / RUN_JSON).is_file():
+            raise PathError(f"run root {paths.root} is inside the run folder {folder} (it has a {RUN_JSON}): a run "
+                            f"would be nested in a run; pass the folder holding the experiments as the root (run.root)")
 
 
 # ---- the callback ------------------------------------------------------------------------------------------------
@@ -414,7 +471,9 @@ class CheckpointPaths(Callback):
                                      self._identity["legacy_config_hash"])
         if name is None:
             name = _new_run_name(experiment_dir)
-        self._paths = RunPaths(self.root, self.experiment, name)
+        paths = RunPaths(self.root, self.experiment, name)
+        check_root(paths)
+        self._paths = paths
         os.environ[RUN_ENV] = self._paths.run  # Lightning's DDP children inherit the decision
         return self._paths
 
@@ -447,23 +506,38 @@ class CheckpointPaths(Callback):
                     cb.save_last = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        resuming = self.resume == "auto" or trainer.ckpt_path is not None
-        if not resuming and self.paths.checkpoints():
-            raise RunConflictError(
-                f"run folder {self.paths.run_dir} already holds checkpoints; pass resume=auto (tools.fit: --resume "
-                "auto) to continue it, or choose another run name"
-            )
+        self._check_no_checkpoints(self.paths, self.resume == "auto" or trainer.ckpt_path is not None)
 
     def _check_identity(self, paths: RunPaths) -> None:
         assert self._identity is not None
         stored = paths.read_run_info()
         if stored is not None and stored.get("config_hash") not in (self._identity["config_hash"],
                                                                     self._identity["legacy_config_hash"]):
+            diffs = identity_differences(stored, self._identity)
+            differing = ("; differing (stored -> this run): " + "; ".join(diffs)) if diffs else (
+                "; its run.json does not record the hyper-parameters, so the differing keys are unknown")
             raise RunConflictError(
                 f"run folder {paths.run_dir} belongs to another config (stored: stage {stored.get('stage')!r}, "
-                f"rig {stored.get('rig')}, config hash {stored.get('config_hash')}; this run: stage "
-                f"{self._identity['stage']!r}, rig {self._identity['rig']}, config hash "
-                f"{self._identity['config_hash']}). Use another run name or experiment."
+                f"rig {(stored.get('rig') or {}).get('name')!r}, config hash {stored.get('config_hash')}; this run: "
+                f"stage {self._identity['stage']!r}, rig {(self._identity['rig'] or {}).get('name')!r}, config hash "
+                f"{self._identity['config_hash']}){differing}. Use another run name or experiment."
+            )
+
+    def check_before_writing(self, resuming: bool) -> RunPaths:
+        """Every refusal of a run, before anything is written into its folder (tools.fit calls it before the loggers
+        and the config copy exist): the run folder of another config (naming the differing keys), and checkpoints
+        already there when not ``resuming``. Needs :meth:`decide` first."""
+        paths = self.paths
+        self._check_identity(paths)
+        self._check_no_checkpoints(paths, resuming)
+        return paths
+
+    @staticmethod
+    def _check_no_checkpoints(paths: RunPaths, resuming: bool) -> None:
+        if not resuming and paths.checkpoints():
+            raise RunConflictError(
+                f"run folder {paths.run_dir} already holds checkpoints; pass resume=auto (tools.fit: --resume "
+                "auto) to continue it, or choose another run name"
             )
 
     def _prepare_run_dir(self, paths: RunPaths) -> None:
@@ -565,6 +639,8 @@ __all__ = [
     "PathError",
     "RunConflictError",
     "RunPaths",
+    "check_root",
     "find_matching_run",
+    "identity_differences",
     "run_identity",
 ]

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 EXPORT_RIG_FILE = "rig.json"
 
 
+class StageMismatchError(ValueError):
+    """The DataModule serves another stage than the model's (:func:`check_data_matches_model`)."""
+
+
 class RigMismatchError(ValueError):
     """Two chained stages use different camera rigs. ``diff`` holds the per-view comparison."""
 
@@ -151,7 +155,7 @@ def check_data_matches_model(model: Any, datamodule: Any) -> None:
     model_stage = meta.get("stage")
     data_stage = getattr(datamodule, "stage", None)
     if model_stage and data_stage and data_stage != model_stage:
-        raise ValueError(f"data stage {data_stage!r} ({type(datamodule).__name__}) does not match the model's stage "
+        raise StageMismatchError(f"data stage {data_stage!r} ({type(datamodule).__name__}) does not match the model's stage "
                          f"{model_stage!r} ({type(model).__name__})")
     model_rig, data_rig = _rig_of(model), _rig_of(datamodule)
     if model_rig is not None and data_rig is not None and data_rig.fingerprint != model_rig.fingerprint:
@@ -162,6 +166,6 @@ def check_data_matches_model(model: Any, datamodule: Any) -> None:
 
 
 __all__ = [
-    "RigMismatchError", "check_checkpoint_rigs", "check_data_matches_model", "check_rigs", "rig_from_checkpoint",
+    "RigMismatchError", "StageMismatchError", "check_checkpoint_rigs", "check_data_matches_model", "check_rigs", "rig_from_checkpoint",
     "stage_from_checkpoint",
 ]

@@ -305,3 +305,67 @@ def test_a_run_extended_past_max_steps_draws_and_trains_like_the_uninterrupted_r
     assert sorted(losses2) == sorted(losses) == list(range(7))
     for step in range(7):
         assert losses2[step] == pytest.approx(losses[step], rel=1e-5), step
+
+
+# ---- refusals: before any file, naming the keys, one line, exit code 2 (issue 16) -------------------------------------
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_a_refused_run_writes_nothing_and_names_the_differing_keys(tmp_path, capsys):
+    from tools.fit import cli_main
+
+    cfg = _config(tmp_path, run="r1")
+    main(["-c", str(cfg), "--trainer.max_steps", "1", "--run.export_every_n_steps", "null"])
+    paths = RunPaths(tmp_path / "runs", "cli", "r1")
+    assert json.loads(paths.run_json.read_text())["hparams"]["model.lr"] == 1e-3  # what a conflict is told from
+    before = _tree(paths.run_dir)
+    rc = cli_main(["-c", str(cfg), "--model.init_args.lr", "0.01", "--data.init_args.batch_size", "2",
+                   "--resume", "auto"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "belongs to another config" in err
+    assert "model.lr: 0.001 -> 0.01" in err and "data.batch_size: 1 -> 2" in err
+    # the same config without --resume: refused (checkpoints there), also before any file
+    rc = cli_main(["-c", str(cfg)])
+    assert rc == 2 and "already holds checkpoints" in capsys.readouterr().err
+    assert _tree(paths.run_dir) == before, "a refused run left files (logs, events, config copy) behind"
+
+
+def test_a_rig_mismatch_is_one_line_and_exit_code_2(tmp_path, capsys):
+    from tools.fit import cli_main
+
+    rc = cli_main(["-c", str(_config(tmp_path, run="bad")), "--data.init_args.rig", "mouse_oblique20_6view"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("tools.fit: error: data rig 'mouse_oblique20_6view'") and "facelift_6view" in err
+    assert not (tmp_path / "runs").exists()
+    rc = cli_main(["-c", str(_config(tmp_path, run="bad")), "--data.init_args.stage", "diffusion"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "data stage 'diffusion'" in err
+
+
+def test_a_root_that_already_holds_the_runs_own_path_is_refused(tmp_path, capsys):
+    from tools.fit import cli_main
+
+    cfg = _config(tmp_path, run="P7")
+    doubled = tmp_path / "runs" / "cli" / "P7" / "checkpoints"
+    rc = cli_main(["-c", str(cfg), "--run.root", str(doubled)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already contains this run's own path cli/P7" in err
+    assert not (tmp_path / "runs").exists()
+    # a root inside an existing run folder (another run name) is refused too
+    main(["-c", str(cfg), "--trainer.max_steps", "1", "--run.export_every_n_steps", "null"])
+    before = _tree(tmp_path / "runs")
+    rc = cli_main(["-c", str(_config(tmp_path, run="other")), "--run.root", str(doubled)])
+    assert rc == 2 and "is inside the run folder" in capsys.readouterr().err
+    assert _tree(tmp_path / "runs") == before
+
+
+def test_lightning_optimizer_and_scheduler_arguments_are_off(tmp_path):
+    cfg = _config(tmp_path, run="opt")
+    for flag in (["--optimizer", "SGD"], ["--lr_scheduler", "StepLR"]):
+        with pytest.raises(SystemExit) as e:
+            main(["-c", str(cfg), *flag])
+        assert e.value.code != 0
+    assert not (tmp_path / "runs").exists()

@@ -10,6 +10,12 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
 - logs to TensorBoard (when installed) and CSV under ``<run>/logs``, to W&B with ``--wandb PROJECT``;
 - saves the resolved config as ``<run>/config.yaml``;
 - checks that the DataModule's ``stage`` and ``rig`` match the model's (error naming both);
+- refuses a run before writing anything into its folder: a run folder of another config (the error names the
+  hyper-parameters that differ, stored -> this run), checkpoints already there without ``--resume``, a
+  ``--run.root`` that already contains the run's own ``<experiment>/<run>`` path or lies inside a run folder; these
+  refusals, a rig mismatch and an untrusted checkpoint print one line (``tools.fit: error: ...``), exit code 2;
+- has no ``--optimizer`` / ``--lr_scheduler`` arguments: the modules build their own optimizer and schedule (frozen
+  parts, per-group learning rates, warm-up; their ``optimizer`` / ``lr`` / ``warmup_steps`` arguments);
 - stops at a step whose loss or gradients are not finite, before the update, naming the step, the batch's scenes and
   the last checkpoint (``nonfinite:`` = :class:`callbacks.nonfinite.NonFiniteGuard`; ``--nonfinite.skip true`` skips
   such steps instead, counted and logged as ``train/nonfinite_skipped``);
@@ -45,9 +51,9 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from callbacks.atomic import AtomicCheckpointIO
 from callbacks.nonfinite import NonFiniteGuard
-from callbacks.paths import CheckpointPaths, RunPaths
-from callbacks.rig_guard import check_data_matches_model
-from lightning_modules.artifacts import allowed_globals, check_loadable
+from callbacks.paths import CheckpointPaths, PathError, RunConflictError, RunPaths
+from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
+from lightning_modules.artifacts import UntrustedCheckpointError, allowed_globals, check_loadable
 
 log = logging.getLogger("mvlift.fit")
 
@@ -136,7 +142,9 @@ class FitCLI(LightningCLI):
             paths_cb.resume = "auto"
         if self.datamodule is not None:
             check_data_matches_model(self.model, self.datamodule)
-        paths = paths_cb.decide(self.model, self.datamodule)
+        paths = paths_cb.decide(self.model, self.datamodule)  # refuses a root holding the run's own path
+        # every refusal before anything (loggers, config copy, run.json) is written into the run folder
+        paths_cb.check_before_writing(resuming=self._get(self.config, "resume") not in (None, "never"))
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(paths, self._get(self.config, "wandb"))
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> FitCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=RunConfigSaver,
+            auto_configure_optimizers=False,  # the modules build their own (freeze, per-group LRs, warmup)
             seed_everything_default=0,
             parser_kwargs={"description": __doc__.split("\n")[0], "prog": "python -m tools.fit"},
             args=argv,
@@ -187,5 +196,26 @@ def main(argv: list[str] | None = None) -> FitCLI:
     return cli
 
 
+# refusals a user fixes by changing the command: printed as one line, no traceback, exit code 2
+USER_ERRORS = (RigMismatchError, StageMismatchError, RunConflictError, PathError, UntrustedCheckpointError)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``python -m tools.fit``: :func:`main`, with the run's refusals (``USER_ERRORS``: rig or stage mismatch, a run
+    folder of another config, a bad run root, an untrusted checkpoint) as a one-line error and exit code 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f"tools.fit: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an error's message (a rig mismatch's per-view table follows it)."""
+    text = str(e).strip()
+    return text.splitlines()[0].rstrip(":") if text else type(e).__name__
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main())
