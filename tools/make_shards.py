@@ -12,6 +12,10 @@ Lossless: each scene becomes one webdataset sample whose members are the scene's
 ``--to-folders`` writes the shards' scenes back as ``OUT/<sample dir name>/`` with the camera file and the images
 at the paths it names, byte for byte, plus ``OUT/data_list.txt`` (one sample dir per line, shard order).
 
+Both ways write into a temporary folder next to OUT (``.OUT.tmp-<pid>``) renamed to OUT when every scene is in: a
+failure (a bad scene, a full disk, a kill) leaves no partial, valid-looking output. OUT must be new or empty, or
+(shards) hold only an earlier ``PREFIX-*.tar`` set, which the new one replaces whole.
+
 Every path a camera file or shard names (a frame's ``file_path``, a member name, the sample folder) must stay inside
 its scene / output folder: an absolute path, ``..`` or a symlink leading outside is an error naming the file and the
 entry (``geometry.camera_files.frame_image_path``), both when reading folders and when writing them.
@@ -24,10 +28,13 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import webdataset as wds
 
+from callbacks.atomic import atomic_directory
 from datamodules.sources import CAMERA_FILE, sample_dirs
 from geometry.camera_files import contained_path, frame_image_path
 
@@ -49,19 +56,38 @@ def scene_members(sample_dir: Path) -> dict[str, bytes]:
     return members
 
 
+def _replaceable(out: Path, keep: Callable[[Path], bool], what: str) -> None:
+    """``out`` may be replaced as a whole: it does not exist, is empty, or holds only entries ``keep`` accepts (an
+    earlier output of the same kind); anything else is an error naming the first other entry."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    others = sorted(p.name for p in out.iterdir() if not keep(p))
+    if others:
+        raise ValueError(f"{out}: would overwrite a folder that holds more than {what} ({others[0]!r}"
+                         f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); choose a new or empty folder")
+
+
 def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix: str = "shard") -> dict:
-    """Write every sample of ``src`` into tar shards of ``shard_size`` scenes under ``out``; returns a summary."""
+    """Write every sample of ``src`` into tar shards of ``shard_size`` scenes under ``out``; returns a summary.
+
+    The shards are written into a temporary folder next to ``out`` (``.OUT.tmp-<pid>``) that replaces ``out`` only
+    when every scene is in: a failure leaves no partial shard set (and an earlier one of ``out`` untouched). ``out``
+    must be new, empty or hold only ``PREFIX-*.tar`` shards (an earlier set, replaced whole)."""
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     dirs = sample_dirs(src)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pattern = str(out / f"{prefix}-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
-        for n, d in enumerate(dirs):
-            key = f"{n:08d}_" + re.sub(r"[^A-Za-z0-9_-]", "_", d.name)
-            sink.write({"__key__": key, **scene_members(d)})
-    shards = sorted(str(p) for p in out.glob(f"{prefix}-*.tar"))
+    shard_re = re.compile(rf"^{re.escape(prefix)}-\d{{6}}\.tar$")
+    _replaceable(out, lambda p: p.is_file() and bool(shard_re.match(p.name)), f"{prefix}-NNNNNN.tar shards")
+    with atomic_directory(out) as tmp:
+        pattern = str(tmp / f"{prefix}-%06d.tar")
+        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+            for n, d in enumerate(dirs):
+                key = f"{n:08d}_" + re.sub(r"[^A-Za-z0-9_-]", "_", d.name)
+                sink.write({"__key__": key, **scene_members(d)})
+        shards = sorted(str(p) for p in tmp.glob(f"{prefix}-*.tar"))
     return {"scenes": len(dirs), "shards": len(shards), "out": str(out)}
 
 
@@ -75,7 +101,14 @@ def shards_to_folders(src: str | Path, out: str | Path) -> dict:
 
     shards = ShardSource("shards", "real", urls=str(src))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _replaceable(out, lambda p: False, "nothing")  # sample folders are never merged into another output
+    with atomic_directory(out) as tmp:
+        dirs = _write_folders(shards, tmp)
+        (tmp / "data_list.txt").write_text("".join(f"{(out / d.name).resolve()}\n" for d in dirs))
+    return {"scenes": len(dirs), "shards": len(shards.shards), "out": str(out)}
+
+
+def _write_folders(shards: Any, out: Path) -> list[Path]:
     dirs: list[Path] = []
     for i, (_, key, _) in enumerate(shards.entries):
         m = _KEY_RE.match(os.path.basename(key))
@@ -94,8 +127,7 @@ def shards_to_folders(src: str | Path, out: str | Path) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(shards._read(i, ext))
         dirs.append(target)
-    (out / "data_list.txt").write_text("".join(f"{d.resolve()}\n" for d in dirs))
-    return {"scenes": len(dirs), "shards": len(shards.shards), "out": str(out)}
+    return dirs
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.make_shards", description=__doc__.split("\n")[0])
