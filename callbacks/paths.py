@@ -209,6 +209,12 @@ class RunPaths:
         found = [p for p in self.checkpoint_dir.glob("*.ckpt") if is_complete_checkpoint(p)]
         return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
 
+    def incomplete_checkpoints(self) -> list[Path]:
+        """``.ckpt`` files of the run that are not whole checkpoints (cut short, corrupt): what resume skips."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoint_dir.glob("*.ckpt") if not is_complete_checkpoint(p))
+
     def latest_checkpoint(self) -> Path | None:
         """Newest complete checkpoint, or None (partial files of a killed save are never returned)."""
         ckpts = self.checkpoints()
@@ -485,6 +491,8 @@ class CheckpointPaths(Callback):
             self.decide(pl_module, datamodule)
         if self.resume != "auto":
             return None
+        for bad in self.paths.incomplete_checkpoints():
+            log.warning("resume auto: skipped %s: not a complete checkpoint (cut short or corrupt)", bad)
         latest = self.paths.latest_checkpoint()
         return str(latest) if latest else None
 
@@ -542,8 +550,8 @@ class CheckpointPaths(Callback):
 
     def _prepare_run_dir(self, paths: RunPaths) -> None:
         paths.create()
-        remove_stale_temporaries(paths.checkpoint_dir)
-        remove_stale_temporaries(paths.export_root)
+        for removed in remove_stale_temporaries(paths.checkpoint_dir) + remove_stale_temporaries(paths.export_root):
+            log.warning("removed %s: left by an interrupted save", removed)
         if paths.read_run_info() is None:
             identity = {k: v for k, v in self._identity.items() if k != "legacy_config_hash"}
             paths.write_run_info({**identity, "experiment": paths.experiment, "run": paths.run,
@@ -555,6 +563,13 @@ class CheckpointPaths(Callback):
         cb.dirpath = str(paths.resolve(cb.dirpath, "checkpoints") if cb.dirpath else paths.checkpoint_dir)
         if cb.save_last is None and self.save_last:
             cb.save_last = True
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Flush the loggers before the checkpoint is written, so a run killed during the save keeps every row logged
+        so far. (Lightning 2.6 already writes the CSV after each logged row; this keeps the guarantee for a logger
+        that buffers. The saved step's own row is logged after the save; a kill during the save loses it together
+        with the checkpoint, and the resumed run logs it again.)"""
+        _flush_loggers(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -619,6 +634,14 @@ class CheckpointPaths(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_export_step = state_dict.get("last_export_step")
+
+
+def _flush_loggers(trainer: pl.Trainer) -> None:
+    for logger in trainer.loggers:
+        try:
+            logger.save()  # rank-zero only in Lightning's loggers
+        except OSError as e:  # a logger that cannot flush must not cost the checkpoint
+            log.warning("could not flush logger %s before a checkpoint save: %s", type(logger).__name__, e)
 
 
 def _ema_weights(trainer: pl.Trainer) -> dict[str, Any] | None:
