@@ -24,6 +24,8 @@ from typing import IO, Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from geometry.files import make_tree_readable
+
 TMP_MARKER = ".tmp-"
 
 
@@ -86,6 +88,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    make_tree_readable(tmp)  # files of writers that ignore the umask (safetensors: 0600) as the umask allows
     old = path.with_name(f".{path.name}{TMP_MARKER}old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)

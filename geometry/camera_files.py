@@ -19,8 +19,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -28,6 +26,7 @@ import torch
 from torch import Tensor
 
 from geometry.cameras import check_c2w, check_intrinsics, invert_rigid
+from geometry.files import write_atomic
 
 
 @dataclass
@@ -123,7 +122,4 @@ def write_camera_file(path: str | Path, cams: CameraFile) -> None:
             frame["file_path"] = fp
         frames.append(frame)
     text = json.dumps({"id": cams.scene_id, "frames": frames}, indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)  # readable by others as the umask allows

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from geometry.cameras import intrinsics_matrix, invert_rigid, look_at  # noqa: F401  (look_at: docstring example)
+from geometry.files import write_atomic
 
 ALPHA_MAX = 0.999  # gsplat's per-Gaussian alpha clamp (the original 3DGS kernel uses 0.99)
 ALPHA_MIN = 1.0 / 255.0  # per-pixel contributions below this are skipped (both backends)
@@ -464,16 +463,7 @@ def save_ply(path: str | Path, gaussians: Gaussians) -> Path:
     header = "ply\nformat binary_little_endian 1.0\n"
     header += f"element vertex {n}\n" + "".join(f"property float {p}\n" for p in PLY_PROPERTIES) + "end_header\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(np.ascontiguousarray(data).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, header.encode("ascii") + np.ascontiguousarray(data).tobytes())
 
 
 _PLY_TYPES = {

@@ -44,6 +44,8 @@ from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import 
 from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from geometry.files import make_tree_readable
+
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
@@ -394,6 +396,7 @@ def save_pipeline_components(c: PipelineComponents, folder: str | Path, unet: nn
     DDIMScheduler.from_config(c.scheduler_config).save_pretrained(str(folder / "scheduler"))
     c.image_normalizer.save_pretrained(str(folder / "image_normalizer"))
     c.image_noising_scheduler.save_pretrained(str(folder / "image_noising_scheduler"))
+    make_tree_readable(folder)  # diffusers' safetensors files are 0600 whatever the umask
     return folder
 
 

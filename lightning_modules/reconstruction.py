@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from geometry.files import make_readable
 from geometry.rig import Rig, load_rig
 from lightning_modules.gaussians import Gaussians, rasterize
 from lightning_modules.gslrm import GSLRM, GSLRMConfig, check_state_dict
@@ -396,10 +397,12 @@ class ReconstructionModule(StageModule):
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(out / EXPORT_WEIGHTS))
+        make_readable(out / EXPORT_WEIGHTS)  # safetensors writes 0600 whatever the umask
         if ema_weights is not None:
             ema = {k.removeprefix("net."): v.detach().cpu().contiguous() for k, v in ema_weights.items()}
             check_state_dict({k: tuple(v.shape) for k, v in state.items()}, ema, "ema_weights")
             save_file(ema, str(out / EXPORT_EMA_WEIGHTS))
+            make_readable(out / EXPORT_EMA_WEIGHTS)
         hparams = init_hparams(self.hparams, drop=("init_from",))
         config = {**self.mvlift_metadata(), "hparams": hparams}
         (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=list))

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from geometry.files import make_readable
 from geometry.rig import Rig, load_rig
 
 FACELIFT_RIG = "facelift_6view"
@@ -186,6 +187,7 @@ class ViewEmbeddings(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"embeds": self.embeds.detach().float().cpu().contiguous()}, str(path), metadata=self.metadata())
+        make_readable(path)  # safetensors writes 0600 whatever the umask
         return path
 
     # the rig travels inside state_dict (and so inside Lightning checkpoints)

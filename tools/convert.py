@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from geometry.files import make_readable
+
 if TYPE_CHECKING:
     from lightning_modules.gslrm import GSLRMConfig
 
@@ -103,6 +105,7 @@ def cmd_facelift_gslrm(args: argparse.Namespace) -> int:
     rig = load_rig(args.rig)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / EXPORT_WEIGHTS))
+    make_readable(out / EXPORT_WEIGHTS)  # safetensors writes 0600 whatever the umask
     hparams = {"rig": rig.name, "image_size": args.image_size, "width": config.width, "depth": config.depth,
                "head_dim": config.head_dim, "patch_size": config.patch_size,
                "num_global_tokens": config.num_global_tokens, "mlp_ratio": config.mlp_ratio,

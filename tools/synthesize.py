@@ -45,9 +45,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +56,7 @@ import torch
 from PIL import Image
 
 from geometry.camera_files import CameraFile, write_camera_file
+from geometry.files import write_atomic
 from geometry.rig import Rig, available_rigs, load_rig
 
 log = logging.getLogger("mvlift.synthesize")
@@ -109,10 +108,7 @@ def split_scenes(num_scenes: int, val_fraction: float) -> tuple[list[int], list[
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)  # readable by others as the umask allows
 
 
 def write_list_files(out: Path, sample_dirs: Sequence[Path], train: Sequence[int], val: Sequence[int]) -> None:
