@@ -332,13 +332,15 @@ def test_a_refused_run_writes_nothing_and_names_the_differing_keys(tmp_path, cap
     assert _tree(paths.run_dir) == before, "a refused run left files (logs, events, config copy) behind"
 
 
-def test_a_rig_mismatch_is_one_line_and_exit_code_2(tmp_path, capsys):
+def test_a_rig_mismatch_is_an_error_without_traceback_naming_the_views_and_exit_code_2(tmp_path, capsys):
     from tools.fit import cli_main
 
     rc = cli_main(["-c", str(_config(tmp_path, run="bad")), "--data.init_args.rig", "mouse_oblique20_6view"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1
+    assert rc == 2 and "Traceback" not in err
     assert err.startswith("tools.fit: error: data rig 'mouse_oblique20_6view'") and "facelift_6view" in err
+    details = err.splitlines()[1:]  # the per-view difference, indented under the error line
+    assert details and all(line.startswith("    ") for line in details) and "front" in err
     assert not (tmp_path / "runs").exists()
     rc = cli_main(["-c", str(_config(tmp_path, run="bad")), "--data.init_args.stage", "diffusion"])
     err = capsys.readouterr().err.strip()

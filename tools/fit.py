@@ -202,19 +202,24 @@ USER_ERRORS = (RigMismatchError, StageMismatchError, RunConflictError, PathError
 
 def cli_main(argv: list[str] | None = None) -> int:
     """``python -m tools.fit``: :func:`main`, with the run's refusals (``USER_ERRORS``: rig or stage mismatch, a run
-    folder of another config, a bad run root, an untrusted checkpoint) as a one-line error and exit code 2."""
+    folder of another config, a bad run root, an untrusted checkpoint) as an error without a traceback (its first
+    line names the problem, details follow indented) and exit code 2."""
     try:
         main(argv)
     except USER_ERRORS as e:
-        print(f"tools.fit: error: {one_line(e)}", file=sys.stderr)
+        print(f"tools.fit: error: {user_error(e)}", file=sys.stderr)
         return 2
     return 0
 
 
-def one_line(e: BaseException) -> str:
-    """The first line of an error's message (a rig mismatch's per-view table follows it)."""
+def user_error(e: BaseException) -> str:
+    """An error's message without a traceback: its first line, then its details (a rig mismatch's per-view table:
+    which views differ and by how much) indented below it."""
     text = str(e).strip()
-    return text.splitlines()[0].rstrip(":") if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    first, *rest = text.splitlines()
+    return "\n".join([first.rstrip(":"), *("    " + line for line in rest if line.strip())])
 
 
 if __name__ == "__main__":
