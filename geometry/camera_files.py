@@ -69,6 +69,14 @@ def frame_image_path(scene_dir: str | Path, file_path: object, view: int, where:
     return contained_path(scene_dir, rel, f"{where} frame {view}: file_path")
 
 
+def _image_side(frame: dict, key: str, where: str) -> int:
+    """A frame's image height or width: a positive whole number, else a ValueError naming the frame and the key."""
+    value = frame[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+        raise ValueError(f"{where}: '{key}' must be a positive whole number of pixels, got {value!r}")
+    return int(value)
+
+
 def read_camera_file(path: str | Path) -> CameraFile:
     """Parse and validate an ``opencv_cameras.json``; errors name the file, the frame and the problem."""
     path = Path(path)
@@ -96,7 +104,7 @@ def read_camera_file(path: str | Path) -> CameraFile:
             check_c2w(w2c, where)  # raises, naming the frame and the shape
         w2cs.append(w2c)
         k.append(intr)
-        sizes.append((int(fr["h"]), int(fr["w"])))
+        sizes.append((_image_side(fr, "h", where), _image_side(fr, "w", where)))
         files.append(fr.get("file_path"))
     w2c, intr = torch.stack(w2cs), torch.stack(k)
     try:  # every frame in one check; only a failure is traced to its frame

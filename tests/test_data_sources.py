@@ -221,3 +221,13 @@ def test_two_list_entries_naming_one_folder_are_an_error(tmp_path):
     (data / "list.txt").write_text(f"s0\n{data / 's0'}\n")
     with pytest.raises(ValueError, match=r"entries 's0' and '.*s0' name the same folder"):
         resolve_list_entries(data / "list.txt")
+
+
+@pytest.mark.parametrize("value", [None, "64", 0, 12.5])
+def test_a_camera_file_with_a_bad_image_size_names_the_frame_and_key(folder, value):
+    cf = folder / "sample_a" / "opencv_cameras.json"
+    data = json.loads(cf.read_text())
+    data["frames"][1]["h"] = value
+    cf.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"opencv_cameras.json frame 1: 'h' must be a positive whole number"):
+        FaceLiftFolderSource("f", "real", path=str(folder)).cameras(0)

@@ -295,3 +295,7 @@ def test_rig_check_compares_the_first_rig_views_of_scenes_with_more_views_and_fl
                       CameraFile("s", c2w[:4], k[:4], [(64, 64)] * 4, [None] * 4))
     report = check_dataset(tmp_path, "facelift_6view")
     assert any("fewer views than the rig's 6" in p for p in report["problems"])
+    (tmp_path / "uncalibrated" / "images").mkdir(parents=True)
+    report = check_dataset(tmp_path, "facelift_6view")
+    assert report["scenes_without_cameras"] == [str(tmp_path / "uncalibrated")]
+    assert any("no opencv_cameras.json" in p for p in report["problems"])

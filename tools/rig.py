@@ -84,7 +84,12 @@ def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_to
         problems.append(f"{len(bad)} scene(s)' first {rig.num_views} views do not match the rig, e.g. {bad[0]}")
     if short:
         problems.append(f"{len(short)} scene(s) have fewer views than the rig's {rig.num_views}, e.g. {short[0]}")
-    report["short_scenes"] = short
+    uncalibrated = sorted(str(d.parent) for d in data_dir.rglob("images")
+                          if d.is_dir() and not (d.parent / "opencv_cameras.json").is_file())
+    if uncalibrated:  # a scene folder without its camera file: said, never silently left out
+        problems.append(f"{len(uncalibrated)} scene folder(s) have images/ but no opencv_cameras.json, e.g. "
+                        f"{uncalibrated[0]}")
+    report["short_scenes"], report["scenes_without_cameras"] = short, uncalibrated
     report["problems"], report["ok"] = problems, not problems
     return report
 
