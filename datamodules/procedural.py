@@ -344,6 +344,11 @@ class ScenePlan:
     capture_rng: np.random.Generator | None  # realistic: the stream of the capture effects
 
 
+def scene_id(seed: int, index: int) -> str:
+    """The id of procedural scene ``index`` of ``seed`` (what samples and error messages carry)."""
+    return f"proc_{seed}_{index:06d}"
+
+
 def plan_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, realistic: bool = False, seed: int = 0,
                camera_jitter_deg: float = 0.0) -> ScenePlan:
     """The creature, cameras and realism draws of scene ``index`` (see :func:`make_scene`)."""
@@ -361,7 +366,7 @@ def plan_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, rea
         gaussians = dataclasses.replace(gaussians, colors=(gaussians.colors * torch.from_numpy(gain).float()).clamp(0, 1))
         render_c2w = _pose_error(c2w, fx_rng)
         meta.update({"light_gain": [round(float(x), 4) for x in gain]})
-    return ScenePlan(f"proc_{seed}_{index:06d}", gaussians, c2w, k, render_c2w, meta, fx_rng)
+    return ScenePlan(scene_id(seed, index), gaussians, c2w, k, render_c2w, meta, fx_rng)
 
 
 def _pad_gaussians(items: list[Gaussians], device: torch.device) -> Gaussians:
@@ -486,11 +491,8 @@ def make_scenes(indices: list[int], rig: Rig | str | dict, num_views: int, size:
     """Scenes ``indices`` rendered together on ``device`` (CUDA: gsplat, a few ms for a batch of 64): see
     :func:`make_scene`. The plans are drawn on the CPU (by ``planner``'s processes when given: it must have been made
     with the same settings); the pixels stay on ``device``."""
-    if planner is None:
-        plans = [plan_scene(i, load_rig(rig), num_views, size, realistic, seed, camera_jitter_deg) for i in indices]
-    else:
-        plans = planner.plans(indices)
-    return render_plans(plans, size, device)
+    planner = planner or ScenePlanner(rig, num_views, size, realistic, seed, camera_jitter_deg)
+    return render_plans(planner.plans(indices), size, device)
 
 
 def make_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, realistic: bool = False, seed: int = 0,
@@ -512,4 +514,5 @@ def make_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, rea
     return make_scenes([index], rig, num_views, size, realistic, seed, camera_jitter_deg)[0]
 
 
-__all__ = ["ScenePlan", "ScenePlanner", "make_scene", "make_scenes", "plan_scene", "render_plans", "rotmat_to_quat", "scene_cameras"]
+__all__ = ["ScenePlan", "ScenePlanner", "make_scene", "make_scenes", "plan_scene", "render_plans", "rotmat_to_quat",
+           "scene_cameras", "scene_id"]

@@ -162,13 +162,13 @@ class ProceduralSource(Source):
             self._cache = {i: make_scene(i + self.index_offset, *self._args())}
         return self._cache[i]
 
-    def scene_id(self, i: int) -> str:
-        return f"proc_{self.seed}_{i + self.index_offset:06d}"
-
     def cameras(self, i: int) -> SceneCameras:
         where = f"{self.name} procedural scene {i + self.index_offset}"
         if self._rendered is not None:
-            return SceneCameras(self.scene_id(i), where, self._rendered["c2w"][i], self._rendered["fxfycxcy"][i])
+            from datamodules.procedural import scene_id
+
+            return SceneCameras(scene_id(self.seed, i + self.index_offset), where, self._rendered["c2w"][i],
+                                self._rendered["fxfycxcy"][i])
         s = self._scene(i)
         return SceneCameras(s["scene_id"], where, s["c2w"], s["fxfycxcy"])
 
