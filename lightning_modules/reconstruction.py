@@ -102,8 +102,7 @@ def check_index(index: Tensor, where: str = "batch") -> None:
 def pixel_scale_bias(rig: Rig, image_size: int, pixels: float = 0.7) -> float:
     """log of the world size of ``pixels`` pixels at the rig's radius: a scale_bias that starts every Gaussian at
     about that footprint (-3.6 at 64 px, -4.3 at 128 px, -5.7 at 512 px on a 50-degree rig at radius 2.7)."""
-    pixel = 2.0 * rig.radius * math.tan(math.radians(rig.fov_deg) / 2.0) / image_size
-    return round(math.log(pixels * pixel), 2)
+    return round(math.log(pixels * rig.radius / rig.focal(image_size)), 2)
 
 
 def stored_scale_bias(path: str | Path) -> float:
