@@ -11,7 +11,9 @@ Source config (one dict of the DataModule's ``sources``):
     datamodules.augment; ``{}`` or null: none)
     procedural: num_scenes, realistic, num_views, seed, camera_jitter_deg, rig (default: the stage's rig),
         device (auto | cpu | cuda: where its scenes are rendered, ProceduralSource)
-    facelift / facelift_mvdiffusion: path (folder of sample dirs, one sample dir) or list_file; mvdiffusion: rig
+    facelift / facelift_mvdiffusion: path (folder of sample dirs, one sample dir) or list_file; mvdiffusion: rig;
+        cache_mb (default 0: off): keep up to this many MB of decoded views per loader worker (``DecodedViews``),
+        for small sets read over and over (the one-scene overfit): a view is then decoded once per worker
     shards: urls (paths, brace patterns ``shard-{000000..000009}.tar``, globs or a directory of .tar files)
 
 Shard layout (written by ``tools.make_shards``): one webdataset sample per scene, key ``NNNNNNNN_<scene dir>``,
@@ -22,6 +24,7 @@ must be exactly one per camera frame (a SampleError naming the sample and the mi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import json
@@ -47,7 +50,7 @@ KINDS = ("synthetic", "real")
 CAMERA_FILE = "opencv_cameras.json"
 SOURCE_KEYS = {
     "name", "kind", "format", "weight", "background", "up_axis", "path", "list_file", "urls", "num_scenes",
-    "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset", "augment", "device",
+    "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset", "augment", "device", "cache_mb",
 }
 
 
@@ -254,14 +257,60 @@ def sample_dirs(path: str | Path, marker: str | None = CAMERA_FILE) -> list[Path
     return dirs
 
 
+class DecodedViews:
+    """Decoded views (rgb, alpha) by file path, least recently used dropped beyond ``max_mb`` (0: keep nothing).
+
+    Each loader worker holds its own copy (the dataset is pickled into it), so the memory is ``max_mb`` per worker.
+    Errors are never cached: a bad file raises again on every read.
+    """
+
+    def __init__(self, max_mb: float = 0.0) -> None:
+        self.max_bytes = int(max_mb * 2**20)
+        self.bytes = 0
+        self._views: collections.OrderedDict[str, tuple[Tensor, Tensor | None]] = collections.OrderedDict()
+
+    def load(self, paths: list[Path]) -> tuple[Tensor, Tensor | None]:
+        """load_png_views of ``paths`` (same errors), each view decoded at most once while it stays cached."""
+        if self.max_bytes <= 0:
+            return load_png_views([read_bytes(p) for p in paths], [str(p) for p in paths])
+        missing = [p for p in paths if str(p) not in self._views]
+        if missing:
+            rgb, alpha = load_png_views([read_bytes(p) for p in missing], [str(p) for p in missing])
+            for k, p in enumerate(missing):
+                self._put(str(p), (rgb[k], None if alpha is None else alpha[k]))
+        views = [self._views[str(p)] if str(p) in self._views else None for p in paths]
+        if any(v is None for v in views):  # the budget holds fewer views than one scene: decode without caching
+            return load_png_views([read_bytes(p) for p in paths], [str(p) for p in paths])
+        for p in paths:
+            self._views.move_to_end(str(p))
+        alphas = [a for _, a in views]
+        if any(a is None for a in alphas) and not all(a is None for a in alphas):  # the views came from two reads
+            return load_png_views([read_bytes(p) for p in paths], [str(p) for p in paths])
+        rgb = torch.stack([r for r, _ in views])
+        return rgb, (None if alphas[0] is None else torch.stack(alphas))
+
+    def _put(self, key: str, value: tuple[Tensor, Tensor | None]) -> None:
+        size = sum(t.numel() * t.element_size() for t in value if t is not None)
+        if size > self.max_bytes:
+            return
+        self._views[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._views.popitem(last=False)
+            self.bytes -= sum(t.numel() * t.element_size() for t in old if t is not None)
+
+
 class FaceLiftFolderSource(Source):
     """FaceLift layout: ``sample_x/opencv_cameras.json`` + ``sample_x/images/cam_XXX.png`` (RGBA, 8/16-bit)."""
 
-    def __init__(self, name: str, kind: str, path: str | None = None, list_file: str | None = None, **kw: Any) -> None:
+    def __init__(self, name: str, kind: str, path: str | None = None, list_file: str | None = None,
+                 cache_mb: float = 0.0, **kw: Any) -> None:
         super().__init__(name, kind, **kw)
         if (path is None) == (list_file is None):
             raise ValueError(f"source {name!r}: give exactly one of path / list_file")
         self.dirs = resolve_list_entries(list_file) if list_file else sample_dirs(path)
+        self.decoded = DecodedViews(cache_mb)
+        self._paths: dict[int, list[Path]] = {}
 
     def __len__(self) -> int:
         return len(self.dirs)
@@ -275,7 +324,16 @@ class FaceLiftFolderSource(Source):
         return SceneCameras(cams.scene_id, str(d), cams.c2w, cams.fxfycxcy, cams.sizes)
 
     def image_paths(self, i: int) -> list[Path]:
-        """Each camera frame's image; a ``file_path`` leading outside the scene folder is a SampleError."""
+        """Each camera frame's image; a ``file_path`` leading outside the scene folder is a SampleError. Kept per
+        scene while decoded views are cached (``cache_mb``)."""
+        if i in self._paths:
+            return self._paths[i]
+        paths = self._image_paths(i)
+        if self.decoded.max_bytes > 0:
+            self._paths[i] = paths
+        return paths
+
+    def _image_paths(self, i: int) -> list[Path]:
         d = self.dirs[i]
         cams = json.loads((d / CAMERA_FILE).read_text())["frames"]
         try:
@@ -285,8 +343,7 @@ class FaceLiftFolderSource(Source):
 
     def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
         paths = self.image_paths(i)
-        chosen = [paths[v] for v in views]
-        rgb, alpha = load_png_views([read_bytes(p) for p in chosen], [str(p) for p in chosen])
+        rgb, alpha = self.decoded.load([paths[v] for v in views])
         return rgb, alpha, False
 
 
@@ -297,12 +354,13 @@ class MVDiffusionFolderSource(Source):
     the rig at the images' size."""
 
     def __init__(self, name: str, kind: str, rig: Rig, path: str | None = None, list_file: str | None = None,
-                 **kw: Any) -> None:
+                 cache_mb: float = 0.0, **kw: Any) -> None:
         super().__init__(name, kind, **kw)
         if (path is None) == (list_file is None):
             raise ValueError(f"source {name!r}: give exactly one of path / list_file")
         self.rig = rig
         self.dirs = resolve_list_entries(list_file) if list_file else sample_dirs(path, marker=None)
+        self.decoded = DecodedViews(cache_mb)
 
     def __len__(self) -> int:
         return len(self.dirs)
@@ -323,8 +381,8 @@ class MVDiffusionFolderSource(Source):
         return SceneCameras(self.dirs[i].name, str(self.dirs[i]), c2w, k, [(h, w)] * len(files))
 
     def pixels(self, i: int, views: list[int]) -> tuple[Tensor, Tensor | None, bool]:
-        files = [self._files(i)[v] for v in views]
-        rgb, alpha = load_png_views([read_bytes(p) for p in files], [str(p) for p in files])
+        files = self._files(i)
+        rgb, alpha = self.decoded.load([files[v] for v in views])
         return rgb, alpha, False
 
 
@@ -491,6 +549,9 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
     fmt = cfg.get("format", "procedural")
     if fmt not in FORMATS:
         raise ValueError(f"source {name!r}: format must be one of {FORMATS}, got {fmt!r}")
+    if "cache_mb" in cfg and fmt not in ("facelift", "facelift_mvdiffusion"):
+        raise ValueError(f"source {name!r}: cache_mb is for the folder formats (facelift, facelift_mvdiffusion), "
+                         f"not {fmt!r}")
     kind = cfg.get("kind", "synthetic")
     base = {"weight": _number(cfg, "weight", 1.0, name, minimum=0.0), "up_axis": cfg.get("up_axis")}
     if "augment" in cfg:
@@ -506,10 +567,12 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
                                 _number(cfg, "index_offset", 0, name, int, 0), str(cfg.get("device", "auto")),
                                 background=cfg.get("background", "white"), **base)
     background = cfg.get("background", "white")
+    cache_mb = _number(cfg, "cache_mb", 0.0, name, minimum=0.0)
     if fmt == "facelift":
-        return FaceLiftFolderSource(name, kind, cfg.get("path"), cfg.get("list_file"), background=background, **base)
+        return FaceLiftFolderSource(name, kind, cfg.get("path"), cfg.get("list_file"), cache_mb,
+                                    background=background, **base)
     if fmt == "facelift_mvdiffusion":
-        return MVDiffusionFolderSource(name, kind, src_rig, cfg.get("path"), cfg.get("list_file"),
+        return MVDiffusionFolderSource(name, kind, src_rig, cfg.get("path"), cfg.get("list_file"), cache_mb,
                                        background=background, **base)
     if not cfg.get("urls"):
         raise ValueError(f"source {name!r}: format shards needs 'urls'")
@@ -517,7 +580,7 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
 
 
 __all__ = [
-    "FaceLiftFolderSource", "MVDiffusionFolderSource", "ProceduralSource", "SceneCameras", "ShardSource", "Source",
+    "DecodedViews", "FaceLiftFolderSource", "MVDiffusionFolderSource", "ProceduralSource", "SceneCameras", "ShardSource", "Source",
     "build_source", "expand_urls", "index_shard", "parse_camera_json", "resolve_entry", "resolve_list_entries",
     "sample_dirs",
 ]

@@ -231,3 +231,48 @@ def test_a_camera_file_with_a_bad_image_size_names_the_frame_and_key(folder, val
     cf.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"opencv_cameras.json frame 1: 'h' must be a positive whole number"):
         FaceLiftFolderSource("f", "real", path=str(folder)).cameras(0)
+
+
+def test_decoded_view_cache_reads_each_view_once_and_keeps_its_budget(folder, monkeypatch):
+    import datamodules.sources as sources
+
+    reads = []
+    real_read = sources.read_bytes
+    monkeypatch.setattr(sources, "read_bytes", lambda p: reads.append(str(p)) or real_read(p))
+    plain = FaceLiftFolderSource("f", "real", path=str(folder))
+    cached = build_source({"name": "f", "kind": "real", "format": "facelift", "path": str(folder), "cache_mb": 1},
+                          load_rig("facelift_6view"), 4, 16)
+    for _ in range(3):
+        rgb, alpha, _ = cached.pixels(0, [0, 2, 1])
+    assert len(reads) == 3  # three views decoded once, then served from memory
+    want_rgb, want_alpha, _ = plain.pixels(0, [0, 2, 1])
+    assert torch.equal(rgb, want_rgb) and torch.equal(alpha, want_alpha)
+    cached.pixels(0, [3])
+    assert len(reads) == 3 + 3 + 1 and cached.decoded.bytes == 4 * 16 * 16 * 4 * 4
+    rgb[:] = 0  # a caller writing into its batch does not reach the cache
+    assert torch.equal(cached.pixels(0, [0, 2, 1])[0], want_rgb)
+
+    tiny = FaceLiftFolderSource("f", "real", path=str(folder), cache_mb=3 * 16 * 16 * 16 / 2**20)  # 3 views
+    for v in range(4):
+        tiny.pixels(0, [v])
+    assert tiny.decoded.bytes <= tiny.decoded.max_bytes and len(tiny.decoded._views) == 3
+    assert str(folder / "sample_a" / "images" / "cam_000.png") not in tiny.decoded._views  # the oldest left
+
+
+def test_decoded_view_cache_never_keeps_an_error(folder):
+    src = FaceLiftFolderSource("f", "real", path=str(folder), cache_mb=16)
+    bad = folder / "sample_a" / "images" / "cam_001.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"\x89PNG broken")
+    for _ in range(2):
+        with pytest.raises(SampleError, match="cam_001.png"):
+            src.pixels(0, [0, 1])
+    bad.write_bytes(good)
+    assert src.pixels(0, [0, 1])[0].shape == (2, 3, 16, 16)
+
+
+def test_cache_mb_is_only_for_folder_sources():
+    with pytest.raises(ValueError, match="cache_mb is for the folder formats"):
+        build_source({"name": "p", "format": "procedural", "cache_mb": 10}, load_rig("facelift_6view"), 4, 16)
+    with pytest.raises(ValueError, match="cache_mb"):
+        build_source({"name": "f", "format": "facelift", "path": "x", "cache_mb": -1}, load_rig("facelift_6view"), 4, 16)
