@@ -24,14 +24,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from geometry.files import make_readable
 from geometry.rig import Rig, load_rig
-from lightning_modules.gaussians import Gaussians, rasterize
 from lightning_modules.gslrm import GSLRM, GSLRMConfig, check_state_dict
 from lightning_modules.hparams import init_hparams
 from lightning_modules.losses import (
@@ -60,6 +58,7 @@ from lightning_modules.optim import (
 from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
 from lightning_modules.training_background import datamodule_backgrounds
+from render import Gaussians, rasterize
 
 log = logging.getLogger(__name__)
 # Lightning warns whenever a module's batch hook runs beside a DataModule; ours is meant to (the DataModule leaves
@@ -434,63 +433,4 @@ class ReconstructionModule(StageModule):
         return module
 
 
-# ---- predict / export helpers ------------------------------------------------------------------------------------
-def select_scene(gaussians: Gaussians, i: int) -> Gaussians:
-    """Scene ``i`` of a batch of Gaussians, keeping a batch dim of 1."""
-    import dataclasses
-
-    return Gaussians(**{f.name: getattr(gaussians, f.name)[i: i + 1] for f in dataclasses.fields(gaussians)})
-
-
-def turntable_cameras(rig: Rig, num_frames: int, size: int, device: torch.device | str | None = None
-                      ) -> tuple[Tensor, Tensor]:
-    """Cameras circling the rig's up axis at its radius, mean elevation and field of view: (c2w [T,4,4], K [T,4])."""
-    az = tuple(float(a) for a in np.linspace(0.0, 360.0, num_frames, endpoint=False))
-    elev = float(np.mean(rig.elevations_deg))
-    ring = Rig(name=f"{rig.name}_turntable", view_names=tuple(f"frame_{i:03d}" for i in range(num_frames)),
-               azimuths_deg=az, elevations_deg=(elev,) * num_frames, radius=rig.radius, fov_deg=rig.fov_deg,
-               image_size=size, up_axis=rig.up_axis, target=rig.target)
-    return ring.cameras(size, device=device)
-
-
-@torch.no_grad()
-def render_turntable(gaussians: Gaussians, rig: Rig | str, num_frames: int = 36, size: int = 256,
-                     background: Tensor | None = None, backend: str = "auto", chunk: int = 8) -> np.ndarray:
-    """Frames [T, size, size, 3] uint8 of the first scene of ``gaussians`` seen from a turntable around the rig."""
-    rig = load_rig(rig)
-    scene = select_scene(gaussians, 0)
-    device = scene.means.device
-    c2w, k = turntable_cameras(rig, num_frames, size, device=device)
-    bg = background if background is not None else torch.ones(3, device=device)
-    frames = []
-    for s in range(0, num_frames, chunk):
-        out = rasterize(scene, c2w[None, s: s + chunk], k[None, s: s + chunk], size, size, bg, backend=backend)
-        frames.append(out["rgb"][0])
-    rgb = torch.cat(frames).clamp(0, 1).permute(0, 2, 3, 1)
-    return (rgb * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-
-
-def write_gif(frames: np.ndarray, path: str | Path, fps: int = 12) -> Path:
-    """Write frames [T, H, W, 3] uint8 as a looping GIF."""
-    import imageio.v2 as imageio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(str(path), list(frames), duration=1.0 / fps, loop=0)
-    return path
-
-
-def save_scene_ply(gaussians: Gaussians, path: str | Path, scene: int = 0) -> Path:
-    """Write scene ``scene`` of a batch of Gaussians as a 3DGS .ply (the foundation's writer)."""
-    from lightning_modules.gaussians import save_ply
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_ply(path, select_scene(gaussians, scene))
-    return path
-
-
-__all__ = [
-    "ReconstructionModule", "check_index", "render_turntable", "save_scene_ply", "select_scene",
-    "turntable_cameras", "write_gif",
-]
+__all__ = ["ReconstructionModule", "check_index"]

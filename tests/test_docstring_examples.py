@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("geometry", "lightning_modules", "datamodules", "callbacks", "tools", "bench")
+PACKAGES = ("geometry", "render", "lightning_modules", "datamodules", "callbacks", "tools", "bench")
 
 
 def _modules() -> list[str]:

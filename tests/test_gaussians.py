@@ -1,26 +1,33 @@
-"""The torch rasterizer against analytic cases and finite differences; the Gaussians container; PLY I/O."""
+"""The torch rasterizer against analytic cases and finite differences; the Gaussians container; PLY I/O; turntables."""
 
 from __future__ import annotations
 
+import ast
 import math
 import struct
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from geometry.cameras import look_at, project_points
-from lightning_modules.gaussians import (
-    ALPHA_MAX,
-    EPS2D,
+from geometry.rig import load_rig
+from render import (
     PLY_PROPERTIES,
     SH_C0,
     Gaussians,
     gsplat_available,
     load_ply,
     rasterize,
+    render_turntable,
     resolve_backend,
     save_ply,
+    save_scene_ply,
+    turntable_cameras,
+    write_gif,
 )
+from render.torch_rasterizer import ALPHA_MAX, EPS2D
 
 FRONT = torch.tensor([0.0, -2.7, 0.0])
 Z_UP = torch.tensor([0.0, 0.0, 1.0])
@@ -332,3 +339,32 @@ def test_non_square_images_of_any_size_are_crops_of_a_larger_render():
     crop = rasterize(g, c2w, k_crop, 13, 19, torch.ones(3), backend="torch")
     for key in ("rgb", "alpha", "depth"):
         assert torch.allclose(crop[key], full[key][..., 7:20, 3:22], atol=1e-5), key
+
+
+# ---- turntable ----------------------------------------------------------------------------------------------------
+def test_turntable_circles_the_rig_up_axis_and_writes_gif_and_ply(tmp_path):
+    rig = load_rig("mouse_oblique20_6view")
+    c2w, _ = turntable_cameras(rig, 8, 32)
+    centres = c2w[:, :3, 3]
+    assert torch.allclose(centres.norm(dim=-1), torch.full((8,), rig.radius), atol=1e-4)
+    assert torch.allclose(centres[:, 2], centres[:1, 2].expand(8), atol=1e-5)  # constant height on a Z-up rig
+    g = Gaussians(means=torch.randn(1, 64, 3) * 0.3, quats=torch.tensor([1.0, 0, 0, 0]).expand(1, 64, 4),
+                  scales=torch.full((1, 64, 3), 0.05), opacities=torch.full((1, 64), 0.8),
+                  colors=torch.rand(1, 64, 3))
+    frames = render_turntable(g, rig, num_frames=4, size=24, backend="torch")
+    assert frames.shape == (4, 24, 24, 3) and frames.dtype == np.uint8
+    assert frames.min() < 255  # something was drawn over the white background
+    assert write_gif(frames, tmp_path / "t.gif").stat().st_size > 0
+    back = load_ply(save_scene_ply(g, tmp_path / "g.ply"))  # save_ply(path, gaussians), the documented order
+    assert torch.allclose(back.means.reshape(-1, 3), g.means[0], atol=1e-6)
+
+
+# ---- package --------------------------------------------------------------------------------------------------------
+def test_render_imports_only_geometry_of_this_code_base():
+    """Data (the procedural generator) and models (GS-LRM) both import render, so render imports neither."""
+    ours = {"lightning_modules", "datamodules", "callbacks", "tools", "bench", "configs"}
+    for path in sorted((Path(__file__).resolve().parents[1] / "render").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in ours], f"{path.name} imports {names}"

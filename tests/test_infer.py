@@ -15,7 +15,7 @@ from tiny_checkpoints import SIZE, diffusion_checkpoint, reconstruction_export
 
 from geometry.camera_files import read_camera_file
 from geometry.rig import load_rig
-from lightning_modules.gaussians import load_ply
+from render import check_video_formats, load_ply
 from tools.infer import main
 
 FACELIFT, MOUSE = "facelift_6view", "mouse_oblique20_6view"
@@ -88,8 +88,6 @@ def test_infer_writes_views_cameras_ply_and_turntable_per_image(ckpts, images, t
 
 
 def test_turntable_formats_are_checked_before_any_model_runs(monkeypatch):
-    from tools.images import check_video_formats
-
     with pytest.raises(ValueError, match="'webm'"):
         check_video_formats(["gif", "webm"])
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)

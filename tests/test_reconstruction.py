@@ -1,20 +1,11 @@
-"""ReconstructionModule: shapes, index order, export round trip, checkpoint metadata, turntable, bench smoke."""
+"""ReconstructionModule: shapes, index order, export round trip, checkpoint metadata, bench smoke."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from lightning_modules.gaussians import Gaussians
-from lightning_modules.reconstruction import (
-    ReconstructionModule,
-    check_index,
-    render_turntable,
-    save_scene_ply,
-    turntable_cameras,
-    write_gif,
-)
+from lightning_modules.reconstruction import ReconstructionModule, check_index
 
 S = 16
 
@@ -202,27 +193,6 @@ def test_lightning_checkpoint_carries_rig_metadata_and_reloads(tmp_path):
     back = ReconstructionModule.load_from_checkpoint(ckpt)
     for k, v in m.net.state_dict().items():
         assert torch.equal(v, back.net.state_dict()[k])
-
-
-def test_turntable_circles_the_rig_up_axis_and_writes_gif_and_ply(tmp_path):
-    from geometry.rig import load_rig
-
-    rig = load_rig("mouse_oblique20_6view")
-    c2w, _ = turntable_cameras(rig, 8, 32)
-    centres = c2w[:, :3, 3]
-    assert torch.allclose(centres.norm(dim=-1), torch.full((8,), rig.radius), atol=1e-4)
-    assert torch.allclose(centres[:, 2], centres[:1, 2].expand(8), atol=1e-5)  # constant height on a Z-up rig
-    g = Gaussians(means=torch.randn(1, 64, 3) * 0.3, quats=torch.tensor([1.0, 0, 0, 0]).expand(1, 64, 4),
-                  scales=torch.full((1, 64, 3), 0.05), opacities=torch.full((1, 64), 0.8),
-                  colors=torch.rand(1, 64, 3))
-    frames = render_turntable(g, rig, num_frames=4, size=24, backend="torch")
-    assert frames.shape == (4, 24, 24, 3) and frames.dtype == np.uint8
-    assert frames.min() < 255  # something was drawn over the white background
-    assert write_gif(frames, tmp_path / "t.gif").stat().st_size > 0
-    from lightning_modules.gaussians import load_ply
-
-    back = load_ply(save_scene_ply(g, tmp_path / "g.ply"))  # save_ply(path, gaussians), the documented order
-    assert torch.allclose(back.means.reshape(-1, 3), g.means[0], atol=1e-6)
 
 
 def test_bench_smoke_runs_on_cpu_and_prints_one_json_line(capsys):

@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -186,41 +185,7 @@ def save_png(path: str | Path, rgb: Tensor, alpha: Tensor | None = None) -> Path
     return path
 
 
-TURNTABLE_FORMATS = ("gif", "mp4")
-
-
-def check_video_formats(formats: list[str]) -> None:
-    """Fail early (before any model runs) when a requested turntable format cannot be written."""
-    bad = [f for f in formats if f not in TURNTABLE_FORMATS]
-    if bad:
-        raise ValueError(f"turntable format {bad[0]!r}: choose from {', '.join(TURNTABLE_FORMATS)}")
-    if "mp4" in formats and importlib.util.find_spec("imageio_ffmpeg") is None:
-        raise ValueError("turntable.mp4 needs an H.264 encoder: pip install imageio-ffmpeg (mvlift's `video` extra)")
-
-
-def write_turntable(frames: np.ndarray, stem: Path, formats: list[str], fps: int = 12) -> list[Path]:
-    """Write frames [T, H, W, 3] uint8 as ``stem.gif`` (looping) and/or ``stem.mp4`` (H.264, yuv420p); returns
-    the paths written."""
-    import imageio.v2 as imageio
-
-    from lightning_modules.reconstruction import write_gif
-
-    check_video_formats(formats)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        if fmt == "gif":
-            write_gif(frames, path, fps=fps)
-        else:
-            imageio.mimsave(str(path), list(frames), fps=fps, codec="libx264", pixelformat="yuv420p",
-                            macro_block_size=2)
-        written.append(path)
-    return written
-
-
 __all__ = [
-    "TURNTABLE_FORMATS", "BackgroundRemoval", "ImageInputError", "background_color", "check_square",
-    "check_video_formats", "composite_over", "load_callable", "mask_from_result", "read_image", "save_png",
-    "to_uint8", "write_turntable",
+    "BackgroundRemoval", "ImageInputError", "background_color", "check_square", "composite_over", "load_callable",
+    "mask_from_result", "read_image", "save_png", "to_uint8",
 ]

@@ -28,7 +28,7 @@ Outputs per image, ``<out>/<image stem>/``:
     input.png           the reference as the diffusion model saw it (after background removal)
     views/cam_XXX.png   the generated views in rig order (RGB, diffusion model's size)
     cameras.json        their cameras: FaceLift's opencv_cameras.json layout (w2c + fx fy cx cy, geometry.camera_files)
-    gaussians.ply       the Gaussians (3DGS PLY, lightning_modules.gaussians.load_ply reads it)
+    gaussians.ply       the Gaussians (3DGS PLY, render.load_ply reads it)
     turntable.gif       a turntable around the rig's up axis at its radius and mean elevation
                         (``--turntable-format gif,mp4`` adds turntable.mp4, H.264: needs imageio-ffmpeg)
     info.json           checkpoints, rigs and the rig check, sampling settings, seed, background removal, timings
@@ -54,16 +54,9 @@ from geometry.camera_files import CameraFile, write_camera_file
 from geometry.rig import Rig
 from lightning_modules.artifacts import load_checkpoint
 from lightning_modules.training_background import TOLERANCE, describe
+from render import check_video_formats, render_turntable, save_scene_ply, write_turntable
 from tools.checkpoints import checkpoint_rig, checkpoint_stage, load_stage, resolve_device
-from tools.images import (
-    BackgroundRemoval,
-    background_color,
-    check_square,
-    check_video_formats,
-    read_image,
-    save_png,
-    write_turntable,
-)
+from tools.images import BackgroundRemoval, background_color, check_square, read_image, save_png
 
 log = logging.getLogger("mvlift.infer")
 
@@ -217,8 +210,6 @@ def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[i
 def infer_image(path: Path, ref: Tensor, diffusion: Any, reconstruction: Any, out_dir: Path, args: argparse.Namespace,
                 input_views: list[int], background: Tensor) -> dict[str, Any]:
     """Run one prepared reference [3, H, W] through both stages and write its outputs; returns its info record."""
-    from lightning_modules.reconstruction import render_turntable, save_scene_ply
-
     device = diffusion.device
     rig: Rig = diffusion.rig
     t0 = time.time()
