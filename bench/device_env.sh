@@ -12,9 +12,12 @@ if [ -f .carry/gsplat_cuda.so ]; then  # gsplat tries `from gsplat import csrc` 
   cat > /tmp/site/gsplat/csrc.py <<PY
 import importlib.util as _u
 import torch  # noqa: F401  (the library links against torch's)
-_spec = _u.spec_from_file_location("gsplat_cuda", "$PWD/.carry/gsplat_cuda.so")
-_lib = _u.module_from_spec(_spec)
-_spec.loader.exec_module(_lib)
+try:
+    _spec = _u.spec_from_file_location("gsplat_cuda", "$PWD/.carry/gsplat_cuda.so")
+    _lib = _u.module_from_spec(_spec)
+    _spec.loader.exec_module(_lib)
+except Exception as e:  # another torch or CUDA than the one it was built for: gsplat compiles instead
+    raise ImportError(f"carried gsplat_cuda.so not loadable: {e}") from e
 globals().update({k: v for k, v in vars(_lib).items() if not k.startswith("__")})
 PY
 fi

@@ -67,34 +67,30 @@ final)  # the recipes, the domain-gap experiment and the pixel-space diffusion r
   tar czf "$OUT/final.tgz" runs/*.log $(find runs -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o \
       -name 'throughput.json' \)) runs/eval_domain_gap
   ls -la "$OUT" ;;
-targets)  # the two recipes with a time target, each alone on its GPU, then their evaluations
+targets)  # pixel diffusion alone on GPU 0; 256 px GS-LRM alone on GPU 1, then the gpu-marked tests there
   fit 0 diffusion_pixel_procedural64 -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time 00:00:05:00
-  fit 1 overfit_facelift_sample -c configs/recipes/overfit_facelift_sample.yaml
-  wait
+  PX64=$!
+  fit 1 gslrm_procedural_256 -c configs/recipes/gslrm_procedural_256.yaml --trainer.max_time 00:00:04:00
   R=runs/recipes
+  wait $!; pack px256
+  CUDA_VISIBLE_DEVICES=1 timeout 60 python -m tools.evaluate --ckpt px256=$R/gslrm_procedural_256/checkpoints/last.ckpt \
+      --data configs/recipes/gslrm_procedural_256.yaml --out runs/eval_256 --device cuda --batches 8 \
+      --batch-size 8 --grid-scenes 4 > "$OUT/eval_256.log" 2>&1
+  CUDA_VISIBLE_DEVICES=1 timeout 150 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
+  wait $PX64; pack px64
   X=$(ls -d $R/diffusion_pixel_procedural64/export/step_* | sort -t_ -k3 -n | tail -1)
-  CUDA_VISIBLE_DEVICES=0 python -m tools.evaluate --ckpt px64=$X --ema --data configs/recipes/diffusion_pixel_procedural64.yaml \
-      --out runs/eval_px64 --device cuda --steps 50 --guidance 2.0 --batches 8 --batch-size 16 > "$OUT/eval_px64.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 python -m tools.evaluate --ckpt overfit=$R/overfit_facelift_sample/checkpoints/last.ckpt \
-      --data configs/recipes/overfit_facelift_sample.yaml --out runs/eval_overfit --device cuda --batches 4 \
-      --batch-size 8 > "$OUT/eval_overfit.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0 timeout 90 python -m tools.evaluate --ckpt px64=$X --ema --data configs/data/procedural_heldout_64.yaml \
+      --out runs/eval_px64 --device cuda --steps 50 --guidance 2.0 --batches 4 --batch-size 16 > "$OUT/eval_px64.log" 2>&1
   wait
   pack targets ;;
-scale)  # the 2-GPU recipe, then 256 px alone on GPU 0 while GPU 1 runs the gpu-marked tests
+ddp)  # the 128 px recipe on 2 GPUs (same global batch), then its evaluation
   P=configs/recipes/gslrm_procedural_128.yaml
   python -m tools.fit -c $P --trainer.devices 2 --trainer.strategy ddp --data.init_args.batch_size 4 \
       --trainer.max_time 00:00:04:00 --run.run gslrm_procedural_128_ddp2 > "$OUT/gslrm_procedural_128_ddp2.log" 2>&1
-  fit 0 gslrm_procedural_256 -c configs/recipes/gslrm_procedural_256.yaml --trainer.max_time 00:00:04:00
-  CUDA_VISIBLE_DEVICES=1 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1
-  wait
-  R=runs/recipes
-  CUDA_VISIBLE_DEVICES=0 python -m tools.evaluate --ckpt ddp2=$R/gslrm_procedural_128_ddp2/checkpoints/last.ckpt \
+  pack ddp2
+  timeout 60 python -m tools.evaluate --ckpt ddp2=runs/recipes/gslrm_procedural_128_ddp2/checkpoints/last.ckpt \
       --data clean=configs/data/procedural_clean_128.yaml --out runs/eval_ddp2 --device cuda --batches 8 \
-      --batch-size 8 --grid-scenes 4 > "$OUT/eval_ddp2.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 python -m tools.evaluate --ckpt px256=$R/gslrm_procedural_256/checkpoints/last.ckpt \
-      --data configs/recipes/gslrm_procedural_256.yaml --out runs/eval_256 --device cuda --batches 8 \
-      --batch-size 8 --grid-scenes 4 > "$OUT/eval_256.log" 2>&1
-  wait
-  pack scale ;;
-*) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|scale" ; exit 2 ;;
+      --batch-size 8 --grid-scenes 4 > "$OUT/eval_ddp2.log" 2>&1
+  pack ddp ;;
+*) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp" ; exit 2 ;;
 esac
