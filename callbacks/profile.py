@@ -135,7 +135,7 @@ class ScalarReads(TorchDispatchMode):
     OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::equal",
                      "aten::masked_select", "aten::_unique2"})
     INDEX_OPS = frozenset({"aten::index", "aten::index_put", "aten::index_put_"})
-    OUR_CODE = ("lightning_modules/", "datamodules/", "render/", "callbacks/", "geometry/", "bench/", "tools/")
+    OUR_CODE = ("lightning_modules/", "datamodules/", "callbacks/", "geometry/", "bench/", "tools/")
 
     def __init__(self) -> None:
         super().__init__()

@@ -42,7 +42,7 @@ from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_
 from geometry.camera_files import PathEscapeError, frame_image_path, read_camera_file
 from geometry.cameras import invert_rigid
 from geometry.rig import Rig, load_rig
-from render import gsplat_available
+from geometry.render import gsplat_available
 
 log = logging.getLogger("mvlift.data")
 FORMATS = ("procedural", "facelift", "facelift_mvdiffusion", "shards")

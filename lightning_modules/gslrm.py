@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from geometry.rays import nearest_point_to_origin, pixel_rays
-from render import SH_C0, Gaussians
+from geometry.render import SH_C0, Gaussians
 
 
 @dataclasses.dataclass

@@ -58,7 +58,7 @@ from lightning_modules.optim import (
 from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
 from lightning_modules.training_background import datamodule_backgrounds
-from render import Gaussians, rasterize
+from geometry.render import Gaussians, rasterize
 
 log = logging.getLogger(__name__)
 # Lightning warns whenever a module's batch hook runs beside a DataModule; ours is meant to (the DataModule leaves

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("geometry", "render", "lightning_modules", "datamodules", "callbacks", "tools", "bench")
+PACKAGES = ("geometry", "geometry.render", "lightning_modules", "datamodules", "callbacks", "tools", "bench")
 
 
 def _modules() -> list[str]:
     names = []
     for package in PACKAGES:
         names.append(package)
-        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(ROOT / package)])]
+        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(ROOT.joinpath(*package.split(".")))])]
     return sorted(names)
 
 

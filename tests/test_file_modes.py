@@ -13,7 +13,7 @@ import torch
 from geometry.camera_files import CameraFile, read_camera_file, write_camera_file
 from geometry.files import current_umask, make_tree_readable, write_atomic
 from geometry.rig import load_rig
-from render import Gaussians, save_ply
+from geometry.render import Gaussians, save_ply
 
 
 @pytest.fixture()

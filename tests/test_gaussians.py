@@ -13,7 +13,7 @@ import torch
 
 from geometry.cameras import look_at, project_points
 from geometry.rig import load_rig
-from render import (
+from geometry.render import (
     PLY_PROPERTIES,
     SH_C0,
     Gaussians,
@@ -27,7 +27,7 @@ from render import (
     turntable_cameras,
     write_gif,
 )
-from render.torch_rasterizer import ALPHA_MAX, EPS2D
+from geometry.render.torch_rasterizer import ALPHA_MAX, EPS2D
 
 FRONT = torch.tensor([0.0, -2.7, 0.0])
 Z_UP = torch.tensor([0.0, 0.0, 1.0])
@@ -361,9 +361,9 @@ def test_turntable_circles_the_rig_up_axis_and_writes_gif_and_ply(tmp_path):
 
 # ---- package --------------------------------------------------------------------------------------------------------
 def test_render_imports_only_geometry_of_this_code_base():
-    """Data (the procedural generator) and models (GS-LRM) both import render, so render imports neither."""
+    """Data (the procedural generator) and models (GS-LRM) both import geometry.render, so it imports neither."""
     ours = {"lightning_modules", "datamodules", "callbacks", "tools", "bench", "configs"}
-    for path in sorted((Path(__file__).resolve().parents[1] / "render").glob("*.py")):
+    for path in sorted((Path(__file__).resolve().parents[1] / "geometry" / "render").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])

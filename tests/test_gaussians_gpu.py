@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geometry.rig import load_rig
-from render import Gaussians, gsplat_available, rasterize, resolve_backend
+from geometry.render import Gaussians, gsplat_available, rasterize, resolve_backend
 
 pytestmark = pytest.mark.gpu
 

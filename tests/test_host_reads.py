@@ -15,7 +15,7 @@ from callbacks.profile import ScalarReads
 from datamodules.datamodule import MultiViewDataModule
 
 # the CPU reference rasterizer reads values (tile lists); runs on a GPU use gsplat
-REFERENCE_RASTERIZER = ("render/torch_rasterizer.py",)
+REFERENCE_RASTERIZER = ("geometry/render/torch_rasterizer.py",)
 
 
 def _batch(stage: str, **kw):

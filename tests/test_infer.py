@@ -15,7 +15,7 @@ from tiny_checkpoints import SIZE, diffusion_checkpoint, reconstruction_export
 
 from geometry.camera_files import read_camera_file
 from geometry.rig import load_rig
-from render import check_video_formats, load_ply
+from geometry.render import check_video_formats, load_ply
 from tools.infer import main
 
 FACELIFT, MOUSE = "facelift_6view", "mouse_oblique20_6view"

@@ -14,7 +14,7 @@ from datamodules.procedural import EXTRA_ELEVATION_DEG, make_scene, rotmat_to_qu
 from geometry.camera_files import read_camera_file
 from geometry.cameras import invert_rigid, project_points, spherical_from_c2w
 from geometry.rig import load_rig
-from render import quat_to_rotmat
+from geometry.render import quat_to_rotmat
 from tools.synthesize import main as synthesize_main
 from tools.synthesize import split_scenes
 

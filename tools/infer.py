@@ -54,7 +54,7 @@ from geometry.camera_files import CameraFile, write_camera_file
 from geometry.rig import Rig
 from lightning_modules.artifacts import load_checkpoint
 from lightning_modules.training_background import TOLERANCE, describe
-from render import check_video_formats, render_turntable, save_scene_ply, write_turntable
+from geometry.render import check_video_formats, render_turntable, save_scene_ply, write_turntable
 from tools.checkpoints import checkpoint_rig, checkpoint_stage, load_stage, resolve_device
 from tools.images import BackgroundRemoval, background_color, check_square, read_image, save_png
 

@@ -6,7 +6,7 @@ low-pass added to the 2D covariance, per-pixel alpha = min(0.999, opacity * exp(
 1/255 skipped, front-to-back compositing sorted by camera depth that stops before transmittance falls to 1e-4,
 Gaussians nearer than ``near`` culled. ``depth`` is the expected camera z, sum(w z) / alpha (0 where nothing is).
 
-Call it through :func:`render.rasterizer.rasterize` (argument checks, background, backend choice).
+Call it through :func:`geometry.render.rasterizer.rasterize` (argument checks, background, backend choice).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from geometry.cameras import invert_rigid
-from render.gaussians import Gaussians, covariance_3d
+from geometry.render.gaussians import Gaussians, covariance_3d
 
 ALPHA_MAX = 0.999  # gsplat's per-Gaussian alpha clamp (the original 3DGS kernel uses 0.99)
 ALPHA_MIN = 1.0 / 255.0  # per-pixel contributions below this are skipped (both backends)
@@ -185,7 +185,7 @@ def _render_view_torch(p: _Projected, height: int, width: int, tile: int, budget
 
 def rasterize_torch(g: Gaussians, c2w: Tensor, k: Tensor, height: int, width: int, bg: Tensor, near: float,
                     tile: int = 8, budget: int = 1 << 21) -> dict[str, Tensor]:
-    """:func:`render.rasterizer.rasterize` on the torch reference, after its checks (``bg`` [B, 3])."""
+    """:func:`geometry.render.rasterizer.rasterize` on the torch reference, after its checks (``bg`` [B, 3])."""
     means2d, conics, depths, radii, visible = project_gaussians(g, c2w, k, height, width, near)
     b, v = c2w.shape[:2]
     rgb, alpha, depth = [], [], []

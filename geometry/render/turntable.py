@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from geometry.rig import Rig, load_rig
-from render.gaussians import Gaussians
-from render.rasterizer import rasterize
+from geometry.render.gaussians import Gaussians
+from geometry.render.rasterizer import rasterize
 
 
 def turntable_cameras(rig: Rig, num_frames: int, size: int, device: torch.device | str | None = None

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from geometry.cameras import intrinsics_matrix, invert_rigid
-from render.gaussians import Gaussians
-from render.torch_rasterizer import EPS2D
+from geometry.render.gaussians import Gaussians
+from geometry.render.torch_rasterizer import EPS2D
 
 
 def gsplat_available() -> bool:
@@ -33,7 +33,7 @@ def _import_gsplat():
 
 def rasterize_gsplat(g: Gaussians, c2w: Tensor, k: Tensor, height: int, width: int, bg: Tensor,
                      near: float) -> dict[str, Tensor]:
-    """:func:`render.rasterizer.rasterize` on gsplat (CUDA tensors), after its checks (``bg`` [B, 3])."""
+    """:func:`geometry.render.rasterizer.rasterize` on gsplat (CUDA tensors), after its checks (``bg`` [B, 3])."""
     gsplat = _import_gsplat()
     if g.device.type != "cuda":
         raise ValueError(f"rasterize(backend='gsplat') needs CUDA tensors, got {g.device}; use backend='torch'")

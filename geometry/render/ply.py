@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from geometry.files import write_atomic
-from render.gaussians import SH_C0, Gaussians
+from geometry.render.gaussians import SH_C0, Gaussians
 
 PLY_PROPERTIES = (
     "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",

@@ -1,8 +1,8 @@
 """``rasterize``: render Gaussians into OpenCV cameras with the torch reference or gsplat (the backend choice).
 
 Conventions (docs/ARCHITECTURE.md): OpenCV cameras ``c2w`` [B, V, 4, 4], intrinsics ``fxfycxcy`` [B, V, 4] in pixels
-with pixel centres at (u + 0.5, v + 0.5); the Gaussians as in :mod:`render.gaussians`. Both backends give the same
-image (:mod:`render.torch_rasterizer` says how).
+with pixel centres at (u + 0.5, v + 0.5); the Gaussians as in :mod:`geometry.render.gaussians`. Both backends give the same
+image (:mod:`geometry.render.torch_rasterizer` says how).
 
 Example:
     >>> from geometry.cameras import look_at
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from render.gaussians import Gaussians
-from render.gsplat_backend import gsplat_available, rasterize_gsplat
-from render.torch_rasterizer import rasterize_torch
+from geometry.render.gaussians import Gaussians
+from geometry.render.gsplat_backend import gsplat_available, rasterize_gsplat
+from geometry.render.torch_rasterizer import rasterize_torch
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
