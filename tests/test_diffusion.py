@@ -412,7 +412,9 @@ def test_diffusion_configs_name_only_real_constructor_arguments(name):
 def test_tiny_demo_config_builds_from_a_tiny_pipeline_folder(tmp_path):
     import yaml
 
-    args = yaml.safe_load((CONFIGS / "tiny_demo.yaml").read_text())["model"]["init_args"]
+    from datamodules.shared_settings import model_args
+
+    args = model_args(yaml.safe_load((CONFIGS / "tiny_demo.yaml").read_text()))
     folder = make_tiny_pipeline_folder(tmp_path / "tiny_pipeline", image_size=args["image_size"])
     m = DiffusionModule(**{**args, "pretrained": str(folder)})
     out = m.sample(torch.rand(1, 3, 64, 64), num_inference_steps=1, guidance_scale=1.0)

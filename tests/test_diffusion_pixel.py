@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+
+from datamodules.shared_settings import model_args
 from torch.utils.data import DataLoader
 
 from geometry.rig import load_rig
@@ -208,8 +210,8 @@ def test_the_recipe_parses_through_tools_fit_as_a_pixel_space_model_on_clean_pro
     cfg = yaml.safe_load(capsys.readouterr().out)
     model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
     assert cfg["model"]["class_path"] == "lightning_modules.diffusion.DiffusionModule"
-    assert model["autoencoder"] == "pixel" and model["pretrained"] is None and model["image_size"] == 64
-    assert model["rig"] == data["rig"] == RIG and data["stage"] == "diffusion" and data["image_size"] == 64
+    assert model["autoencoder"] == "pixel" and model["pretrained"] is None
+    assert data["rig"] == RIG and data["stage"] == "diffusion" and data["image_size"] == 64  # linked into the model
     assert all(s["format"] == "procedural" and s["background"] == "white" and not s.get("realistic")
                for s in data["sources"])
     assert data["augment"] == {"enabled": False}
@@ -220,7 +222,7 @@ def test_the_recipe_parses_through_tools_fit_as_a_pixel_space_model_on_clean_pro
 
 @pytest.mark.parametrize("path", [RECIPE, DEMO], ids=lambda p: p.name)
 def test_pixel_configs_build_their_model(path):
-    args = yaml.safe_load(path.read_text())["model"]["init_args"]
+    args = model_args(yaml.safe_load(path.read_text()))
     with torch.device("meta"):  # shapes only: no memory, no time
         m = DiffusionModule(**args)
     assert m.autoencoder == "pixel" and m.unet.config.in_channels == 6 and m.unet.config.out_channels == 3

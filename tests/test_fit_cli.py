@@ -9,15 +9,15 @@ import pytest
 import yaml
 
 from callbacks.paths import RunPaths
-from callbacks.rig_guard import RigMismatchError, rig_from_checkpoint
+from callbacks.rig_guard import RigMismatchError
+from lightning_modules.artifacts import checkpoint_rig
 
 pytest.importorskip("datamodules.datamodule")
 from tools.fit import main
 
 RECONSTRUCTION = {
     "class_path": "lightning_modules.reconstruction.ReconstructionModule",
-    "init_args": {"rig": "facelift_6view", "image_size": 16, "num_input_views": 2, "width": 32, "depth": 1,
-                  "head_dim": 16, "patch_size": 8, "lr": 1e-3, "max_steps": 10, "rasterizer": "torch"},
+    "init_args": {"width": 32, "depth": 1, "head_dim": 16, "patch_size": 8, "lr": 1e-3, "max_steps": 10, "rasterizer": "torch"},
 }
 DATA = {
     "class_path": "datamodules.MultiViewDataModule",
@@ -53,7 +53,7 @@ def test_fit_writes_the_run_layout_and_resume_auto_continues(tmp_path):
     info = json.loads(paths.run_json.read_text())
     assert info["stage"] == "reconstruction" and info["rig"]["name"] == "facelift_6view"
     assert paths.last_checkpoint.is_file()
-    assert rig_from_checkpoint(paths.last_checkpoint).name == "facelift_6view"
+    assert checkpoint_rig(paths.last_checkpoint).name == "facelift_6view"
     assert sorted(paths.exports()) == [2, 3]
     assert (paths.export_dir(3) / "model.safetensors").is_file() and (paths.export_dir(3) / "rig.json").is_file()
     assert paths.metric_files() == [paths.log_dir / "csv" / "version_0" / "metrics.csv"]
@@ -74,10 +74,33 @@ def test_fit_writes_the_run_layout_and_resume_auto_continues(tmp_path):
     assert min(logged) < 3 <= max(logged)
 
 
-def test_fit_refuses_data_from_another_rig_naming_both(tmp_path):
-    cfg = _config(tmp_path, run="bad")
-    with pytest.raises(RigMismatchError, match="data rig 'mouse_oblique20_6view'.*model's rig 'facelift_6view'"):
-        main(["-c", str(cfg), "--data.init_args.rig", "mouse_oblique20_6view"])
+def test_the_model_takes_the_settings_it_shares_with_the_data_from_the_data(tmp_path):
+    cfg = _config(tmp_path, run="linked")
+    cli = main(["-c", str(cfg), "--data.init_args.rig", "mouse_oblique20_6view", "--data.init_args.image_size", "24",
+                "--data.init_args.num_input_views", "1", "--trainer.max_steps", "1"])
+    hp = cli.model.hparams
+    assert (hp.rig, hp.image_size, hp.num_input_views, hp.supervise_inputs) == ("mouse_oblique20_6view", 24, 1, False)
+    assert cli.model.rig.name == "mouse_oblique20_6view" and cli.datamodule.builder.image_size == 24
+
+
+@pytest.mark.parametrize("where", ["config", "command line"])
+def test_a_shared_setting_given_to_the_model_is_refused_naming_it(tmp_path, capsys, where):
+    from tools.fit import cli_main
+
+    if where == "config":
+        model = {**RECONSTRUCTION, "init_args": {**RECONSTRUCTION["init_args"], "image_size": 32, "rig": "facelift_6view"}}
+        cfg = tmp_path / "fit.yaml"
+        cfg.write_text(yaml.safe_dump({"model": model, "data": DATA, "trainer": {"max_steps": 1}}))
+        rc = cli_main(["-c", str(cfg), "--run.root", str(tmp_path / "runs")])
+    else:
+        rc = cli_main(["-c", str(_config(tmp_path, run="bad")), "--model.init_args.num_input_views", "3"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "Traceback" not in err and err.startswith("tools.fit: error: set on the model:")
+    named = ["image_size", "rig", str(tmp_path / "fit.yaml")] if where == "config" else [
+        "num_input_views (in --model.init_args.num_input_views)"]
+    assert all(n in err for n in named), err
+    assert "declared once, in the data" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_fit_refuses_data_for_another_stage(tmp_path):
@@ -99,7 +122,7 @@ def test_fit_with_ema_exports_ema_weights(tmp_path):
     from lightning_modules.reconstruction import ReconstructionModule
     from tools.evaluate import main as evaluate
 
-    config = json.loads((paths.export_dir(3) / "config.json").read_text())
+    config = json.loads((paths.export_dir(3) / "mvlift.json").read_text())
     assert not [k for k in config["hparams"] if k.startswith("_")]
     state = torch.load(paths.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     for ema in (False, True):
@@ -140,7 +163,9 @@ def test_the_command_each_config_documents_parses_with_the_models_stage_and_rig(
     assert data["class_path"] == "datamodules.MultiViewDataModule"
     stage = "diffusion" if model["class_path"].endswith("DiffusionModule") else "reconstruction"
     assert data["init_args"]["stage"] == stage, cfg
-    assert data["init_args"]["rig"] == model["init_args"]["rig"], cfg
+    assert data["init_args"]["rig"], cfg
+    assert not {"rig", "image_size", "num_input_views", "supervise_inputs"} & set(model["init_args"]), (
+        "shared settings are declared once, in the data")
     assert data["init_args"]["sources"], "the sources come from the data config"
 
 
@@ -332,13 +357,24 @@ def test_a_refused_run_writes_nothing_and_names_the_differing_keys(tmp_path, cap
     assert _tree(paths.run_dir) == before, "a refused run left files (logs, events, config copy) behind"
 
 
-def test_a_rig_mismatch_is_an_error_without_traceback_naming_the_views_and_exit_code_2(tmp_path, capsys):
-    from tools.fit import cli_main
+def test_a_rig_mismatch_is_an_error_without_traceback_naming_the_views_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    """The data's rig is the model's in tools.fit (linked); a model whose rig differs anyway (built by other code) is
+    still refused before any file, with the per-view difference indented under the error line."""
+    import tools.fit as fit
+    from geometry.rig import load_rig
 
-    rc = cli_main(["-c", str(_config(tmp_path, run="bad")), "--data.init_args.rig", "mouse_oblique20_6view"])
+    real = fit.check_data_matches_model
+
+    def model_on_another_rig(model, datamodule):
+        model.rig = load_rig("mouse_oblique20_6view")
+        real(model, datamodule)
+
+    monkeypatch.setattr(fit, "check_data_matches_model", model_on_another_rig)
+    cli_main = fit.cli_main
+    rc = cli_main(["-c", str(_config(tmp_path, run="bad"))])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "Traceback" not in err
-    assert err.startswith("tools.fit: error: data rig 'mouse_oblique20_6view'") and "facelift_6view" in err
+    assert err.startswith("tools.fit: error: data rig 'facelift_6view'") and "mouse_oblique20_6view" in err
     details = err.splitlines()[1:]  # the per-view difference, indented under the error line
     assert details and all(line.startswith("    ") for line in details) and "front" in err
     assert not (tmp_path / "runs").exists()

@@ -117,7 +117,7 @@ def test_export_then_from_export_gives_identical_outputs(tmp_path):
     ema = {f"net.{k}": v + 1.0 for k, v in m.net.state_dict().items()}
     m.export(tmp_path / "exp", ema_weights=ema)
     assert {p.name for p in (tmp_path / "exp").iterdir()} == {
-        "model.safetensors", "model_ema.safetensors", "config.json", "rig.json"}
+        "model.safetensors", "model_ema.safetensors", "mvlift.json", "rig.json"}
     back = ReconstructionModule.from_export(tmp_path / "exp").eval()
     with torch.no_grad():
         a, b = m.predict_views(batch)["pred"], back.predict_views(batch)["pred"]
@@ -218,7 +218,9 @@ def test_reconstruction_configs_name_real_arguments_rigs_and_parameters(name):
     import yaml
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    args = yaml.safe_load((root / "reconstruction" / name).read_text())["model"]["init_args"]
+    from datamodules.shared_settings import model_args
+
+    args = model_args(yaml.safe_load((root / "reconstruction" / name).read_text()))
     with torch.device("meta"):  # FaceLift size without allocating it; init_from names weights made by tools.convert
         m = ReconstructionModule(**{**args, "init_from": None, "compile": False})
     optim = m.configure_optimizers()  # freeze / lr_groups patterns must name real parameters
@@ -228,7 +230,7 @@ def test_reconstruction_configs_name_real_arguments_rigs_and_parameters(name):
         data = demo["data"]["init_args"]
         assert (args["rig"], args["image_size"], args["num_input_views"]) == (
             data["rig"], data["image_size"], data["num_input_views"]) == ("mouse_oblique20_6view", 64, 4)
-        inline = demo["model"]["init_args"]  # the demo repeats this config's model: no drift
+        inline = model_args(demo)  # the demo repeats this config's model: no drift
         assert inline == {k: v for k, v in args.items() if k in inline}
 
 

@@ -9,6 +9,9 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
 - writes checkpoints atomically (:class:`callbacks.atomic.AtomicCheckpointIO`);
 - logs to TensorBoard (when installed) and CSV under ``<run>/logs``, to W&B with ``--wandb PROJECT``;
 - saves the resolved config as ``<run>/config.yaml``;
+- declares the settings the model shares with its data once, in the data section (rig, image_size,
+  num_input_views, supervise_inputs: ``datamodules.shared_settings``), and links them into the model; one of them
+  set in the model section as well is refused, naming the key and the file or argument;
 - checks that the DataModule's ``stage`` and ``rig`` match the model's (error naming both);
 - refuses a run before writing anything into its folder: a run folder of another config (the error names the
   hyper-parameters that differ, stored -> this run), checkpoints already there without ``--resume``, a
@@ -53,6 +56,7 @@ from callbacks.atomic import AtomicCheckpointIO
 from callbacks.nonfinite import NonFiniteGuard
 from callbacks.paths import CheckpointPaths, PathError, RunConflictError, RunPaths
 from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
+from datamodules.shared_settings import SharedSettingError, check_not_on_model, link_shared_settings
 from lightning_modules.artifacts import UntrustedCheckpointError, allowed_globals, check_loadable
 
 log = logging.getLogger("mvlift.fit")
@@ -128,6 +132,7 @@ class FitCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
+        link_shared_settings(parser)
         parser.add_argument("--resume", type=Optional[str], default=None,  # noqa: UP045 (jsonargparse type)
                             help="'auto': continue from the newest complete checkpoint of the run; or a .ckpt path")
         parser.add_argument("--wandb", type=Optional[str], default=None,  # noqa: UP045
@@ -169,6 +174,7 @@ class FitCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> FitCLI:
     """Parse ``argv`` (default: sys.argv[1:]), build everything and fit; returns the CLI (model, trainer, ...)."""
     _import_known_modules()
+    check_not_on_model(sys.argv[1:] if argv is None else argv)
     saved_argv = sys.argv
     if argv is not None:  # LightningCLI warns when it sees both args and a command line (e.g. pytest's)
         sys.argv = sys.argv[:1]
@@ -197,7 +203,8 @@ def main(argv: list[str] | None = None) -> FitCLI:
 
 
 # refusals a user fixes by changing the command: printed as one line, no traceback, exit code 2
-USER_ERRORS = (RigMismatchError, StageMismatchError, RunConflictError, PathError, UntrustedCheckpointError)
+USER_ERRORS = (RigMismatchError, StageMismatchError, RunConflictError, PathError, UntrustedCheckpointError,
+               SharedSettingError)
 
 
 def cli_main(argv: list[str] | None = None) -> int:
