@@ -18,18 +18,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.io import (
-    SampleError,
-    background_color,
-    center_views,
-    composite,
-    estimate_background,
-    normalize_scene_cameras,
-    resize_views,
-    validate_cameras,
-    validate_pixels,
-)
+from datamodules.io import SampleError, normalize_scene_cameras, validate_cameras
 from datamodules.mixing import Draw, MixingPlan, MixingSampler, rank_and_world
+from datamodules.prepare import prepare_views
 from datamodules.sources import Source
 from datamodules.views import diffusion_views, reconstruction_views
 from geometry.rig import Rig
@@ -95,27 +86,10 @@ class SceneBuilder:
             self.check_rig(c2w, where)
         views, ref = self.select(len(c2w), rng)
         wanted = ([ref] if ref is not None else []) + views
-        decode = sorted(set(wanted) | ({0} if self.center_crop else set()))
-        rgb, alpha, _has_bg = source.pixels(scene, decode)
-        sizes = None if cams.sizes is None else [cams.sizes[v] for v in decode]
-        validate_pixels(rgb, alpha, where, len(decode), sizes, views=decode)
-        k = cams.fxfycxcy[decode]
-        as_is = source.background == "as_is" or alpha is None
-        if alpha is None:
-            alpha = torch.ones_like(rgb[:, :1])
-        premult = rgb if as_is else rgb * alpha
-        if self.center_crop:
-            premult, alpha, k = center_views(premult, alpha, k, self.image_size, self.center_fill,
-                                             "border" if as_is else "zeros", box_alpha=alpha[decode.index(0)])
-        else:
-            premult, alpha, k = resize_views(premult, alpha, k, self.image_size)
-        if as_is:
-            images, bg = premult.clamp(0, 1), estimate_background(premult, alpha)
-        else:
-            bg = background_color(source.background, rng)
-            images = composite(premult, alpha, bg)
-        pos = {v: i for i, v in enumerate(decode)}
-        sel = torch.tensor([pos[v] for v in views])
+        prepared = prepare_views(source, scene, cams, wanted, self.image_size, rng=rng, center_crop=self.center_crop,
+                                 center_fill=self.center_fill)
+        images, alpha, k, bg = prepared.images, prepared.alpha, prepared.fxfycxcy, prepared.background
+        sel = prepared.rows(views)
         sample: dict[str, Any] = {
             "images": images[sel].contiguous(), "alpha": alpha[sel].contiguous(), "c2w": c2w[views].float(),
             "fxfycxcy": k[sel].float(),
@@ -125,7 +99,7 @@ class SceneBuilder:
             "scene_id": cams.scene_id,
         }
         if ref is not None:
-            r = pos[ref]
+            r = int(prepared.rows([ref])[0])
             sample.update({"ref_images": images[r : r + 1].clone(), "ref_alpha": alpha[r : r + 1].clone(),
                            "ref_c2w": c2w[ref : ref + 1].float(), "ref_fxfycxcy": k[r : r + 1].float(),
                            "ref_view": torch.tensor(ref, dtype=torch.long)})

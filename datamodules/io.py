@@ -33,6 +33,7 @@ from geometry.cameras import (
     normalize_cameras,
     scale_intrinsics,
 )
+from geometry.images import resize_images
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "gray": (0.5, 0.5, 0.5), "black": (0.0, 0.0, 0.0)}
@@ -135,13 +136,23 @@ def load_png_views(blobs: list[bytes], wheres: list[str]) -> tuple[Tensor, Tenso
 
 
 # ---- background --------------------------------------------------------------------------------------------------
-def background_color(spec: str, rng: np.random.Generator) -> Tensor:
-    """Background [3] for ``spec`` in white/gray/black/random (``as_is`` has no color: see estimate_background)."""
+def background_color(spec: str, rng: np.random.Generator | None = None) -> Tensor:
+    """Background [3] for ``spec``: white / gray / black; ``random`` (a draw from ``rng``: sources' backgrounds);
+    without ``rng`` (the tools' ``--background``) an ``R,G,B`` triple in [0, 1] instead. ``as_is`` has no color
+    (see estimate_background)."""
     if spec in BACKGROUNDS:
         return torch.tensor(BACKGROUNDS[spec])
-    if spec == "random":
-        return torch.from_numpy(rng.uniform(0.0, 1.0, 3)).float()
-    raise ValueError(f"background must be one of {BACKGROUND_CHOICES}, got {spec!r}")
+    if rng is not None:
+        if spec == "random":
+            return torch.from_numpy(rng.uniform(0.0, 1.0, 3)).float()
+        raise ValueError(f"background must be one of {BACKGROUND_CHOICES}, got {spec!r}")
+    try:
+        values = [float(x) for x in spec.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"background must be one of {sorted(BACKGROUNDS)} or 'R,G,B' in [0, 1], got {spec!r}")
+    return torch.tensor(values)
 
 
 def estimate_background(rgb: Tensor, alpha: Tensor | None) -> Tensor:
@@ -159,17 +170,11 @@ def composite(premult: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
 
 
 # ---- resizing and centring ---------------------------------------------------------------------------------------
-def _resize(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
-
-
 def resize_views(rgb: Tensor, alpha: Tensor | None, fxfycxcy: Tensor, size: int) -> tuple[Tensor, Tensor | None, Tensor]:
     """Resize [V, C, H, W] views to ``size`` x ``size`` (antialiased bilinear); intrinsics [V, 4] rescaled."""
     src = tuple(rgb.shape[-2:])
     k = scale_intrinsics(fxfycxcy, src, (size, size))
-    return _resize(rgb, (size, size)), (None if alpha is None else _resize(alpha, (size, size))), k
+    return resize_images(rgb, (size, size)), (None if alpha is None else resize_images(alpha, (size, size))), k
 
 
 def alpha_bbox(alpha: Tensor, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
@@ -204,7 +209,7 @@ def crop_views(x: Tensor, box: tuple[float, float, float, float], size: int, pad
     if shrink < 0.75:  # pre-shrink with antialiasing, then sample at ~1:1
         hw = (max(1, round(h * shrink * 1.25)), max(1, round(w * shrink * 1.25)))
         sy, sx = hw[0] / h, hw[1] / w
-        x, (h, w), (x0, y0, x1, y1) = _resize(x, hw), hw, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        x, (h, w), (x0, y0, x1, y1) = resize_images(x, hw), hw, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
     j = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     u = x0 + j * (x1 - x0)
     v = y0 + j * (y1 - y0)

@@ -1,4 +1,4 @@
-"""Input photos for the tools: reading (errors name the file), pluggable background removal, compositing, PNGs.
+"""Input photos (tools.infer, tools.synthesize --matting): reading (errors name the file), pluggable background removal, compositing, PNGs.
 
 Background removal (``--background-removal``) is one of
 
@@ -32,8 +32,10 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from datamodules.io import SampleError, decode_png, png_to_float
+from geometry.images import to_uint8
+
 BUILTIN_REMOVAL = ("alpha", "none")
-BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "gray": (0.5, 0.5, 0.5), "black": (0.0, 0.0, 0.0)}
 
 
 class ImageInputError(ValueError):
@@ -49,8 +51,6 @@ def read_image(path: str | Path) -> tuple[Tensor, Tensor | None]:
     except OSError as e:
         raise ImageInputError(f"{path}: cannot read image ({e.strerror or e})") from None
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        from datamodules.io import SampleError, decode_png, png_to_float
-
         try:
             return png_to_float(decode_png(data, str(path)))
         except SampleError as e:
@@ -75,19 +75,6 @@ def check_square(rgb: Tensor, path: str | Path, min_size: int = 16) -> None:
                               "animal first)")
     if h < min_size:
         raise ImageInputError(f"{path}: image is {w}x{h} px, smaller than the minimum {min_size}x{min_size}")
-
-
-def background_color(name: str) -> Tensor:
-    """[3] color of a background name (white, gray, black) or of an ``R,G,B`` triple in [0, 1]."""
-    if name in BACKGROUNDS:
-        return torch.tensor(BACKGROUNDS[name])
-    try:
-        values = [float(x) for x in name.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"background must be one of {sorted(BACKGROUNDS)} or 'R,G,B' in [0, 1], got {name!r}")
-    return torch.tensor(values)
 
 
 def composite_over(rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
@@ -171,21 +158,7 @@ class BackgroundRemoval:
         return composite_over(rgb, mask, self.background), mask, f"{self.spec}: mask composited over the background"
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """[..., C, H, W] in [0, 1] -> [..., H, W, C] uint8."""
-    return (images.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
-
-
-def save_png(path: str | Path, rgb: Tensor, alpha: Tensor | None = None) -> Path:
-    """Write rgb [3, H, W] (+ alpha [1, H, W]) in [0, 1] as an 8-bit RGB(A) PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = rgb if alpha is None else torch.cat([rgb, alpha.to(rgb)], 0)
-    Image.fromarray(to_uint8(x)).save(path)
-    return path
-
-
 __all__ = [
-    "BackgroundRemoval", "ImageInputError", "background_color", "check_square", "composite_over", "load_callable",
-    "mask_from_result", "read_image", "save_png", "to_uint8",
+    "BackgroundRemoval", "ImageInputError", "check_square", "composite_over", "load_callable", "mask_from_result",
+    "read_image",
 ]

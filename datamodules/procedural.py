@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from geometry.cameras import up_change_matrix
-from geometry.rig import Rig, load_rig
 from geometry.render import Gaussians, rasterize
+from geometry.rig import Rig, load_rig
 
 EXTRA_ELEVATION_DEG = (-20.0, 60.0)  # range of the random views beyond the rig's
 FRAME_RADIUS = (0.8, 1.0)  # creature's bounding radius (world units); 0.6-0.7 of the frame at r=2.7, fov 50

@@ -41,8 +41,8 @@ from torch import Tensor
 from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes, validate_cameras
 from geometry.camera_files import PathEscapeError, frame_image_path, read_camera_file
 from geometry.cameras import invert_rigid
-from geometry.rig import Rig, load_rig
 from geometry.render import gsplat_available
+from geometry.rig import Rig, load_rig
 
 log = logging.getLogger("mvlift.data")
 FORMATS = ("procedural", "facelift", "facelift_mvdiffusion", "shards")

@@ -22,7 +22,8 @@ from tiny_checkpoints import (
     save_lightning_checkpoint,
 )
 
-from tools.evaluate import jsonable, main, markdown, score_views, summarize
+from lightning_modules.evaluation import jsonable, markdown, score_views, summarize
+from tools.evaluate import main
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "data" / "demo.yaml"
 FACELIFT, MOUSE = "facelift_6view", "mouse_oblique20_6view"

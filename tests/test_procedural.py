@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from datamodules.procedural import EXTRA_ELEVATION_DEG, make_scene, rotmat_to_quat
+from datamodules.synthesis import split_scenes
 from geometry.camera_files import read_camera_file
 from geometry.cameras import invert_rigid, project_points, spherical_from_c2w
-from geometry.rig import load_rig
 from geometry.render import quat_to_rotmat
+from geometry.rig import load_rig
 from tools.synthesize import main as synthesize_main
-from tools.synthesize import split_scenes
 
 SIZE = 48
 

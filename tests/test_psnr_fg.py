@@ -14,8 +14,8 @@ from tiny_checkpoints import reconstruction_module
 from torch.utils.data import DataLoader
 
 from geometry.rig import load_rig
+from lightning_modules.evaluation import csv_row, summarize
 from lightning_modules.metrics import KindMetrics, foreground_box, per_view_psnr, per_view_psnr_fg, view_metrics
-from tools.evaluate import csv_row, summarize
 
 ROWS, COLS = slice(5, 13), slice(8, 18)  # the subject's box in a 24 px view
 

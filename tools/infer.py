@@ -14,7 +14,7 @@ Order of work: (1) the rig guard — the diffusion checkpoint's rig and the reco
 match, else an error naming both rigs with the per-view difference (``--allow-rig-mismatch``: a logged warning, and
 the reconstruction still gets the views' true cameras, those of the diffusion rig); (2) every image is read and
 checked (unreadable, non-square or smaller than 16 px -> an error naming the file) before any model is loaded;
-(3) per image: background removal (tools.images), ``DiffusionModule.sample`` (the cameras come from the diffusion
+(3) per image: background removal (datamodules.photos), ``DiffusionModule.sample`` (the cameras come from the diffusion
 model's rig, never from the caller), the views resized to the reconstruction model's size with the rig's cameras at
 that size, ``ReconstructionModule.reconstruct``, then the outputs.
 
@@ -40,23 +40,23 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from callbacks.rig_guard import check_rigs
-from geometry.camera_files import CameraFile, write_camera_file
-from geometry.rig import Rig
-from lightning_modules.artifacts import load_checkpoint
-from lightning_modules.training_background import TOLERANCE, describe
-from geometry.render import check_video_formats, render_turntable, save_scene_ply, write_turntable
-from tools.checkpoints import checkpoint_rig, checkpoint_stage, load_stage, resolve_device
-from tools.images import BackgroundRemoval, background_color, check_square, read_image, save_png
+from datamodules.io import background_color
+from datamodules.photos import BackgroundRemoval, check_square, read_image
+from geometry.images import save_png
+from lightning_modules.pipeline import (
+    Sampling,
+    Turntable,
+    check_stages_and_rigs,
+    choose_background,
+    parse_input_views,
+    write_photo_outputs,
+)
+from tools.checkpoints import load_stage, resolve_device
 
 log = logging.getLogger("mvlift.infer")
 
@@ -97,155 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if args.turntable_frames < 1 or args.turntable_size < 8 or args.fps < 1:
-        raise ValueError("--turntable-frames >= 1, --turntable-size >= 8 and --fps >= 1 are needed")
-    check_video_formats(args.turntable_format)
+def run(args: argparse.Namespace) -> list[Path]:
+    """The whole command (module docstring); returns the per-image output folders."""
+    sampling = Sampling(args.steps, args.guidance, args.scheduler)
+    turntable = Turntable(args.turntable_frames, args.turntable_size, args.fps, tuple(args.turntable_format))
     stems: dict[str, Path] = {}
     for path in args.images:
         if path.stem in stems:
             raise ValueError(f"{path} and {stems[path.stem]} have the same name stem {path.stem!r}; their outputs "
                              "would overwrite each other")
         stems[path.stem] = path
-
-
-def check_stages_and_rigs(diffusion: Path, reconstruction: Path, allow_mismatch: bool,
-                          trust: bool = False) -> dict[str, Any]:
-    """The rig guard, from checkpoint metadata only (no model is built). Returns a JSON-able report."""
-    for path, want in ((diffusion, "diffusion"), (reconstruction, "reconstruction")):
-        found = checkpoint_stage(path, trust)
-        if found != want:
-            raise ValueError(f"--{want} {path}: is a {found} checkpoint")
-    d_rig, r_rig = checkpoint_rig(diffusion, trust), checkpoint_rig(reconstruction, trust)
-    diff = check_rigs(d_rig, r_rig, allow_mismatch=allow_mismatch)
-    return {"diffusion_rig": d_rig.name, "diffusion_rig_fingerprint": d_rig.fingerprint,
-            "reconstruction_rig": r_rig.name, "reconstruction_rig_fingerprint": r_rig.fingerprint,
-            "match": diff.ok, "mismatch_allowed": (not diff.ok) and allow_mismatch, "diff": diff.to_dict()}
-
-
-def stored_background(path: Path, trust: bool = False) -> dict[str, Any] | None:
-    """The training-background record stored with a ``.ckpt`` (``checkpoint["mvlift"]["background"]``) or an export
-    folder (mvlift.json / config.json); None when not recorded."""
-    if path.is_dir():
-        for name in ("mvlift.json", "config.json"):
-            if (path / name).is_file():
-                return json.loads((path / name).read_text()).get("background")
-        return None
-    ckpt = load_checkpoint(path, trust=trust, mmap=True)
-    meta = ckpt.get("mvlift") if isinstance(ckpt, dict) else None
-    return meta.get("background") if isinstance(meta, dict) else None
-
-
-def choose_background(spec: str | None, diffusion: Path, reconstruction: Path,
-                      trust: bool = False) -> tuple[Tensor, dict[str, Any]]:
-    """(background [3], report): ``spec`` (--background) when given, else the diffusion model's training background,
-    else the reconstruction model's, else white with a logged note (module docstring)."""
-    trained = {"diffusion": stored_background(diffusion, trust),
-               "reconstruction": stored_background(reconstruction, trust)}
-    if spec is not None:
-        return background_color(spec), {"from": "--background", "trained": trained}
-    colors = {k: rec["color"] for k, rec in trained.items() if rec and rec.get("color") is not None}
-    if "diffusion" in colors:
-        chosen, source = colors["diffusion"], "diffusion checkpoint"
-        other = colors.get("reconstruction")
-        if other is not None and max(abs(a - b) for a, b in zip(chosen, other)) > TOLERANCE:
-            log.warning("the diffusion model was trained on background %s, the reconstruction model on %s: photos are "
-                        "composited over the diffusion model's (pass --background to choose)", chosen, other)
-    elif "reconstruction" in colors:
-        chosen, source = colors["reconstruction"], "reconstruction checkpoint"
-        log.info("note: diffusion model's training background: %s; using the reconstruction model's %s",
-                 describe(trained["diffusion"]), chosen)
-    else:
-        chosen, source = [1.0, 1.0, 1.0], "default (white)"
-        log.info("note: no single training background stored (diffusion: %s; reconstruction: %s); compositing over "
-                 "white (pass --background to choose)", describe(trained["diffusion"]),
-                 describe(trained["reconstruction"]))
-    log.info("background %s (%s)", chosen, source)
-    return torch.tensor(chosen, dtype=torch.float32), {"from": source, "trained": trained}
-
-
-def parse_input_views(spec: str, rig: Rig) -> list[int]:
-    """``all`` or comma-separated indices / view names -> sorted distinct view indices of ``rig``."""
-    if spec.strip() == "all":
-        return list(range(rig.num_views))
-    out = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
-        if item.lstrip("-").isdigit():
-            i = int(item)
-            if not 0 <= i < rig.num_views:
-                raise ValueError(f"--input-views: index {i} out of range for rig {rig.name!r} ({rig.num_views} views)")
-        elif item in rig.view_names:
-            i = rig.view_names.index(item)
-        else:
-            raise ValueError(f"--input-views: {item!r} is neither an index nor a view of rig {rig.name!r} "
-                             f"({', '.join(rig.view_names)})")
-        out.append(i)
-    if not out:
-        raise ValueError("--input-views: no views given")
-    return sorted(set(out))
-
-
-def resize_square(images: Tensor, size: int) -> Tensor:
-    """[N, 3, H, W] -> [N, 3, size, size] (antialiased bilinear; unchanged when already that size)."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[int]) -> tuple[Any, int]:
-    """Generated views [B, V, 3, S, S] in ``rig`` order -> (Gaussians, reconstruction size); the views are resized to
-    the reconstruction model's size and given the rig's cameras at that size."""
-    size = int(reconstruction.hparams.image_size)
-    b, v = views.shape[:2]
-    x = resize_square(views.flatten(0, 1), size).view(b, v, 3, size, size)
-    c2w, k = rig.cameras(size, device=views.device)
-    sel = torch.tensor(input_views, device=views.device)
-    gaussians = reconstruction.reconstruct(x[:, sel], c2w[sel].expand(b, -1, 4, 4), k[sel].expand(b, -1, 4))
-    return gaussians, size
-
-
-
-def infer_image(path: Path, ref: Tensor, diffusion: Any, reconstruction: Any, out_dir: Path, args: argparse.Namespace,
-                input_views: list[int], background: Tensor) -> dict[str, Any]:
-    """Run one prepared reference [3, H, W] through both stages and write its outputs; returns its info record."""
-    device = diffusion.device
-    rig: Rig = diffusion.rig
-    t0 = time.time()
-    out = diffusion.sample(ref[None].to(device), num_inference_steps=args.steps, guidance_scale=args.guidance,
-                           seed=args.seed, scheduler=args.scheduler)
-    t_sample = time.time() - t0
-    views = out["images"]  # [1, V, 3, S, S]
-    size = views.shape[-1]
-    names = [f"views/cam_{i:03d}.png" for i in range(rig.num_views)]
-    for i, name in enumerate(names):
-        save_png(out_dir / name, views[0, i])
-    write_camera_file(out_dir / "cameras.json",
-                      CameraFile(scene_id=path.stem, c2w=out["c2w"].detach().cpu(), fxfycxcy=out["fxfycxcy"].cpu(),
-                                 sizes=[(size, size)] * rig.num_views, file_paths=names))
-    t1 = time.time()
-    gaussians, rec_size = lift_views(reconstruction, views, rig, input_views)
-    gaussians = gaussians.detach()
-    t_lift = time.time() - t1
-    save_scene_ply(gaussians, out_dir / "gaussians.ply")
-    backend = reconstruction.hparams.get("rasterizer", "auto")
-    frames = render_turntable(gaussians, rig, num_frames=args.turntable_frames, size=args.turntable_size,
-                              background=background.to(gaussians.means.device), backend=backend)
-    turntables = write_turntable(frames, out_dir / "turntable", args.turntable_format, fps=args.fps)
-    return {"views": names, "view_names": list(rig.view_names), "view_size": size, "reconstruction_size": rec_size,
-            "input_views": [rig.view_names[i] for i in input_views], "num_gaussians": int(gaussians.means.shape[1]),
-            "turntables": [t.name for t in turntables],
-            "seconds": {"sample": round(t_sample, 3), "reconstruct": round(t_lift, 3),
-                        "total": round(time.time() - t0, 3)}}
-
-
-def run(args: argparse.Namespace) -> list[Path]:
-    """The whole command (module docstring); returns the per-image output folders."""
-    _check_args(args)
     trust = args.trust_checkpoint
     rig_report = check_stages_and_rigs(args.diffusion, args.reconstruction, args.allow_rig_mismatch, trust)
-    background, background_report = choose_background(args.background, args.diffusion, args.reconstruction, trust)
+    spec = None if args.background is None else background_color(args.background)
+    background, background_report = choose_background(spec, args.diffusion, args.reconstruction, trust)
     removal = BackgroundRemoval(args.background_removal, background)
     prepared = []
     for path in args.images:  # every image is checked before any model is loaded
@@ -267,7 +132,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_png(out_dir / "input.png", image)
         with torch.no_grad():
-            record = infer_image(path, image, diffusion, reconstruction, out_dir, args, input_views, background)
+            record = write_photo_outputs(path.stem, image, diffusion, reconstruction, out_dir, sampling, args.seed,
+                                         input_views, background, turntable)
         info = {"image": str(path), "background_removal": how, "background": background.tolist(),
                 "background_from": background_report["from"], "trained_backgrounds": background_report["trained"],
                 "diffusion": str(args.diffusion), "reconstruction": str(args.reconstruction), "ema": args.ema,

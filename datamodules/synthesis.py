@@ -1,0 +1,347 @@
+"""Writing FaceLift-layout data sets: procedural scenes, or a diffusion model's views of a data set's scenes.
+
+``tools.synthesize`` is the command line over this module. Layout (what FaceLift's loaders and ours read):
+
+    DIR/sample_000000/images/cam_000.png   RGBA 8-bit: straight RGB + alpha (``realistic``: the photo, background
+                                           and all, alpha = an imperfect segmentation mask)
+    DIR/sample_000000/opencv_cameras.json  {"id", "frames": [{"w", "h", "fx", "fy", "cx", "cy", "w2c", "file_path"}]}
+    DIR/data_train.txt, DIR/data_val.txt   one absolute sample directory per line
+    DIR/dataset.json                       generator, rig (name, fingerprint, definition), seed, counts, settings
+
+Procedural scenes come from :func:`datamodules.procedural.make_scene`; :func:`write_facelift_scene` writes any scene
+dict of that shape.
+
+Generated views (:func:`write_generated_dataset`, Phase 3: train the reconstruction model on diffusion outputs): for
+every input scene (:func:`input_scenes`: a data config's sources of one kind, split as the DataModule splits them,
+or a folder of FaceLift-layout samples split by ``val_fraction``), its view ``reference_view`` is the reference,
+prepared by :func:`datamodules.prepare.prepare_views` exactly as in training (centring, the source's background);
+the caller's ``generate(reference, seed)`` gives the model's rig views, written with the rig's cameras at the
+output size — never cameras copied from the inputs. Sampling is seeded per sample: seed + sample number. Alpha is 1
+(``matting="opaque"``, recorded as ``has_background``) unless a local ``MODULE:FUNCTION`` matting callable
+(``datamodules.photos``) gives each view a mask. Each sample also holds ``reference.png``; ``dataset.json`` records
+the settings and, per sample, the source scene it came from. ``skip_existing`` keeps finished samples of an earlier
+run with the same settings (a sample is finished when its camera file exists: it is written last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datamodules.prepare import prepare_views
+from geometry.camera_files import CameraFile, write_camera_file
+from geometry.files import write_atomic
+from geometry.images import resize_images, to_uint8
+from geometry.rig import Rig, load_rig
+
+log = logging.getLogger("mvlift.synthesize")
+
+DATASET_VERSION = 1
+
+
+# ---- the layout ------------------------------------------------------------------------------------------------------
+def write_facelift_scene(sample_dir: str | Path, scene: dict[str, Any]) -> Path:
+    """Write one scene in FaceLift's layout.
+
+    Args:
+        sample_dir: the sample directory to create (``.../sample_000000``).
+        scene: {"images" [V, 3, H, W] in [0, 1], "alpha" [V, 1, H, W], "c2w" [V, 4, 4], "fxfycxcy" [V, 4],
+            "scene_id" str} as :func:`datamodules.procedural.make_scene` returns.
+    Returns:
+        the sample directory. Images are ``images/cam_XXX.png`` (RGBA), cameras ``opencv_cameras.json`` (w2c).
+    """
+    sample_dir = Path(sample_dir)
+    images, alpha, c2w, k = scene["images"], scene["alpha"], scene["c2w"], scene["fxfycxcy"]
+    v, _, h, w = images.shape
+    if alpha.shape != (v, 1, h, w) or c2w.shape != (v, 4, 4) or k.shape != (v, 4):
+        raise ValueError(f"write_facelift_scene({sample_dir}): inconsistent shapes images {list(images.shape)}, "
+                         f"alpha {list(alpha.shape)}, c2w {list(c2w.shape)}, fxfycxcy {list(k.shape)}")
+    (sample_dir / "images").mkdir(parents=True, exist_ok=True)
+    rgba = to_uint8(torch.cat([images, alpha], 1))  # [V, H, W, 4]
+    names = [f"images/cam_{i:03d}.png" for i in range(v)]
+    for name, pixels in zip(names, rgba):
+        Image.fromarray(pixels, mode="RGBA").save(sample_dir / name)
+    cams = CameraFile(scene_id=str(scene.get("scene_id", sample_dir.name)), c2w=c2w.detach().cpu(),
+                      fxfycxcy=k.detach().cpu(), sizes=[(h, w)] * v, file_paths=names)
+    write_camera_file(sample_dir / "opencv_cameras.json", cams)
+    return sample_dir
+
+
+def split_scenes(num_scenes: int, val_fraction: float) -> tuple[list[int], list[int]]:
+    """(train, val) scene indices: the last round(N * val_fraction) scenes are validation (>= 1 when the fraction
+    is positive and N >= 2), so growing --scenes keeps earlier scenes in the same split only up to that tail."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    n_val = round(num_scenes * val_fraction)
+    if val_fraction > 0 and num_scenes >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, num_scenes - 1) if num_scenes > 1 else 0
+    return list(range(num_scenes - n_val)), list(range(num_scenes - n_val, num_scenes))
+
+
+def write_list_files(out: Path, sample_dirs: Sequence[Path], train: Sequence[int], val: Sequence[int]) -> None:
+    """``data_train.txt`` / ``data_val.txt``: one absolute sample directory per line (FaceLift's list files)."""
+    for name, idx in (("data_train.txt", train), ("data_val.txt", val)):
+        lines = [str(Path(sample_dirs[i]).resolve()) for i in idx]
+        write_atomic(out / name, "".join(line + "\n" for line in lines))  # readable as the umask allows
+
+
+def _progress(i: int, n: int, what: str, t0: float) -> None:
+    if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
+        log.info("%d/%d %s (%.1f s)", i + 1, n, what, time.time() - t0)
+
+
+# ---- procedural scenes -----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Procedural:
+    """A procedural data set: ``scenes`` scenes of ``views`` views (the rig's views in order, then random views on its
+    sphere) at ``size`` px."""
+
+    scenes: int = 64
+    views: int = 8
+    rig: str = "facelift_6view"
+    size: int = 128
+    seed: int = 0
+    realistic: bool = False
+    camera_jitter_deg: float = 0.0
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.scenes < 1 or self.views < 1:
+            raise ValueError(f"--scenes and --views must be >= 1, got {self.scenes} and {self.views}")
+        if self.size < 8:
+            raise ValueError(f"--size must be >= 8, got {self.size}")
+        if self.camera_jitter_deg < 0 or not math.isfinite(self.camera_jitter_deg):
+            raise ValueError(f"--camera-jitter-deg must be a finite angle >= 0, got {self.camera_jitter_deg}")
+
+
+def write_procedural_dataset(out: Path, p: Procedural) -> Path:
+    """Write the procedural data set ``p`` into ``out``; returns the dataset.json path."""
+    from datamodules.procedural import make_scene  # heavy import only when running
+
+    rig = load_rig(p.rig)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = split_scenes(p.scenes, p.val_fraction)
+    sample_dirs, t0 = [], time.time()
+    for i in range(p.scenes):
+        scene = make_scene(i, rig, p.views, p.size, realistic=p.realistic, seed=p.seed,
+                           camera_jitter_deg=p.camera_jitter_deg)
+        sample_dirs.append(write_facelift_scene(out / f"sample_{i:06d}", scene))
+        _progress(i, p.scenes, "scenes", t0)
+    write_list_files(out, sample_dirs, train, val)
+    record = {
+        "version": DATASET_VERSION, "generator": "procedural", "rig": rig.name, "rig_fingerprint": rig.fingerprint,
+        "rig_definition": rig.to_dict(), "seed": p.seed, "realistic": bool(p.realistic),
+        "has_background": False, "scenes": p.scenes, "views": p.views, "size": p.size,
+        "camera_jitter_deg": p.camera_jitter_deg, "val_fraction": p.val_fraction,
+        "train": len(train), "val": len(val),
+    }
+    write_atomic(out / "dataset.json", json.dumps(record, indent=1) + "\n")
+    log.info("wrote %s: %d train / %d val scenes, %d views at %d px, rig %s (%s)%s", out, len(train), len(val),
+             p.views, p.size, rig.name, rig.fingerprint, ", realistic" if p.realistic else "")
+    return out / "dataset.json"
+
+
+# ---- a data set's scenes as references -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class InputScene:
+    """One input scene: the source it comes from, its index there, its split, and how to prepare its reference."""
+
+    source: Any  # datamodules.sources.Source
+    scene: int
+    split: str  # "train" | "val"
+    center_crop: bool = False
+    center_fill: float = 0.6
+
+
+def _take(indices: Sequence[int], limit: int | None) -> list[int]:
+    return [int(i) for i in indices][: limit if limit is not None else None]
+
+
+def input_scenes(inputs: Path, kind: str, limit: int | None, val_fraction: float, rig: Rig, size: int,
+                 reference_view: int) -> list[InputScene]:
+    """The scenes of ``inputs`` (a data config or a FaceLift-layout folder; module docstring), in a fixed order:
+    per source, its train scenes then its validation scenes."""
+    from datamodules.data_config import load_data_config
+    from datamodules.datamodule import DEMO_SOURCES, held_out_split
+    from datamodules.sources import build_source
+
+    num_views = max(rig.num_views, reference_view + 1)  # procedural sources render this many views
+    if inputs.is_file() and inputs.suffix in (".yaml", ".yml"):
+        cfg = load_data_config(inputs)
+        data_rig = load_rig(cfg.get("rig", "facelift_6view"))
+        crop = {"center_crop": bool(cfg.get("center_crop", False)), "center_fill": float(cfg.get("center_fill", 0.6))}
+        train_cfgs = list(cfg.get("sources") or DEMO_SOURCES)
+        val_cfgs = list(cfg.get("val_sources") or [])
+
+        def keep(c: dict[str, Any]) -> bool:
+            return kind == "all" or c.get("kind", "synthetic") == kind
+
+        chosen = [(c, "train") for c in train_cfgs if keep(c)] + [(c, "val") for c in val_cfgs if keep(c)]
+        if not chosen:
+            kinds = sorted({c.get("kind", "synthetic") for c in train_cfgs + val_cfgs})
+            raise ValueError(f"{inputs}: no source of kind {kind!r} (the config has {', '.join(kinds)}); "
+                             "use --kind")
+        scenes: list[InputScene] = []
+        for c, role in chosen:
+            source = build_source(c, data_rig, num_views, size)
+            if role == "val":
+                parts = {"val": range(len(source))}
+            elif val_cfgs:
+                parts = {"train": range(len(source))}
+            else:  # the DataModule's own held-out tail stays held out
+                train, val = held_out_split(len(source), float(cfg.get("val_fraction", 0.05)))
+                parts = {"train": train, "val": val}
+            for split, idx in parts.items():
+                scenes += [InputScene(source, i, split, **crop) for i in _take(idx, limit)]
+        return scenes
+    if inputs.is_dir() or (inputs.is_file() and inputs.suffix == ".txt"):
+        cfg = {"name": inputs.stem if inputs.is_file() else inputs.name, "kind": "real"}
+        key = "list_file" if inputs.is_file() else "path"
+        try:
+            source = build_source({**cfg, "format": "facelift", key: str(inputs)}, rig, num_views, size)
+        except FileNotFoundError:  # sample folders without camera files: PNGs in rig order
+            source = build_source({**cfg, "format": "facelift_mvdiffusion", key: str(inputs)}, rig, num_views, size)
+        train, val = split_scenes(len(source), val_fraction)
+        return ([InputScene(source, i, "train") for i in _take(train, limit)] +
+                [InputScene(source, i, "val") for i in _take(val, limit)])
+    raise FileNotFoundError(f"--inputs {inputs}: neither a data config (.yaml) nor a folder / list file of "
+                            "FaceLift-layout samples")
+
+
+def reference_image(item: InputScene, view: int, size: int, seed: int) -> tuple[torch.Tensor, str]:
+    """(reference [3, size, size] in [0, 1], scene id): view ``view`` of the scene, prepared by
+    :func:`datamodules.prepare.prepare_views` as the DataModule prepares training views."""
+    cams = item.source.cameras(item.scene)
+    if not 0 <= view < len(cams.c2w):
+        raise ValueError(f"{cams.where}: --reference-view {view} but the scene has {len(cams.c2w)} views")
+    prepared = prepare_views(item.source, item.scene, cams, [view], size, rng=np.random.default_rng([seed, item.scene]),
+                             center_crop=item.center_crop, center_fill=item.center_fill)
+    return prepared.images[int(prepared.rows([view])[0])], str(cams.scene_id)
+
+
+# ---- generated views -------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GeneratedViews:
+    """What decides a generated data set (``tools.synthesize --from-diffusion``'s options), checked on creation."""
+
+    checkpoint: Path
+    inputs: Path | None
+    seed: int = 0
+    steps: int = 50
+    guidance: float = 3.0
+    scheduler: str = "ddim"
+    reference_view: int = 0
+    kind: str = "real"
+    limit: int | None = None
+    matting: str = "opaque"
+    val_fraction: float = 0.1
+    ema: bool = False
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.inputs is None:
+            raise ValueError("--from-diffusion needs --inputs (a data config or a FaceLift-layout folder)")
+        if self.steps < 1 or self.reference_view < 0 or (self.limit is not None and self.limit < 1):
+            raise ValueError("--steps >= 1, --reference-view >= 0 and --limit >= 1 are needed")
+        if self.size is not None and self.size < 8:
+            raise ValueError(f"--size must be >= 8, got {self.size}")
+        split_scenes(2, self.val_fraction)  # validates the fraction
+
+    def settings(self, rig: Rig, size: int) -> dict[str, Any]:
+        """The record compared by ``skip_existing``."""
+        return {"checkpoint": str(Path(self.checkpoint).resolve()), "ema": bool(self.ema), "rig": rig.name,
+                "rig_fingerprint": rig.fingerprint, "seed": self.seed, "steps": self.steps, "guidance": self.guidance,
+                "scheduler": self.scheduler, "reference_view": self.reference_view, "size": size,
+                "inputs": str(Path(self.inputs).resolve()), "kind": self.kind, "limit": self.limit,
+                "matting": self.matting, "val_fraction": self.val_fraction}
+
+
+def _view_alpha(views: torch.Tensor, matting: Any, spec: str, where: str) -> torch.Tensor:
+    """alpha [V, 1, H, W] of generated views [V, 3, H, W]: ones, or the matting callable's mask per view."""
+    if matting is None:
+        return torch.ones_like(views[:, :1])
+    from datamodules.photos import mask_from_result
+
+    masks = []
+    for v, img in enumerate(views):
+        try:
+            result = matting(Image.fromarray(to_uint8(img)))
+        except Exception as e:  # the user's callable: say which view it failed on
+            raise ValueError(f"{where} view {v}: matting {spec} failed ({type(e).__name__}: {e})") from e
+        masks.append(mask_from_result(result, tuple(img.shape[-2:]), f"{where} view {v} ({spec})"))
+    return torch.stack(masks)
+
+
+def matting_callable(spec: str) -> Any:
+    """None for ``opaque``, else the local ``MODULE:FUNCTION`` (errors name the spec)."""
+    if spec == "opaque":
+        return None
+    from datamodules.photos import load_callable
+
+    return load_callable(spec)
+
+
+def write_generated_dataset(out: Path, g: GeneratedViews, items: Sequence[InputScene],
+                            generate: Callable[[torch.Tensor, int], torch.Tensor], rig: Rig, model_size: int,
+                            skip_existing: bool = False, rig_check: dict[str, Any] | None = None) -> Path:
+    """Write ``generate(reference [3, S, S], seed) -> views [V, 3, S', S']``'s views of ``items`` into ``out``
+    (module docstring); ``rig`` / ``model_size``: the model's. Returns the dataset.json path."""
+    size = int(g.size or model_size)
+    settings, seed, matting, reference_view = g.settings(rig, size), g.seed, g.matting, g.reference_view
+    matte = matting_callable(matting)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "dataset.json"
+    if skip_existing and record_path.is_file():
+        old = json.loads(record_path.read_text()).get("settings")
+        if old != settings:
+            changed = sorted(k for k in set(settings) | set(old or {}) if (old or {}).get(k) != settings.get(k))
+            raise ValueError(f"{out}: --skip-existing, but the earlier run had other settings ({', '.join(changed)})")
+    c2w, k = rig.cameras(size)
+    sample_dirs, records, t0, skipped = [], [], time.time(), 0
+    for i, item in enumerate(items):
+        sample_dir = out / f"sample_{i:06d}"
+        ref, scene_id = reference_image(item, reference_view, model_size, seed)
+        rec = {"sample": sample_dir.name, "split": item.split, "source": item.source.name, "kind": item.source.kind,
+               "scene": item.scene, "scene_id": scene_id, "seed": seed + i}
+        if skip_existing and (sample_dir / "opencv_cameras.json").is_file():
+            skipped += 1
+        else:
+            views = generate(ref, seed + i)
+            if tuple(views.shape[-2:]) != (size, size):
+                views = resize_images(views, size).clamp(0, 1)
+            alpha = _view_alpha(views, matte, matting, str(sample_dir))
+            sample_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(to_uint8(ref)).save(sample_dir / "reference.png")
+            write_facelift_scene(sample_dir, {"images": views, "alpha": alpha, "c2w": c2w, "fxfycxcy": k,
+                                              "scene_id": f"{item.source.name}/{scene_id}"})
+        sample_dirs.append(sample_dir)
+        records.append(rec)
+        _progress(i, len(items), "samples", t0)
+    train = [i for i, r in enumerate(records) if r["split"] == "train"]
+    val = [i for i, r in enumerate(records) if r["split"] == "val"]
+    write_list_files(out, sample_dirs, train, val)
+    record = {"version": DATASET_VERSION, "generator": "diffusion", "settings": settings, "rig": rig.name,
+              "rig_fingerprint": rig.fingerprint, "rig_definition": rig.to_dict(), "seed": seed,
+              "views": rig.num_views, "size": size, "has_background": matting == "opaque",
+              "alpha": "opaque (1 everywhere)" if matting == "opaque" else f"matting {matting}",
+              "scenes": len(records), "train": len(train), "val": len(val), "rig_check": rig_check,
+              "samples": records}
+    write_atomic(record_path, json.dumps(record, indent=1) + "\n")
+    log.info("wrote %s: %d train / %d val samples (%d kept from an earlier run), %d views at %d px, rig %s (%s)",
+             out, len(train), len(val), skipped, rig.num_views, size, rig.name, rig.fingerprint)
+    return record_path
+
+
+__all__ = ["DATASET_VERSION", "GeneratedViews", "InputScene", "Procedural", "input_scenes", "reference_image", "split_scenes",
+           "write_facelift_scene", "write_generated_dataset", "write_list_files", "write_procedural_dataset"]

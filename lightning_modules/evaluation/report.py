@@ -1,0 +1,203 @@
+"""The evaluation's files: results.json, results.csv, results.md and the image grids (formats: docs/ARCHITECTURE.md,
+"Tool outputs"). Non-finite values (PSNR of a perfect prediction is +inf) are written as "inf" / "nan" in JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from callbacks.image_log import labelled_grid
+from lightning_modules.metrics import KINDS
+
+RESULTS_VERSION = 1
+BASE_METRICS = ("psnr", "psnr_fg", "ssim", "lpips")
+CSV_FIXED = ("checkpoint", "mode", "checkpoint_rig", "data", "rig", "rig_match", "rig_worst_angle_deg",
+             "image_size", "scenes", "distinct_scenes", "skipped", "error", "checkpoint_path", "data_path", "grid")
+
+
+def jsonable(x: Any) -> Any:
+    """Floats that JSON cannot hold (inf, nan) become strings; tensors and paths plain values."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, (np.floating, np.integer)):
+        return jsonable(x.item())
+    return x
+
+
+def write_grid(path: Path, rows: list[Tensor], labels: list[str], row_labels: list[str]) -> Path | None:
+    """One PNG: a line per scene (labelled), columns ``labels``."""
+    if not rows:
+        return None
+    grid = labelled_grid(torch.stack(rows).clamp(0, 1), labels, row_labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
+
+
+def fmt(x: Any, digits: int) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return f"{x:.{digits}f}"
+
+
+DIGITS = {"psnr": 2, "psnr_fg": 2, "ssim": 4, "lpips": 4}
+TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim": "SSIM", "lpips": "LPIPS"}
+
+
+def csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: row.get(k) for k in CSV_FIXED}
+    for prefix, summary in (("", row.get("metrics")), ("generated/", row.get("generated_metrics")),
+                            ("novel/", row.get("novel_metrics")), ("copy_ref/", row.get("copy_ref_metrics"))):
+        if not summary:
+            continue
+        names = [m for m in BASE_METRICS if m in summary["all"]]
+        for m in names:
+            out[f"{prefix}{m}"] = summary["all"][m]
+            if f"{m}_empty" in summary["all"]:
+                out[f"{prefix}{m}_empty"] = summary["all"][f"{m}_empty"]
+        for group in ("kind", "source", "view"):
+            for key, vals in summary[group].items():
+                for m in names:
+                    out[f"{prefix}{m}/{key}" if group == "kind" else f"{prefix}{m}/{group}:{key}"] = vals[m]
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    lines = [csv_row(r) for r in rows]
+    columns = list(dict.fromkeys(k for line in lines for k in line))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    for line in lines:
+        writer.writerow({k: (_csv_value(v)) for k, v in line.items()})
+    path.write_text(buf.getvalue())
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return jsonable(v) if not math.isfinite(v) else repr(v)
+    return "" if v is None else v
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    ok_rows = [r for r in rows if r.get("metrics")]
+    metrics = [m for m in BASE_METRICS if any(m in r["metrics"]["all"] for r in ok_rows)]
+    kinds = [k for k in KINDS if any(k in r["metrics"]["kind"] for r in ok_rows)]
+    s = results["settings"]
+    lines = ["# mvlift evaluation", ""]
+    mode = ", ".join(sorted({r["mode"] for r in rows})) or "-"
+    lines.append(f"Mode: {mode}; split `{s['split']}`; up to {s['batches']} x {s['batch_size']} scenes per row; "
+                 f"seed {s['seed']}; device `{s['device']}`" +
+                 (f"; diffusion `{s['diffusion']}` ({s['diffusion_rig']}), {s['steps']} steps, guidance "
+                  f"{s['guidance']}" if s.get("diffusion") else "") + ".")
+    lines.append(f"LPIPS: {results['lpips']['note']}.")
+    lines.append("")
+    chained = any(r.get("mode") == "chained" for r in rows)
+    head = ["checkpoint", "data", "rig", "checkpoint rig", "rig match"]
+    head += ["diffusion rig match"] if chained else []
+    head += ["scenes"]
+    head += [TITLES[m] for m in metrics]
+    head += [f"{TITLES[m]} {k}" for k in kinds for m in metrics]
+    if any(r.get("generated_metrics") for r in ok_rows):
+        head += [f"generated {TITLES[m]}" for m in metrics]
+    compared = [m for m in ("psnr", "psnr_fg") if any(m in (r.get("copy_ref_metrics") or {}).get("all", {})
+                                                     for r in ok_rows)]
+    head += [f"{who} {TITLES[m]}" for m in compared for who in ("novel", "copy-ref")]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        match = "yes" if r.get("rig_match") else f"**no** ({r.get('rig_worst_angle_deg', 0):.1f}°)"
+        cells = [r["checkpoint"], r["data"], r.get("rig", "?"), r.get("checkpoint_rig", "?"), match]
+        if chained:
+            d_match = r.get("diffusion_rig_match")
+            cells.append("—" if d_match is None else ("yes" if d_match else
+                                                      f"**no** ({r.get('diffusion_rig', '?')}, allowed)"))
+        if not r.get("metrics"):
+            cells += [f"error: {r.get('error', '?')}".replace("|", "/").replace("\n", " ")[:200]]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        m_all, m_kind = r["metrics"]["all"], r["metrics"]["kind"]
+        cells.append(str(r["scenes"]))
+        cells += [fmt(m_all.get(m), DIGITS[m]) for m in metrics]
+        cells += [fmt(m_kind.get(k, {}).get(m), DIGITS[m]) for k in kinds for m in metrics]
+        if any(x.get("generated_metrics") for x in ok_rows):
+            g = (r.get("generated_metrics") or {}).get("all", {})
+            cells += [fmt(g.get(m), DIGITS[m]) for m in metrics]
+        for m in compared:
+            cells += [fmt((r.get(key) or {}).get("all", {}).get(m), DIGITS[m])
+                      for key in ("novel_metrics", "copy_ref_metrics")]
+        lines.append("| " + " | ".join(cells) + " |")
+    order = {v: i for r in reversed(ok_rows) for i, v in enumerate(r.get("rig_views") or [])}
+    views = sorted(dict.fromkeys(v for r in ok_rows for v in r["metrics"]["view"]),
+                   key=lambda v: (order.get(v, len(order)), v))
+    if views:
+        lines += ["", "## Per view (PSNR / SSIM)", ""]
+        head = ["checkpoint", "data", "rig", *views]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in ok_rows:
+            pv = r["metrics"]["view"]
+            cells = [r["checkpoint"], r["data"], r["rig"]]
+            cells += [f"{fmt(pv[v].get('psnr'), 2)} / {fmt(pv[v].get('ssim'), 3)}" if v in pv else "—"
+                      for v in views]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Notes", ""]
+    lines.append("- Rows are checkpoint x data x rig. *rig* is the data's stage rig for the row (`--rig`; the data "
+                 "config's rig when none is given): procedural scenes are rendered from it; sources with camera files "
+                 "keep their cameras. *rig match* compares the rig the checkpoint was trained on with it (worst "
+                 "per-view angle when they differ) and is reported, not enforced.")
+    lines.append("- Scores: mean over a scene's evaluated views, then over scenes; PSNR in dB (data range 1), SSIM "
+                 "with a Gaussian window 11 / sigma 1.5.")
+    if "psnr_fg" in metrics:
+        lines.append("- PSNR fg: PSNR over the pixels inside the axis-aligned bounding box of the ground truth's "
+                     "alpha > 0.5 (the background outside the subject's box does not count); views without "
+                     "foreground are left out of the means and counted in the row notes.")
+    if compared:
+        lines.append("- novel / copy-ref (diffusion rows): over the rig's views other than the reference view itself, "
+                     "the generated views and the baseline that copies the reference into every view; a model that "
+                     "learned the other views beats the copy.")
+    for r in rows:
+        cams = "; ".join(f"{k}: {v}" for k, v in (r.get("cameras") or {}).items())
+        extra = []
+        if r.get("skipped"):
+            extra.append(f"{r['skipped']} bad samples skipped")
+        empty = ((r.get("metrics") or {}).get("all") or {}).get("psnr_fg_empty")
+        if empty:
+            extra.append(f"{empty} views without foreground (left out of PSNR fg)")
+        if r.get("distinct_scenes") is not None and r.get("distinct_scenes") != r.get("scenes"):
+            extra.append(f"{r['distinct_scenes']} distinct of {r['scenes']} scenes")
+        if r.get("grid"):
+            extra.append(f"grid `{r['grid']}`")
+        if r.get("error"):
+            extra.append(f"ERROR: {r['error']}")
+        lines.append(f"- `{r['checkpoint']}` x `{r['data']}` x `{r.get('rig', '?')}` ({r.get('mode', '?')}): "
+                     f"cameras — {cams or '?'}" + (f"; {'; '.join(extra)}" if extra else ""))
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(jsonable(results), indent=1) + "\n")
+    write_csv(out / "results.csv", results["rows"])
+    (out / "results.md").write_text(markdown(results))
+
+
+__all__ = ["BASE_METRICS", "CSV_FIXED", "RESULTS_VERSION", "csv_row", "fmt", "jsonable", "markdown", "write_csv",
+           "write_grid", "write_results"]

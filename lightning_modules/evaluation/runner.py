@@ -1,0 +1,419 @@
+"""The evaluation runner: every checkpoint x data config x rig, one row each (modes and data: tools.evaluate's help).
+
+:class:`EvalSettings` holds what a run is asked (the tool's options, explicit); :func:`run_evaluation` checks
+everything it can before loading a model (:func:`preflight`), evaluates each row (:func:`evaluate_row`: the
+DataModule's own validation draws at the checkpoint's size; modes reconstruction / diffusion / chained, the chained
+one through :mod:`lightning_modules.pipeline`) and writes the report after every row (:mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from callbacks.rig_guard import check_rigs
+from datamodules.data_config import load_data_config
+from geometry.images import resize_images
+from geometry.rig import Rig, load_rig
+from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
+from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid, write_results
+from lightning_modules.evaluation.summary import NOVEL_METRICS, score_views, summarize
+from lightning_modules.pipeline import Sampling, generate_views, lift_views, parse_input_views, render_views
+from tools.checkpoints import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
+
+log = logging.getLogger("mvlift.evaluate")
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    """What an evaluation run is asked (``tools.evaluate``'s options, by name)."""
+
+    ckpt: list[str]
+    data: list[str]
+    rig: list[str]  # evaluation rigs; empty: each data config's own
+    out: Path
+    batches: int = 4
+    batch_size: int = 2
+    split: str = "val"
+    seed: int = 0
+    device: str = "cpu"
+    diffusion: str | None = None
+    allow_rig_mismatch: bool = False
+    steps: int = 50
+    guidance: float = 3.0
+    scheduler: str = "ddim"
+    reference_view: int = 0
+    num_input_views: int | None = None
+    chain_input_views: str = "all"
+    ema: bool = False
+    trust_checkpoint: bool = False
+    lpips_weights: Path | None = None
+    vgg_weights: Path | None = None
+    grid_scenes: int = 4
+    num_workers: int = 0
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.steps, self.guidance, self.scheduler)
+
+
+def source_cameras(source: Any) -> str:
+    """Where a source's cameras come from (for the row notes)."""
+    from datamodules.sources import MVDiffusionFolderSource, ProceduralSource
+
+    if isinstance(source, ProceduralSource):
+        return f"rendered from rig {source.rig.name}"
+    if isinstance(source, MVDiffusionFolderSource):
+        return f"rig {source.rig.name} assumed (folders without camera files)"
+    return "camera files (not changed by the rig)"
+
+
+def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_size: int, opts: EvalSettings
+                ) -> tuple[Any, Any]:
+    """(DataLoader over the evaluation draws, DataModule) for one data config x rig at ``image_size``: the
+    DataModule's own validation (or training) loader, so the draws are those training validates on."""
+    from datamodules.datamodule import MultiViewDataModule
+
+    n = opts.batches * opts.batch_size
+    cfg = {**data_cfg, "stage": stage, "image_size": image_size, "batch_size": opts.batch_size,
+           "num_workers": opts.num_workers, "augment": {"enabled": False}, "augment_val": False,
+           "val_samples": n, "samples_per_epoch": n}
+    if rig is not None:
+        cfg["rig"] = rig
+    if stage == "diffusion":
+        cfg.update(reference_view="fixed", reference_index=opts.reference_view)
+    else:
+        cfg["supervise_inputs"] = False  # scores are on the views the model did not see
+        if opts.num_input_views is not None:
+            cfg["num_input_views"] = opts.num_input_views
+    dm = MultiViewDataModule(**cfg)
+    dm.setup("validate")
+    loader = dm.val_dataloader() if opts.split == "val" else dm.train_dataloader()
+    if not loader:
+        raise ValueError("the data config has no validation split (no val_sources and too few scenes for a "
+                         "held-out tail); use --split train")
+    return loader, dm
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+def _view_name(rig: Rig, i: int) -> str:
+    return rig.view_names[i] if 0 <= i < rig.num_views else f"view_{i:03d}"
+
+
+# ---- rows -----------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RowResult:
+    scenes: list[dict[str, Any]]
+    grid_rows: list[Tensor]  # [C, 3, H, W] per scene
+    grid_labels: list[str]
+    skipped: list[dict[str, str]]
+    metric_names: list[str]
+    generated: bool = False
+    num_input_views: int | None = None
+    novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # diffusion: novel views, model vs copy
+
+
+def _record(batch: dict[str, Any], b: int, views: list[str], scores: dict[str, Tensor], prefix: str = ""
+            ) -> dict[str, Any]:
+    rec = {"scene_id": str(batch["scene_id"][b]), "source": str(batch["source"][b]), "kind": str(batch["kind"][b]),
+           "views": views}
+    for m, v in scores.items():
+        rec[prefix + m] = [float(x) for x in v[b].detach().cpu()]
+    return rec
+
+
+def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, opts: EvalSettings, lpips: Any,
+                            device: torch.device) -> RowResult:
+    """GS-LRM alone on posed views (module docstring, mode ``reconstruction``)."""
+    res = RowResult([], [], [], [], [])
+    for i, batch in enumerate(loader):
+        if i >= opts.batches:
+            break
+        res.skipped += batch.pop("skipped", [])
+        batch = _to(batch, device)
+        with torch.no_grad():
+            out = module.evaluate_batch(batch)
+        pred, target = out["pred"], out["target"]
+        scores = {m: out[m] for m in ("psnr", "ssim", "psnr_fg") if m in out}
+        if lpips is not None:
+            scores["lpips"] = score_views(pred, target, lpips)["lpips"]
+        v = batch["images"].shape[1]
+        vin = module.input_views_of(batch)
+        vs = pred.shape[1]
+        res.num_input_views = vin
+        sup = slice(0, v) if vs == v else slice(vin, v)
+        inputs = batch.get("input_images")
+        inputs = inputs if inputs is not None else batch["images"][:, :vin]
+        for b in range(pred.shape[0]):
+            names = [_view_name(rig, int(j)) for j in batch["index"][b, sup, 0]]
+            res.scenes.append(_record(batch, b, names, scores))
+            if len(res.grid_rows) < opts.grid_scenes:
+                res.grid_rows.append(torch.cat([inputs[b], pred[b], target[b]]).float().cpu())
+        if not res.grid_labels:
+            res.grid_labels = ([f"in{j}" for j in range(vin)] + [f"render{j}" for j in range(vs)] +
+                               [f"gt{j}" for j in range(vs)])
+    res.metric_names = list(scores) if res.scenes else ["psnr", "ssim"]
+    return res
+
+
+def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, lpips: Any,
+                       device: torch.device) -> RowResult:
+    """Diffusion alone: generated rig views vs the ground-truth views in rig order (mode ``diffusion``), and on the
+    novel views the generated views vs copying the reference (``RowResult.novel``)."""
+    from lightning_modules.diffusion import copy_reference_views, reference_view_mask
+
+    res = RowResult([], [], [], [], [])
+    res.num_input_views = 1  # the reference view
+    for i, batch in enumerate(loader):
+        if i >= opts.batches:
+            break
+        res.skipped += batch.pop("skipped", [])
+        batch = _to(batch, device)
+        ref = batch["ref_images"][:, 0]
+        with torch.no_grad():
+            gen = generate_views(module, ref, opts.sampling, opts.seed + i)["images"]
+        target = resize_images(batch["images"].float(), gen.shape[-1])
+        alpha = resize_images(batch["alpha"].float(), gen.shape[-1]) if batch.get("alpha") is not None else None
+        v = min(gen.shape[1], target.shape[1])
+        gen, target = gen[:, :v], target[:, :v]
+        scores = score_views(gen, target, lpips, alpha=None if alpha is None else alpha[:, :v])
+        copied = score_views(copy_reference_views(ref, v, tuple(gen.shape[-2:])), target, None,
+                             alpha=None if alpha is None else alpha[:, :v])
+        is_ref = reference_view_mask(batch)
+        names = [_view_name(rig, j) for j in range(v)]
+        for b in range(gen.shape[0]):
+            res.scenes.append(_record(batch, b, names, scores))
+            keep = [j for j in range(v) if is_ref is None or not bool(is_ref[b, j])]
+            novel = {"scene_id": str(batch["scene_id"][b]), "source": str(batch["source"][b]),
+                     "kind": str(batch["kind"][b]), "views": [names[j] for j in keep]}
+            for m in NOVEL_METRICS:
+                if m in scores:
+                    novel[f"novel/{m}"] = [float(scores[m][b, j]) for j in keep]
+                    novel[f"copy_ref/{m}"] = [float(copied[m][b, j]) for j in keep]
+            res.novel.append(novel)
+            if len(res.grid_rows) < opts.grid_scenes:
+                r = resize_images(ref[b][None, None].float(), gen.shape[-1])[0]
+                res.grid_rows.append(torch.cat([r, gen[b], target[b]]).float().cpu())
+        if not res.grid_labels:
+            res.grid_labels = ["reference"] + [f"gen:{n}" for n in names] + [f"gt:{n}" for n in names]
+    res.metric_names = list(scores) if res.scenes else ["psnr", "ssim"]
+    return res
+
+
+def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: EvalSettings, lpips: Any,
+                     device: torch.device) -> RowResult:
+    """Diffusion views -> GS-LRM -> renders at the ground-truth cameras (mode ``chained``)."""
+    res = RowResult([], [], [], [], [], generated=True)
+    input_views = parse_input_views(opts.chain_input_views, diffusion.rig)
+    res.num_input_views = len(input_views)
+    for i, batch in enumerate(loader):
+        if i >= opts.batches:
+            break
+        res.skipped += batch.pop("skipped", [])
+        batch = _to(batch, device)
+        ref = batch["ref_images"][:, 0]
+        target = batch["images"]
+        h, w = target.shape[-2:]
+        with torch.no_grad():
+            gen = generate_views(diffusion, ref, opts.sampling, opts.seed + i)["images"]
+            gaussians, _ = lift_views(module, gen, diffusion.rig, input_views)
+            rendered = render_views(module, gaussians, batch["c2w"], batch["fxfycxcy"], h, w, batch.get("background"))
+        alpha = batch.get("alpha")
+        scores = score_views(rendered, target, lpips, alpha=alpha)
+        gen_r = resize_images(gen.float(), h)
+        v = min(gen_r.shape[1], target.shape[1])
+        gen_scores = score_views(gen_r[:, :v], target[:, :v], lpips, alpha=None if alpha is None else alpha[:, :v])
+        names = [_view_name(rig, j) for j in range(target.shape[1])]
+        for b in range(target.shape[0]):
+            rec = _record(batch, b, names, scores)
+            gen_rec = _record(batch, b, names[:v], gen_scores, "generated/")
+            rec.update({key: val for key, val in gen_rec.items() if key.startswith("generated/")})
+            res.scenes.append(rec)
+            if len(res.grid_rows) < opts.grid_scenes:
+                r = resize_images(ref[b][None, None].float(), h)[0]
+                res.grid_rows.append(torch.cat([r, gen_r[b], rendered[b], target[b]]).float().cpu())
+        if not res.grid_labels:
+            gnames = [_view_name(diffusion.rig, j) for j in range(gen_r.shape[1])]
+            res.grid_labels = (["reference"] + [f"gen:{n}" for n in gnames] + [f"render:{n}" for n in names] +
+                               [f"gt:{n}" for n in names])
+    res.metric_names = list(scores) if res.scenes else ["psnr", "ssim"]
+    return res
+
+
+@dataclasses.dataclass
+class CheckpointInfo:
+    label: str
+    path: Path
+    stage: str
+    rig: Rig
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+@-]+", "_", "__".join(parts)).strip("_")
+
+
+def preflight(opts: EvalSettings) -> tuple[list[CheckpointInfo], CheckpointInfo | None, list[Labelled],
+                                                  list[dict[str, Any]], list[Rig | None]]:
+    """Everything that can be checked without loading a model or data: files, stages, rigs, the rig guard."""
+    if opts.batches < 1 or opts.batch_size < 1:
+        raise ValueError(f"--batches and --batch-size must be >= 1, got {opts.batches} and {opts.batch_size}")
+    if opts.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {opts.steps}")
+    ckpts, trust = [], opts.trust_checkpoint
+    for spec in unique_labels([parse_labelled(s) for s in opts.ckpt]):
+        ckpts.append(CheckpointInfo(spec.label, spec.path, checkpoint_stage(spec.path, trust),
+                                    checkpoint_rig(spec.path, trust)))
+    diffusion = None
+    if opts.diffusion is not None:
+        d = parse_labelled(opts.diffusion)
+        diffusion = CheckpointInfo(d.label, d.path, checkpoint_stage(d.path, trust), checkpoint_rig(d.path, trust))
+        if diffusion.stage != "diffusion":
+            raise ValueError(f"--diffusion {d.path}: is a {diffusion.stage} checkpoint")
+        bad = [c for c in ckpts if c.stage != "reconstruction"]
+        if bad:
+            raise ValueError(f"--ckpt {bad[0].path}: is a {bad[0].stage} checkpoint; with --diffusion every --ckpt "
+                             "must be a reconstruction checkpoint (the chained pipeline)")
+        for c in ckpts:  # the rig guard, before any work
+            check_rigs(diffusion.rig, c.rig, allow_mismatch=opts.allow_rig_mismatch)
+    data = unique_labels([parse_labelled(s) for s in opts.data])
+    configs = [load_data_config(d.path) for d in data]
+    rigs: list[Rig | None] = [load_rig(r) for r in opts.rig] if opts.rig else [None]
+    return ckpts, diffusion, data, configs, rigs
+
+
+def _rig_fields(model_rig: Rig, eval_rig: Rig) -> dict[str, Any]:
+    diff = model_rig.compare(eval_rig)
+    return {"rig_match": diff.ok, "rig_worst_angle_deg": round(diff.worst_angle_deg, 4),
+            "rig_worst_distance": round(diff.worst_distance, 5), "rig_diff": diff.to_dict()}
+
+
+def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labelled, data_cfg: dict[str, Any],
+                 rig: Rig | None, opts: EvalSettings, lpips: Any, device: torch.device) -> dict[str, Any]:
+    """One checkpoint x data x rig row (module docstring)."""
+    import lightning.pytorch as pl
+
+    mode = "chained" if diffusion is not None else ckpt.stage
+    size = int(module.hparams.image_size)
+    stage = "reconstruction" if mode == "reconstruction" else "diffusion"
+    pl.seed_everything(opts.seed, verbose=False)
+    loader, dm = make_loader(data_cfg, stage, rig.to_dict() if rig is not None else None, size, opts)
+    eval_rig: Rig = dm.rig
+    row: dict[str, Any] = {
+        "checkpoint": ckpt.label, "checkpoint_path": str(ckpt.path), "stage": ckpt.stage, "mode": mode,
+        "checkpoint_rig": ckpt.rig.name, "checkpoint_rig_fingerprint": ckpt.rig.fingerprint,
+        "data": data.label, "data_path": str(data.path), "rig": eval_rig.name, "rig_fingerprint": eval_rig.fingerprint,
+        "rig_views": list(eval_rig.view_names), "image_size": size, **_rig_fields(ckpt.rig, eval_rig),
+        "cameras": {s.name: source_cameras(s) for s in (dm.val_sources if opts.split == "val" else dm.train_sources)},
+    }
+    if diffusion is not None:
+        row["diffusion_rig"] = diffusion.rig.name
+        row["diffusion_rig_match"] = diffusion.rig.compare(ckpt.rig).ok
+    t0 = time.time()
+    if mode == "reconstruction":
+        res = evaluate_reconstruction(module, loader, eval_rig, opts, lpips, device)
+    elif mode == "diffusion":
+        res = evaluate_diffusion(module, loader, eval_rig, opts, lpips, device)
+    else:
+        res = evaluate_chained(diffusion, module, loader, eval_rig, opts, lpips, device)
+    if not res.scenes:
+        raise ValueError("no scene was evaluated (every draw was skipped?)")
+    ids = [f"{s['source']}/{s['scene_id']}" for s in res.scenes]
+    row.update(scenes=len(res.scenes), distinct_scenes=len(set(ids)), skipped=len(res.skipped),
+               skipped_examples=res.skipped[:5], metric_names=res.metric_names, num_input_views=res.num_input_views,
+               metrics=summarize(res.scenes, res.metric_names), per_scene=res.scenes,
+               seconds=round(time.time() - t0, 3))
+    if len(set(ids)) < len(ids):
+        log.warning("%s x %s x %s: %d draws but %d distinct scenes (scenes counted more than once; fewer --batches "
+                    "or more held-out scenes)", ckpt.label, data.label, eval_rig.name, len(ids), len(set(ids)))
+    if res.generated:
+        row["generated_metrics"] = summarize(res.scenes, res.metric_names, prefix="generated/")
+    if res.novel and res.novel[0]["views"]:
+        names = [m for m in NOVEL_METRICS if f"novel/{m}" in res.novel[0]]
+        row["novel_metrics"] = summarize(res.novel, names, prefix="novel/")
+        row["copy_ref_metrics"] = summarize(res.novel, names, prefix="copy_ref/")
+    grid = write_grid(opts.out / "grids" / f"{_slug(ckpt.label, data.label, eval_rig.name)}.png", res.grid_rows,
+                      res.grid_labels, [f"#{i}" for i in range(len(res.grid_rows))])
+    row["grid"] = str(grid.relative_to(opts.out)) if grid is not None else None
+    return row
+
+
+def load_lpips_metric(opts: EvalSettings, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """(LPIPS module or None, a JSON note): only from local weight files, never downloaded nor estimated."""
+    if not (opts.lpips_weights and opts.vgg_weights):
+        note = "left out (no local weights: pass --lpips-weights and --vgg-weights)"
+        log.warning("LPIPS %s", note)
+        return None, {"computed": False, "note": note}
+    missing = [str(p) for p in (opts.lpips_weights, opts.vgg_weights) if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"LPIPS weights not found: {', '.join(missing)}")
+    from lightning_modules.losses import load_lpips
+
+    lp = load_lpips(str(opts.vgg_weights), str(opts.lpips_weights))
+    return lp.to(device), {"computed": True, "note": f"VGG LPIPS from {opts.lpips_weights} + {opts.vgg_weights}",
+                           "lpips_weights": str(opts.lpips_weights), "vgg_weights": str(opts.vgg_weights)}
+
+
+def run_evaluation(opts: EvalSettings) -> dict[str, Any]:
+    """The whole evaluation (module docstring); returns the results dict (also written to ``opts.out``)."""
+    ckpts, diffusion_info, data, configs, rigs = preflight(opts)
+    device = resolve_device(opts.device)
+    lpips, lpips_note = load_lpips_metric(opts, device)
+    results: dict[str, Any] = {
+        "version": RESULTS_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
+        "settings": {"split": opts.split, "batches": opts.batches, "batch_size": opts.batch_size, "seed": opts.seed,
+                     "device": str(device), "ema": opts.ema, "reference_view": opts.reference_view,
+                     "num_input_views": opts.num_input_views, "steps": opts.steps, "guidance": opts.guidance,
+                     "scheduler": opts.scheduler, "chain_input_views": opts.chain_input_views,
+                     "diffusion": str(diffusion_info.path) if diffusion_info else None,
+                     "diffusion_rig": diffusion_info.rig.name if diffusion_info else None,
+                     "allow_rig_mismatch": opts.allow_rig_mismatch},
+        "lpips": lpips_note,
+        "checkpoints": [{"label": c.label, "path": str(c.path), "stage": c.stage, "rig": c.rig.name,
+                         "rig_fingerprint": c.rig.fingerprint} for c in ckpts],
+        "data": [{"label": d.label, "path": str(d.path)} for d in data],
+        "rigs": [r.name for r in rigs if r is not None] or None,
+        "rows": [],
+    }
+    diffusion = None
+    if diffusion_info is not None:
+        diffusion = load_stage(diffusion_info.path, "diffusion", ema=opts.ema, device=device,
+                               trust=opts.trust_checkpoint)
+    for ckpt in ckpts:
+        module = load_stage(ckpt.path, ckpt.stage, ema=opts.ema, device=device, trust=opts.trust_checkpoint,
+                            rasterizer="auto", compile=False)
+        for d, cfg in zip(data, configs):
+            for rig in rigs:
+                rig_name = rig.name if rig is not None else cfg.get("rig", "(data rig)")
+                log.info("evaluating %s x %s x %s", ckpt.label, d.label, rig_name)
+                try:
+                    row = evaluate_row(ckpt, module, diffusion, d, cfg, rig, opts, lpips, device)
+                except (ValueError, FileNotFoundError, RuntimeError) as e:
+                    log.error("%s x %s x %s failed: %s", ckpt.label, d.label, rig_name, e)
+                    row = {"checkpoint": ckpt.label, "checkpoint_path": str(ckpt.path), "stage": ckpt.stage,
+                           "mode": "chained" if diffusion is not None else ckpt.stage, "checkpoint_rig": ckpt.rig.name,
+                           "data": d.label, "data_path": str(d.path), "rig": str(rig_name),
+                           "error": f"{type(e).__name__}: {e}"}
+                    if rig is not None:
+                        row.update(_rig_fields(ckpt.rig, rig))
+                results["rows"].append(row)
+                write_results(opts.out, results)
+                if row.get("metrics"):
+                    m = row["metrics"]["all"]
+                    log.info("  PSNR %s  PSNR fg %s  SSIM %s  (%d scenes, rig match %s)", fmt(m["psnr"], 2),
+                             fmt(m.get("psnr_fg"), 2), fmt(m["ssim"], 4), row["scenes"], row["rig_match"])
+        del module
+    write_results(opts.out, results)
+    return results
+
+
