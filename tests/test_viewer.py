@@ -116,6 +116,24 @@ def test_server_serves_the_offline_page_with_splats_frusta_and_views(served):
     assert len(handles["images"]) == 1 + 6  # the input photo and the generated views
 
 
+def test_several_results_are_switched_by_the_selector(tmp_path):
+    from geometry.render.viewer import build, show_scene
+
+    make_infer_folder(tmp_path / "out" / "mouse", n=30)
+    make_infer_folder(tmp_path / "out" / "rat", n=20, seed=1)
+    server = viser.ViserServer(host="127.0.0.1", port=0, verbose=False)
+    try:
+        handles = build(server, collect(tmp_path / "out"))
+        assert handles["selector"].options == ("mouse", "rat")
+        visible = lambda: {k: (h.visible, [f.visible for f in handles["frusta"][k]]) for k, h in
+                           handles["splats"].items()}
+        assert visible() == {"mouse": (True, [True] * 6), "rat": (False, [False] * 6)}
+        show_scene(handles, "rat")
+        assert visible() == {"mouse": (False, [False] * 6), "rat": (True, [True] * 6)}
+    finally:
+        server.stop()
+
+
 def test_view_cli_writes_the_inria_folder_and_rejects_bad_paths(tmp_path, capsys):
     g, _ = make_infer_folder(tmp_path / "res", n=10)
     assert view.main([str(tmp_path / "res"), "--inria-folder", str(tmp_path / "inria"), "--iteration", "100"]) == 0

@@ -198,7 +198,7 @@ def build(server: Any, content: ViewerContent) -> dict[str, Any]:
                                                                               visible=visible)
         handles["frusta"][scene.name] = _add_frusta(server, root, scene, visible)
     if len(content.scenes) > 1:
-        _add_scene_selector(server, content)
+        _add_scene_selector(server, content, handles)
     if content.kind == "evaluation":
         _add_evaluation_panel(server, content, handles)
     for scene in content.scenes[:1] if content.kind == "evaluation" else content.scenes:
@@ -224,20 +224,23 @@ def _add_frusta(server: Any, root: str, scene: SceneContent, visible: bool) -> l
     return out
 
 
-def _add_scene_selector(server: Any, content: ViewerContent) -> None:
+def show_scene(handles: dict[str, Any], name: str) -> None:
+    """Show the splats and frusta of result ``name`` (handles from :func:`build`) and hide the others'."""
+    for scene, splats in handles["splats"].items():
+        splats.visible = scene == name
+    for scene, frusta in handles["frusta"].items():
+        for frustum in frusta:
+            frustum.visible = scene == name
+
+
+def _add_scene_selector(server: Any, content: ViewerContent, handles: dict[str, Any]) -> None:
     names = [s.name for s in content.scenes]
     dropdown = server.gui.add_dropdown("Result", options=names, initial_value=names[0])
+    handles["selector"] = dropdown
 
     @dropdown.on_update
     def _(_event) -> None:
-        for i, name in enumerate(names):
-            for suffix in ("splats", "cameras"):
-                try:
-                    handle = server.scene.get_handle_by_name(f"/scene_{i}/{suffix}")
-                except Exception:  # noqa: BLE001 - a scene without that part
-                    handle = None
-                if handle is not None:
-                    handle.visible = name == dropdown.value
+        show_scene(handles, dropdown.value)
 
 
 def _add_scene_panel(server: Any, scene: SceneContent, handles: dict[str, Any], several: bool) -> None:
@@ -279,4 +282,4 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, v
     return server
 
 
-__all__ = ["DEFAULT_PORT", "SceneContent", "ViewerContent", "build", "collect", "serve", "splat_arrays"]
+__all__ = ["DEFAULT_PORT", "SceneContent", "ViewerContent", "build", "collect", "serve", "show_scene", "splat_arrays"]
