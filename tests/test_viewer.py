@@ -201,3 +201,21 @@ def test_page_in_headless_chromium_shows_splats_that_move_with_the_camera(served
             assert (after.max(-1) - after.min(-1) > 60).mean() > 0.01, "the splats left the view after the move"
         finally:
             browser.close()
+
+
+def test_infer_view_serves_the_run_outputs_at_the_end(tmp_path, monkeypatch, capsys):
+    from tools import infer
+
+    make_infer_folder(tmp_path / "out" / "photo", n=10)
+    monkeypatch.setattr(infer, "run", lambda args: [args.out / "photo"])
+    served_paths = []
+
+    def sleep(_seconds):  # the page is up: check it, then stop as Ctrl-C would
+        served_paths.append(capsys.readouterr().out)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(view.time, "sleep", sleep)
+    argv = ["photo.png", "--diffusion", "d", "--reconstruction", "r", "--out", str(tmp_path / "out")]
+    assert infer.main(argv + ["--view", "--view-port", "0"]) == 0
+    assert len(served_paths) == 1 and f"viewer of {tmp_path / 'out' / 'photo'} at http://localhost:" in served_paths[0]
+    assert infer.main(argv) == 0 and len(served_paths) == 1  # without --view nothing is served

@@ -4,6 +4,7 @@
         [--steps 50] [--guidance 3.0] [--seed 0] [--scheduler ddim] [--allow-rig-mismatch]
         [--background-removal alpha|none|MODULE:FUNCTION] [--background COLOR] [--input-views all|0,1,...]
         [--ema] [--device cpu|cuda] [--turntable-frames 36] [--turntable-size 256] [--fps 12] [--trust-checkpoint]
+        [--view [--view-port 8080]]
 
 CKPT: a Lightning ``.ckpt`` or an export folder of the stage (the stage is read from the checkpoint's metadata).
 A ``.ckpt`` is read without unpickling code (``weights_only``, ``lightning_modules.artifacts``); one that needs more
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=12)
     p.add_argument("--turntable-format", default="gif", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
                    help="gif, mp4 or gif,mp4 (mp4: H.264 through imageio-ffmpeg, the `video` extra)")
+    p.add_argument("--view", action="store_true",
+                   help="at the end, serve the results in the browser viewer (tools.view; Ctrl-C stops it)")
+    p.add_argument("--view-port", type=int, default=8080, help="port of --view's page")
     return p
 
 
@@ -151,10 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run(args)
+        outputs = run(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"infer: error: {e}", file=sys.stderr)
         return 2
+    if args.view:
+        from tools.view import serve_until_interrupted  # the viewer extra (viser), only when asked for
+
+        return serve_until_interrupted(outputs[0] if len(outputs) == 1 else args.out, port=args.view_port)
     return 0
 
 

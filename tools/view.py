@@ -62,13 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = write_inria_folder(args.path, args.inria_folder, args.iteration, args.sh_degree)
             print(f"wrote {out} (open with: SIBR_gaussianViewer_app -m {out})")
             return 0
-        server = serve(args.path, host=args.host, port=args.port)
+        return serve_until_interrupted(args.path, args.host, args.port, args.open)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"view: error: {e}", file=sys.stderr)
         return 2
-    url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{server.get_port()}"
-    print(f"viewer of {args.path} at {url} (Ctrl-C stops it)", flush=True)
-    if args.open:
+
+
+def serve_until_interrupted(path: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                            open_browser: bool = False) -> int:
+    """Serve PATH (module docstring), print the address and block until Ctrl-C (``tools.infer --view`` too)."""
+    server = serve(path, host=host, port=port, verbose=False)
+    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{server.get_port()}"
+    print(f"viewer of {path} at {url} (Ctrl-C stops it)", flush=True)
+    if open_browser:
         webbrowser.open(url)
     try:
         while True:
