@@ -1,10 +1,11 @@
 """Image grids of validation predictions, labelled with view names, to TensorBoard / W&B and PNG files.
 
-Reconstruction modules (``predict_views``): one pair of rows per scene — rendered novel views over the ground truth —
-with a header naming each column's view (``rig.view_names``, looked up through ``batch["index"][..., 0]``).
-Diffusion modules (``last_val_grid``, made by their validation step): the reference | generated views |
-ground truth grid, with the same kind of header. PNGs go to ``<run>/logs/images/step_<N>_<tag>.png`` (through
-:class:`callbacks.paths.CheckpointPaths`; the trainer's log dir when the run has no resolver).
+The module says what to show, this callback is the one place that logs it: ``pl_module.validation_images(batch,
+max_scenes)`` returns ``{"tag", "images" [R, C, 3, H, W] in [0, 1], "columns" (C labels), "rows" (R labels or
+None)}`` or None (nothing to show this time). Reconstruction: per scene rendered novel views over their ground truth;
+diffusion: per scene reference | generated views | ground truth of the validation's sampled batch. One grid per
+validation, under ``val/<tag>`` in TensorBoard / W&B and as ``<default_root_dir>/logs/images/step_<N>_<tag>.png``
+(``tools.fit`` sets ``default_root_dir`` to the run folder).
 
 Example:
     >>> grid = labelled_grid(torch.rand(2, 3, 3, 16, 16), ["front", "right", "back"], ["pred", "gt"])
@@ -59,16 +60,6 @@ def labelled_grid(images: Tensor, column_labels: Sequence[str], row_labels: Sequ
     return np.asarray(canvas)
 
 
-def view_names_for(pl_module: Any, index: Tensor | None, views: slice | None, count: int) -> list[str]:
-    """Names of the views in a batch's columns: ``rig.view_names[index[0, v, 0]]`` when known, else ``view_<i>``."""
-    rig = getattr(pl_module, "rig", None)
-    names = list(getattr(rig, "view_names", []) or [])
-    if index is None:
-        return [names[i] if i < len(names) else f"view_{i}" for i in range(count)]
-    idx = index[0, views, 0].tolist() if views is not None else index[0, :, 0].tolist()
-    return [names[i] if 0 <= i < len(names) else f"view_{i}" for i in idx][:count]
-
-
 class ImageLogger(Callback):
     """Log labelled validation image grids (first validation batch) every ``every_n_steps`` optimizer steps.
 
@@ -107,34 +98,12 @@ class ImageLogger(Callback):
             self._emit(trainer, tag, image)
 
     def make_grid(self, pl_module: pl.LightningModule, batch: dict) -> tuple[str, np.ndarray] | None:
-        if hasattr(pl_module, "predict_views"):
-            return "novel_views", self._reconstruction_grid(pl_module, batch)
-        grid = getattr(pl_module, "last_val_grid", None)
-        if isinstance(grid, Tensor):
-            return "generated_views", self._diffusion_grid(pl_module, grid)
-        return None
-
-    def _reconstruction_grid(self, pl_module: Any, batch: dict) -> np.ndarray:
-        out = pl_module.predict_views(batch)
-        pred, target = out["pred"][: self.max_scenes], out["target"][: self.max_scenes]
-        v_sup = pred.shape[1]
-        v_all = batch["images"].shape[1]
-        sup = slice(v_all - v_sup, v_all)
-        names = view_names_for(pl_module, batch.get("index"), sup, v_sup)
-        rows = torch.stack([pred, target], dim=1).flatten(0, 1)  # [2B, Vs, 3, H, W]
-        row_labels = [label for i in range(pred.shape[0]) for label in (f"{i} pred", f"{i} gt")]
-        return labelled_grid(rows, names, row_labels)
-
-    def _diffusion_grid(self, pl_module: Any, grid: Tensor) -> np.ndarray:
-        names = list(getattr(getattr(pl_module, "rig", None), "view_names", []) or [])
-        _, gh, gw = grid.shape
-        cols = 1 + 2 * len(names) if names else 1
-        w = gw // cols
-        if not names or w * cols != gw:
-            return labelled_grid(grid[None, None], ["reference | generated | ground truth"])
-        tiles = grid.view(3, gh // w, w, cols, w).permute(1, 3, 0, 2, 4)  # [R, C, 3, w, w]
-        labels = ["reference", *names, *(f"gt {n}" for n in names)]
-        return labelled_grid(tiles, labels)
+        """(tag, labelled uint8 grid) of what the module shows for ``batch``, None when it shows nothing."""
+        show = getattr(pl_module, "validation_images", None)
+        shown = show(batch, self.max_scenes) if show is not None else None
+        if shown is None:
+            return None
+        return shown["tag"], labelled_grid(shown["images"], shown["columns"], shown.get("rows"))
 
     def _emit(self, trainer: pl.Trainer, tag: str, image: np.ndarray) -> None:
         step = trainer.global_step
@@ -146,18 +115,13 @@ class ImageLogger(Callback):
                 logger.log_image(f"val/{tag}", [image], step=step)
         if self.write_png:
             folder = self._image_dir(trainer)
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-                self.last_path = folder / f"step_{step:07d}_{tag}.png"
-                Image.fromarray(image).save(self.last_path)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.last_path = folder / f"step_{step:07d}_{tag}.png"
+            Image.fromarray(image).save(self.last_path)
 
-    def _image_dir(self, trainer: pl.Trainer) -> Path | None:
-        from callbacks.paths import CheckpointPaths
-
-        for cb in trainer.callbacks:
-            if isinstance(cb, CheckpointPaths) and cb._paths is not None:
-                return cb.paths.resolve("images", under="logs")
-        return Path(trainer.log_dir) / "images" if trainer.log_dir else None
+    @staticmethod
+    def _image_dir(trainer: pl.Trainer) -> Path:
+        return Path(trainer.default_root_dir) / "logs" / "images"
 
 
-__all__ = ["ImageLogger", "labelled_grid", "view_names_for"]
+__all__ = ["ImageLogger", "labelled_grid"]

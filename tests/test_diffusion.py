@@ -315,7 +315,9 @@ def _fit_two_steps(m: DiffusionModule, root: Path, **extra) -> pl.Trainer:
 def test_fit_validate_checkpoint_and_reload_gives_identical_samples(tmp_path):
     m = tiny_module(attention="sparse")
     trainer = _fit_two_steps(m, tmp_path)
-    assert m.last_val_grid is not None and m.last_val_grid.shape[-1] == SIZE * (1 + 2 * 6)
+    shown = m.validation_images({}, max_scenes=1)  # the first sampled batch of the last validation
+    assert shown["tag"] == "generated_views" and tuple(shown["images"].shape) == (1, 1 + 2 * 6, 3, SIZE, SIZE)
+    assert shown["columns"][:2] == ["reference", m.rig.view_names[0]] and shown["columns"][-1].startswith("gt ")
     logged = trainer.logged_metrics
     assert "val/psnr/all" in logged and "val/psnr/real" in logged and "val/ssim/synthetic" in logged
     ckpt = tmp_path / "m.ckpt"

@@ -407,3 +407,20 @@ def test_lightning_optimizer_and_scheduler_arguments_are_off(tmp_path):
             main(["-c", str(cfg), *flag])
         assert e.value.code != 0
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_fit_logs_each_groups_learning_rate_and_names_loss_terms_as_losses(tmp_path):
+    import csv
+
+    cli = main(["-c", str(_config(tmp_path, run="lr")), "--model.init_args.warmup_steps", "2",
+                "--model.init_args.ssim_weight", "0.5"])
+    paths = RunPaths(tmp_path / "runs", "cli", "lr")
+    rows = [r for f in paths.metric_files() for r in csv.DictReader(f.open())]
+    columns = set().union(*rows)
+    groups = [g.get("name") for g in cli.trainer.optimizers[0].param_groups]
+    lr_columns = sorted(c for c in columns if c.startswith("lr-"))
+    assert lr_columns and len(lr_columns) == len(groups), (lr_columns, groups)
+    warmup = [float(r[lr_columns[0]]) for r in rows if r.get(lr_columns[0])]
+    assert warmup[0] < warmup[-1], "the warm-up shows in the logged learning rate"
+    assert "train/ssim_loss" in columns and "train/ssim" not in columns  # 1 - SSIM is a loss, named as one
+    assert "hp_metric" not in columns

@@ -7,7 +7,8 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
 - adds the path resolver (``run:`` = :class:`callbacks.paths.CheckpointPaths`: root / experiment / run name,
   exports) and a ModelCheckpoint (``checkpoint:``, keeps ``last.ckpt``) whose folder the resolver owns;
 - writes checkpoints atomically (:class:`callbacks.atomic.AtomicCheckpointIO`);
-- logs to TensorBoard (when installed) and CSV under ``<run>/logs``, to W&B with ``--wandb PROJECT``;
+- logs to TensorBoard (when installed, without the ``hp_metric`` placeholder) and CSV under ``<run>/logs``, to W&B
+  with ``--wandb PROJECT``; the learning rate of every parameter group (``lr-<optimizer>/<group>``) every logged step;
 - saves the resolved config as ``<run>/config.yaml``;
 - declares the settings the model shares with its data once, in the data section (rig, image_size,
   num_input_views, supervise_inputs: ``datamodules.shared_settings``), and links them into the model; one of them
@@ -47,7 +48,7 @@ import time
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -81,7 +82,8 @@ def default_loggers(paths: RunPaths, wandb_project: str | None = None) -> list[L
     """TensorBoard (``logs/tensorboard``, when installed) + CSV (``logs/csv/version_<k>``) [+ W&B] in the run folder."""
     loggers: list[Logger] = []
     if tensorboard_available():
-        loggers.append(TensorBoardLogger(save_dir=str(paths.log_dir), name="tensorboard", version=""))
+        loggers.append(TensorBoardLogger(save_dir=str(paths.log_dir), name="tensorboard", version="",
+                                         default_hp_metric=False))  # no "hp_metric = -1" placeholder
     else:
         log.warning("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
     # one version_<k> folder per invocation: Lightning's CSV writer deletes a metrics.csv it finds, which would
@@ -105,6 +107,15 @@ def _with_atomic_io(plugins: Any) -> list[Any]:
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins = [*plugins, AtomicCheckpointIO()]
     return plugins
+
+
+def _with_lr_monitor(callbacks: Any) -> list[Any]:
+    """The trainer's callbacks plus a LearningRateMonitor (every logged step, one curve per parameter group, named by
+    the group: ``lr-AdamW/base``, ``lr-AdamW/unet/no_decay``, ...) unless the config has one."""
+    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -154,6 +165,8 @@ class FitCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(paths, self._get(self.config, "wandb"))
         kwargs["plugins"] = _with_atomic_io(trainer_cfg.get("plugins"))
+        if trainer_cfg.get("logger") is not False:
+            kwargs["callbacks"] = _with_lr_monitor(trainer_cfg.get("callbacks"))
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(paths.run_dir)
         return super().instantiate_trainer(**kwargs)
