@@ -232,3 +232,15 @@ def test_lpips_is_a_column_only_with_local_weights(ckpts, tmp_path, capsys):
     assert main([*base, "--lpips-weights", str(tmp_path / "nope.pth"), "--vgg-weights",
                  str(tmp_path / "vgg16.pth")]) == 2
     assert "nope.pth" in capsys.readouterr().err
+
+
+def test_a_checkpoint_trained_with_other_shared_settings_than_the_datas_is_reported_for_every_key(ckpts, tmp_path,
+                                                                                                  caplog):
+    out = tmp_path / "eval"
+    with caplog.at_level(logging.WARNING):  # the export: mouse rig, 16 px, 2 inputs; the demo data: mouse, 64 px, 4
+        assert main(["--ckpt", f"m={ckpts['rec_mouse_export']}", "--data", str(DEMO), "--out", str(out),
+                     "--batches", "1", "--batch-size", "1"]) == 0
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["shared_settings_differ"] == {"image_size": [16, 64], "num_input_views": [2, 4]}
+    assert "image_size 16 (checkpoint) vs 64 (data)" in caplog.text and "num_input_views 2 (checkpoint) vs 4" in caplog.text
+    assert "num_input_views 2 (checkpoint) vs 4 (data)" in (out / "results.md").read_text()

@@ -185,6 +185,9 @@ def markdown(results: dict[str, Any]) -> str:
             extra.append(f"{r['distinct_scenes']} distinct of {r['scenes']} scenes")
         if r.get("grid"):
             extra.append(f"grid `{r['grid']}`")
+        if r.get("shared_settings_differ"):
+            extra.append("trained with other settings than this data's: " + ", ".join(
+                f"{k} {a} (checkpoint) vs {b} (data)" for k, (a, b) in r["shared_settings_differ"].items()))
         if r.get("error"):
             extra.append(f"ERROR: {r['error']}")
         lines.append(f"- `{r['checkpoint']}` x `{r['data']}` x `{r.get('rig', '?')}` ({r.get('mode', '?')}): "

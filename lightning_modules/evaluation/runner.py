@@ -20,6 +20,7 @@ from torch import Tensor
 
 from callbacks.rig_guard import check_rigs
 from datamodules.data_config import load_data_config
+from datamodules.shared_settings import SHARED_SETTINGS, differences
 from geometry.images import resize_images
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
@@ -291,6 +292,11 @@ def preflight(opts: EvalSettings) -> tuple[list[CheckpointInfo], CheckpointInfo 
     return ckpts, diffusion, data, configs, rigs
 
 
+def _short(value: Any) -> Any:
+    """A rig dict by its name, anything else as is (for reports)."""
+    return value.get("name", "?") if isinstance(value, dict) else value
+
+
 def _rig_fields(model_rig: Rig, eval_rig: Rig) -> dict[str, Any]:
     diff = model_rig.compare(eval_rig)
     return {"rig_match": diff.ok, "rig_worst_angle_deg": round(diff.worst_angle_deg, 4),
@@ -315,6 +321,17 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
         "rig_views": list(eval_rig.view_names), "image_size": size, **_rig_fields(ckpt.rig, eval_rig),
         "cameras": {s.name: source_cameras(s) for s in (dm.val_sources if opts.split == "val" else dm.train_sources)},
     }
+    trained = {k: module.hparams.get(k) for k in SHARED_SETTINGS}
+    trained["rig"] = ckpt.rig.to_dict()
+    served = {**{k: data_cfg.get(k) for k in SHARED_SETTINGS}, "rig": eval_rig.to_dict()}
+    if mode == "reconstruction" and opts.num_input_views:
+        served["num_input_views"] = opts.num_input_views
+    differ = differences(trained, served)
+    row["shared_settings_differ"] = {k: [_short(a), _short(b)] for k, (a, b) in differ.items()}
+    if differ:  # reported for every shared key at once, not only the rig
+        log.warning("%s x %s: the checkpoint was trained with other settings than this data's: %s", ckpt.label,
+                    data.label, "; ".join(f"{k} {a} (checkpoint) vs {b} (data)"
+                                          for k, (a, b) in row["shared_settings_differ"].items()))
     if diffusion is not None:
         row["diffusion_rig"] = diffusion.rig.name
         row["diffusion_rig_match"] = diffusion.rig.compare(ckpt.rig).ok
