@@ -4,9 +4,9 @@ from callbacks.atomic import AtomicCheckpointIO, is_complete_checkpoint
 from callbacks.ema import EMA
 from callbacks.image_log import ImageLogger
 from callbacks.paths import CheckpointPaths, PathError, RunConflictError, RunPaths
-from callbacks.rig_guard import RigMismatchError, check_rigs, rig_from_checkpoint
+from callbacks.rig_guard import RigMismatchError, check_rigs
 
 __all__ = [
     "EMA", "AtomicCheckpointIO", "CheckpointPaths", "ImageLogger", "PathError", "RigMismatchError",
-    "RunConflictError", "RunPaths", "check_rigs", "is_complete_checkpoint", "rig_from_checkpoint",
+    "RunConflictError", "RunPaths", "check_rigs", "is_complete_checkpoint",
 ]

@@ -2,8 +2,7 @@
 
 The diffusion model generates views with its rig's cameras; the reconstruction model must have been trained on the
 same rig, or its 3D lifts are silently wrong (the user's FaceLift-rig diffusion + 20° mouse-rig GS-LRM failure).
-Both checkpoints store their rig (``checkpoint["mvlift"]["rig"]`` in a Lightning ``.ckpt``, ``rig.json`` in an
-export folder). :func:`check_rigs` compares two rigs view by view (``geometry.rig.Rig.compare``) and raises
+Both checkpoints store their rig (read by :func:`lightning_modules.artifacts.checkpoint_rig`). :func:`check_rigs` compares two rigs view by view (``geometry.rig.Rig.compare``) and raises
 :class:`RigMismatchError` naming both rigs and the per-view difference, or logs a warning when the mismatch is
 allowed. :func:`check_data_matches_model` is the same idea for ``tools.fit``: the DataModule's stage and rig must
 be the model's.
@@ -19,19 +18,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
 from geometry.rig import Rig, RigDiff, load_rig
-from lightning_modules.artifacts import load_checkpoint
+from lightning_modules.artifacts import checkpoint_rig
 
 log = logging.getLogger(__name__)
-
-EXPORT_RIG_FILE = "rig.json"
 
 
 class StageMismatchError(ValueError):
@@ -83,62 +77,10 @@ def check_rigs(
     raise RigMismatchError(message, diff)
 
 
-def _read_ckpt_metadata(path: Path, trust: bool = False) -> dict[str, Any]:
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a complete torch checkpoint (truncated or another format)")
-    ckpt = load_checkpoint(path, trust=trust, mmap=True)  # weights_only unless trusted (lightning_modules.artifacts)
-    meta = ckpt.get("mvlift") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: no checkpoint['mvlift'] metadata (not written by an mvlift module)")  # noqa: TRY004
-    return meta
-
-
-def rig_from_checkpoint(path: str | os.PathLike, trust: bool = False) -> Rig:
-    """The rig stored with a checkpoint: a Lightning ``.ckpt`` (``checkpoint["mvlift"]["rig"]``), an export folder
-    (``rig.json``) or a ``rig.json`` file. A ``.ckpt`` is read without unpickling code unless ``trust``
-    (:func:`lightning_modules.artifacts.load_checkpoint`)."""
-    path = Path(path)
-    if path.is_dir():
-        rig_file = path / EXPORT_RIG_FILE
-        if not rig_file.is_file():
-            raise FileNotFoundError(f"{path}: export folder without {EXPORT_RIG_FILE}")
-        return _load_rig_json(rig_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".json":
-        return _load_rig_json(path)
-    meta = _read_ckpt_metadata(path, trust)
-    if "rig" not in meta:
-        raise ValueError(f"{path}: checkpoint['mvlift'] has no 'rig'")
-    try:
-        return Rig.from_dict(meta["rig"])
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: bad rig in checkpoint['mvlift']['rig']: {e}") from e
-
-
-def stage_from_checkpoint(path: str | os.PathLike, trust: bool = False) -> str | None:
-    """``"diffusion"`` / ``"reconstruction"`` as stored with a checkpoint or export (None when not recorded)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("mvlift.json", "config.json"):
-            f = path / name
-            if f.is_file():
-                return json.loads(f.read_text()).get("stage")
-        return None
-    return _read_ckpt_metadata(path, trust).get("stage")
-
-
-def _load_rig_json(path: Path) -> Rig:
-    try:
-        return Rig.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: bad rig file: {e}") from e
-
-
 def check_checkpoint_rigs(diffusion_ckpt: str | os.PathLike, reconstruction_ckpt: str | os.PathLike,
                           allow_mismatch: bool = False, trust: bool = False, **tolerances: float) -> RigDiff:
     """:func:`check_rigs` on the rigs stored with two checkpoints (``.ckpt`` files or export folders)."""
-    return check_rigs(rig_from_checkpoint(diffusion_ckpt, trust), rig_from_checkpoint(reconstruction_ckpt, trust),
+    return check_rigs(checkpoint_rig(diffusion_ckpt, trust), checkpoint_rig(reconstruction_ckpt, trust),
                       allow_mismatch=allow_mismatch, **tolerances)
 
 
@@ -165,7 +107,4 @@ def check_data_matches_model(model: Any, datamodule: Any) -> None:
             f"({model_rig.fingerprint}):\n{diff}", diff)
 
 
-__all__ = [
-    "RigMismatchError", "StageMismatchError", "check_checkpoint_rigs", "check_data_matches_model", "check_rigs", "rig_from_checkpoint",
-    "stage_from_checkpoint",
-]
+__all__ = ["RigMismatchError", "StageMismatchError", "check_checkpoint_rigs", "check_data_matches_model", "check_rigs"]

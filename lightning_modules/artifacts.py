@@ -1,5 +1,19 @@
-"""Reading checkpoint files without running code from them: the one place that decides what ``torch.load`` may
-build from a user's file.
+"""Checkpoint and export artifacts: the one home of their format, and of what ``torch.load`` may build from a
+user's file.
+
+The format. A stage's artifact is a Lightning ``.ckpt`` or an export folder; both carry the same metadata
+(docs/ARCHITECTURE.md, "Checkpoint metadata"): ``stage``, ``rig``, ``version``, the training ``background`` and the
+stage's own keys, in ``checkpoint["mvlift"]`` of a ``.ckpt`` and in :data:`METADATA_FILE` of an export folder (with
+the constructor arguments under ``hparams``; a ``.ckpt`` keeps them in Lightning's ``hyper_parameters``). An export
+folder also holds :data:`RIG_FILE` and the stage's weights, :data:`WEIGHTS` and, when it was exported with them,
+:data:`EMA_WEIGHTS`; a ``.ckpt`` holds the EMA callback's shadow in its callback state. The readers
+(:func:`checkpoint_metadata`, :func:`checkpoint_stage`, :func:`checkpoint_rig`, :func:`checkpoint_hparams`,
+:func:`checkpoint_background`, :func:`checkpoint_ema_state`, :func:`has_ema_weights`) take either kind; the one
+writer of an export's metadata is :func:`write_export_metadata` (``StageModule.export``, ``tools.convert``). Nothing
+else knows these names. The diffusion export's diffusers sub-folders (``unet/``, ``vae/``, ...) keep their own
+``config.json`` files (``lightning_modules.pretrained``).
+
+Safe loading.
 
 ``torch.load`` unpickles, and a pickle may name any importable callable, so loading a ``.ckpt`` / ``.pt`` from
 elsewhere with ``weights_only=False`` can run code. Every load of a user-supplied file in mvlift (the rig guard's
@@ -22,6 +36,8 @@ no silent fallback from the safe load to the unsafe one.
 
 Example:
     >>> import io, pathlib, torch
+    >>> METADATA_FILE, RIG_FILE, WEIGHTS["reconstruction"], EMA_WEIGHTS["diffusion"]
+    ('mvlift.json', 'rig.json', 'model.safetensors', 'unet_ema')
     >>> buf = io.BytesIO(); torch.save({"lpips_weights": pathlib.Path("w.pth"), "step": 3}, buf); _ = buf.seek(0)
     >>> sorted(load_checkpoint(buf))
     ['lpips_weights', 'step']
@@ -31,20 +47,35 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import pathlib
 import pickle
 import re
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from geometry.rig import Rig
+from lightning_modules.hparams import init_hparams
 
 log = logging.getLogger("mvlift.artifacts")
 
 SAFE_GLOBALS: tuple[type, ...] = (pathlib.PosixPath, pathlib.WindowsPath)
 TRUST_FLAG = "--trust-checkpoint"
+
+# ---- the format: one place that knows the names ----------------------------------------------------------------
+STAGES = ("diffusion", "reconstruction")
+FORMAT_VERSION = 1
+CKPT_KEY = "mvlift"                 # checkpoint["mvlift"]: the metadata of a .ckpt
+METADATA_FILE = "mvlift.json"       # an export folder's metadata (both stages), with "hparams"
+RIG_FILE = "rig.json"               # an export folder's rig (Rig.to_dict())
+WEIGHTS = {"diffusion": "unet", "reconstruction": "model.safetensors"}  # an export's weights (diffusion: a folder)
+EMA_WEIGHTS = {"diffusion": "unet_ema", "reconstruction": "model_ema.safetensors"}  # its EMA weights, when exported
 
 _GLOBAL_RE = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
@@ -132,7 +163,173 @@ def load_lightning_module(cls: type, path: str | os.PathLike, *, trust: bool = F
         raise refusal(path, e) from None
 
 
+# ---- reading an artifact: a .ckpt or an export folder -------------------------------------------------------------
+class MissingMetadataError(FileNotFoundError):
+    """An export folder without :data:`METADATA_FILE` (not written by an mvlift export or ``tools.convert``)."""
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: unreadable {what} ({e})") from e
+
+
+def _load_ckpt(path: Path, trust: bool) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a complete torch checkpoint (truncated or another format)")
+    return load_checkpoint(path, trust=trust, mmap=True)  # weights_only unless trusted
+
+
+def checkpoint_metadata(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
+    """The metadata stored with a ``.ckpt`` (``checkpoint["mvlift"]``) or an export folder (:data:`METADATA_FILE`);
+    errors name the file or folder when it is missing, unreadable or not written by an mvlift module."""
+    path = Path(path)
+    if path.is_dir():
+        meta_file = path / METADATA_FILE
+        if not meta_file.is_file():
+            raise MissingMetadataError(f"{path}: export folder without {METADATA_FILE} (not written by an mvlift "
+                                       "module's export() or tools.convert)")
+        meta = _read_json(meta_file, "export metadata")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_file}: export metadata is not a JSON object")
+        return meta
+    ckpt = _load_ckpt(path, trust)
+    meta = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: no checkpoint['{CKPT_KEY}'] metadata (not written by an mvlift module)")  # noqa: TRY004
+    return meta
+
+
+def export_metadata(path: str | os.PathLike, stage: str) -> dict[str, Any]:
+    """An export folder's metadata, which must be of ``stage`` (``from_export``'s first read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not an export folder")
+    meta = checkpoint_metadata(path)
+    if meta.get("stage") != stage:
+        raise ValueError(f"{path / METADATA_FILE}: stage is {meta.get('stage')!r}, expected {stage!r}")
+    return meta
+
+
+def checkpoint_stage(path: str | os.PathLike, trust: bool = False) -> str:
+    """``"diffusion"`` or ``"reconstruction"`` as stored with a ``.ckpt`` or export folder (never guessed from the
+    name); errors name the file when it is missing, unreadable, unmarked or (without ``trust``) needs unpickling
+    beyond the allow-list."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    stage = checkpoint_metadata(path, trust).get("stage")
+    if stage not in STAGES:
+        raise ValueError(f"{path}: cannot tell the stage of this {'export folder' if path.is_dir() else 'checkpoint'}"
+                         f"; got {stage!r}")
+    return stage
+
+
+def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
+    """The rig stored with a ``.ckpt`` (``checkpoint["mvlift"]["rig"]``), an export folder (:data:`RIG_FILE`) or a
+    rig file itself."""
+    path = Path(path)
+    if path.is_dir():
+        rig_file = path / RIG_FILE
+        if not rig_file.is_file():
+            raise FileNotFoundError(f"{path}: export folder without {RIG_FILE}")
+        return _rig_file(rig_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".json":
+        return _rig_file(path)
+    meta = checkpoint_metadata(path, trust)
+    if "rig" not in meta:
+        raise ValueError(f"{path}: checkpoint['{CKPT_KEY}'] has no 'rig'")
+    try:
+        return Rig.from_dict(meta["rig"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: bad rig in checkpoint['{CKPT_KEY}']['rig']: {e}") from e
+
+
+def _rig_file(path: Path) -> Rig:
+    try:
+        return Rig.from_dict(_read_json(path, "rig file"))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: bad rig file: {e}") from e
+
+
+def checkpoint_hparams(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
+    """The module's constructor arguments stored with a ``.ckpt`` (Lightning's ``hyper_parameters``) or an export
+    folder (:data:`METADATA_FILE`'s ``hparams``), without private and runtime keys
+    (:func:`lightning_modules.hparams.init_hparams`)."""
+    path = Path(path)
+    if path.is_dir():
+        return init_hparams(checkpoint_metadata(path).get("hparams") or {})
+    ckpt = _load_ckpt(path, trust)
+    return init_hparams((ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None) or {})
+
+
+def checkpoint_background(path: str | os.PathLike, trust: bool = False) -> dict[str, Any] | None:
+    """The training-background record (``lightning_modules.training_background``) stored with a ``.ckpt`` or an
+    export folder; None when not recorded."""
+    return checkpoint_metadata(path, trust).get("background")
+
+
+def has_ema_weights(path: str | os.PathLike, stage: str) -> bool:
+    """Whether an export folder of ``stage`` holds EMA weights (:data:`EMA_WEIGHTS`)."""
+    return (Path(path) / EMA_WEIGHTS[stage]).exists()
+
+
+def checkpoint_ema_state(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The EMA callback's shadow saved in a ``.ckpt`` (``checkpoint["callbacks"][...]["shadow"]``); an error naming
+    the file when there is none or more than one."""
+    path = Path(path)
+    ckpt = _load_ckpt(path, trust)
+    found = [state["shadow"] for state in (ckpt.get("callbacks") or {}).values()
+             if isinstance(state, dict) and isinstance(state.get("shadow"), dict)]
+    if not found:
+        raise ValueError(f"{path}: --ema asked for, but the checkpoint holds no EMA callback state (train with "
+                         "callbacks.ema.EMA, or use an export folder with EMA weights)")
+    if len(found) > 1:
+        raise ValueError(f"{path}: {len(found)} EMA callback states in the checkpoint; cannot tell which to use")
+    return found[0]
+
+
+# ---- writing an export's metadata ---------------------------------------------------------------------------------
+def write_export_metadata(out: str | os.PathLike, metadata: Mapping[str, Any], hparams: Mapping[str, Any],
+                          rig: Rig) -> None:
+    """Write :data:`RIG_FILE` and :data:`METADATA_FILE` (``metadata`` + ``hparams``) into the export folder ``out``
+    (the weights are the module's; ``callbacks.atomic.atomic_directory`` makes the folder appear whole)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RIG_FILE).write_text(json.dumps(rig.to_dict(), indent=2))
+    (out / METADATA_FILE).write_text(json.dumps({**metadata, "hparams": dict(hparams)}, indent=2, default=list))
+
+
 __all__ = [
-    "SAFE_GLOBALS", "TRUST_FLAG", "UntrustedCheckpointError", "allowed_globals", "check_loadable", "load_checkpoint",
-    "load_lightning_module", "refusal", "unsafe_types",
+    "CKPT_KEY",
+    "EMA_WEIGHTS",
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "RIG_FILE",
+    "SAFE_GLOBALS",
+    "STAGES",
+    "TRUST_FLAG",
+    "WEIGHTS",
+    "MissingMetadataError",
+    "UntrustedCheckpointError",
+    "allowed_globals",
+    "check_loadable",
+    "checkpoint_background",
+    "checkpoint_ema_state",
+    "checkpoint_hparams",
+    "checkpoint_metadata",
+    "checkpoint_rig",
+    "checkpoint_stage",
+    "export_metadata",
+    "has_ema_weights",
+    "load_checkpoint",
+    "load_lightning_module",
+    "refusal",
+    "unsafe_types",
+    "write_export_metadata",
 ]

@@ -14,7 +14,7 @@ the global torch RNG, which Lightning does not checkpoint: a run resumed from a 
 what the uninterrupted run drew, DDP ranks draw different noise, and accumulated micro-batches differ. The seed is the
 run's ``seed_everything`` seed (``PL_GLOBAL_SEED``, 0 when unset), saved as ``checkpoint["mvlift"]["noise_seed"]``
 and taken back on resume. The backgrounds of the training batches are recorded too
-(``lightning_modules.training_background``: ``checkpoint["mvlift"]["background"]`` and the export's mvlift.json).
+(``lightning_modules.training_background``: ``checkpoint["mvlift"]["background"]`` and the export's metadata).
 
 Batches (diffusion stage, docs/ARCHITECTURE.md): ``images`` [B, V, 3, H, W] targets in rig order in [0, 1],
 ``ref_images`` [B, 1, 3, H, W], optional ``input_images`` [B, 1, 3, H, W] (augmented reference: the model's input
@@ -46,7 +46,6 @@ Example (tiny random components, CPU):
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 from pathlib import Path
@@ -65,8 +64,9 @@ from diffusers import (
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor
 
+from geometry.files import make_tree_readable
 from geometry.rig import Rig, load_rig
-from lightning_modules.hparams import init_hparams
+from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
 from lightning_modules.optim import (
     build_optimizer,
@@ -85,15 +85,11 @@ from lightning_modules.pretrained import (
 )
 from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
-from lightning_modules.training_background import datamodule_backgrounds
 from lightning_modules.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
 from lightning_modules.view_conditioning import ViewEmbeddings
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-EXPORT_META = "mvlift.json"
-EXPORT_RIG = "rig.json"
 FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.", "lpips.")
 SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
             "dpm": DPMSolverMultistepScheduler}
@@ -206,7 +202,9 @@ def _batch_rigs(batch: dict) -> list[str]:
 class DiffusionModule(StageModule):
     """Multi-view diffusion training, sampling and export. Constructor arguments are plain types (LightningCLI)."""
 
+    stage = "diffusion"
     ema_target = "unet"  # the EMA callback keeps a shadow of self.unet and calls export(..., ema_weights=...)
+    export_drops = ("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder")  # the export is all
 
     def __init__(
         self,
@@ -294,7 +292,7 @@ class DiffusionModule(StageModule):
         self._noise_seed: int | None = None  # resolved at the first training step (or taken from the resumed ckpt)
         self._generators: dict[str, torch.Generator] = {}
         self._last_sample_step: int | None = None
-        self.last_val_grid: Tensor | None = None
+        self._val_views: dict[str, Tensor] | None = None  # this validation's first sampled batch (validation_images)
         from lightning_modules.losses import load_lpips
         from lightning_modules.metrics import KindMetrics
 
@@ -608,8 +606,27 @@ class DiffusionModule(StageModule):
                 self.compare_metrics[f"gen_{name}"].update(novel_view_means(generated[name], is_ref))
                 self.compare_metrics[f"copy_ref_{name}"].update(novel_view_means(copied[name], is_ref))
         if batch_idx == 0:
-            self.last_val_grid = image_grid(ref, out["images"], target)
-            self._log_grid(self.last_val_grid)
+            size = out["images"].shape[-2:]
+            ref = F.interpolate(ref.float(), size=size, mode="bilinear", antialias=True) if ref.shape[-2:] != size \
+                else ref.float()
+            self._val_views = {"reference": ref.cpu(), "generated": out["images"].float().cpu(),
+                               "target": target.float().cpu()}
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_views = None
+
+    def validation_images(self, batch: dict, max_scenes: int = 4) -> dict[str, Any] | None:
+        """What this validation shows (logged by ``callbacks.image_log.ImageLogger``): one row per scene of the first
+        sampled batch, columns reference | generated views | ground truth, labelled with the rig's view names; None
+        when this validation sampled nothing (``val_sample_every_n_steps``)."""
+        if self._val_views is None:
+            return None
+        v = self._val_views
+        n = min(max_scenes, v["reference"].shape[0])
+        rows = torch.cat([v["reference"][:n, None], v["generated"][:n], v["target"][:n]], dim=1).clamp(0, 1)
+        names = list(self.rig.view_names)
+        return {"tag": "generated_views", "images": rows,
+                "columns": ["reference", *names, *(f"gt {name}" for name in names)], "rows": None}
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -621,24 +638,13 @@ class DiffusionModule(StageModule):
             metric.reset()
         self.val_metrics.reset()
 
-    def _log_grid(self, grid: Tensor) -> None:
-        logger = self.logger
-        exp = getattr(logger, "experiment", None) if logger is not None else None
-        if exp is not None and hasattr(exp, "add_image"):  # TensorBoard
-            exp.add_image("val/views (reference | generated | ground truth)", grid, self.global_step)
-        elif logger is not None and hasattr(logger, "log_image"):  # W&B
-            logger.log_image("val/views", [grid], step=self.global_step,
-                             caption=[f"reference | {' '.join(self.rig.view_names)} | ground truth"])
-
     # ---- checkpoints --------------------------------------------------------------------------------------------
-    def mvlift_metadata(self) -> dict[str, Any]:
-        return {"stage": "diffusion", "rig": self.rig.to_dict(), "attention": self.attention_mode,
-                "version": FORMAT_VERSION, "prediction_type": self.prediction_type,
+    def stage_metadata(self) -> dict[str, Any]:
+        return {"attention": self.attention_mode, "prediction_type": self.prediction_type,
                 "view_embeddings": self.view_embeddings.source,
                 "view_rig_fingerprint": self.view_embeddings.rig_fingerprint,
                 "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size),
-                "autoencoder": self.autoencoder,
-                "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
+                "autoencoder": self.autoencoder}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -673,69 +679,44 @@ class DiffusionModule(StageModule):
                 if k.startswith(FROZEN_PREFIXES) and k not in state:
                     state[k] = val
 
-    # ---- export -------------------------------------------------------------------------------------------------
-    def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
-        """Write a self-contained pipeline folder: unet/ (+ unet_ema/), vae/ (not for ``autoencoder: pixel``),
-        image_encoder/, feature_extractor/, scheduler/, image_normalizer/, image_noising_scheduler/,
-        view_embeddings.safetensors, rig.json, mvlift.json (metadata with ``autoencoder``, and the hparams).
-        ``ema_weights``: the EMA shadow of ``self.unet`` (names with or without the ``unet.`` prefix)."""
-        out = Path(out_dir)
+    # ---- export (StageModule.export / from_export: metadata, rig, hparams) ----------------------------------------
+    def save_weights(self, out: Path) -> None:
+        """A self-contained pipeline folder: unet/, vae/ (not for ``autoencoder: pixel``), image_encoder/,
+        feature_extractor/, scheduler/, image_normalizer/, image_noising_scheduler/, view_embeddings.safetensors."""
         c = self._components
         c.scheduler_config = self.scheduler_config
-        save_pipeline_components(c, out, unet=self.unet)
-        if ema_weights is not None:
-            ema_unet = UNet2DConditionModel.from_config(self.unet.config)
-            state = {k.removeprefix("unet."): v.detach().cpu() for k, v in ema_weights.items()
-                     if not k.startswith(("vae.", "image_encoder.", "view_embeddings.", "image_normalizer."))}
-            missing, unexpected = ema_unet.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ValueError(f"ema_weights do not match the UNet: missing {missing[:5]}, unexpected "
-                                 f"{unexpected[:5]}")
-            ema_unet.save_pretrained(str(out / "unet_ema"))
+        save_pipeline_components(c, out, unet=self.unet, unet_subfolder=WEIGHTS[self.stage])
         self.view_embeddings.save(out / VIEW_EMBEDDINGS_FILE)
-        (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
-        hp = init_hparams(self.hparams, drop=("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder"))
-        meta = {**self.mvlift_metadata(), "pipeline_notes": self.pipeline_notes, "hparams": hp}
-        (out / EXPORT_META).write_text(json.dumps(meta, indent=2, default=list))
-        return out
+
+    def save_ema_weights(self, out: Path, ema_weights: dict[str, Tensor]) -> None:
+        """unet_ema/: the EMA shadow of ``self.unet`` (names with or without the ``unet.`` prefix)."""
+        ema_unet = UNet2DConditionModel.from_config(self.unet.config)
+        state = {k.removeprefix("unet."): v.detach().cpu() for k, v in ema_weights.items()
+                 if not k.startswith(("vae.", "image_encoder.", "view_embeddings.", "image_normalizer."))}
+        missing, unexpected = ema_unet.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"ema_weights do not match the UNet: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")
+        ema_unet.save_pretrained(str(out / EMA_WEIGHTS[self.stage]))
+        make_tree_readable(out / EMA_WEIGHTS[self.stage])
+
+    def export_extras(self) -> dict[str, Any]:
+        return {"pipeline_notes": self.pipeline_notes}
 
     @classmethod
-    def from_export(cls, path: str | Path, ema: bool = False, **overrides: Any) -> DiffusionModule:
-        """Rebuild a module from an ``export`` folder (``ema`` picks unet_ema/)."""
-        path = Path(path)
-        meta_path = path / EXPORT_META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{path}: not a diffusion export (no {EXPORT_META})")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("stage") != "diffusion":
-            raise ValueError(f"{meta_path}: stage is {meta.get('stage')!r}, expected 'diffusion'")
-        if ema and not (path / "unet_ema").is_dir():
-            raise FileNotFoundError(f"{path}: no unet_ema/ (exported without EMA weights)")
-        hp = init_hparams(meta.get("hparams") or {})
-        hp.update(rig=str(path / EXPORT_RIG), pretrained=str(path), unet_subfolder="unet_ema" if ema else "unet",
-                  attention=meta["attention"], prediction_type=meta["prediction_type"],
-                  autoencoder=meta.get("autoencoder", "vae"),
-                  view_embeddings=meta["view_embeddings"], view_embeddings_path=str(path / VIEW_EMBEDDINGS_FILE))
-        hp.update(overrides)
-        module = cls(**hp)
-        if multiview_attention_mode(module.unet) != meta["attention"]:
+    def export_arguments(cls, path: Path, meta: dict[str, Any], hparams: dict[str, Any], ema: bool) -> dict[str, Any]:
+        """The export folder is the pipeline folder (``ema`` reads unet_ema/); the metadata's attention, prediction
+        type, autoencoder and view-embedding source are what the weights were trained with."""
+        return {**hparams, "pretrained": str(path), "unet_subfolder": (EMA_WEIGHTS if ema else WEIGHTS)[cls.stage],
+                "attention": meta["attention"], "prediction_type": meta["prediction_type"],
+                "autoencoder": meta.get("autoencoder", "vae"), "view_embeddings": meta["view_embeddings"],
+                "view_embeddings_path": str(path / VIEW_EMBEDDINGS_FILE)}
+
+    def load_export_weights(self, path: Path, meta: dict[str, Any], ema: bool) -> None:
+        """The constructor loaded them from the folder; the multi-view attention mode must be the stored one."""
+        if multiview_attention_mode(self.unet) != meta["attention"]:
             raise RuntimeError("multi-view attention mode not restored")
-        module.train_background.load(meta.get("background"))
-        return module
 
 
-def image_grid(ref: Tensor, generated: Tensor, target: Tensor, max_scenes: int = 4) -> Tensor:
-    """One row per scene: reference | generated views | ground-truth views.
-
-    ref [B, 3, H, W], generated / target [B, V, 3, H, W] in [0, 1] -> [3, rows*H, (1 + 2V)*W].
-    """
-    n = min(max_scenes, ref.shape[0])
-    size = generated.shape[-2:]
-    ref = F.interpolate(ref[:n].float(), size=size, mode="bilinear", antialias=True) if ref.shape[-2:] != size \
-        else ref[:n].float()
-    rows = [torch.cat([ref[i], *generated[i].float(), *target[i].float()], dim=-1) for i in range(n)]
-    return torch.cat(rows, dim=-2).clamp(0, 1).cpu()
-
-
-__all__ = ["COMPARED", "DiffusionModule", "copy_reference_views", "image_grid", "min_snr_weights", "novel_view_means",
+__all__ = ["COMPARED", "DiffusionModule", "copy_reference_views", "min_snr_weights", "novel_view_means",
            "reference_view_mask", "step_seed"]

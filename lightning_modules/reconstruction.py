@@ -6,7 +6,7 @@ Augmented inputs, when the DataModule made them, come as ``input_images`` / ``in
 
 Resume: the module draws no random numbers in training (no dropout, no random view choice: the DataModule picks the
 views), so a resumed run repeats the uninterrupted one given the same batches. The training batches' backgrounds are
-recorded (``lightning_modules.training_background``: ``checkpoint["mvlift"]["background"]``, the export's config.json).
+recorded (``lightning_modules.training_background``: ``checkpoint["mvlift"]["background"]``, the export's metadata).
 
 Example (tiny, CPU):
     >>> m = ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32, depth=1,
@@ -17,7 +17,6 @@ Example (tiny, CPU):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -29,9 +28,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from geometry.files import make_readable
+from geometry.render import Gaussians, rasterize
 from geometry.rig import Rig, load_rig
+from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS, MissingMetadataError, checkpoint_metadata
 from lightning_modules.gslrm import GSLRM, GSLRMConfig, check_state_dict
-from lightning_modules.hparams import init_hparams
 from lightning_modules.losses import (
     alpha_loss,
     load_lpips,
@@ -57,19 +57,15 @@ from lightning_modules.optim import (
 )
 from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
-from lightning_modules.training_background import datamodule_backgrounds
-from geometry.render import Gaussians, rasterize
 
 log = logging.getLogger(__name__)
 # Lightning warns whenever a module's batch hook runs beside a DataModule; ours is meant to (the DataModule leaves
 # on_before_batch_transfer to the module: the checks below are the model's contract with any data)
 warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
 
-EXPORT_WEIGHTS = "model.safetensors"
-EXPORT_EMA_WEIGHTS = "model_ema.safetensors"
-EXPORT_CONFIG = "config.json"
-EXPORT_RIG = "rig.json"
-FORMAT_VERSION = 1
+# what from_export takes from a converted export's model_config when it stores no constructor arguments
+MODEL_CONFIG_ARGUMENTS = ("image_size", "width", "depth", "head_dim", "patch_size", "num_global_tokens", "mlp_ratio",
+                          "sh_degree", "clip_xyz", "scale_bias", "opacity_bias", "depth_range")
 
 
 def check_index(index: Tensor, where: str = "batch") -> None:
@@ -105,10 +101,13 @@ def pixel_scale_bias(rig: Rig, image_size: int, pixels: float = 0.7) -> float:
 
 
 def stored_scale_bias(path: str | Path) -> float:
-    """The scale_bias an export folder's weights were trained with (config.json), FaceLift's -2.3 when unrecorded."""
-    cfg = Path(path) / EXPORT_CONFIG
-    if Path(path).is_dir() and cfg.is_file():
-        mc = json.loads(cfg.read_text()).get("model_config") or {}
+    """The scale_bias an export folder's weights were trained with (its metadata's ``model_config``), FaceLift's
+    -2.3 when unrecorded (a bare ``.safetensors`` file, a folder without metadata)."""
+    if Path(path).is_dir():
+        try:
+            mc = checkpoint_metadata(path).get("model_config") or {}
+        except MissingMetadataError:
+            mc = {}
         if "scale_bias" in mc:
             return float(mc["scale_bias"])
     return GSLRMConfig.scale_bias
@@ -117,7 +116,9 @@ def stored_scale_bias(path: str | Path) -> float:
 class ReconstructionModule(StageModule):
     """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML)."""
 
+    stage = "reconstruction"
     ema_target = "net"  # the EMA callback keeps a shadow of self.net and calls export(..., ema_weights=...)
+    export_drops = ("init_from",)
 
     def __init__(
         self,
@@ -201,10 +202,11 @@ class ReconstructionModule(StageModule):
         )
 
     def load_weights(self, path: str | Path, ema: bool = False) -> None:
-        """Load GS-LRM weights from an export folder (model.safetensors) or a .safetensors file; strict."""
+        """Load GS-LRM weights from an export folder (model.safetensors / model_ema.safetensors) or a .safetensors
+        file; strict."""
         path = Path(path)
         if path.is_dir():
-            path = path / (EXPORT_EMA_WEIGHTS if ema else EXPORT_WEIGHTS)
+            path = path / (EMA_WEIGHTS if ema else WEIGHTS)[self.stage]
         if not path.is_file():
             raise FileNotFoundError(f"GS-LRM weights not found: {path}")
         state = load_file(str(path))
@@ -307,19 +309,19 @@ class ReconstructionModule(StageModule):
         terms["mse"] = masked_mse_loss(pred, target, mask) if use_mask else mse_loss(pred, target)
         total = h.mse_weight * terms["mse"]
         if h.ssim_weight > 0:
-            terms["ssim"] = masked_ssim_loss(pred, target, mask) if use_mask else ssim_loss(pred, target)
-            total = total + h.ssim_weight * terms["ssim"]
+            terms["ssim_loss"] = masked_ssim_loss(pred, target, mask) if use_mask else ssim_loss(pred, target)
+            total = total + h.ssim_weight * terms["ssim_loss"]
         if h.perceptual_weight > 0 and self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(pred, target)
-            total = total + h.perceptual_weight * terms["perceptual"]
+            terms["perceptual_loss"] = self.perceptual(pred, target)
+            total = total + h.perceptual_weight * terms["perceptual_loss"]
         if h.lpips_weight > 0 and self.lpips is not None:
-            terms["lpips"] = self.lpips(pred.flatten(0, 1), target.flatten(0, 1)).mean()
-            total = total + h.lpips_weight * terms["lpips"]
+            terms["lpips_loss"] = self.lpips(pred.flatten(0, 1), target.flatten(0, 1)).mean()
+            total = total + h.lpips_weight * terms["lpips_loss"]
         if h.opacity_weight > 0:
             if mask is None:
                 raise ValueError("opacity_weight > 0 needs batch['alpha']")
-            terms["opacity"] = alpha_loss(out["pred_alpha"], mask)
-            total = total + h.opacity_weight * terms["opacity"]
+            terms["opacity_loss"] = alpha_loss(out["pred_alpha"], mask)
+            total = total + h.opacity_weight * terms["opacity_loss"]
         terms["loss"] = total
         return terms
 
@@ -357,6 +359,22 @@ class ReconstructionModule(StageModule):
         metrics["pred"], metrics["target"] = out["pred"], out["target"]
         return metrics
 
+    @torch.no_grad()
+    def validation_images(self, batch: dict, max_scenes: int = 4) -> dict[str, Any]:
+        """What a validation shows (logged by ``callbacks.image_log.ImageLogger``): per scene a row of rendered
+        supervision views over a row of their ground truth, columns named by the rig's views
+        (``batch["index"][..., 0]``)."""
+        out = self.predict_views(batch)
+        pred, target = out["pred"][:max_scenes].float(), out["target"][:max_scenes].float()
+        v_sup, v_all = pred.shape[1], batch["images"].shape[1]
+        names = list(self.rig.view_names)
+        index = batch.get("index")
+        views = index[0, v_all - v_sup:, 0].tolist() if index is not None else list(range(v_sup))
+        columns = [names[i] if 0 <= i < len(names) else f"view_{i}" for i in views]
+        rows = torch.stack([pred, target], dim=1).flatten(0, 1).clamp(0, 1)  # [2B, Vs, 3, H, W]
+        return {"tag": "novel_views", "images": rows, "columns": columns,
+                "rows": [label for i in range(pred.shape[0]) for label in (f"{i} pred", f"{i} gt")]}
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.predict_views(batch)
         terms = self.compute_loss(out)
@@ -378,10 +396,8 @@ class ReconstructionModule(StageModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- checkpoints and export -----------------------------------------------------------------------------------
-    def mvlift_metadata(self) -> dict[str, Any]:
-        return {"stage": "reconstruction", "rig": self.rig.to_dict(), "version": FORMAT_VERSION,
-                "model_config": self.net.config.to_dict(),
-                "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
+    def stage_metadata(self) -> dict[str, Any]:
+        return {"model_config": self.net.config.to_dict()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -389,48 +405,31 @@ class ReconstructionModule(StageModule):
         if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring
             hp["init_from"] = None
 
-    def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
-        """Write model.safetensors (+ model_ema.safetensors), config.json and rig.json into ``out_dir``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(out / EXPORT_WEIGHTS))
-        make_readable(out / EXPORT_WEIGHTS)  # safetensors writes 0600 whatever the umask
-        if ema_weights is not None:
-            ema = {k.removeprefix("net."): v.detach().cpu().contiguous() for k, v in ema_weights.items()}
-            check_state_dict({k: tuple(v.shape) for k, v in state.items()}, ema, "ema_weights")
-            save_file(ema, str(out / EXPORT_EMA_WEIGHTS))
-            make_readable(out / EXPORT_EMA_WEIGHTS)
-        hparams = init_hparams(self.hparams, drop=("init_from",))
-        config = {**self.mvlift_metadata(), "hparams": hparams}
-        (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=list))
-        (out / EXPORT_RIG).write_text(json.dumps(self.rig.to_dict(), indent=2))
-        return out
+    def save_weights(self, out: Path) -> None:
+        self._save_net(out / WEIGHTS[self.stage], self._net_state())
+
+    def save_ema_weights(self, out: Path, ema_weights: dict[str, Tensor]) -> None:
+        ema = {k.removeprefix("net."): v.detach().cpu().contiguous() for k, v in ema_weights.items()}
+        check_state_dict({k: tuple(v.shape) for k, v in self.net.state_dict().items()}, ema, "ema_weights")
+        self._save_net(out / EMA_WEIGHTS[self.stage], ema)
+
+    def _net_state(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+
+    @staticmethod
+    def _save_net(path: Path, state: dict[str, Tensor]) -> None:
+        save_file(state, str(path))
+        make_readable(path)  # safetensors writes 0600 whatever the umask
 
     @classmethod
-    def from_export(cls, path: str | Path, ema: bool = False, **overrides: Any) -> ReconstructionModule:
-        """Rebuild a module from an ``export`` folder (weights strict; ``ema`` picks model_ema.safetensors)."""
-        path = Path(path)
-        cfg_path = path / EXPORT_CONFIG
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{path}: not a GS-LRM export (no {EXPORT_CONFIG})")
-        config = json.loads(cfg_path.read_text())
-        if config.get("stage") != "reconstruction":
-            raise ValueError(f"{cfg_path}: stage is {config.get('stage')!r}, expected 'reconstruction'")
-        hparams = init_hparams(config.get("hparams") or {})
-        if not hparams:  # e.g. a converted checkpoint: size from model_config, rig from rig.json
-            mc = config["model_config"]
-            hparams = {k: mc[k] for k in ("image_size", "width", "depth", "head_dim", "patch_size",
-                                          "num_global_tokens", "mlp_ratio", "sh_degree", "clip_xyz", "scale_bias",
-                                          "opacity_bias", "depth_range") if k in mc}
-        rig_path = path / EXPORT_RIG
-        if rig_path.is_file():
-            hparams["rig"] = str(rig_path)
-        hparams.update(overrides)
-        module = cls(**hparams)
-        module.load_weights(path, ema=ema)
-        module.train_background.load(config.get("background"))
-        return module
+    def export_arguments(cls, path: Path, meta: dict[str, Any], hparams: dict[str, Any], ema: bool) -> dict[str, Any]:
+        if not hparams:  # an export without constructor arguments: the size from model_config
+            mc = meta["model_config"]
+            hparams = {k: mc[k] for k in MODEL_CONFIG_ARGUMENTS if k in mc}
+        return hparams
+
+    def load_export_weights(self, path: Path, meta: dict[str, Any], ema: bool) -> None:
+        self.load_weights(path, ema=ema)
 
 
 __all__ = ["ReconstructionModule", "check_index"]

@@ -5,34 +5,116 @@ or an export is written), log ``train/loss`` as the mean over the steps since th
 ranks (an :class:`IntervalMean` that checkpoints carry, so a resumed run logs what the uninterrupted one would), and
 log ``train/grad_norm`` on logging steps only. They clip gradients (``trainer.gradient_clip_val``) also with a fused
 optimizer under bf16-mixed precision (:meth:`StageModule.configure_gradient_clipping`). A subclass calls
-:meth:`log_train_loss` in ``training_step``, provides ``mvlift_metadata()`` (``checkpoint["mvlift"]``,
-docs/ARCHITECTURE.md) and extends the checkpoint hooks through ``super()``.
+:meth:`log_train_loss` in ``training_step`` and extends the checkpoint hooks through ``super()``.
+
+Checkpoints and exports (the format: :mod:`lightning_modules.artifacts`). :meth:`StageModule.mvlift_metadata` is
+``checkpoint["mvlift"]`` and an export's metadata: stage, rig, format version and training background, plus the
+subclass's :meth:`~StageModule.stage_metadata`. :meth:`StageModule.export` writes the weights
+(:meth:`~StageModule.save_weights`, the subclass's files), the EMA weights when given
+(:meth:`~StageModule.save_ema_weights`), the rig and the metadata with the constructor arguments;
+:meth:`StageModule.from_export` reads them back: the metadata (stage checked), the EMA weights' presence, the
+constructor arguments (:meth:`~StageModule.export_arguments` adds the subclass's), the weights
+(:meth:`~StageModule.load_export_weights`) and the background record — as diffusers' ``ConfigMixin`` does for
+``save_pretrained`` / ``from_pretrained``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_modules.artifacts import (
+    EMA_WEIGHTS,
+    FORMAT_VERSION,
+    RIG_FILE,
+    export_metadata,
+    has_ema_weights,
+    write_export_metadata,
+)
+from lightning_modules.hparams import init_hparams
 from lightning_modules.metrics import IntervalMean, logs_this_step
 from lightning_modules.optim import stage_clips_fused, total_grad_norm
-from lightning_modules.training_background import TrainingBackground
+from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
 
 
 class StageModule(pl.LightningModule):
     """Base class of :class:`~lightning_modules.diffusion.DiffusionModule` and
     :class:`~lightning_modules.reconstruction.ReconstructionModule` (module docstring)."""
 
+    stage: str  # "diffusion" | "reconstruction" (lightning_modules.artifacts.STAGES)
+    ema_target: str  # the attribute the EMA callback keeps a shadow of (and export(..., ema_weights=...) holds)
+    export_drops: tuple[str, ...] = ()  # constructor arguments an export leaves out (paths of the training machine)
+    rig: Any
+
     def __init__(self) -> None:
         super().__init__()
         self.train_background = TrainingBackground()
         self._train_loss = IntervalMean()
 
+    # ---- metadata ---------------------------------------------------------------------------------------------
     def mvlift_metadata(self) -> dict[str, Any]:
+        """``checkpoint["mvlift"]`` and an export's metadata (docs/ARCHITECTURE.md, "Checkpoint metadata")."""
+        return {"stage": self.stage, "rig": self.rig.to_dict(), "version": FORMAT_VERSION, **self.stage_metadata(),
+                "background": self.train_background.to_dict(datamodule_backgrounds(self._trainer))}
+
+    def stage_metadata(self) -> dict[str, Any]:
+        """The subclass's own metadata keys."""
+        return {}
+
+    # ---- export -------------------------------------------------------------------------------------------------
+    def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
+        """Write an export folder: the weights, the EMA weights (``ema_weights``: the EMA callback's shadow of
+        ``ema_target``, names with or without its prefix), the rig and the metadata with the constructor arguments
+        (:func:`lightning_modules.artifacts.write_export_metadata`)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.save_weights(out)
+        if ema_weights is not None:
+            self.save_ema_weights(out, ema_weights)
+        write_export_metadata(out, {**self.mvlift_metadata(), **self.export_extras()},
+                              init_hparams(self.hparams, drop=self.export_drops), self.rig)
+        return out
+
+    @classmethod
+    def from_export(cls, path: str | Path, ema: bool = False, **overrides: Any) -> StageModule:
+        """Rebuild a module from an export folder (``ema``: its EMA weights); ``overrides`` change constructor
+        arguments (e.g. runtime settings)."""
+        path = Path(path)
+        meta = export_metadata(path, cls.stage)
+        if ema and not has_ema_weights(path, cls.stage):
+            raise FileNotFoundError(f"{path}: no {EMA_WEIGHTS[cls.stage]} (exported without EMA weights)")
+        hparams = cls.export_arguments(path, meta, init_hparams(meta.get("hparams") or {}), ema)
+        if (path / RIG_FILE).is_file():
+            hparams["rig"] = str(path / RIG_FILE)
+        hparams.update(overrides)
+        module = cls(**hparams)
+        module.load_export_weights(path, meta, ema)
+        module.train_background.load(meta.get("background"))
+        return module
+
+    def save_weights(self, out: Path) -> None:
+        """Write the module's weight files into the export folder ``out``."""
         raise NotImplementedError
+
+    def save_ema_weights(self, out: Path, ema_weights: dict[str, Tensor]) -> None:
+        """Write the EMA weights (lightning_modules.artifacts.EMA_WEIGHTS) into ``out``."""
+        raise NotImplementedError
+
+    def export_extras(self) -> dict[str, Any]:
+        """Keys an export's metadata adds to :meth:`mvlift_metadata`."""
+        return {}
+
+    @classmethod
+    def export_arguments(cls, path: Path, meta: dict[str, Any], hparams: dict[str, Any], ema: bool) -> dict[str, Any]:
+        """The constructor arguments that rebuild the exported module (``hparams``: the stored ones)."""
+        return hparams
+
+    def load_export_weights(self, path: Path, meta: dict[str, Any], ema: bool) -> None:
+        """Load the export's weights (or check what the constructor loaded)."""
 
     def schedule_steps(self) -> int:
         """The run length the learning-rate schedule spans: the trainer's ``max_steps`` (one run length for the loop
@@ -76,7 +158,7 @@ class StageModule(pl.LightningModule):
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def on_before_export(self) -> None:
-        """Collective: every rank calls it before rank 0 exports (callbacks.paths.CheckpointPaths.export)."""
+        """Collective: every rank calls it before rank 0 exports (callbacks.run_exports)."""
         self.train_background.merge_ranks()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ Both stages get ``batch["background"]`` [B, 3] from the DataModule: every view o
 diffusion targets and reference, the GS-LRM inputs and targets) and the GS-LRM renders over it. A module keeps the
 per-channel range of its training samples' backgrounds (:class:`TrainingBackground`, updated on device in
 ``training_step``: no host sync per step), writes it to ``checkpoint["mvlift"]["background"]`` and to its export's
-metadata (``mvlift.json`` / ``config.json``), and restores it when a run resumes. Record::
+metadata (``lightning_modules.artifacts``), and restores it when a run resumes. Record::
 
     {"color": [r, g, b] | None,   # the one background of every training sample; None when they varied or none seen
      "varied": bool,              # backgrounds differed by more than 1/255 (``random`` / ``as_is`` sources)

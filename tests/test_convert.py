@@ -46,7 +46,7 @@ def test_full_size_facelift_checkpoint_converts_and_loads_strictly(tmp_path):
         net = GSLRM(GSLRMConfig())
     result = net.load_state_dict(state, strict=True, assign=True)
     assert not result.missing_keys and not result.unexpected_keys
-    meta = json.loads((out / "config.json").read_text())
+    meta = json.loads((out / "mvlift.json").read_text())
     assert meta["stage"] == "reconstruction" and meta["model_config"]["width"] == 1024
     assert meta["model_config"]["depth"] == 24 and meta["rig"]["name"] == "facelift_6view"
 

@@ -191,7 +191,7 @@ def test_background_defaults_to_the_trained_one_and_an_explicit_choice_wins(ckpt
     assert info["trained_backgrounds"]["diffusion"]["varied"] is True
     assert "no single training background" in caplog.text and "varied" in caplog.text
 
-    # nothing recorded with the diffusion model: the reconstruction export's (config.json) is used
+    # nothing recorded with the diffusion model: the reconstruction export's (mvlift.json) is used
     rec = reconstruction_module(FACELIFT)
     rec.train_background.update(torch.tensor([[0.0, 0.0, 0.0]]))
     rec_export = rec.export(tmp_path / "rec_black")

@@ -100,7 +100,7 @@ def test_losses_and_metrics_of_a_training_step_are_finite_and_logged_per_kind():
     batch = make_batch()
     out = m.predict_views(batch)
     terms = m.compute_loss(out)
-    assert set(terms) >= {"loss", "mse", "ssim", "opacity"}
+    assert set(terms) >= {"loss", "mse", "ssim_loss", "opacity_loss"}
     assert all(torch.isfinite(v) and v >= 0 for v in terms.values())
     terms["loss"].backward()
     assert m.net.pixel_gaussian_decoder[1].weight.grad is not None

@@ -13,10 +13,9 @@ from callbacks.rig_guard import (
     check_checkpoint_rigs,
     check_data_matches_model,
     check_rigs,
-    rig_from_checkpoint,
-    stage_from_checkpoint,
 )
 from geometry.rig import load_rig
+from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,8 @@ def test_matching_rigs_pass_from_ckpt_and_export(modules, tmp_path):
     diff_ckpt = _lightning_ckpt(diffusion("mouse_oblique20_6view"), tmp_path / "d.ckpt")
     rec_ckpt = _lightning_ckpt(reconstruction("mouse_oblique20_6view"), tmp_path / "r.ckpt")
     assert check_checkpoint_rigs(diff_ckpt, rec_ckpt).ok
-    assert rig_from_checkpoint(diff_ckpt).fingerprint == load_rig("mouse_oblique20_6view").fingerprint
-    assert stage_from_checkpoint(diff_ckpt) == "diffusion" and stage_from_checkpoint(rec_ckpt) == "reconstruction"
+    assert checkpoint_rig(diff_ckpt).fingerprint == load_rig("mouse_oblique20_6view").fingerprint
+    assert checkpoint_stage(diff_ckpt) == "diffusion" and checkpoint_stage(rec_ckpt) == "reconstruction"
 
 
 def test_allow_mismatch_logs_a_warning_instead(caplog):
@@ -86,13 +85,13 @@ def test_unreadable_or_unmarked_checkpoints_are_errors_naming_the_file(tmp_path)
     plain = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, plain)
     with pytest.raises(ValueError, match="plain.ckpt.*mvlift"):
-        rig_from_checkpoint(plain)
+        checkpoint_rig(plain)
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(plain.read_bytes()[:20])
     with pytest.raises(ValueError, match="cut.ckpt.*not a complete"):
-        rig_from_checkpoint(cut)
+        checkpoint_rig(cut)
     with pytest.raises(FileNotFoundError, match="rig.json"):
-        rig_from_checkpoint(tmp_path)
+        checkpoint_rig(tmp_path)
 
 
 class _Data:

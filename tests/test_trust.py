@@ -20,8 +20,13 @@ from tiny_checkpoints import (
     save_lightning_checkpoint,
 )
 
-from callbacks.rig_guard import rig_from_checkpoint
-from lightning_modules.artifacts import SAFE_GLOBALS, UntrustedCheckpointError, load_checkpoint, unsafe_types
+from lightning_modules.artifacts import (
+    SAFE_GLOBALS,
+    UntrustedCheckpointError,
+    checkpoint_rig,
+    load_checkpoint,
+    unsafe_types,
+)
 from tools.checkpoints import load_stage
 
 RIG = "facelift_6view"
@@ -80,7 +85,7 @@ def test_a_pickled_payload_is_refused_by_every_reader_naming_the_file(ckpts):
     for stage in ("diffusion", "reconstruction"):
         evil = ckpts[f"evil_{stage}"]
         assert unsafe_types(evil) == [f"{__name__}._write_marker"]
-        for read in (load_checkpoint, rig_from_checkpoint, lambda p, s=stage: load_stage(p, s),
+        for read in (load_checkpoint, checkpoint_rig, lambda p, s=stage: load_stage(p, s),
                      lambda p, s=stage: load_stage(p, s, ema=True)):
             with pytest.raises(UntrustedCheckpointError, match="--trust-checkpoint") as e:
                 read(evil)

@@ -1,15 +1,15 @@
 """Load a stage from a Lightning ``.ckpt`` or an export folder, whichever the user points at (shared by the tools).
 
-A checkpoint's stage is read from what the module wrote, never guessed from the file name:
-``checkpoint["mvlift"]["stage"]`` in a ``.ckpt``; ``mvlift.json`` (diffusion) or ``config.json`` (reconstruction)
-in an export folder (:func:`callbacks.rig_guard.stage_from_checkpoint`).
+A checkpoint's stage, rig and EMA weights are read through :mod:`lightning_modules.artifacts` (the format's one
+home: :func:`~lightning_modules.artifacts.checkpoint_stage`, :func:`~lightning_modules.artifacts.checkpoint_rig`,
+re-exported here for the tools), never guessed from the file name.
 
 Files are read without unpickling code (``weights_only=True`` with the allow-list of
 :mod:`lightning_modules.artifacts`); a file that needs more is refused naming the file and the types, unless the
 caller passes ``trust=True`` (the tools' ``--trust-checkpoint``).
 
-``--ema`` in the tools picks the EMA weights: ``unet_ema/`` / ``model_ema.safetensors`` of an export, or the EMA
-callback's shadow saved in a ``.ckpt`` (``checkpoint["callbacks"][...]["shadow"]``).
+``--ema`` in the tools picks the EMA weights: those of an export folder, or the EMA callback's shadow saved in a
+``.ckpt`` (:func:`lightning_modules.artifacts.checkpoint_ema_state`).
 
 Example:
     >>> spec = parse_labelled("finetuned=runs/mouse/r1/checkpoints/last.ckpt")
@@ -28,13 +28,16 @@ from typing import Any
 
 import torch
 
-from callbacks.rig_guard import rig_from_checkpoint, stage_from_checkpoint
-from geometry.rig import Rig
-from lightning_modules.artifacts import UntrustedCheckpointError, load_checkpoint, load_lightning_module
+from lightning_modules.artifacts import (
+    UntrustedCheckpointError,
+    checkpoint_ema_state,
+    checkpoint_rig,
+    checkpoint_stage,
+    load_lightning_module,
+)
 
 log = logging.getLogger("mvlift.checkpoints")
 
-STAGES = ("diffusion", "reconstruction")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.+@-]+$")
 
 
@@ -79,24 +82,6 @@ def unique_labels(items: list[Labelled]) -> list[Labelled]:
     return out
 
 
-def checkpoint_stage(path: str | os.PathLike, trust: bool = False) -> str:
-    """``"diffusion"`` or ``"reconstruction"``; errors name the file when it is missing, unreadable, unmarked or
-    needs unpickling beyond the allow-list (without ``trust``)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    stage = stage_from_checkpoint(path, trust)
-    if stage not in STAGES:
-        what = "export folder (no mvlift.json / config.json with a stage)" if path.is_dir() else "checkpoint"
-        raise ValueError(f"{path}: cannot tell the stage of this {what}; got {stage!r}")
-    return stage
-
-
-def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
-    """The rig stored with a ``.ckpt`` or export folder."""
-    return rig_from_checkpoint(path, trust)
-
-
 def _module_class(stage: str) -> type:
     if stage == "diffusion":
         from lightning_modules.diffusion import DiffusionModule
@@ -105,18 +90,6 @@ def _module_class(stage: str) -> type:
     from lightning_modules.reconstruction import ReconstructionModule
 
     return ReconstructionModule
-
-
-def _ckpt_ema_shadow(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
-    ckpt = load_checkpoint(path, trust=trust, mmap=True)
-    found = [state["shadow"] for state in (ckpt.get("callbacks") or {}).values()
-             if isinstance(state, dict) and isinstance(state.get("shadow"), dict)]
-    if not found:
-        raise ValueError(f"{path}: --ema asked for, but the checkpoint holds no EMA callback state (train with "
-                         "callbacks.ema.EMA, or use an export folder with EMA weights)")
-    if len(found) > 1:
-        raise ValueError(f"{path}: {len(found)} EMA callback states in the checkpoint; cannot tell which to use")
-    return found[0]
 
 
 def load_stage(path: str | os.PathLike, stage: str | None = None, ema: bool = False,
@@ -146,7 +119,7 @@ def load_stage(path: str | os.PathLike, stage: str | None = None, ema: bool = Fa
         module = load_lightning_module(cls, path, trust=trust, map_location="cpu", **kept)
         if ema:
             target = getattr(module, module.ema_target)
-            shadow = _ckpt_ema_shadow(path, trust)
+            shadow = checkpoint_ema_state(path, trust)
             own = target.state_dict()
             state = {k: v.to(own[k].dtype) if k in own else v for k, v in shadow.items()}
             target.load_state_dict(state, strict=True)

@@ -3,7 +3,7 @@
 Subcommands:
     facelift-gslrm CKPT OUT   FaceLift's GS-LRM checkpoint (model state under ``model`` / ``model_state_dict`` /
                               ``state_dict``, or bare; .pt/.pth/.ckpt or .safetensors) -> an export folder
-                              (model.safetensors, config.json, rig.json) that ``ReconstructionModule.from_export``,
+                              (model.safetensors, mvlift.json, rig.json) that ``ReconstructionModule.from_export``,
                               ``init_from:`` in a fit config and tools.evaluate read. Unknown, missing or mis-shaped
                               tensors are an error listing them. A .pt/.pth/.ckpt is read without
                               unpickling code (``weights_only``, ``lightning_modules.artifacts``); one that holds
@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import zipfile
 from collections.abc import Callable
@@ -96,7 +95,7 @@ def cmd_facelift_gslrm(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from geometry.rig import load_rig
-    from lightning_modules.reconstruction import EXPORT_CONFIG, EXPORT_RIG, EXPORT_WEIGHTS, FORMAT_VERSION
+    from lightning_modules.artifacts import FORMAT_VERSION, WEIGHTS, write_export_metadata
 
     ckpt, out = Path(args.ckpt), Path(args.out)
     state, config = convert_facelift_gslrm_state(load_checkpoint_state(ckpt, trust=args.trust_checkpoint), str(ckpt),
@@ -104,17 +103,17 @@ def cmd_facelift_gslrm(args: argparse.Namespace) -> int:
     config.image_size = args.image_size
     rig = load_rig(args.rig)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / EXPORT_WEIGHTS))
-    make_readable(out / EXPORT_WEIGHTS)  # safetensors writes 0600 whatever the umask
+    weights = out / WEIGHTS["reconstruction"]
+    save_file(state, str(weights))
+    make_readable(weights)  # safetensors writes 0600 whatever the umask
     hparams = {"rig": rig.name, "image_size": args.image_size, "width": config.width, "depth": config.depth,
                "head_dim": config.head_dim, "patch_size": config.patch_size,
                "num_global_tokens": config.num_global_tokens, "mlp_ratio": config.mlp_ratio,
                "sh_degree": config.sh_degree, "clip_xyz": config.clip_xyz}
     meta = {"stage": "reconstruction", "rig": rig.to_dict(), "version": FORMAT_VERSION,
-            "model_config": config.to_dict(), "hparams": hparams,
+            "model_config": config.to_dict(),
             "converted_from": {"format": "facelift-gslrm", "path": str(ckpt.resolve())}}
-    (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
-    (out / EXPORT_RIG).write_text(json.dumps(rig.to_dict(), indent=2))
+    write_export_metadata(out, meta, hparams, rig)
     n = sum(v.numel() for v in state.values())
     print(f"converted {len(state)} tensors ({n / 1e6:.1f} M parameters) from {ckpt} -> {out}")
     return 0
@@ -124,7 +123,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"facelift-gslrm":
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("facelift-gslrm", help="FaceLift GS-LRM checkpoint -> mvlift GS-LRM export folder")
     p.add_argument("ckpt", help="FaceLift checkpoint (.pt/.pth/.ckpt/.safetensors)")
