@@ -498,7 +498,7 @@ def test_the_schedule_spans_the_trainers_max_steps_and_an_extension_continues_it
 
 
 def test_a_longer_run_is_the_same_run():
-    from callbacks.paths import run_identity
+    from callbacks.run_identity import run_identity
     from lightning_modules.reconstruction import ReconstructionModule
 
     def ident(max_steps: int):

@@ -140,7 +140,7 @@ def test_unnamed_runs_get_distinct_folders(tmp_path):
 def test_loader_and_speed_settings_do_not_change_the_run_identity(tmp_path):
     import json
 
-    from callbacks.paths import run_identity
+    from callbacks.run_identity import run_identity
     from datamodules.datamodule import MultiViewDataModule
 
     kw = {"stage": "reconstruction", "image_size": 16, "num_views": 3, "num_input_views": 2, "samples_per_epoch": 4}

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks.paths import EXECUTION_ONLY, run_identity
+from callbacks.run_identity import EXECUTION_ONLY, run_identity
 from lightning_modules.hparams import RUNTIME
 from lightning_modules.reconstruction import ReconstructionModule
 from lightning_modules.sdpa import BACKENDS, attention_backend, check_attention_backend
@@ -95,7 +95,7 @@ def test_backend_is_a_machine_setting_not_part_of_exports_or_run_identity(tmp_pa
     assert set(RUNTIME) <= EXECUTION_ONLY
     a, b = ReconstructionModule(**GSLRM_ARGS), ReconstructionModule(**GSLRM_ARGS, attention_backend="cudnn")
     assert run_identity(a)["config_hash"] == run_identity(b)["config_hash"]
-    config = json.loads((b.export(tmp_path / "r") / "config.json").read_text())
+    config = json.loads((b.export(tmp_path / "r") / "mvlift.json").read_text())
     assert "attention_backend" not in config["hparams"] and "compile" not in config["hparams"]
     assert ReconstructionModule.from_export(tmp_path / "r", attention_backend="flash").attention_backend == "flash"
     d = tiny_module(attention_backend="cudnn")
