@@ -7,7 +7,7 @@
         [--lpips-weights FILE --vgg-weights FILE] [--grid-scenes 4] [--num-workers 0] [--trust-checkpoint]
 
 A checkpoint is a Lightning ``.ckpt`` or an export folder; its stage comes from its metadata
-(``checkpoint["mvlift"]["stage"]``, the export's mvlift.json / config.json). A ``.ckpt`` is read without unpickling
+(``checkpoint["mvlift"]["stage"]``, the export's mvlift.json). A ``.ckpt`` is read without unpickling
 code (``weights_only``, ``lightning_modules.artifacts``): one that needs more is refused naming the file and the
 types it asks for; ``--trust-checkpoint`` loads such files anyway (only files you trust: unpickling can run code). CONFIG is a data config: the
 MultiViewDataModule's init arguments (configs/data/*.yaml, or a fit config whose ``data:`` holds them).
