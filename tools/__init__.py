@@ -1,0 +1,32 @@
+"""Command-line tools (``python -m tools.NAME``): argument parsing and printing over the library packages.
+
+Importing the package quiets third-party output that tells mvlift's users nothing they can act on (each only when the
+user has not chosen otherwise through the same environment variable):
+
+- transformers / diffusers advisories (``CLIPImageProcessor`` without torchvision, ``accelerate`` not installed) and
+  their weight-loading progress bars: ``TRANSFORMERS_VERBOSITY`` / ``DIFFUSERS_VERBOSITY`` = error,
+  ``HF_HUB_DISABLE_PROGRESS_BARS`` = 1;
+- Lightning's advertisement lines ("Tip: ... litlogger") and the deprecation warning its own ``_pytree`` module
+  raises on torch >= 2.10.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+for _name, _value in {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                      "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
+    os.environ.setdefault(_name, _value)
+
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+
+
+class _DropAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in record.getMessage()
+
+
+for _logger in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_logger).addFilter(_DropAdvertisements())

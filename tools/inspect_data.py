@@ -65,7 +65,7 @@ def inspect(cfg: dict[str, Any], samples: int, stage: str | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.inspect_data", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.inspect_data", description=__doc__.split("\n\n")[0])
     ap.add_argument("-c", "--config", required=True)
     ap.add_argument("--stage", choices=["diffusion", "reconstruction"])
     ap.add_argument("--samples", type=int, default=1000)

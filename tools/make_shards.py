@@ -130,7 +130,7 @@ def _write_folders(shards: Any, out: Path) -> list[Path]:
     return dirs
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.make_shards", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.make_shards", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="folder of sample dirs, one sample dir, or a list file")
     ap.add_argument("out", help="output directory for the .tar shards")
     ap.add_argument("--shard-size", type=int, default=100, help="scenes per shard (default 100)")

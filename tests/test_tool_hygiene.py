@@ -1,0 +1,39 @@
+"""The command-line tools: whole help texts, and no third-party noise that users cannot act on."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ["convert", "evaluate", "infer", "inspect_data", "make_shards", "plot", "rig", "synthesize", "view"]
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tools_help_description_is_a_whole_sentence(name, capsys):
+    module = importlib.import_module(f"tools.{name}")
+    main = module.main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    description = " ".join(module.__doc__.split("\n\n")[0].split())
+    assert description.rstrip().endswith((".", ":")) and description[:40] in out, (name, description)
+
+
+def test_a_tool_that_loads_a_diffusion_export_prints_no_third_party_advisories(tmp_path):
+    """The tiny pipeline's CLIP image processor without torchvision and diffusers without accelerate each print an
+    advisory, and their weight loaders draw progress bars; the tools print none of them."""
+    script = ("import tools; from lightning_modules.pretrained import make_tiny_pipeline_folder, "
+              "load_pipeline_components; import sys; f = make_tiny_pipeline_folder(sys.argv[1], image_size=16); "
+              "load_pipeline_components(f)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "p")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    for noise in ("requires torchvision", "accelerate", "Loading weights", "Tip: For seamless"):
+        assert noise not in text, (noise, text[-2000:])
