@@ -362,18 +362,20 @@ class ReconstructionModule(StageModule):
     @torch.no_grad()
     def validation_images(self, batch: dict, max_scenes: int = 4) -> dict[str, Any]:
         """What a validation shows (logged by ``callbacks.image_log.ImageLogger``): per scene a row of rendered
-        supervision views over a row of their ground truth, columns named by the rig's views
-        (``batch["index"][..., 0]``)."""
+        supervision views over a row of their ground truth, each tile labelled with its rig view
+        (``batch["index"][b, v, 0]``: the views differ between scenes)."""
         out = self.predict_views(batch)
         pred, target = out["pred"][:max_scenes].float(), out["target"][:max_scenes].float()
         v_sup, v_all = pred.shape[1], batch["images"].shape[1]
         names = list(self.rig.view_names)
         index = batch.get("index")
-        views = index[0, v_all - v_sup:, 0].tolist() if index is not None else list(range(v_sup))
-        columns = [names[i] if 0 <= i < len(names) else f"view_{i}" for i in views]
+        tiles = []  # each scene's own supervision views (random inputs: they differ between scenes)
+        for b in range(pred.shape[0]):
+            views = index[b, v_all - v_sup:, 0].tolist() if index is not None else list(range(v_sup))
+            tiles += [[names[i] if 0 <= i < len(names) else f"view_{i}" for i in views]] * 2
         rows = torch.stack([pred, target], dim=1).flatten(0, 1).clamp(0, 1)  # [2B, Vs, 3, H, W]
-        return {"tag": "novel_views", "images": rows, "columns": columns,
-                "rows": [label for i in range(pred.shape[0]) for label in (f"{i} pred", f"{i} gt")]}
+        return {"tag": "novel_views", "images": rows, "columns": [f"view {j + 1}" for j in range(v_sup)],
+                    "rows": [label for i in range(pred.shape[0]) for label in (f"{i} pred", f"{i} gt")], "tiles": tiles}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.predict_views(batch)

@@ -244,3 +244,17 @@ def test_a_checkpoint_trained_with_other_shared_settings_than_the_datas_is_repor
     assert row["shared_settings_differ"] == {"image_size": [16, 64], "num_input_views": [2, 4]}
     assert "image_size 16 (checkpoint) vs 64 (data)" in caplog.text and "num_input_views 2 (checkpoint) vs 4" in caplog.text
     assert "num_input_views 2 (checkpoint) vs 4 (data)" in (out / "results.md").read_text()
+
+
+def test_csv_per_view_columns_follow_the_rig_and_grid_tiles_name_their_views(ckpts, tmp_path):
+    from geometry.rig import load_rig
+
+    out = tmp_path / "eval"
+    assert main(["--ckpt", f"m={ckpts['rec_mouse_export']}", "--data", str(DEMO), "--out", str(out),
+                 "--batches", "2", "--batch-size", "2", "--num-input-views", "2"]) == 0
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    views = [c.split("view:", 1)[1] for c in header if c.startswith("psnr/view:")]
+    order = list(load_rig(MOUSE).view_names)
+    assert len(views) >= 2 and views == sorted(views, key=order.index), views
+    grid = Image.open(next((out / "grids").glob("*.png")))
+    assert grid.size[0] > 0  # input / render / ground-truth columns with each tile's view name (labelled_grid tests)

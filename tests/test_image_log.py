@@ -57,3 +57,22 @@ def test_one_labelled_grid_per_validation_from_the_diffusion_modules_validation_
     assert fmt == "HWC" and shape[1] == (1 + 2 * 6) * SIZE  # reference | 6 generated | 6 ground truth
     pngs = sorted((tmp_path / "logs" / "images").glob("step_*_generated_views.png"))
     assert [p.name for p in pngs] == ["step_0000001_generated_views.png", "step_0000002_generated_views.png"]
+
+
+def test_labels_wrap_instead_of_being_cut_and_tiles_name_their_own_view():
+    import torch
+
+    from callbacks.image_log import CHAR_PX, labelled_grid, wrap_label
+
+    assert wrap_label("gt front_right", 60) == ["gt front_", "right"]  # the evaluation grids once said "gtfront_r"
+    assert "".join(wrap_label("a_very_long_view_name_indeed", 30)) == "a_very_long_view_name_indeed"
+    assert all(len(line) * CHAR_PX <= 30 for line in wrap_label("a_very_long_view_name_indeed", 30))
+    one = labelled_grid(torch.zeros(1, 2, 3, 60, 60), ["front", "back"])
+    two = labelled_grid(torch.zeros(1, 2, 3, 60, 60), ["gt front_right", "back"])
+    assert two.shape[0] > one.shape[0]  # a wrapped label makes the header taller, nothing is dropped
+    tiled = labelled_grid(torch.zeros(1, 2, 3, 60, 60), ["a", "b"], tile_labels=[["left", "right"]])
+    assert (tiled[-12:, :60] > 0).any() and (tiled[-12:, 60:] > 0).any()  # a label box in each tile's corner
+    import pytest
+
+    with pytest.raises(ValueError, match="tile_labels must be 1 x 2"):
+        labelled_grid(torch.zeros(1, 2, 3, 8, 8), ["a", "b"], tile_labels=[["x"]])

@@ -40,11 +40,12 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-def write_grid(path: Path, rows: list[Tensor], labels: list[str], row_labels: list[str]) -> Path | None:
-    """One PNG: a line per scene (labelled), columns ``labels``."""
+def write_grid(path: Path, rows: list[Tensor], labels: list[str], row_labels: list[str],
+               tile_labels: list[list[str]] | None = None) -> Path | None:
+    """One PNG: a line per scene (labelled), columns ``labels``, each tile's own name when given."""
     if not rows:
         return None
-    grid = labelled_grid(torch.stack(rows).clamp(0, 1), labels, row_labels)
+    grid = labelled_grid(torch.stack(rows).clamp(0, 1), labels, row_labels, tile_labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     return path
@@ -74,10 +75,18 @@ def csv_row(row: dict[str, Any]) -> dict[str, Any]:
             if f"{m}_empty" in summary["all"]:
                 out[f"{prefix}{m}_empty"] = summary["all"][f"{m}_empty"]
         for group in ("kind", "source", "view"):
-            for key, vals in summary[group].items():
+            items = summary[group].items()
+            if group == "view":  # per-view columns in rig order, views the rig does not name after them
+                items = sorted(items, key=lambda kv: _rig_position(row, kv[0]))
+            for key, vals in items:
                 for m in names:
                     out[f"{prefix}{m}/{key}" if group == "kind" else f"{prefix}{m}/{group}:{key}"] = vals[m]
     return out
+
+
+def _rig_position(row: dict[str, Any], view: str) -> tuple[int, str]:
+    order = row.get("rig_views") or []
+    return (order.index(view), "") if view in order else (len(order), view)
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -122,6 +122,7 @@ class RowResult:
     generated: bool = False
     num_input_views: int | None = None
     novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # diffusion: novel views, model vs copy
+    grid_tiles: list[list[str]] | None = None  # per scene, each tile's view name (views that differ between scenes)
 
 
 def _record(batch: dict[str, Any], b: int, views: list[str], scores: dict[str, Tensor], prefix: str = ""
@@ -158,11 +159,13 @@ def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, opts: EvalSettin
         for b in range(pred.shape[0]):
             names = [_view_name(rig, int(j)) for j in batch["index"][b, sup, 0]]
             res.scenes.append(_record(batch, b, names, scores))
-            if len(res.grid_rows) < opts.grid_scenes:
+            if len(res.grid_rows) < opts.grid_scenes:  # the input and scored views differ from scene to scene
                 res.grid_rows.append(torch.cat([inputs[b], pred[b], target[b]]).float().cpu())
+                ins = [_view_name(rig, int(j)) for j in batch["index"][b, :vin, 0]]
+                res.grid_tiles = [*(res.grid_tiles or []), [*ins, *names, *names]]
         if not res.grid_labels:
-            res.grid_labels = ([f"in{j}" for j in range(vin)] + [f"render{j}" for j in range(vs)] +
-                               [f"gt{j}" for j in range(vs)])
+            res.grid_labels = ([f"input {j + 1}" for j in range(vin)] + [f"render {j + 1}" for j in range(vs)] +
+                               [f"ground truth {j + 1}" for j in range(vs)])
     res.metric_names = list(scores) if res.scenes else ["psnr", "ssim"]
     return res
 
@@ -359,7 +362,7 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
         row["novel_metrics"] = summarize(res.novel, names, prefix="novel/")
         row["copy_ref_metrics"] = summarize(res.novel, names, prefix="copy_ref/")
     grid = write_grid(opts.out / "grids" / f"{_slug(ckpt.label, data.label, eval_rig.name)}.png", res.grid_rows,
-                      res.grid_labels, [f"#{i}" for i in range(len(res.grid_rows))])
+                      res.grid_labels, [f"#{i}" for i in range(len(res.grid_rows))], res.grid_tiles)
     row["grid"] = str(grid.relative_to(opts.out)) if grid is not None else None
     return row
 
