@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tools.curves import default_panels, load_curves, select_panels
+from callbacks.run_curves import default_panels, load_curves, select_panels
 from tools.plot import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -165,3 +165,14 @@ def test_real_lightning_csv_logs_of_a_resumed_run(tmp_path):
     assert run.series["train/loss"] == pytest.approx({s: 1.0 / (s + 1) for s in (0, 10, 20, 30, 40)})
     assert run.series["val/psnr/all"][40] == pytest.approx(13.0)
     assert main([str(paths.run_dir), "--out", str(tmp_path / "real.png")]) == 0
+
+
+def test_learning_rates_and_the_gradient_norm_get_default_panels(tmp_path):
+    run = tmp_path / "exp" / "lr"
+    path = run / "logs" / "csv" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("epoch,step,train/loss,lr-AdamW/base,lr-AdamW/base/no_decay,train/grad_norm\n"
+                    "0,9,1.0,1e-4,1e-4,3.0\n0,19,0.8,2e-4,2e-4,2.5\n")
+    panels = default_panels([load_curves(run)])
+    assert [p.title for p in panels] == ["train/loss", "learning rate", "train/grad_norm"]
+    assert panels[1].columns == ["lr-AdamW/base", "lr-AdamW/base/no_decay"]  # one line per parameter group

@@ -8,7 +8,7 @@ metrics.csv`` parts, merged by step — a resumed run is one curve) or one metri
 metric, labelled with the run's folder name (or ``LABEL=``). Default panels: train/loss, val/loss and PSNR
 (train/psnr, val/psnr, val/psnr/<kind>, val/psnr_fg[/<kind>]); ``--metrics`` names the columns instead, one panel
 each (``val/psnr/*``: a pattern, one panel with every match). ``--x time`` puts wall time on the x axis when the
-CSV has a time / wall_time / timestamp column. The reading, merging and drawing live in ``tools/curves.py``
+CSV has a time / wall_time / timestamp column. The reading, merging and drawing live in ``callbacks/run_curves.py``
 (its docstring has the merge rule). Errors (a missing path, an empty CSV, a column not in the files) name the path
 or the column and exit with code 2.
 """
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools.curves import CurveError, default_label, default_panels, load_curves, plot_curves, select_panels
+from callbacks.run_curves import CurveError, default_label, default_panels, load_curves, plot_curves, select_panels
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,8 +17,9 @@ after S belongs to a history the checkpoint no longer has. Within a part, a late
 as gaps. An empty part of a run folder is skipped with a warning; a run whose parts are all empty, a CSV given
 alone that is empty, or a missing path is an error naming the path.
 
-Default panels: ``train/loss``, ``val/loss`` and one PSNR panel (``train/psnr``, ``val/psnr``, ``val/psnr/*`` per
-kind, ``val/psnr_fg`` and ``val/psnr_fg/*``: the foreground-box PSNR), each left out when no run logged it; x = step,
+Default panels: ``train/loss``, ``val/loss``, one PSNR panel (``train/psnr``, ``val/psnr``, ``val/psnr/*`` per
+kind, ``val/psnr_fg`` and ``val/psnr_fg/*``: the foreground-box PSNR), the learning rate (``lr-*``: one line per
+parameter group) and ``train/grad_norm``, each left out when no run logged it; x = step,
 or wall time (``--x time``) when the CSV has a ``time`` / ``wall_time`` / ``timestamp`` column (seconds; drawn as
 the time since the run's first row). ``metrics=[...]`` gives one panel per name instead (a name with ``*`` ``?``
 ``[`` is a pattern and its panel holds every match); a name no run part holds is an error naming it and the files.
@@ -199,12 +200,18 @@ def load_curves(source: str | Path, label: str | None = None) -> RunCurves:
 
 
 def default_panels(runs: Sequence[RunCurves]) -> list[Panel]:
-    """``train/loss``, ``val/loss`` and PSNR (``PSNR_PANEL``), each when some run logged it."""
+    """``train/loss``, ``val/loss``, PSNR (``PSNR_PANEL``), learning rates and gradient norm, each when some run
+    logged it."""
     present = list(dict.fromkeys(c for r in runs for c in r.columns))
     panels = [Panel(name, [name]) for name in ("train/loss", "val/loss") if name in present]
     psnr = sorted(c for c in present if PSNR_PANEL.match(c))
     if psnr:
         panels.append(Panel("PSNR (dB)", psnr))
+    rates = sorted(c for c in present if c.startswith("lr-"))
+    if rates:
+        panels.append(Panel("learning rate", rates))
+    if "train/grad_norm" in present:
+        panels.append(Panel("train/grad_norm", ["train/grad_norm"]))
     if not panels:
         files = [f for r in runs for f in r.files]
         raise CurveError(f"none of train/loss, val/loss, train/psnr, val/psnr* is a column of {_names(files)}; "
