@@ -174,12 +174,10 @@ def camera_position(azimuth_deg: float, elevation_deg: float, radius: float) -> 
 
 def scene_center_from_rays(c2w: Tensor) -> Tensor:
     """Least-squares point [3] closest to all optical axes of cameras c2w [V, 4, 4] (V >= 2, not all parallel)."""
-    o, d = c2w[:, :3, 3].double(), torch.nn.functional.normalize(c2w[:, :3, 2].double(), dim=-1)
-    proj = torch.eye(3, dtype=o.dtype) - d[:, :, None] * d[:, None, :]  # [V,3,3] projectors orthogonal to rays
-    a, b = proj.sum(0), (proj @ o[:, :, None]).sum(0)
-    if torch.linalg.matrix_rank(a) < 3:
-        raise ValueError("cannot find a scene centre: the cameras' optical axes are all parallel")
-    return torch.linalg.solve(a, b).squeeze(-1).to(c2w.dtype)
+    try:
+        return point_nearest_rays(c2w[:, :3, 3], c2w[:, :3, 2]).to(c2w.dtype)
+    except ValueError:
+        raise ValueError("cannot find a scene centre: the cameras' optical axes are all parallel") from None
 
 
 def normalize_cameras(
@@ -199,6 +197,59 @@ def normalize_cameras(
     out = c2w.clone()
     out[:, :3, 3] = pos * scale
     return out, center, scale
+
+
+def point_nearest_rays(origins: Tensor, dirs: Tensor) -> Tensor:
+    """Least-squares point [3] nearest all rays ``origins`` [N, 3] + t ``dirs`` [N, 3] (N >= 2, not all parallel)."""
+    o, d = origins.double(), torch.nn.functional.normalize(dirs.double(), dim=-1)
+    proj = torch.eye(3, dtype=o.dtype) - d[:, :, None] * d[:, None, :]  # [N,3,3] projectors orthogonal to rays
+    a, b = proj.sum(0), (proj @ o[:, :, None]).sum(0)
+    if torch.linalg.matrix_rank(a) < 3:
+        raise ValueError("cannot find a point nearest the rays: they are all parallel")
+    return torch.linalg.solve(a, b).squeeze(-1).to(origins.dtype)
+
+
+def rays_through_pixels(c2w: Tensor, fxfycxcy: Tensor, uv: Tensor) -> tuple[Tensor, Tensor]:
+    """World rays (origins [N, 3], unit directions [N, 3]) of cameras c2w [N, 4, 4] / fxfycxcy [N, 4] through the
+    continuous pixel positions uv [N, 2] (the convention of :func:`project_points`)."""
+    fx, fy, cx, cy = fxfycxcy.unbind(-1)
+    cam = torch.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy, torch.ones_like(fx)], dim=-1)
+    dirs = (c2w[:, :3, :3] @ cam[:, :, None]).squeeze(-1)
+    return c2w[:, :3, 3], torch.nn.functional.normalize(dirs, dim=-1)
+
+
+def subject_center(c2w: Tensor, fxfycxcy: Tensor, uv: Tensor) -> Tensor:
+    """The subject's centre [3]: the point nearest all rays through its pixel centroids uv [V, 2] (e.g. the mask
+    centroids) of cameras c2w [V, 4, 4] / fxfycxcy [V, 4] — not where the optical axes meet."""
+    return point_nearest_rays(*rays_through_pixels(c2w.double(), fxfycxcy.double(), uv.double())).to(c2w.dtype)
+
+
+def normalize_about_subject(c2w: Tensor, fxfycxcy: Tensor, center: Tensor,
+                            target_radius: float = 2.7) -> tuple[Tensor, Tensor, Tensor]:
+    """Per camera: move it along the line through ``center`` to distance ``target_radius`` (``center`` becomes the
+    origin, rotations kept) and scale its intrinsics about the centre's pixel so the subject keeps its pixel size.
+
+    With d the camera's distance to the centre and s = target_radius / d: fx, fy -> s fx, s fy and the principal
+    point moves so the centre projects at the same pixel (c -> u0 - s (u0 - c)). To first order (a subject small
+    against d) every pixel of the subject stays where it was; the image is not changed.
+
+    Args:
+        c2w: [V, 4, 4].  fxfycxcy: [V, 4].  center: [3] world point.
+    Returns:
+        (c2w [V, 4, 4] with every camera at ``target_radius`` from the origin, fxfycxcy [V, 4], scales s [V]).
+    """
+    center = center.to(c2w)
+    rel = c2w[:, :3, 3] - center
+    dist = rel.norm(dim=-1)
+    s = target_radius / dist
+    uv0, _ = project_points(center.expand(len(c2w), 1, 3), c2w, fxfycxcy)
+    uv0 = uv0[:, 0]
+    out = c2w.clone()
+    out[:, :3, 3] = rel * s[:, None]
+    k = fxfycxcy.clone()
+    k[:, :2] = fxfycxcy[:, :2] * s[:, None]
+    k[:, 2:] = uv0 - s[:, None] * (uv0 - fxfycxcy[:, 2:])
+    return out, k, s
 
 
 def check_c2w(c2w: Tensor, where: str, atol: float = 1e-3) -> None:

@@ -296,4 +296,44 @@ def rig_from_views(name: str, azimuths_deg: Sequence[float], elevation_deg: floa
                elevations_deg=(float(elevation_deg),) * len(names), **kw)
 
 
-__all__ = ["Rig", "RigDiff", "ViewDiff", "available_rigs", "load_rig", "rig_from_views"]
+def derive_rig(name: str, c2w: Tensor, fxfycxcy: Tensor, size: int, view_names: Sequence[str] | None = None,
+               up_axis: str = "z", description: str = "") -> tuple[Rig, dict[str, Any]]:
+    """A rig from normalized real cameras c2w [F, V, 4, 4] / fxfycxcy [F, V, 4] at square ``size`` (F frames, each
+    centred on the subject at the origin): per view the circular mean azimuth and the mean elevation about the origin,
+    radius = mean distance, fov = median over all views and frames. Returns (rig, stats): ``stats`` has per-view
+    spreads and, per frame, the worst camera-position angle and orientation angle against the rig (a real camera
+    need not look exactly at the subject, so its orientation differs by its off-axis angle)."""
+    c2w, fxfycxcy = torch.as_tensor(c2w).double(), torch.as_tensor(fxfycxcy).double()
+    if c2w.ndim != 4 or c2w.shape[-2:] != (4, 4) or len(c2w) == 0:
+        raise ValueError(f"derive_rig: cameras must be [frames, views, 4, 4], got {list(c2w.shape)}")
+    nf, nv = c2w.shape[:2]
+    names = tuple(view_names) if view_names else tuple(f"cam_{v:03d}" for v in range(nv))
+    az, el, dist = spherical_from_c2w(c2w, up=up_axis)
+    rad = torch.deg2rad(az)
+    mean_az = torch.rad2deg(torch.atan2(rad.sin().mean(0), rad.cos().mean(0))) % 360.0
+    fovs = torch.tensor([fov_from_focal(float(f), size) for f in fxfycxcy[..., 0].flatten()])
+    rig = Rig(name=name, view_names=names, azimuths_deg=tuple(round(float(a), 3) for a in mean_az),
+              elevations_deg=tuple(round(float(e), 3) for e in el.mean(0)), radius=round(float(dist.mean()), 5),
+              fov_deg=round(float(fovs.median()), 4), image_size=int(size), up_axis=up_axis)
+    per_frame = [rig.compare_cameras(c2w[i], name=f"frame {i}") for i in range(nf)]
+    az_spread = ((az - mean_az + 180.0) % 360.0 - 180.0).abs().amax(0)
+    stats = {
+        "frames": nf, "views": list(names),
+        "azimuth_spread_deg": [round(float(x), 3) for x in az_spread],
+        "elevation_spread_deg": [round(float(x), 3) for x in (el - el.mean(0)).abs().amax(0)],
+        "distance": {"min": float(dist.min()), "max": float(dist.max())},
+        "fov_deg": {"min": float(fovs.min()), "max": float(fovs.max()), "median": float(fovs.median())},
+        "worst_position_angle_deg": max(max(v.angle_deg for v in d.per_view) for d in per_frame),
+        "worst_orientation_deg": max(max(v.rotation_deg for v in d.per_view) for d in per_frame),
+    }
+    return rig, stats
+
+
+def rig_yaml(rig: Rig, description: str = "") -> str:
+    """The YAML text of ``rig`` in the format of geometry/rigs/*.yaml (``load_rig`` reads it back)."""
+    d = {"name": rig.name, "description": description or f"rig {rig.name}", **{
+        k: v for k, v in rig.to_dict().items() if k != "name"}}
+    return yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+
+
+__all__ = ["Rig", "RigDiff", "ViewDiff", "available_rigs", "derive_rig", "load_rig", "rig_from_views", "rig_yaml"]

@@ -3,10 +3,19 @@
     python -m tools.rig show NAME [--size S] [--json]
     python -m tools.rig compare A B [--angle-tol 1.0] [--dist-tol 0.05] [--json]     (exit 1 when they differ)
     python -m tools.rig check DATA_DIR --rig NAME [--json]                          (exit 1 on mismatch)
+    python -m tools.rig derive CALIBRATION_OR_SCENES --name NAME [--out PATH] [--up z|y] [--fov DEG] [--json]
 
 ``check`` reads every ``opencv_cameras.json`` below DATA_DIR. Scenes with as many views as the rig are compared view
 by view (diffusion data must be in rig order); scenes with other view counts (reconstruction data) are summarised:
 camera distances (the normalization the pretrained GS-LRM needs), elevations and field of view against the rig.
+Scenes written by ``tools.import_captures`` (with capture.json) also report each camera's azimuth / elevation /
+distance about the animal's centre before (raw calibration) and after normalization.
+
+``derive`` writes a rig (default ``configs/rigs/NAME.yaml``) from normalized real cameras: the scenes of
+``tools.import_captures`` (per view the mean direction about the animal over all frames, the median field of view),
+or a calibration file alone (centred where the optical axes meet; field of view at the calibrated image width).
+It prints how far each frame's cameras lie from the rig (positions; orientations differ by each real camera's
+off-axis angle).
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from datamodules.captures import calibration_cameras, capture_camera_table, scene_cameras
+from geometry.calibration import load_calibration
 from geometry.camera_files import read_camera_file
 from geometry.cameras import fov_from_focal, spherical_from_c2w
-from geometry.rig import load_rig
+from geometry.rig import RIGS_DIR, derive_rig, load_rig, rig_yaml
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -90,6 +101,8 @@ def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_to
         problems.append(f"{len(uncalibrated)} scene folder(s) have images/ but no opencv_cameras.json, e.g. "
                         f"{uncalibrated[0]}")
     report["short_scenes"], report["scenes_without_cameras"] = short, uncalibrated
+    report["cameras_about_animal"] = {str(f.parent): t for f in files
+                                      if (t := capture_camera_table(f.parent, rig.up_axis)) is not None}
     report["problems"], report["ok"] = problems, not problems
     return report
 
@@ -105,8 +118,36 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  {key:<14} min {r['min']:8.3f}  max {r['max']:8.3f}  rig {r['rig']}")
         for s in report["rig_order_scenes"]:
             print(f"  {'ok ' if s['ok'] else 'BAD'} {s['scene']}  worst angle {s['worst_angle_deg']:.2f} deg")
+        for scene, table in list(report["cameras_about_animal"].items())[:1]:
+            print(f"  {scene}: azimuth / elevation / distance about the animal, before ({table[0]['units']}) -> after")
+            for r in table:
+                print(f"    {r['camera']:<12}" + "  ->  ".join("{:7.1f} {:6.1f} {:8.3f}".format(*x)
+                                                              for x in (r["before"], r["after"])))
         print("OK" if report["ok"] else "\n".join(f"PROBLEM: {p}" for p in report["problems"]))
     return 0 if report["ok"] else 1
+
+
+def _derive(args: argparse.Namespace) -> int:
+    src = Path(args.source)
+    if src.is_dir():
+        c2w, k, size, names = scene_cameras(src)
+    else:
+        c2w, k, size, names = calibration_cameras(load_calibration(src, trust=args.trust_pickle))
+    rig, stats = derive_rig(args.name, c2w, k, size, names, up_axis=args.up)
+    if args.fov is not None:
+        rig = load_rig({**rig.to_dict(), "fov_deg": args.fov})
+    out = Path(args.out) if args.out else RIGS_DIR / f"{args.name}.yaml"
+    out.write_text(rig_yaml(rig, f"derived by tools.rig derive from {src} ({stats['frames']} frame(s))"))
+    if args.json:
+        print(json.dumps({"rig": rig.to_dict(), "path": str(out), **stats}))
+        return 0
+    print(f"wrote {out}: rig {rig.name} ({rig.fingerprint}), {stats['frames']} frame(s), fov {rig.fov_deg:.2f} deg")
+    for i, n in enumerate(rig.view_names):
+        print(f"  {n:<14}azimuth {rig.azimuths_deg[i]:7.1f} (+-{stats['azimuth_spread_deg'][i]:.1f})  elevation "
+              f"{rig.elevations_deg[i]:6.1f} (+-{stats['elevation_spread_deg'][i]:.1f})")
+    print(f"  frames vs rig: camera positions within {stats['worst_position_angle_deg']:.2f} deg, orientations "
+          f"within {stats['worst_orientation_deg']:.2f} deg")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--dist-tol", type=float, default=0.05)
         c.add_argument("--json", action="store_true")
         c.set_defaults(func=func)
+    d = sub.add_parser("derive", help="write a rig yaml from normalized real cameras")
+    d.add_argument("source", help="scenes of tools.import_captures, or a calibration file")
+    d.add_argument("--name", required=True)
+    d.add_argument("--out", default=None, help="rig yaml to write (default: configs/rigs/NAME.yaml)")
+    d.add_argument("--up", default="z", choices=["z", "y"], help="the world's up axis")
+    d.add_argument("--fov", type=float, default=None, help="field of view in degrees (default: measured)")
+    d.add_argument("--trust-pickle", action="store_true", help="unpickle a .pkl calibration fully (runs its code)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=_derive)
     return p
 
 
