@@ -229,8 +229,9 @@ def checkpoint_stage(path: str | os.PathLike, trust: bool = False) -> str:
 
 
 def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
-    """The rig stored with a ``.ckpt`` (``checkpoint["mvlift"]["rig"]``), an export folder (:data:`RIG_FILE`) or a
-    rig file itself."""
+    """The rig stored with a ``.ckpt`` (``checkpoint["mvlift"]["rig"]``), an export folder (:data:`RIG_FILE`), a
+    view embeddings ``.safetensors`` (``lightning_modules.view_conditioning``: the rig in its metadata; embeddings are
+    bound to the rig they were made for) or a rig file itself."""
     path = Path(path)
     if path.is_dir():
         rig_file = path / RIG_FILE
@@ -241,6 +242,8 @@ def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".json":
         return _rig_file(path)
+    if path.suffix == ".safetensors":
+        return _safetensors_rig(path)
     meta = checkpoint_metadata(path, trust)
     if "rig" not in meta:
         raise ValueError(f"{path}: checkpoint['{CKPT_KEY}'] has no 'rig'")
@@ -248,6 +251,19 @@ def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
         return Rig.from_dict(meta["rig"])
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: bad rig in checkpoint['{CKPT_KEY}']['rig']: {e}") from e
+
+
+def _safetensors_rig(path: Path) -> Rig:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return Rig.from_dict(json.loads(meta["rig"]))
+    except KeyError:
+        raise ValueError(f"{path}: no rig in the file's metadata (not an mvlift view embeddings file)") from None
+    except (ValueError, TypeError, OSError) as e:
+        raise ValueError(f"{path}: bad view embeddings file: {e}") from e
 
 
 def _rig_file(path: Path) -> Rig:

@@ -6,6 +6,9 @@ noise schedule at ``noise_level``), sinusoidal embedding of the noise level] (2 
 embeddings as cross-attention context (``lightning_modules.view_conditioning``). The views of a scene are folded
 into the batch in rig order, [(B V), ...], and the UNet's self-attention spans them
 (``lightning_modules.mv_attention``, mode ``sparse`` or ``joint``, stored in checkpoints and exports).
+``view_embeddings``: ``facelift`` (FaceLift's fixed file, ``facelift_embeds``), ``learned`` (``view_init``) or a
+file to start from (``view_embeddings: FILE``: e.g. ``python -m tools.view_embeddings``' text-built ones; bound to the
+rig stored in it).
 
 Training randomness (timesteps, noise, the VAE posterior sample, the unCLIP image-embedding noise, classifier-free
 guidance condition dropout) comes from a generator on the module's device, re-seeded every training step from
@@ -86,7 +89,8 @@ from lightning_modules.pretrained import (
 from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
 from lightning_modules.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
-from lightning_modules.view_conditioning import ViewEmbeddings
+from lightning_modules.view_conditioning import SOURCES as VIEW_SOURCES
+from lightning_modules.view_conditioning import ViewEmbeddings, check_embeddings_fit, is_embeddings_file
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +262,9 @@ class DiffusionModule(StageModule):
         self.attention_mode = check_mode(attention)
         self.attention_backend = check_attention_backend(attention_backend)
         check_optimizer(optimizer)
-        if view_embeddings not in ("facelift", "learned"):
-            raise ValueError(f"view_embeddings must be 'facelift' or 'learned', got {view_embeddings!r}")
+        if view_embeddings not in VIEW_SOURCES and not is_embeddings_file(view_embeddings):
+            raise ValueError(f"view_embeddings must be 'facelift', 'learned' or a view embeddings file (.safetensors "
+                             f"from an export or tools.view_embeddings, FaceLift's .pt), got {view_embeddings!r}")
         self.rig: Rig = load_rig(rig)
         check_autoencoder(autoencoder)
 
@@ -335,13 +340,22 @@ class DiffusionModule(StageModule):
         self._components = c
 
     def _make_view_embeddings(self) -> ViewEmbeddings:
+        """From ``view_embeddings_path`` (its source must be ``view_embeddings``), a file given as
+        ``view_embeddings: FILE`` (any source: FaceLift's .pt, an export's or tools.view_embeddings' .safetensors; the
+        file's rig must be the module's), FaceLift's ``facelift_embeds`` or new learned ones (``view_init``)."""
         h = self.hparams
         dim = int(self.unet.config.cross_attention_dim)
-        if h.view_embeddings_path:
+        if h.view_embeddings not in VIEW_SOURCES:  # view_embeddings: FILE
+            emb = ViewEmbeddings.load(h.view_embeddings, self.rig)
+            check_embeddings_fit(tuple(emb.embeds.shape), self.rig.num_views, dim, str(h.view_embeddings))
+        elif h.view_embeddings_path:
             emb = ViewEmbeddings.load(h.view_embeddings_path, self.rig)
             if emb.source != h.view_embeddings:
                 raise ValueError(f"{h.view_embeddings_path}: holds {emb.source!r} view embeddings but "
                                  f"view_embeddings={h.view_embeddings!r}")
+        elif h.view_embeddings == "text":
+            raise ValueError("view_embeddings='text' needs the file: view_embeddings: FILE (made by "
+                             "python -m tools.view_embeddings)")
         elif h.view_embeddings == "facelift":
             if not h.facelift_embeds:
                 raise ValueError("view_embeddings='facelift' needs facelift_embeds=PATH to FaceLift's "
@@ -357,7 +371,7 @@ class DiffusionModule(StageModule):
         else:
             raise ValueError(f"view_init must be 'nearest_facelift' or 'scratch', got {h.view_init!r}")
         if emb.dim != dim:
-            raise ValueError(f"view embeddings are {emb.dim}-dimensional but the UNet's cross_attention_dim is {dim}")
+            check_embeddings_fit(tuple(emb.embeds.shape), self.rig.num_views, dim, "view embeddings")
         if emb.num_views != self.rig.num_views:
             raise ValueError(f"view embeddings have {emb.num_views} views, rig {self.rig.name!r} has "
                              f"{self.rig.num_views}")
@@ -701,7 +715,8 @@ class DiffusionModule(StageModule):
         make_tree_readable(out / EMA_WEIGHTS[self.stage])
 
     def export_extras(self) -> dict[str, Any]:
-        return {"pipeline_notes": self.pipeline_notes}
+        info = {"view_embeddings_info": self.view_embeddings.info} if self.view_embeddings.info else {}
+        return {"pipeline_notes": self.pipeline_notes, **info}
 
     @classmethod
     def export_arguments(cls, path: Path, meta: dict[str, Any], hparams: dict[str, Any], ema: bool) -> dict[str, Any]:

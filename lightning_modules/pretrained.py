@@ -3,6 +3,11 @@
 A pipeline folder has FaceLift's ``pipeckpts/`` (= Stable Diffusion 2.1 unCLIP) layout::
 
     unet/ vae/ image_encoder/ feature_extractor/ scheduler/ [image_normalizer/ image_noising_scheduler/]
+    [text_encoder/ tokenizer/]
+
+``text_encoder/`` + ``tokenizer/`` (SD's CLIP text model) are read only to make view embeddings from text
+(:func:`load_text_encoder`, ``lightning_modules.view_conditioning.text_view_embeddings``); the diffusion stage itself
+conditions on per-view embeddings, not on text.
 
 Everything is read with ``from_pretrained(..., local_files_only=True)``: nothing is downloaded. FaceLift's
 ``unet/config.json`` names its own block classes (``CrossAttnDownBlockMV2D``, ``UNetMidBlockMV2DCrossAttn``,
@@ -10,7 +15,8 @@ Everything is read with ``from_pretrained(..., local_files_only=True)``: nothing
 plain diffusers blocks (same parameter names and shapes) and the extra keys are reported, not used — the
 multi-view behaviour comes from ``lightning_modules.mv_attention``.
 
-``make_tiny_pipeline_folder(path)`` writes tiny random components in the same layout (tests and smoke runs).
+``make_tiny_pipeline_folder(path)`` writes tiny random components in the same layout (tests and smoke runs);
+``text_encoder=True`` adds a tiny CLIP text model and a tokenizer built offline (:func:`tiny_clip_tokenizer`).
 
 The autoencoder (``AUTOENCODERS``): ``vae`` is the pipeline's frozen ``AutoencoderKL`` (4 latent channels, 8x
 smaller in SD); ``pixel`` is :class:`PixelAutoencoder`, the identity: the latents are the image itself, RGB in
@@ -416,16 +422,103 @@ def facelift_style_unet_config(config: dict[str, Any], num_views: int = 6) -> di
 
 def make_tiny_pipeline_folder(path: str | Path, image_size: int = 32, unet_in_channels: int = 8,
                               cross_attention_dim: int = 32, image_embed_dim: int = 16, width: int = 32,
-                              prediction_type: str = "epsilon", facelift_layout: bool = False, seed: int = 0) -> Path:
+                              prediction_type: str = "epsilon", facelift_layout: bool = False, seed: int = 0,
+                              text_encoder: bool = False, text_dim: int | None = None) -> Path:
     """Write tiny random pipeline components to ``path`` (FaceLift/SD-2.1-unCLIP layout). ``unet_in_channels=4``
-    makes an SD-style 4-input UNet; ``facelift_layout`` writes FaceLift's custom class names into unet/config.json."""
+    makes an SD-style 4-input UNet; ``facelift_layout`` writes FaceLift's custom class names into unet/config.json;
+    ``text_encoder`` adds ``text_encoder/`` (hidden size ``text_dim``, default the UNet's cross-attention dim) and
+    ``tokenizer/`` (:func:`tiny_clip_tokenizer`)."""
     c = build_tiny_components(image_size, unet_in_channels, cross_attention_dim, image_embed_dim, width,
                               prediction_type, seed)
     folder = save_pipeline_components(c, path)
+    if text_encoder:
+        tokenizer = tiny_clip_tokenizer()
+        build_tiny_text_encoder(text_dim or cross_attention_dim, vocab_size=len(tokenizer),
+                                seed=seed).save_pretrained(str(folder / "text_encoder"))
+        tokenizer.save_pretrained(str(folder / "tokenizer"))
+        make_tree_readable(folder)
     if facelift_layout:
         cfg_path = folder / "unet" / "config.json"
         cfg_path.write_text(json.dumps(facelift_style_unet_config(json.loads(cfg_path.read_text())), indent=2))
     return folder
+
+
+# ---- text encoder (view embeddings from text) ------------------------------------------------------------------------
+TINY_WORDS = ("a", "rendering", "image", "of", "3d", "model", "models", "view", "color", "map", "front", "right", "left",
+              "back", "from", "above", "below", "at", "an", "angle", "eye", "level", "slightly", "high", "directly")
+
+
+def tiny_clip_tokenizer(words: Sequence[str] = TINY_WORDS, model_max_length: int = 77) -> Any:
+    """A CLIP tokenizer built offline: every byte-level character (alone and word-final) plus merges that make each
+    of ``words`` one token, so SD-style prompts fit in ``model_max_length`` tokens. Deterministic."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for c in [*chars, *(c + "</w>" for c in chars)]:
+        vocab.setdefault(c, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for w in words:
+        parts = [*w[:-1], w[-1] + "</w>"]
+        left = parts[0]
+        for right in parts[1:]:
+            if (left, right) not in merges:
+                merges.append((left, right))
+            left += right
+            vocab.setdefault(left, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_tiny_text_encoder(hidden_size: int = 32, vocab_size: int = 600, max_positions: int = 77, seed: int = 0
+                            ) -> Any:
+    """A 2-layer random CLIP text model (``hidden_size`` = the embeddings' dim), deterministic for a seed."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_positions,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPTextModel(cfg).eval()
+
+
+def load_text_encoder(folder: str | Path) -> tuple[Any, Any]:
+    """(CLIP text model, tokenizer) of a pipeline folder's ``text_encoder/`` and ``tokenizer/``, local files only."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    missing = [c for c in ("text_encoder", "tokenizer") if not (folder / c).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no {' / '.join(m + '/' for m in missing)} — view embeddings from text "
+                                "need the pipeline's own text encoder and tokenizer (SD 2.1 unCLIP layout)")
+    text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), local_files_only=True).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    return text_encoder, tokenizer
+
+
+def unet_cross_attention_dim(folder: str | Path, unet_subfolder: str = "unet") -> int:
+    """The cross-attention dim of a pipeline folder's UNet, from its config.json (no weights read)."""
+    path = Path(folder) / unet_subfolder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: not a pipeline folder")
+    dim = json.loads(path.read_text()).get("cross_attention_dim")
+    if isinstance(dim, (list, tuple)):  # per-block dims (diffusers allows it): all must agree
+        if len(set(dim)) != 1:
+            raise ValueError(f"{path}: per-block cross_attention_dim {dim}; view embeddings need one dim")
+        dim = dim[0]
+    return int(dim if dim is not None else 1280)  # diffusers' default
+
+
+def text_context_tokens(folder: str | Path) -> int:
+    """Tokens of the pipeline's text context: its tokenizer's ``model_max_length`` when it has ``tokenizer/``, else
+    77 (CLIP's, SD's and FaceLift's)."""
+    cfg = Path(folder) / "tokenizer" / "tokenizer_config.json"
+    if cfg.is_file():
+        n = json.loads(cfg.read_text()).get("model_max_length")
+        if isinstance(n, int) and 0 < n < 100_000:
+            return n
+    return 77
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -450,9 +543,29 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "AUTOENCODERS", "COMPONENTS", "PipelineComponents", "PixelAutoencoder", "build_tiny_components",
-    "check_autoencoder", "default_image_noising_scheduler", "expand_conv_in", "facelift_style_unet_config",
-    "is_facelift_unet_config", "latent_channels_of", "load_pipeline_components", "load_unet",
-    "make_tiny_pipeline_folder", "pixel_scheduler", "plain_block_name", "plain_unet_config",
-    "save_pipeline_components", "sd21_unclip_unet_config", "tiny_unet_config",
+    "AUTOENCODERS",
+    "COMPONENTS",
+    "PipelineComponents",
+    "PixelAutoencoder",
+    "build_tiny_components",
+    "build_tiny_text_encoder",
+    "check_autoencoder",
+    "default_image_noising_scheduler",
+    "expand_conv_in",
+    "facelift_style_unet_config",
+    "is_facelift_unet_config",
+    "latent_channels_of",
+    "load_pipeline_components",
+    "load_text_encoder",
+    "load_unet",
+    "make_tiny_pipeline_folder",
+    "pixel_scheduler",
+    "plain_block_name",
+    "plain_unet_config",
+    "save_pipeline_components",
+    "sd21_unclip_unet_config",
+    "text_context_tokens",
+    "tiny_clip_tokenizer",
+    "tiny_unet_config",
+    "unet_cross_attention_dim",
 ]

@@ -66,16 +66,18 @@ class StageModule(pl.LightningModule):
         return {}
 
     # ---- export -------------------------------------------------------------------------------------------------
-    def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None) -> Path:
+    def export(self, out_dir: str | Path, ema_weights: dict[str, Tensor] | None = None,
+               metadata: dict[str, Any] | None = None) -> Path:
         """Write an export folder: the weights, the EMA weights (``ema_weights``: the EMA callback's shadow of
         ``ema_target``, names with or without its prefix), the rig and the metadata with the constructor arguments
-        (:func:`lightning_modules.artifacts.write_export_metadata`)."""
+        (:func:`lightning_modules.artifacts.write_export_metadata`); ``metadata``: keys added to it (e.g.
+        ``converted_from`` of ``lightning_modules.facelift_convert``)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.save_weights(out)
         if ema_weights is not None:
             self.save_ema_weights(out, ema_weights)
-        write_export_metadata(out, {**self.mvlift_metadata(), **self.export_extras()},
+        write_export_metadata(out, {**self.mvlift_metadata(), **self.export_extras(), **(metadata or {})},
                               init_hparams(self.hparams, drop=self.export_drops), self.rig)
         return out
 

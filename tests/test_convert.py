@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_modules.facelift_convert import convert_facelift_gslrm_state
 from lightning_modules.gslrm import GSLRM, GSLRMConfig, gslrm_state_dict_shapes
-from tools.convert import convert_facelift_gslrm_state, main
+from tools.convert import main
 
 SHAPES = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "facelift_gslrm_state_dict_shapes.json"
 TINY = GSLRMConfig(width=32, depth=2, head_dim=16, image_size=16)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ["convert", "evaluate", "infer", "inspect_data", "make_shards", "plot", "rig", "synthesize", "view"]
+TOOLS = ["convert", "evaluate", "infer", "inspect_data", "make_shards", "plot", "rig", "synthesize", "view",
+         "view_embeddings"]
 
 
 @pytest.mark.parametrize("name", TOOLS)
