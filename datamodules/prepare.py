@@ -25,7 +25,9 @@ from torch import Tensor
 from datamodules.io import (
     background_color,
     center_views,
+    centering_box,
     composite,
+    crop_views,
     estimate_background,
     resize_views,
     validate_pixels,
@@ -79,4 +81,23 @@ def prepare_views(source: Source, scene: int, cams: SceneCameras, views: list[in
     return PreparedViews(decode, images, alpha, k, bg)
 
 
-__all__ = ["PreparedViews", "prepare_views"]
+def center_photo(rgb: Tensor, mask: Tensor | None, background: Tensor, fill: float = 0.6,
+                 max_size: int = 1024) -> Tensor:
+    """A photo of any size as a square model input, centred the DataModule's way: with a mask (alpha or a background
+    remover's) the square box in which the mask's longer side is ``fill`` (``datamodules.io.center_views``, as
+    ``prepare_views(center_crop=True)``), the premultiplied color composited over ``background``; without one, the
+    photo padded to a square with its edge pixels. rgb [3, H, W], mask [1, H, W] | None -> [3, S, S], S = the box
+    side in pixels (at least 16, at most ``max_size``)."""
+    h, w = rgb.shape[-2:]
+    if mask is not None and (mask > 0.5).any():
+        box = centering_box(mask, fill)
+        side = max(16, min(max_size, round(box[2] - box[0])))
+        k = torch.zeros(1, 4)
+        premult, alpha, _ = center_views((rgb * mask)[None], mask[None], k, side, fill, "zeros", box_alpha=mask)
+        return composite(premult, alpha, background)[0]
+    side = max(h, w)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return crop_views(rgb[None], box, max(16, min(max_size, side)), "border")[0]
+
+
+__all__ = ["PreparedViews", "center_photo", "prepare_views"]

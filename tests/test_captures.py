@@ -267,3 +267,19 @@ def test_markerless_layout_videos(tmp_path):
     assert main(["--markerless", str(tmp_path), "--out", str(tmp_path / "out"), "--size", "32", "--no-progress"]) == 0
     report = json.loads((tmp_path / "out" / "import_report.json").read_text())
     assert report["kept"] == 2 and report["rejected"] == 0
+
+
+def test_center_photo_any_size():
+    from datamodules.prepare import center_photo
+
+    rgb = torch.zeros(3, 50, 120)
+    mask = torch.zeros(1, 50, 120)
+    mask[:, 10:30, 80:100] = 1  # a 20 px object off-centre in a wide photo
+    rgb[:, 10:30, 80:100] = 0.5
+    out = center_photo(rgb, mask, torch.ones(3))
+    side = out.shape[-1]
+    assert out.shape == (3, side, side) and side == round(20 / 0.6)
+    dark = (out[0] < 0.75).nonzero()
+    centre = dark.float().mean(0) + 0.5
+    assert (centre - side / 2).abs().max() < 1.0  # the object in the middle, 0.6 of the frame
+    assert center_photo(rgb, None, torch.ones(3)).shape == (3, 120, 120)

@@ -124,9 +124,9 @@ def test_bad_inputs_are_errors_naming_the_file(ckpts, images, tmp_path, capsys):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(wide)
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tiny)
-    for bad, what in ((broken, "broken.png"), (wide, "30x20"), (tiny, "smaller than"),
-                      (tmp_path / "missing.png", "missing.png")):
-        assert _run(ckpts, [images["rgba"], bad], tmp_path / "o") == 2
+    for bad, what, extra in ((broken, "broken.png", ()), (wide, "30x20", ("--center", "never")),
+                             (tiny, "smaller than", ()), (tmp_path / "missing.png", "missing.png", ())):
+        assert _run(ckpts, [images["rgba"], bad], tmp_path / "o", *extra) == 2
         err = capsys.readouterr().err
         assert str(bad) in err and what in err, err
     assert not (tmp_path / "o").exists()
@@ -200,3 +200,13 @@ def test_background_defaults_to_the_trained_one_and_an_explicit_choice_wins(ckpt
     from lightning_modules.reconstruction import ReconstructionModule
 
     assert ReconstructionModule.from_export(rec_export).mvlift_metadata()["background"]["color"] == [0.0, 0.0, 0.0]
+
+
+def test_non_square_photo_is_centred_on_its_alpha(ckpts, tmp_path):
+    wide = tmp_path / "wide_mouse.png"
+    rgba = np.zeros((24, 40, 4), np.uint8)
+    rgba[6:14, 26:34] = [180, 120, 90, 255]  # an object off-centre in a wide photo
+    Image.fromarray(rgba).save(wide)
+    assert _run(ckpts, [wide], tmp_path / "o") == 0
+    info = json.loads((tmp_path / "o" / "wide_mouse" / "info.json").read_text())
+    assert "centred on its mask box" in info["background_removal"]

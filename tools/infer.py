@@ -3,7 +3,7 @@
     python -m tools.infer IMAGE [IMAGE ...] --diffusion CKPT --reconstruction CKPT --out DIR
         [--steps 50] [--guidance 3.0] [--seed 0] [--scheduler ddim] [--allow-rig-mismatch]
         [--background-removal alpha|none|MODULE:FUNCTION] [--background COLOR] [--input-views all|0,1,...]
-        [--ema] [--device cpu|cuda] [--turntable-frames 36] [--turntable-size 256] [--fps 12] [--trust-checkpoint]
+        [--center auto|always|never] [--ema] [--device cpu|cuda] [--turntable-frames 36] [--turntable-size 256] [--fps 12] [--trust-checkpoint]
         [--view [--view-port 8080]]
 
 CKPT: a Lightning ``.ckpt`` or an export folder of the stage (the stage is read from the checkpoint's metadata).
@@ -14,8 +14,10 @@ trust: unpickling can run code).
 Order of work: (1) the rig guard — the diffusion checkpoint's rig and the reconstruction checkpoint's rig must
 match, else an error naming both rigs with the per-view difference (``--allow-rig-mismatch``: a logged warning, and
 the reconstruction still gets the views' true cameras, those of the diffusion rig); (2) every image is read and
-checked (unreadable, non-square or smaller than 16 px -> an error naming the file) before any model is loaded;
-(3) per image: background removal (datamodules.photos), ``DiffusionModule.sample`` (the cameras come from the diffusion
+checked (unreadable or smaller than 16 px -> an error naming the file) before any model is loaded;
+(3) per image: background removal (datamodules.photos); a photo of any size is centred on its alpha/mask box with the
+DataModule's centring (``datamodules.prepare.center_photo``; ``--center``: auto = non-square photos, always, never);
+``DiffusionModule.sample`` (the cameras come from the diffusion
 model's rig, never from the caller), the views resized to the reconstruction model's size with the rig's cameras at
 that size, ``ReconstructionModule.reconstruct``, then the outputs.
 
@@ -47,7 +49,8 @@ from pathlib import Path
 import torch
 
 from datamodules.io import background_color
-from datamodules.photos import BackgroundRemoval, check_square, read_image
+from datamodules.photos import BackgroundRemoval, ImageInputError, read_image
+from datamodules.prepare import center_photo
 from geometry.images import save_png
 from lightning_modules.pipeline import (
     Sampling,
@@ -79,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go on (with a logged warning) when the two checkpoints' rigs differ")
     p.add_argument("--background-removal", default="alpha",
                    help="alpha (composite an alpha channel over the background), none, or a local MODULE:FUNCTION")
+    p.add_argument("--center", default="auto", choices=["auto", "always", "never"],
+                   help="centre the photo on its alpha/mask box as the DataModule centres views (object 0.6 of the "
+                        "frame; without a mask: padded to a square): auto = non-square photos only")
     p.add_argument("--background", default=None,
                    help="background color: white | gray | black | R,G,B (default: the one the models were trained "
                         "on, as stored in the checkpoints; white when it varied or is not recorded)")
@@ -119,8 +125,15 @@ def run(args: argparse.Namespace) -> list[Path]:
     prepared = []
     for path in args.images:  # every image is checked before any model is loaded
         rgb, alpha = read_image(path)
-        check_square(rgb, path, MIN_SIZE)
-        image, _, how = removal(rgb, alpha, str(path))
+        if min(rgb.shape[-2:]) < MIN_SIZE:
+            raise ImageInputError(f"{path}: image is {rgb.shape[-1]}x{rgb.shape[-2]} px, smaller than {MIN_SIZE} px")
+        image, mask, how = removal(rgb, alpha, str(path))
+        if args.center == "always" or (args.center == "auto" and rgb.shape[-1] != rgb.shape[-2]):
+            image = center_photo(rgb, mask, background) if mask is not None else center_photo(image, None, background)
+            how += f"; centred on its {'mask' if mask is not None else 'frame'} box ({image.shape[-1]} px square)"
+        elif image.shape[-1] != image.shape[-2]:
+            raise ImageInputError(f"{path}: image is {rgb.shape[-1]}x{rgb.shape[-2]} px and --center never: the model "
+                                  "takes square images")
         prepared.append((path, image, how))
     device = resolve_device(args.device)
     diffusion = load_stage(args.diffusion, "diffusion", ema=args.ema, device=device, trust=trust)
