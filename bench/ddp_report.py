@@ -29,7 +29,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from callbacks.paths import RunPaths
+from callbacks.run_layout import RunPaths
 
 
 def loss_curve(run: Path) -> dict[int, float]:

@@ -3,8 +3,9 @@
 from callbacks.atomic import AtomicCheckpointIO, is_complete_checkpoint
 from callbacks.ema import EMA
 from callbacks.image_log import ImageLogger
-from callbacks.paths import CheckpointPaths, PathError, RunConflictError, RunPaths
+from callbacks.paths import CheckpointPaths
 from callbacks.rig_guard import RigMismatchError, check_rigs
+from callbacks.run_layout import PathError, RunConflictError, RunPaths
 
 __all__ = [
     "EMA", "AtomicCheckpointIO", "CheckpointPaths", "ImageLogger", "PathError", "RigMismatchError",

@@ -118,14 +118,13 @@ class NonFiniteGuard(pl.Callback):
 
     @staticmethod
     def _last_checkpoint(trainer: pl.Trainer) -> str:
-        from callbacks.paths import CheckpointPaths
+        from callbacks.paths import run_paths
 
-        for cb in trainer.callbacks:
-            if isinstance(cb, CheckpointPaths) and cb._paths is not None:
-                latest = cb.paths.latest_checkpoint()
-                folder = cb.paths.checkpoint_dir
-                return (f"last finite checkpoint: {latest}" if latest else
-                        f"no checkpoint yet in {folder}") + f" (the run's checkpoints folder: {folder})"
+        paths = run_paths(trainer)
+        if paths is not None:
+            latest, folder = paths.latest_checkpoint(), paths.checkpoint_dir
+            return (f"last finite checkpoint: {latest}" if latest else
+                    f"no checkpoint yet in {folder}") + f" (the run's checkpoints folder: {folder})"
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
         return f"last finite checkpoint: {ckpt}" if ckpt else "no checkpoint written yet"
 

@@ -39,7 +39,7 @@ from callbacks.run_identity import (
     run_identity,
     run_record,
 )
-from callbacks.run_layout import PathError, RunConflictError, RunPaths, check_name, check_root, new_run_name
+from callbacks.run_layout import RunPaths, check_name, check_root, new_run_name
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ class CheckpointPaths(Callback):
         experiment_dir = RunPaths(self.root, self.experiment, "x").experiment_dir
         name = self.run or (os.environ.get(RUN_ENV) if _is_launched_child() else None)
         if name is None and self.resume == "auto":
-            name = find_matching_run(experiment_dir, self._identity["config_hash"],
-                                     self._identity["legacy_config_hash"])
+            name = find_matching_run(experiment_dir, self._identity["config_hash"])
         if name is None:
             name = new_run_name(experiment_dir)
         paths = RunPaths(self.root, self.experiment, name)
@@ -233,4 +232,12 @@ def _flush_loggers(trainer: pl.Trainer) -> None:
             log.warning("could not flush logger %s before a checkpoint save: %s", type(logger).__name__, e)
 
 
-__all__ = ["RUN_ENV", "CheckpointPaths", "PathError", "RunConflictError", "RunPaths"]
+def run_paths(trainer: pl.Trainer) -> RunPaths | None:
+    """The run folder the trainer's path resolver decided; None without a resolver or before it decided."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, CheckpointPaths) and cb._paths is not None:
+            return cb._paths
+    return None
+
+
+__all__ = ["RUN_ENV", "CheckpointPaths", "run_paths"]

@@ -5,7 +5,7 @@ other glue of the tools (checkpoints.py, images.py) because it reads what ``tool
 needed by no training code: ``lightning_modules/`` and ``callbacks/`` stay free of matplotlib, which is imported only
 when a figure is drawn (reading and merging need only the standard library and the path resolver).
 
-Where the files are: a run folder's parts are ``callbacks.paths.RunPaths.metric_files()``
+Where the files are: a run folder's parts are ``callbacks.run_layout.RunPaths.metric_files()``
 (``logs/csv/version_<k>/metrics.csv``, one per ``tools.fit`` invocation, in write order); a CSV path is read alone.
 Lightning's CSVLogger writes one row per logging call with empty cells for the metrics not logged then (a training
 row and a validation row may share a step).
@@ -106,7 +106,7 @@ def metric_files(source: str | Path) -> list[Path]:
         raise CurveError(f"{path}: no such run folder or CSV file")
     if path.is_file():
         return [path]
-    from callbacks.paths import RunPaths
+    from callbacks.run_layout import RunPaths
 
     files = RunPaths.from_run_dir(path).metric_files()
     if not files:

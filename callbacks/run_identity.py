@@ -40,14 +40,13 @@ EXECUTION_ONLY = frozenset({"num_workers", "persistent_workers", "pin_memory", "
 RUN_LENGTH = frozenset({"max_steps"})
 
 
-def _identity_hparams(obj: Any, skip: bool = True) -> dict[str, Any] | None:
-    """``obj``'s hyper-parameters as JSON; ``skip``: without ``EXECUTION_ONLY``, ``RUN_LENGTH`` and ``_``-prefixed
-    (LightningCLI) keys (False: all of them, the hash of runs made before). None for no ``obj``."""
+def _identity_hparams(obj: Any) -> dict[str, Any] | None:
+    """``obj``'s hyper-parameters as JSON, without ``EXECUTION_ONLY``, ``RUN_LENGTH`` and ``_``-prefixed (LightningCLI)
+    keys. None for no ``obj``."""
     if obj is None:
         return None
     hp = dict(getattr(obj, "hparams", {}) or {})
-    return _jsonable({k: v for k, v in hp.items()
-                      if not skip or (k not in EXECUTION_ONLY | RUN_LENGTH and not str(k).startswith("_"))})
+    return _jsonable({k: v for k, v in hp.items() if k not in EXECUTION_ONLY | RUN_LENGTH and not str(k).startswith("_")})
 
 
 def run_identity(pl_module: pl.LightningModule, datamodule: Any = None) -> dict[str, Any]:
@@ -65,11 +64,7 @@ def run_identity(pl_module: pl.LightningModule, datamodule: Any = None) -> dict[
         "data": _identity_hparams(datamodule),
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    # runs created before EXECUTION_ONLY existed stored the hash of every hyper-parameter: still recognised
-    legacy = {**payload, "model": _identity_hparams(pl_module, skip=False),
-              "data": _identity_hparams(datamodule, skip=False)}
-    legacy_digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
-    return {"config_hash": digest, "legacy_config_hash": legacy_digest, "stage": stage, "rig": rig_info,
+    return {"config_hash": digest, "stage": stage, "rig": rig_info,
             "model_class": payload["model_class"],
             "data_class": payload["data_class"],
             "hparams": flat_identity_hparams(payload)}
@@ -116,7 +111,7 @@ def identity_differences(stored: dict[str, Any], current: dict[str, Any]) -> lis
     return out
 
 
-def find_matching_run(experiment_dir: Path, config_hash: str, *also: str) -> str | None:
+def find_matching_run(experiment_dir: Path, config_hash: str) -> str | None:
     """Newest run of an experiment with the same config hash and a complete checkpoint (for ``resume: auto``)."""
     if not experiment_dir.is_dir():
         return None
@@ -129,7 +124,7 @@ def find_matching_run(experiment_dir: Path, config_hash: str, *also: str) -> str
             info = json.loads(info_path.read_text())
         except json.JSONDecodeError:
             continue
-        if info.get("config_hash") not in (config_hash, *also):
+        if info.get("config_hash") != config_hash:
             continue
         latest = RunPaths(experiment_dir.parent, experiment_dir.name, d.name).latest_checkpoint()
         if latest is not None:
@@ -141,8 +136,7 @@ def find_matching_run(experiment_dir: Path, config_hash: str, *also: str) -> str
 def check_identity(paths: RunPaths, identity: dict[str, Any]) -> None:
     """Refuse a run folder whose ``run.json`` records another config, naming the keys that differ."""
     stored = paths.read_run_info()
-    if stored is not None and stored.get("config_hash") not in (identity["config_hash"],
-                                                                identity["legacy_config_hash"]):
+    if stored is not None and stored.get("config_hash") != identity["config_hash"]:
         diffs = identity_differences(stored, identity)
         differing = ("; differing (stored -> this run): " + "; ".join(diffs)) if diffs else (
             "; its run.json does not record the hyper-parameters, so the differing keys are unknown")
@@ -164,8 +158,8 @@ def check_no_checkpoints(paths: RunPaths, resuming: bool) -> None:
 
 
 def run_record(identity: dict[str, Any], paths: RunPaths, created: str) -> dict[str, Any]:
-    """What ``run.json`` stores: the identity (without the legacy hash), experiment, run and creation time."""
-    return {**{k: v for k, v in identity.items() if k != "legacy_config_hash"}, "experiment": paths.experiment,
+    """What ``run.json`` stores: the identity, experiment, run and creation time."""
+    return {**identity, "experiment": paths.experiment,
             "run": paths.run, "created": created}
 
 

@@ -219,13 +219,11 @@ class RunPaths:
         return dict(sorted(out.items()))
 
     def metric_files(self) -> list[Path]:
-        """The run's CSV metric files in the order they were written (``logs/csv/version_<k>/metrics.csv`` by k;
-        a ``logs/csv/metrics.csv`` of runs made before versioned logs comes first)."""
+        """The run's CSV metric files in the order they were written (``logs/csv/version_<k>/metrics.csv`` by k)."""
         csv_dir = self.log_dir / "csv"
         versioned = [(int(m.group(1)), p) for p in csv_dir.glob("version_*/metrics.csv")
                      if (m := re.fullmatch(r"version_(\d+)", p.parent.name))]
-        legacy = [csv_dir / "metrics.csv"] if (csv_dir / "metrics.csv").is_file() else []
-        return legacy + [p for _, p in sorted(versioned)]
+        return [p for _, p in sorted(versioned)]
 
     def metric_rows(self) -> list[dict[str, str]]:
         """Every row of :meth:`metric_files`, in write order (a step logged again after a resume comes later)."""

@@ -24,16 +24,14 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.paths import CheckpointPaths
+from callbacks.paths import run_paths
 from lightning_modules.metrics import logs_this_step
 
 
 def run_log_file(trainer: pl.Trainer, name: str) -> Path:
     """``<run>/logs/<name>`` through the path resolver (``default_root_dir/logs/<name>`` without one)."""
-    for cb in trainer.callbacks:
-        if isinstance(cb, CheckpointPaths):
-            return cb.paths.resolve(name, under="logs")
-    return Path(trainer.default_root_dir) / "logs" / name
+    paths = run_paths(trainer)
+    return paths.resolve(name, under="logs") if paths is not None else Path(trainer.default_root_dir) / "logs" / name
 
 
 def _batch_size(batch: Any) -> int:

@@ -20,7 +20,7 @@ from callbacks.atomic import (
     is_temporary,
     remove_stale_temporaries,
 )
-from callbacks.paths import RunPaths
+from callbacks.run_layout import RunPaths
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_fit_cli import _config
 
-from callbacks.paths import RunPaths
+from callbacks.run_layout import RunPaths
 from tools.fit import main
 
 

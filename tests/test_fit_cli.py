@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from callbacks.paths import RunPaths
+from callbacks.run_layout import RunPaths
 from callbacks.rig_guard import RigMismatchError
 from lightning_modules.artifacts import checkpoint_rig
 

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from callbacks.atomic import AtomicCheckpointIO
 from callbacks.ema import EMA
-from callbacks.paths import CheckpointPaths, RunConflictError
+from callbacks.paths import CheckpointPaths
+from callbacks.run_layout import RunConflictError
 from geometry.rig import load_rig
 
 

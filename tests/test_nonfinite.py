@@ -10,7 +10,7 @@ import torch
 from test_fit_cli import _config
 
 from callbacks.nonfinite import NonFiniteError, NonFiniteGuard
-from callbacks.paths import RunPaths
+from callbacks.run_layout import RunPaths
 from lightning_modules.reconstruction import ReconstructionModule
 from tools.fit import main
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from test_fit_resume import TinyData, TinyRegression, make_trainer
 
-from callbacks.paths import CheckpointPaths, PathError, RunConflictError, RunPaths
+from callbacks.paths import CheckpointPaths
+from callbacks.run_layout import PathError, RunConflictError, RunPaths
 
 
 @pytest.fixture
@@ -149,14 +150,9 @@ def test_loader_and_speed_settings_do_not_change_the_run_identity(tmp_path):
     b = run_identity(model, MultiViewDataModule(**kw, num_workers=4, persistent_workers=True))
     c = run_identity(model, MultiViewDataModule(**kw, num_workers=0, batch_size=3))
     assert a["config_hash"] == b["config_hash"] != c["config_hash"]
-    assert a["legacy_config_hash"] != b["legacy_config_hash"]  # the old hash counted the workers
-    # a run folder made before (its run.json holds the legacy hash) still resumes
     cb, _ = _setup(tmp_path, "old")
     info = json.loads(cb.paths.run_json.read_text())
-    assert "legacy_config_hash" not in info
-    info["config_hash"] = cb._identity["legacy_config_hash"]
-    cb.paths.run_json.write_text(json.dumps(info))
-    _setup(tmp_path, "old", resume="auto")  # no RunConflictError
+    _setup(tmp_path, "old", resume="auto")  # the same config: resumes
     info["config_hash"] = "0" * 16
     cb.paths.run_json.write_text(json.dumps(info))
     with pytest.raises(RunConflictError):

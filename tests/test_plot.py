@@ -151,7 +151,7 @@ def test_real_lightning_csv_logs_of_a_resumed_run(tmp_path):
     """The CSVLogger's own files (the layout tools.fit writes: logs/csv/version_<k>/metrics.csv)."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from callbacks.paths import RunPaths
+    from callbacks.run_layout import RunPaths
 
     paths = RunPaths(tmp_path / "runs", "exp", "real")
     for version, steps in enumerate((range(0, 30, 10), range(20, 50, 10))):

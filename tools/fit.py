@@ -55,8 +55,9 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from callbacks.atomic import AtomicCheckpointIO
 from callbacks.nonfinite import NonFiniteGuard
-from callbacks.paths import CheckpointPaths, PathError, RunConflictError, RunPaths
+from callbacks.paths import CheckpointPaths
 from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
+from callbacks.run_layout import PathError, RunConflictError, RunPaths
 from datamodules.shared_settings import SharedSettingError, check_not_on_model, link_shared_settings
 from lightning_modules.artifacts import UntrustedCheckpointError, allowed_globals, check_loadable
 
