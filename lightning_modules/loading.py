@@ -1,4 +1,5 @@
-"""Load a stage from a Lightning ``.ckpt`` or an export folder, whichever the user points at (shared by the tools).
+"""Load a stage from a Lightning ``.ckpt`` or an export folder, whichever the user points at (the tools and the
+evaluation library).
 
 A checkpoint's stage, rig and EMA weights are read through :mod:`lightning_modules.artifacts` (the format's one
 home: :func:`~lightning_modules.artifacts.checkpoint_stage`, :func:`~lightning_modules.artifacts.checkpoint_rig`,

@@ -23,7 +23,7 @@ from lightning_modules.artifacts import (
     checkpoint_stage,
     has_ema_weights,
 )
-from tools.checkpoints import load_stage
+from lightning_modules.loading import load_stage
 
 RIG = "mouse_oblique20_6view"
 BUILD = {"diffusion": diffusion_module, "reconstruction": reconstruction_module}

@@ -165,7 +165,7 @@ def test_export_from_export_and_checkpoint_keep_the_pixel_autoencoder_and_the_sa
     assert back.autoencoder == "pixel" and back.unet.config.in_channels == 6
     ref = torch.rand(1, 3, SIZE, SIZE)
     torch.testing.assert_close(back.sample(ref, 3, seed=5)["images"], m.sample(ref, 3, seed=5)["images"])
-    from tools.checkpoints import load_stage
+    from lightning_modules.loading import load_stage
 
     loaded = load_stage(out, "diffusion")
     torch.testing.assert_close(loaded.sample(ref, 3, seed=5)["images"], m.sample(ref, 3, seed=5)["images"])

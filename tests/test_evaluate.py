@@ -192,7 +192,7 @@ def test_bad_rows_are_recorded_and_the_exit_code_says_so(ckpts, tmp_path):
 
 def test_load_stage_reads_ckpt_and_export_and_the_ema_shadow(tmp_path):
     from callbacks.ema import EMA
-    from tools.checkpoints import checkpoint_stage, default_label, load_stage
+    from lightning_modules.loading import checkpoint_stage, default_label, load_stage
 
     m = reconstruction_module(MOUSE)
     ema = EMA(decay=0.9)

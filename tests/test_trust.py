@@ -27,7 +27,7 @@ from lightning_modules.artifacts import (
     load_checkpoint,
     unsafe_types,
 )
-from tools.checkpoints import load_stage
+from lightning_modules.loading import load_stage
 
 RIG = "facelift_6view"
 

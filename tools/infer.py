@@ -52,6 +52,7 @@ from datamodules.io import background_color
 from datamodules.photos import BackgroundRemoval, ImageInputError, read_image
 from datamodules.prepare import center_photo
 from geometry.images import save_png
+from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import (
     Sampling,
     Turntable,
@@ -60,7 +61,6 @@ from lightning_modules.pipeline import (
     parse_input_views,
     write_photo_outputs,
 )
-from tools.checkpoints import load_stage, resolve_device
 
 log = logging.getLogger("mvlift.infer")
 

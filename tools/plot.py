@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from tools.checkpoints import Labelled, parse_labelled, unique_labels
+    from lightning_modules.loading import Labelled, parse_labelled, unique_labels
 
     try:
         specs = []

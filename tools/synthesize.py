@@ -33,8 +33,8 @@ from datamodules.synthesis import (
     write_procedural_dataset,
 )
 from geometry.rig import available_rigs
+from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import Sampling, check_stages_and_rigs, generate_views
-from tools.checkpoints import load_stage, resolve_device
 
 log = logging.getLogger("mvlift.synthesize")
 

@@ -26,8 +26,8 @@ from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
 from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid, write_results
 from lightning_modules.evaluation.summary import NOVEL_METRICS, score_views, summarize
+from lightning_modules.loading import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
 from lightning_modules.pipeline import Sampling, generate_views, lift_views, parse_input_views, render_views
-from tools.checkpoints import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
 
 log = logging.getLogger("mvlift.evaluate")
 
