@@ -42,6 +42,7 @@ from datamodules.prepare import prepare_views
 from geometry.camera_files import CameraFile, write_camera_file
 from geometry.files import write_atomic
 from geometry.images import resize_images, to_uint8
+from geometry.progress import progress
 from geometry.rig import Rig, load_rig
 
 log = logging.getLogger("mvlift.synthesize")
@@ -133,7 +134,7 @@ def write_procedural_dataset(out: Path, p: Procedural) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     train, val = split_scenes(p.scenes, p.val_fraction)
     sample_dirs, t0 = [], time.time()
-    for i in range(p.scenes):
+    for i in progress(range(p.scenes), "procedural scenes", unit="scene"):
         scene = make_scene(i, rig, p.views, p.size, realistic=p.realistic, seed=p.seed,
                            camera_jitter_deg=p.camera_jitter_deg)
         sample_dirs.append(write_facelift_scene(out / f"sample_{i:06d}", scene))
@@ -309,7 +310,7 @@ def write_generated_dataset(out: Path, g: GeneratedViews, items: Sequence[InputS
             raise ValueError(f"{out}: --skip-existing, but the earlier run had other settings ({', '.join(changed)})")
     c2w, k = rig.cameras(size)
     sample_dirs, records, t0, skipped = [], [], time.time(), 0
-    for i, item in enumerate(items):
+    for i, item in enumerate(progress(items, "synthesized samples", unit="sample")):
         sample_dir = out / f"sample_{i:06d}"
         ref, scene_id = reference_image(item, reference_view, model_size, seed)
         rec = {"sample": sample_dir.name, "split": item.split, "source": item.source.name, "kind": item.source.kind,

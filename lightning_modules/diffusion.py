@@ -68,6 +68,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor
 
 from geometry.files import make_tree_readable
+from geometry.progress import progress
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
@@ -542,8 +543,10 @@ class DiffusionModule(StageModule):
 
     @torch.no_grad()
     def sample(self, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
-               scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0) -> dict[str, Any]:
-        """Generate the rig's views from reference images.
+               scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0,
+               show_progress: bool = False) -> dict[str, Any]:
+        """Generate the rig's views from reference images (``show_progress``: a bar over the denoising steps on a
+        terminal, ``geometry.progress``).
 
         ref_images [B, 3, H, W] in [0, 1] (resized to ``image_size`` when needed) ->
         {"images" [B, V, 3, S, S] in [0, 1], "c2w" [V, 4, 4], "fxfycxcy" [V, 4] (the model's rig at S px),
@@ -576,7 +579,8 @@ class DiffusionModule(StageModule):
             step_kwargs["eta"] = eta
         if "generator" in params:
             step_kwargs["generator"] = gen
-        for t in sampler.timesteps:
+        steps = progress(sampler.timesteps, "sampling", unit="step", leave=False) if show_progress else sampler.timesteps
+        for t in steps:
             x = sampler.scale_model_input(latents, t)
             x = torch.cat([x, x]) if cfg else x
             tt = t.expand(x.shape[0]).to(device)

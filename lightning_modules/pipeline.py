@@ -119,7 +119,7 @@ def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int) -
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
     (the diffusion model's rig views, in rig order)."""
     return diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
-                            scheduler=sampling.scheduler)
+                            scheduler=sampling.scheduler, show_progress=True)
 
 
 def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[int]) -> tuple[Any, int]:

@@ -276,3 +276,14 @@ def test_cache_mb_is_only_for_folder_sources():
         build_source({"name": "p", "format": "procedural", "cache_mb": 10}, load_rig("facelift_6view"), 4, 16)
     with pytest.raises(ValueError, match="cache_mb"):
         build_source({"name": "f", "format": "facelift", "path": "x", "cache_mb": -1}, load_rig("facelift_6view"), 4, 16)
+
+
+def test_shard_conversion_draws_a_progress_bar_only_when_asked_or_on_a_terminal(folder, tmp_path, monkeypatch,
+                                                                                 capsys):
+    monkeypatch.setenv("MVLIFT_PROGRESS", "1")
+    assert make_shards_main([str(folder), str(tmp_path / "on")]) == 0
+    err = capsys.readouterr().err
+    assert "scenes -> shards" in err and "3/3" in err
+    monkeypatch.setenv("MVLIFT_PROGRESS", "0")  # not a terminal (pytest's capture): no bar either way
+    assert make_shards_main([str(folder), str(tmp_path / "off")]) == 0
+    assert "scenes -> shards" not in capsys.readouterr().err

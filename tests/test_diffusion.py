@@ -521,3 +521,14 @@ def test_gpu_compiled_module_trains_on_cuda_and_matches_eager():
         opt.step()
         losses.append(float(loss))
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
+
+
+def test_the_sampler_shows_its_steps_when_asked(monkeypatch, capsys):
+    m = tiny_module(attention="sparse")
+    monkeypatch.setenv("MVLIFT_PROGRESS", "1")
+    ref = torch.rand(1, 3, SIZE, SIZE)
+    quiet = m.sample(ref, num_inference_steps=3, seed=1)
+    assert "sampling" not in capsys.readouterr().err  # validation's sampling draws no bar
+    shown = m.sample(ref, num_inference_steps=3, seed=1, show_progress=True)
+    assert "sampling" in capsys.readouterr().err
+    torch.testing.assert_close(shown["images"], quiet["images"])  # the bar changes nothing else

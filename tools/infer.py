@@ -52,6 +52,7 @@ from datamodules.io import background_color
 from datamodules.photos import BackgroundRemoval, ImageInputError, read_image
 from datamodules.prepare import center_photo
 from geometry.images import save_png
+from geometry.progress import progress
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import (
     Sampling,
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     input_views = parse_input_views(args.input_views, diffusion.rig)
     model_size = int(diffusion.hparams.image_size)
     outputs = []
-    for path, image, how in prepared:
+    for path, image, how in progress(prepared, "photos", unit="photo"):
         if image.shape[-1] < model_size:
             log.warning("%s: %d px, upsampled to the diffusion model's %d px", path, image.shape[-1], model_size)
         out_dir = args.out / path.stem

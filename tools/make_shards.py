@@ -37,6 +37,7 @@ import webdataset as wds
 from callbacks.atomic import atomic_directory
 from datamodules.sources import CAMERA_FILE, sample_dirs
 from geometry.camera_files import contained_path, frame_image_path
+from geometry.progress import progress
 
 
 def scene_members(sample_dir: Path) -> dict[str, bytes]:
@@ -84,7 +85,7 @@ def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix:
     with atomic_directory(out) as tmp:
         pattern = str(tmp / f"{prefix}-%06d.tar")
         with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
-            for n, d in enumerate(dirs):
+            for n, d in enumerate(progress(dirs, "scenes -> shards", unit="scene")):
                 key = f"{n:08d}_" + re.sub(r"[^A-Za-z0-9_-]", "_", d.name)
                 sink.write({"__key__": key, **scene_members(d)})
         shards = sorted(str(p) for p in tmp.glob(f"{prefix}-*.tar"))
@@ -110,7 +111,7 @@ def shards_to_folders(src: str | Path, out: str | Path) -> dict:
 
 def _write_folders(shards: Any, out: Path) -> list[Path]:
     dirs: list[Path] = []
-    for i, (_, key, _) in enumerate(shards.entries):
+    for i, (_, key, _) in enumerate(progress(shards.entries, "shards -> scenes", unit="scene")):
         m = _KEY_RE.match(os.path.basename(key))
         target = contained_path(out, m.group(1) if m else os.path.basename(key), f"{shards.where(i)}: sample folder")
         if target.exists():

@@ -22,6 +22,7 @@ from callbacks.rig_guard import check_rigs
 from datamodules.data_config import load_data_config
 from datamodules.shared_settings import SHARED_SETTINGS, differences
 from geometry.images import resize_images
+from geometry.progress import progress
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
 from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid, write_results
@@ -138,7 +139,7 @@ def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, opts: EvalSettin
                             device: torch.device) -> RowResult:
     """GS-LRM alone on posed views (module docstring, mode ``reconstruction``)."""
     res = RowResult([], [], [], [], [])
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(progress(loader, "batches", total=opts.batches, unit="batch", leave=False)):
         if i >= opts.batches:
             break
         res.skipped += batch.pop("skipped", [])
@@ -178,7 +179,7 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
 
     res = RowResult([], [], [], [], [])
     res.num_input_views = 1  # the reference view
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(progress(loader, "batches", total=opts.batches, unit="batch", leave=False)):
         if i >= opts.batches:
             break
         res.skipped += batch.pop("skipped", [])
@@ -220,7 +221,7 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
     res = RowResult([], [], [], [], [], generated=True)
     input_views = parse_input_views(opts.chain_input_views, diffusion.rig)
     res.num_input_views = len(input_views)
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(progress(loader, "batches", total=opts.batches, unit="batch", leave=False)):
         if i >= opts.batches:
             break
         res.skipped += batch.pop("skipped", [])
@@ -409,7 +410,7 @@ def run_evaluation(opts: EvalSettings) -> dict[str, Any]:
     if diffusion_info is not None:
         diffusion = load_stage(diffusion_info.path, "diffusion", ema=opts.ema, device=device,
                                trust=opts.trust_checkpoint)
-    for ckpt in ckpts:
+    for ckpt in progress(ckpts, "checkpoints", unit="checkpoint"):
         module = load_stage(ckpt.path, ckpt.stage, ema=opts.ema, device=device, trust=opts.trust_checkpoint,
                             rasterizer="auto", compile=False)
         for d, cfg in zip(data, configs):
