@@ -258,3 +258,13 @@ def test_csv_per_view_columns_follow_the_rig_and_grid_tiles_name_their_views(ckp
     assert len(views) >= 2 and views == sorted(views, key=order.index), views
     grid = Image.open(next((out / "grids").glob("*.png")))
     assert grid.size[0] > 0  # input / render / ground-truth columns with each tile's view name (labelled_grid tests)
+
+
+def test_the_report_has_a_per_view_chart_of_every_row(ckpts, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["--ckpt", f"a={ckpts['rec_mouse_export']}", "--ckpt", f"b={ckpts['rec_facelift_ckpt']}",
+                 "--data", str(DEMO), "--out", str(out), "--batches", "1", "--batch-size", "2"]) == 0
+    with Image.open(out / "chart.png") as im:
+        assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 500  # two panels: PSNR, SSIM
+        assert len(im.convert("RGB").getcolors(maxcolors=1 << 16) or range(300)) > 50  # bars, labels: not blank
+    assert "![PSNR and SSIM per view](chart.png)" in (out / "results.md").read_text()

@@ -1,4 +1,5 @@
-"""The evaluation's files: results.json, results.csv, results.md and the image grids (formats: docs/ARCHITECTURE.md,
+"""The evaluation's files: results.json, results.csv, results.md, chart.png (PSNR and SSIM per view, one bar group per
+view in rig order, one bar per checkpoint x data x rig row) and the image grids (formats: docs/ARCHITECTURE.md,
 "Tool outputs"). Non-finite values (PSNR of a perfect prediction is +inf) are written as "inf" / "nan" in JSON.
 """
 
@@ -167,6 +168,8 @@ def markdown(results: dict[str, Any]) -> str:
             cells += [f"{fmt(pv[v].get('psnr'), 2)} / {fmt(pv[v].get('ssim'), 3)}" if v in pv else "—"
                       for v in views]
             lines.append("| " + " | ".join(cells) + " |")
+    if any((r.get("metrics") or {}).get("view") for r in ok_rows):
+        lines += ["", "![PSNR and SSIM per view](chart.png)"]
     lines += ["", "## Notes", ""]
     lines.append("- Rows are checkpoint x data x rig. *rig* is the data's stage rig for the row (`--rig`; the data "
                  "config's rig when none is given): procedural scenes are rendered from it; sources with camera files "
@@ -204,12 +207,51 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_chart(path: Path, rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("psnr", "ssim")) -> Path | None:
+    """PSNR and SSIM per view of every evaluated row as grouped bars (views in rig order; a view a row's rig lacks is
+    left empty); None when no row has per-view scores."""
+    ok = [r for r in rows if (r.get("metrics") or {}).get("view")]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views: list[str] = []
+    for r in ok:
+        for v in sorted(r["metrics"]["view"], key=lambda name, r=r: _rig_position(r, name)):
+            if v not in views:
+                views.append(v)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 1.1 * len(views) + 2), 3.2 * len(metrics)),
+                             squeeze=False)
+    width = 0.8 / len(ok)
+    for ax, m in zip(axes[:, 0], metrics):
+        for k, r in enumerate(ok):
+            per_view = r["metrics"]["view"]
+            ys = [per_view.get(v, {}).get(m, math.nan) for v in views]
+            ys = [y if isinstance(y, (int, float)) and math.isfinite(y) else math.nan for y in ys]
+            ax.bar([i + (k - (len(ok) - 1) / 2) * width for i in range(len(views))], ys, width,
+                   label=f"{r['checkpoint']} x {r['data']} x {r['rig']}")
+        ax.set_xticks(range(len(views)), views, rotation=30, ha="right")
+        ax.set_ylabel(TITLES.get(m, m))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    axes[0, 0].set_title("per view: checkpoint x data x rig")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_results(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(results), indent=1) + "\n")
     write_csv(out / "results.csv", results["rows"])
     (out / "results.md").write_text(markdown(results))
+    write_chart(out / "chart.png", results["rows"])
 
 
-__all__ = ["BASE_METRICS", "CSV_FIXED", "RESULTS_VERSION", "csv_row", "fmt", "jsonable", "markdown", "write_csv",
-           "write_grid", "write_results"]
+__all__ = ["BASE_METRICS", "CSV_FIXED", "RESULTS_VERSION", "csv_row", "fmt", "jsonable", "markdown", "write_chart",
+           "write_csv", "write_grid", "write_results"]
