@@ -254,7 +254,7 @@ def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
 
 
 def _safetensors_rig(path: Path) -> Rig:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -262,7 +262,7 @@ def _safetensors_rig(path: Path) -> Rig:
         return Rig.from_dict(json.loads(meta["rig"]))
     except KeyError:
         raise ValueError(f"{path}: no rig in the file's metadata (not an mvlift view embeddings file)") from None
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, SafetensorError) as e:
         raise ValueError(f"{path}: bad view embeddings file: {e}") from e
 
 

@@ -25,7 +25,6 @@ from lightning_modules.view_conditioning import (
     text_view_embeddings,
     view_prompts,
 )
-from tools.checkpoints import load_stage
 from tools.convert import main as convert
 from tools.view_embeddings import main as view_embeddings
 
@@ -61,7 +60,7 @@ def test_converted_export_samples_what_the_folder_loaded_as_in_tools_fit_samples
     fit = DiffusionModule(rig=FACELIFT, pretrained=str(made["pipe"]), attention="sparse", view_embeddings="facelift",
                           facelift_embeds=str(made["embeds"]), image_size=SIZE).eval()
     assert checkpoint_stage(made["out"]) == "diffusion"
-    converted = load_stage(made["out"], "diffusion")
+    converted = DiffusionModule.from_export(made["out"]).eval()  # what the tools' loader does with an export
     ref = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     a = fit.sample(ref, num_inference_steps=2, seed=7)["images"]
     b = converted.sample(ref, num_inference_steps=2, seed=7)["images"]
@@ -175,7 +174,7 @@ def test_text_built_embeddings_shape_prompts_determinism_and_rig_binding(made, t
     assert torch.equal(m.view_embeddings.embeds.detach(), a.embeds)
     export = m.export(tmp_path / "mouse_export")
     assert json.loads((export / "mvlift.json").read_text())["view_embeddings_info"]["prompts"] == prompts
-    assert load_stage(export, "diffusion").view_embeddings.source == "text"
+    assert DiffusionModule.from_export(export).view_embeddings.source == "text"
     # bound to its rig: a FaceLift-rig model refuses it, the rig guard reads its rig
     with pytest.raises(ValueError, match="mouse_oblique20_6view.*facelift_6view"):
         DiffusionModule(rig=FACELIFT, pretrained=str(made["pipe"]), view_embeddings=str(out_a), image_size=SIZE)
@@ -204,8 +203,11 @@ def test_infer_and_evaluate_accept_the_converted_export(made, tmp_path, capsys):
                   str(tmp_path / "infer"), "--steps", "1", "--turntable-frames", "2", "--turntable-size", "16"]) == 0, \
         capsys.readouterr().err
     assert len(list((tmp_path / "infer" / "mouse" / "views").glob("*.png"))) == 6
+    # the README's baseline: both FaceLift stages on mouse data, with the FaceLift rig's and the mouse rig's cameras
     assert evaluate(["--diffusion", str(made["out"]), "--ckpt", str(rec), "--data", str(DEMO), "--rig", FACELIFT,
-                     "--out", str(tmp_path / "eval"), "--batches", "1", "--batch-size", "1", "--steps", "1"]) == 0, \
-        capsys.readouterr().err
-    (row,) = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
-    assert row["mode"] == "chained" and row["diffusion_rig_match"] is True
+                     "--rig", MOUSE, "--out", str(tmp_path / "eval"), "--batches", "1", "--batch-size", "1",
+                     "--steps", "1"]) == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
+    assert [(r["mode"], r["rig"], r["diffusion_rig_match"], r["rig_match"]) for r in rows] == [
+        ("chained", FACELIFT, True, True), ("chained", MOUSE, True, False)]
+    assert "diffusion rig match" in (tmp_path / "eval" / "results.md").read_text()
