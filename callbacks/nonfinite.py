@@ -30,6 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from callbacks.paths import run_paths
 from lightning_modules.optim import total_grad_norm
 
 log = logging.getLogger("mvlift.nonfinite")
@@ -118,7 +119,6 @@ class NonFiniteGuard(pl.Callback):
 
     @staticmethod
     def _last_checkpoint(trainer: pl.Trainer) -> str:
-        from callbacks.paths import run_paths
 
         paths = run_paths(trainer)
         if paths is not None:

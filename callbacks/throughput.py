@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from callbacks.paths import run_paths
@@ -62,7 +63,6 @@ class StepTimer(Callback):
 
     def _now(self, pl_module: pl.LightningModule, sync: bool | None = None) -> float:
         if (self.sync_cuda if sync is None else sync) and pl_module.device.type == "cuda":
-            import torch
 
             torch.cuda.synchronize(pl_module.device)
         return time.perf_counter()

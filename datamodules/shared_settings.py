@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from geometry.rig import load_rig
+
 # key -> the stages whose model takes it (the DataModule takes all of them)
 SHARED_SETTINGS: dict[str, tuple[str, ...]] = {
     "rig": ("diffusion", "reconstruction"),
@@ -97,9 +99,9 @@ def differences(model: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, 
     """{key: (model's value, data's value)} for every shared key both declare with different values."""
     out = {}
     for key in SHARED_SETTINGS:
-        if key in model and key in data and model[key] is not None and data[key] is not None:
-            if not _same(key, model[key], data[key]):
-                out[key] = (model[key], data[key])
+        declared = model.get(key) is not None and data.get(key) is not None
+        if declared and not _same(key, model[key], data[key]):
+            out[key] = (model[key], data[key])
     return out
 
 
@@ -111,7 +113,6 @@ def _same(key: str, a: Any, b: Any) -> bool:
     if _normal(a) == _normal(b):
         return True
     if key == "rig":  # a name and a file of the same cameras are the same rig
-        from geometry.rig import load_rig
 
         try:
             return load_rig(a).fingerprint == load_rig(b).fingerprint

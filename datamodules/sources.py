@@ -36,9 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from braceexpand import braceexpand
 from torch import Tensor
 
+from datamodules.augment import check_ops
 from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes, validate_cameras
+from datamodules.procedural import ScenePlanner, make_scene, make_scenes, scene_id
 from geometry.camera_files import PathEscapeError, frame_image_path, read_camera_file
 from geometry.cameras import invert_rigid
 from geometry.render import gsplat_available
@@ -136,7 +139,6 @@ class ProceduralSource(Source):
     def _render_all(self, device: torch.device, chunk: int = 128) -> dict[str, Tensor]:
         """Every scene rendered on ``device`` in batches of ``chunk``, planned by up to 8 processes (one per two
         cores; none for fewer than 256 scenes, where starting them costs more than it saves)."""
-        from datamodules.procedural import ScenePlanner, make_scenes
 
         v, s = self.num_views, self.size
         out = {"rgba": torch.empty(self.num_scenes, v, 4, s, s, dtype=torch.uint8),
@@ -160,7 +162,6 @@ class ProceduralSource(Source):
 
     def _scene(self, i: int) -> dict[str, Any]:
         if i not in self._cache:
-            from datamodules.procedural import make_scene
 
             self._cache = {i: make_scene(i + self.index_offset, *self._args())}
         return self._cache[i]
@@ -168,7 +169,6 @@ class ProceduralSource(Source):
     def cameras(self, i: int) -> SceneCameras:
         where = f"{self.name} procedural scene {i + self.index_offset}"
         if self._rendered is not None:
-            from datamodules.procedural import scene_id
 
             return SceneCameras(scene_id(self.seed, i + self.index_offset), where, self._rendered["c2w"][i],
                                 self._rendered["fxfycxcy"][i])
@@ -278,7 +278,7 @@ class DecodedViews:
             rgb, alpha = load_png_views([read_bytes(p) for p in missing], [str(p) for p in missing])
             for k, p in enumerate(missing):
                 self._put(str(p), (rgb[k], None if alpha is None else alpha[k]))
-        views = [self._views[str(p)] if str(p) in self._views else None for p in paths]
+        views = [self._views.get(str(p)) for p in paths]
         if any(v is None for v in views):  # the budget holds fewer views than one scene: decode without caching
             return load_png_views([read_bytes(p) for p in paths], [str(p) for p in paths])
         for p in paths:
@@ -389,7 +389,6 @@ class MVDiffusionFolderSource(Source):
 # ---- webdataset shards ---------------------------------------------------------------------------------------------
 def expand_urls(urls: str | list[str]) -> list[str]:
     """Local shard paths from paths, brace patterns, globs or directories (sorted within each pattern)."""
-    from braceexpand import braceexpand
 
     out: list[str] = []
     for spec in [urls] if isinstance(urls, str) else list(urls):
@@ -555,7 +554,6 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
     kind = cfg.get("kind", "synthetic")
     base = {"weight": _number(cfg, "weight", 1.0, name, minimum=0.0), "up_axis": cfg.get("up_axis")}
     if "augment" in cfg:
-        from datamodules.augment import check_ops
 
         base["augment"] = check_ops(cfg["augment"], f"source {name!r} augment")
     src_rig = load_rig(cfg["rig"]) if cfg.get("rig") else rig

@@ -38,7 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datamodules.data_config import load_data_config
+from datamodules.datamodule import DEMO_SOURCES, held_out_split
+from datamodules.photos import load_callable, mask_from_result
 from datamodules.prepare import prepare_views
+from datamodules.sources import build_source
 from geometry.camera_files import CameraFile, write_camera_file
 from geometry.files import write_atomic
 from geometry.images import resize_images, to_uint8
@@ -173,9 +177,6 @@ def input_scenes(inputs: Path, kind: str, limit: int | None, val_fraction: float
                  reference_view: int) -> list[InputScene]:
     """The scenes of ``inputs`` (a data config or a FaceLift-layout folder; module docstring), in a fixed order:
     per source, its train scenes then its validation scenes."""
-    from datamodules.data_config import load_data_config
-    from datamodules.datamodule import DEMO_SOURCES, held_out_split
-    from datamodules.sources import build_source
 
     num_views = max(rig.num_views, reference_view + 1)  # procedural sources render this many views
     if inputs.is_file() and inputs.suffix in (".yaml", ".yml"):
@@ -272,7 +273,6 @@ def _view_alpha(views: torch.Tensor, matting: Any, spec: str, where: str) -> tor
     """alpha [V, 1, H, W] of generated views [V, 3, H, W]: ones, or the matting callable's mask per view."""
     if matting is None:
         return torch.ones_like(views[:, :1])
-    from datamodules.photos import mask_from_result
 
     masks = []
     for v, img in enumerate(views):
@@ -288,7 +288,6 @@ def matting_callable(spec: str) -> Any:
     """None for ``opaque``, else the local ``MODULE:FUNCTION`` (errors name the spec)."""
     if spec == "opaque":
         return None
-    from datamodules.photos import load_callable
 
     return load_callable(spec)
 

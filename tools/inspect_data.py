@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from datamodules.datamodule import MultiViewDataModule
+
 
 def load_data_config(path: str | Path) -> dict[str, Any]:
     """DataModule init args from a YAML file (plain, ``init_args:`` or ``data:`` wrapped)."""
@@ -41,7 +43,6 @@ def shape_of(v: Any) -> Any:
 
 
 def inspect(cfg: dict[str, Any], samples: int, stage: str | None = None) -> dict[str, Any]:
-    from datamodules.datamodule import MultiViewDataModule
 
     if stage:
         cfg = {**cfg, "stage": stage}

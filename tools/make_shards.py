@@ -35,7 +35,7 @@ from typing import Any
 import webdataset as wds
 
 from callbacks.atomic import atomic_directory
-from datamodules.sources import CAMERA_FILE, sample_dirs
+from datamodules.sources import CAMERA_FILE, ShardSource, sample_dirs
 from geometry.camera_files import contained_path, frame_image_path
 from geometry.progress import progress
 
@@ -98,7 +98,6 @@ _KEY_RE = re.compile(r"^\d{8}_(.+)$")
 def shards_to_folders(src: str | Path, out: str | Path) -> dict:
     """Write every scene of the shards ``src`` (a folder of .tar files, one .tar, or a brace pattern) as a FaceLift
     sample folder under ``out``, verbatim; returns a summary."""
-    from datamodules.sources import ShardSource
 
     shards = ShardSource("shards", "real", urls=str(src))
     out = Path(out)

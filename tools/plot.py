@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from callbacks.run_curves import CurveError, default_label, default_panels, load_curves, plot_curves, select_panels
+from lightning_modules.loading import Labelled, parse_labelled, unique_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lightning_modules.loading import Labelled, parse_labelled, unique_labels
 
     try:
         specs = []

@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from callbacks.rig_guard import check_rigs
 from datamodules.data_config import load_data_config
+from datamodules.datamodule import MultiViewDataModule
 from datamodules.shared_settings import SHARED_SETTINGS, differences
+from datamodules.sources import MVDiffusionFolderSource, ProceduralSource
 from geometry.images import resize_images
 from geometry.progress import progress
 from geometry.rig import Rig, load_rig
@@ -28,6 +31,7 @@ from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
 from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid, write_results
 from lightning_modules.evaluation.summary import NOVEL_METRICS, score_views, summarize
 from lightning_modules.loading import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
+from lightning_modules.losses import load_lpips
 from lightning_modules.pipeline import Sampling, generate_views, lift_views, parse_input_views, render_views
 
 log = logging.getLogger("mvlift.evaluate")
@@ -68,7 +72,6 @@ class EvalSettings:
 
 def source_cameras(source: Any) -> str:
     """Where a source's cameras come from (for the row notes)."""
-    from datamodules.sources import MVDiffusionFolderSource, ProceduralSource
 
     if isinstance(source, ProceduralSource):
         return f"rendered from rig {source.rig.name}"
@@ -81,7 +84,6 @@ def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_siz
                 ) -> tuple[Any, Any]:
     """(DataLoader over the evaluation draws, DataModule) for one data config x rig at ``image_size``: the
     DataModule's own validation (or training) loader, so the draws are those training validates on."""
-    from datamodules.datamodule import MultiViewDataModule
 
     n = opts.batches * opts.batch_size
     cfg = {**data_cfg, "stage": stage, "image_size": image_size, "batch_size": opts.batch_size,
@@ -310,7 +312,6 @@ def _rig_fields(model_rig: Rig, eval_rig: Rig) -> dict[str, Any]:
 def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labelled, data_cfg: dict[str, Any],
                  rig: Rig | None, opts: EvalSettings, lpips: Any, device: torch.device) -> dict[str, Any]:
     """One checkpoint x data x rig row (module docstring)."""
-    import lightning.pytorch as pl
 
     mode = "chained" if diffusion is not None else ckpt.stage
     size = int(module.hparams.image_size)
@@ -377,7 +378,6 @@ def load_lpips_metric(opts: EvalSettings, device: torch.device) -> tuple[Any, di
     missing = [str(p) for p in (opts.lpips_weights, opts.vgg_weights) if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"LPIPS weights not found: {', '.join(missing)}")
-    from lightning_modules.losses import load_lpips
 
     lp = load_lpips(str(opts.vgg_weights), str(opts.lpips_weights))
     return lp.to(device), {"computed": True, "note": f"VGG LPIPS from {opts.lpips_weights} + {opts.vgg_weights}",
