@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from geometry.camera_files import CameraFile, write_camera_file
-from geometry.render import Gaussians, load_ply, rasterize, save_ply
+from geometry.render import Gaussians, load_ply, rasterize, save_ply, viewer
 from geometry.render.viewer import collect, splat_arrays
 from geometry.rig import load_rig
 from tools import view
@@ -214,7 +214,7 @@ def test_infer_view_serves_the_run_outputs_at_the_end(tmp_path, monkeypatch, cap
         served_paths.append(capsys.readouterr().out)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(view.time, "sleep", sleep)
+    monkeypatch.setattr(viewer.time, "sleep", sleep)
     argv = ["photo.png", "--diffusion", "d", "--reconstruction", "r", "--out", str(tmp_path / "out")]
     assert infer.main(argv + ["--view", "--view-port", "0"]) == 0
     assert len(served_paths) == 1 and f"viewer of {tmp_path / 'out' / 'photo'} at http://localhost:" in served_paths[0]

@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"infer: error: {e}", file=sys.stderr)
         return 2
     if args.view:
-        from tools.view import serve_until_interrupted  # the viewer extra (viser), only when asked for
+        from geometry.render.viewer import serve_until_interrupted  # the viewer extra (viser), only when asked for
 
         return serve_until_interrupted(outputs[0] if len(outputs) == 1 else args.out, port=args.view_port)
     return 0

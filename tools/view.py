@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
 from geometry.render.ply import DEFAULT_SH_DEGREE, INRIA_ITERATION, load_ply, save_inria_model
-from geometry.render.viewer import DEFAULT_PORT, collect, serve
+from geometry.render.viewer import DEFAULT_PORT, collect, serve_until_interrupted
 
 log = logging.getLogger("mvlift.view")
 
@@ -66,24 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"view: error: {e}", file=sys.stderr)
         return 2
-
-
-def serve_until_interrupted(path: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                            open_browser: bool = False) -> int:
-    """Serve PATH (module docstring), print the address and block until Ctrl-C (``tools.infer --view`` too)."""
-    server = serve(path, host=host, port=port, verbose=False)
-    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{server.get_port()}"
-    print(f"viewer of {path} at {url} (Ctrl-C stops it)", flush=True)
-    if open_browser:
-        webbrowser.open(url)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
 
 
 if __name__ == "__main__":

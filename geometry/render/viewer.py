@@ -28,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
+import webbrowser
 from pathlib import Path
 from typing import Any
 
@@ -282,4 +284,23 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, v
     return server
 
 
-__all__ = ["DEFAULT_PORT", "SceneContent", "ViewerContent", "build", "collect", "serve", "show_scene", "splat_arrays"]
+def serve_until_interrupted(path: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                            open_browser: bool = False) -> int:
+    """Serve ``path`` (a .ply, an infer output or an evaluation folder), print the address and block until Ctrl-C (``tools.view``, ``tools.infer --view``)."""
+    server = serve(path, host=host, port=port, verbose=False)
+    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{server.get_port()}"
+    print(f"viewer of {path} at {url} (Ctrl-C stops it)", flush=True)
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+__all__ = ["DEFAULT_PORT", "SceneContent", "ViewerContent", "build", "collect", "serve", "serve_until_interrupted",
+           "show_scene", "splat_arrays"]
