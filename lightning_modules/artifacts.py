@@ -5,8 +5,10 @@ The format. A stage's artifact is a Lightning ``.ckpt`` or an export folder; bot
 (docs/ARCHITECTURE.md, "Checkpoint metadata"): ``stage``, ``rig``, ``version``, the training ``background`` and the
 stage's own keys, in ``checkpoint["mvlift"]`` of a ``.ckpt`` and in :data:`METADATA_FILE` of an export folder (with
 the constructor arguments under ``hparams``; a ``.ckpt`` keeps them in Lightning's ``hyper_parameters``). An export
-folder also holds :data:`RIG_FILE` and the stage's weights, :data:`WEIGHTS` and, when it was exported with them,
-:data:`EMA_WEIGHTS`; a ``.ckpt`` holds the EMA callback's shadow in its callback state. The readers
+folder also holds :data:`RIG_FILE`, a model card :data:`MODEL_CARD_FILE` and the stage's weights, :data:`WEIGHTS`
+and, when it was exported with them, :data:`EMA_WEIGHTS` (a diffusion export is also a diffusers pipeline folder:
+:data:`MODEL_INDEX_FILE` and :data:`PIPELINE_FILE`, ``lightning_modules.mv_pipeline``); a ``.ckpt`` holds the EMA
+callback's shadow in its callback state. The readers
 (:func:`checkpoint_metadata`, :func:`checkpoint_stage`, :func:`checkpoint_rig`, :func:`checkpoint_hparams`,
 :func:`checkpoint_background`, :func:`checkpoint_ema_state`, :func:`has_ema_weights`) take either kind; the one
 writer of an export's metadata is :func:`write_export_metadata` (``StageModule.export``, ``tools.convert``). Nothing
@@ -76,6 +78,9 @@ METADATA_FILE = "mvlift.json"       # an export folder's metadata (both stages),
 RIG_FILE = "rig.json"               # an export folder's rig (Rig.to_dict())
 WEIGHTS = {"diffusion": "unet", "reconstruction": "model.safetensors"}  # an export's weights (diffusion: a folder)
 EMA_WEIGHTS = {"diffusion": "unet_ema", "reconstruction": "model_ema.safetensors"}  # its EMA weights, when exported
+MODEL_CARD_FILE = "README.md"      # an export's model card (both stages; StageModule.export)
+MODEL_INDEX_FILE = "model_index.json"  # a diffusion export's diffusers pipeline index (lightning_modules.mv_pipeline)
+PIPELINE_FILE = "pipeline.py"       # ... and its custom-pipeline file, importing mvlift's MVLiftPipeline
 
 _GLOBAL_RE = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
@@ -326,6 +331,9 @@ __all__ = [
     "EMA_WEIGHTS",
     "FORMAT_VERSION",
     "METADATA_FILE",
+    "MODEL_CARD_FILE",
+    "MODEL_INDEX_FILE",
+    "PIPELINE_FILE",
     "RIG_FILE",
     "SAFE_GLOBALS",
     "STAGES",

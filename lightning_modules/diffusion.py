@@ -700,11 +700,15 @@ class DiffusionModule(StageModule):
     # ---- export (StageModule.export / from_export: metadata, rig, hparams) ----------------------------------------
     def save_weights(self, out: Path) -> None:
         """A self-contained pipeline folder: unet/, vae/ (not for ``autoencoder: pixel``), image_encoder/,
-        feature_extractor/, scheduler/, image_normalizer/, image_noising_scheduler/, view_embeddings.safetensors."""
+        feature_extractor/, scheduler/, image_normalizer/, image_noising_scheduler/, view_embeddings.safetensors, and
+        diffusers' model_index.json + pipeline.py (``lightning_modules.mv_pipeline``)."""
         c = self._components
         c.scheduler_config = self.scheduler_config
         save_pipeline_components(c, out, unet=self.unet, unet_subfolder=WEIGHTS[self.stage])
         self.view_embeddings.save(out / VIEW_EMBEDDINGS_FILE)
+        from lightning_modules.mv_pipeline import write_pipeline_files  # imports this module
+
+        write_pipeline_files(self, out)  # model_index.json + pipeline.py: diffusers opens the folder
 
     def save_ema_weights(self, out: Path, ema_weights: dict[str, Tensor]) -> None:
         """unet_ema/: the EMA shadow of ``self.unet`` (names with or without the ``unet.`` prefix)."""
@@ -717,6 +721,26 @@ class DiffusionModule(StageModule):
                              f"{unexpected[:5]}")
         ema_unet.save_pretrained(str(out / EMA_WEIGHTS[self.stage]))
         make_tree_readable(out / EMA_WEIGHTS[self.stage])
+
+    def card_details(self) -> list[tuple[str, Any]]:
+        return [("image size", f"{int(self.hparams.image_size)} px"), ("autoencoder", self.autoencoder),
+                ("multi-view attention", self.attention_mode), ("prediction type", self.prediction_type),
+                ("view embeddings", f"{self.view_embeddings.source} ({VIEW_EMBEDDINGS_FILE})"),
+                ("unCLIP noise level", int(self.hparams.noise_level)),
+                ("UNet", f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.1f} M parameters")]
+
+    def card_loading(self) -> list[str]:
+        return ["Photo -> views -> 3D Gaussians, with a reconstruction export of the same rig:", "",
+                "    python -m tools.infer photo.png --diffusion EXPORT --reconstruction GSLRM_EXPORT --out out/", "",
+                "In Python:", "",
+                "    from lightning_modules.diffusion import DiffusionModule",
+                "    module = DiffusionModule.from_export(EXPORT)  # ema=True: the EMA weights",
+                "    views = module.sample(ref_images, num_inference_steps=50, guidance_scale=3.0, seed=0)", "",
+                "With diffusers (needs mvlift installed: `pipeline.py` here imports its `MVLiftPipeline`):", "",
+                "    from diffusers import DiffusionPipeline",
+                "    pipe = DiffusionPipeline.from_pretrained(EXPORT, custom_pipeline=EXPORT, trust_remote_code=True)",
+                "    out = pipe(image, num_inference_steps=50, guidance_scale=3.0, seed=0)  # out.images: the views",
+                "", "or `MVLiftPipeline.from_pretrained(EXPORT)` (`lightning_modules.mv_pipeline`)."]
 
     def export_extras(self) -> dict[str, Any]:
         info = {"view_embeddings_info": self.view_embeddings.info} if self.view_embeddings.info else {}

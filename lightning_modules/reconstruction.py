@@ -407,6 +407,19 @@ class ReconstructionModule(StageModule):
         if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring
             hp["init_from"] = None
 
+    def card_details(self) -> list[tuple[str, Any]]:
+        h = self.hparams
+        size = sum(p.numel() for p in self.net.parameters()) / 1e6
+        return [("image size", f"{int(h.image_size)} px"), ("input views", int(h.num_input_views)),
+                ("GS-LRM", f"{size:.1f} M parameters ({WEIGHTS[self.stage]})")]
+
+    def card_loading(self) -> list[str]:
+        return ["Photo -> views -> 3D Gaussians, with a diffusion export of the same rig:", "",
+                "    python -m tools.infer photo.png --diffusion DIFFUSION_EXPORT --reconstruction EXPORT --out out/",
+                "", "In Python:", "",
+                "    from lightning_modules.reconstruction import ReconstructionModule",
+                "    module = ReconstructionModule.from_export(EXPORT)  # ema=True: the EMA weights"]
+
     def save_weights(self, out: Path) -> None:
         self._save_net(out / WEIGHTS[self.stage], self._net_state())
 

@@ -11,7 +11,9 @@ Checkpoints and exports (the format: :mod:`lightning_modules.artifacts`). :meth:
 ``checkpoint["mvlift"]`` and an export's metadata: stage, rig, format version and training background, plus the
 subclass's :meth:`~StageModule.stage_metadata`. :meth:`StageModule.export` writes the weights
 (:meth:`~StageModule.save_weights`, the subclass's files), the EMA weights when given
-(:meth:`~StageModule.save_ema_weights`), the rig and the metadata with the constructor arguments;
+(:meth:`~StageModule.save_ema_weights`), the rig, the metadata with the constructor arguments and a model card
+(``README.md``, :meth:`~StageModule.model_card`: stage, rig cameras, training data and steps, last validation metrics,
+how to load it; the subclass adds :meth:`~StageModule.card_details` and :meth:`~StageModule.card_loading`);
 :meth:`StageModule.from_export` reads them back: the metadata (stage checked), the EMA weights' presence, the
 constructor arguments (:meth:`~StageModule.export_arguments` adds the subclass's), the weights
 (:meth:`~StageModule.load_export_weights`) and the background record — as diffusers' ``ConfigMixin`` does for
@@ -20,6 +22,7 @@ constructor arguments (:meth:`~StageModule.export_arguments` adds the subclass's
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from torch import Tensor
 from lightning_modules.artifacts import (
     EMA_WEIGHTS,
     FORMAT_VERSION,
+    MODEL_CARD_FILE,
     RIG_FILE,
     export_metadata,
     has_ema_weights,
@@ -38,7 +42,7 @@ from lightning_modules.artifacts import (
 from lightning_modules.hparams import init_hparams
 from lightning_modules.metrics import IntervalMean, logs_this_step
 from lightning_modules.optim import stage_clips_fused, total_grad_norm
-from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds
+from lightning_modules.training_background import TrainingBackground, datamodule_backgrounds, describe
 
 
 class StageModule(pl.LightningModule):
@@ -77,8 +81,9 @@ class StageModule(pl.LightningModule):
         self.save_weights(out)
         if ema_weights is not None:
             self.save_ema_weights(out, ema_weights)
-        write_export_metadata(out, {**self.mvlift_metadata(), **self.export_extras(), **(metadata or {})},
-                              init_hparams(self.hparams, drop=self.export_drops), self.rig)
+        meta = {**self.mvlift_metadata(), **self.export_extras(), **(metadata or {})}
+        write_export_metadata(out, meta, init_hparams(self.hparams, drop=self.export_drops), self.rig)
+        (out / MODEL_CARD_FILE).write_text(self.model_card(meta, ema=ema_weights is not None))
         return out
 
     @classmethod
@@ -97,6 +102,61 @@ class StageModule(pl.LightningModule):
         module.load_export_weights(path, meta, ema)
         module.train_background.load(meta.get("background"))
         return module
+
+    # ---- model card --------------------------------------------------------------------------------------------
+    def model_card(self, metadata: dict[str, Any], ema: bool = False) -> str:
+        """An export's ``README.md`` (Markdown): the stage and the subclass's :meth:`card_details`, the rig with its
+        cameras, the training data and steps (from the trainer when exported during a run; ``converted_from`` of a
+        conversion), the last validation metrics when known, and how to load it (:meth:`card_loading`)."""
+        rig = self.rig
+        lines = [f"# mvlift {self.stage} model: rig `{rig.name}` ({rig.num_views} views)", "",
+                 f"An export folder of mvlift's {self.stage} stage (written by `{type(self).__name__}.export`).", "",
+                 "## Model", "", f"- stage: {self.stage}"]
+        lines += [f"- {key}: {value}" for key, value in self.card_details()]
+        cameras = (f"`{rig.name}` (fingerprint `{rig.fingerprint}`, in `{RIG_FILE}`): {rig.num_views} cameras "
+                   f"looking at {list(rig.target)}, field of view {rig.fov_deg:g} deg at {rig.image_size} px, up axis "
+                   f"{rig.up_axis}.")
+        lines += [f"- EMA weights: {'yes, `' + EMA_WEIGHTS[self.stage] + '`' if ema else 'no'}", "",
+                  "## Rig", "", cameras, "",
+                  "| # | view | azimuth (deg) | elevation (deg) | distance |", "|---|---|---|---|---|"]
+        lines += [f"| {i} | {name} | {az:g} | {el:g} | {rig.radius:g} |"
+                  for i, (name, az, el) in enumerate(zip(rig.view_names, rig.azimuths_deg, rig.elevations_deg))]
+        lines += ["", "## Training", "", *self._card_training(metadata), "", "## Metrics", "", *self._card_metrics(),
+                  "", "## Loading", "", "`EXPORT` is this folder.", "", *self.card_loading(), ""]
+        return "\n".join(lines)
+
+    def _card_training(self, metadata: dict[str, Any]) -> list[str]:
+        trainer = self._trainer
+        lines = [f"- steps: {trainer.global_step}" if trainer is not None else
+                 "- steps: not recorded (exported outside a training run)"]
+        sources = getattr(getattr(trainer, "datamodule", None), "train_sources", None) if trainer is not None else None
+        if sources:
+            lines.append("- data sources:")
+            lines += [f"  - `{s.name}`: kind {s.kind}, weight {s.weight:g}, background {s.background}"
+                      for s in sources]
+        else:
+            lines.append("- data sources: not recorded")
+        if metadata.get("converted_from"):
+            lines.append(f"- converted from: `{json.dumps(metadata['converted_from'], default=str)}`")
+        lines.append(f"- training background: {describe(metadata.get('background'))}")
+        return lines
+
+    def _card_metrics(self) -> list[str]:
+        trainer = self._trainer
+        metrics = {k: v for k, v in (trainer.callback_metrics.items() if trainer is not None else ())
+                   if k.startswith("val/")}
+        if not metrics:
+            return ["None recorded (no validation before this export)."]
+        return ["Last validation values:", "", "| metric | value |", "|---|---|",
+                *(f"| {k} | {float(v):.4g} |" for k, v in sorted(metrics.items()))]
+
+    def card_details(self) -> list[tuple[str, Any]]:
+        """(name, value) lines of the model card's "Model" section (the subclass's)."""
+        return []
+
+    def card_loading(self) -> list[str]:
+        """The model card's "Loading" section: how to open the export (the subclass's)."""
+        return ["    from lightning_modules.loading import load_stage", f"    module = load_stage(EXPORT, {self.stage!r})"]
 
     def save_weights(self, out: Path) -> None:
         """Write the module's weight files into the export folder ``out``."""

@@ -117,7 +117,7 @@ def test_export_then_from_export_gives_identical_outputs(tmp_path):
     ema = {f"net.{k}": v + 1.0 for k, v in m.net.state_dict().items()}
     m.export(tmp_path / "exp", ema_weights=ema)
     assert {p.name for p in (tmp_path / "exp").iterdir()} == {
-        "model.safetensors", "model_ema.safetensors", "mvlift.json", "rig.json"}
+        "model.safetensors", "model_ema.safetensors", "mvlift.json", "rig.json", "README.md"}
     back = ReconstructionModule.from_export(tmp_path / "exp").eval()
     with torch.no_grad():
         a, b = m.predict_views(batch)["pred"], back.predict_views(batch)["pred"]

@@ -30,3 +30,9 @@ class _DropAdvertisements(logging.Filter):
 
 for _logger in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_logger).addFilter(_DropAdvertisements())
+
+
+def log_to_stderr(fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """INFO and above on standard error, unless the program (or a test) configured logging already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=fmt)

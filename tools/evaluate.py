@@ -66,12 +66,12 @@ A row that fails is recorded with its error and the run goes on; the exit code i
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_modules.evaluation import EvalSettings, run_evaluation
+from tools import log_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     try:
         results = run_evaluation(EvalSettings(**vars(args)))
     except (ValueError, FileNotFoundError) as e:

@@ -62,6 +62,7 @@ from lightning_modules.pipeline import (
     parse_input_views,
     write_photo_outputs,
 )
+from tools import log_to_stderr
 
 log = logging.getLogger("mvlift.infer")
 
@@ -166,8 +167,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     try:
         outputs = run(args)
     except (ValueError, FileNotFoundError) as e:

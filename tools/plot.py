@@ -16,13 +16,13 @@ or the column and exit with code 2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from callbacks.run_curves import CurveError, default_label, default_panels, load_curves, plot_curves, select_panels
 from lightning_modules.loading import Labelled, parse_labelled, unique_labels
+from tools import log_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
 
     try:
         specs = []

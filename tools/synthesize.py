@@ -35,6 +35,7 @@ from datamodules.synthesis import (
 from geometry.rig import available_rigs
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import Sampling, check_stages_and_rigs, generate_views
+from tools import log_to_stderr
 
 log = logging.getLogger("mvlift.synthesize")
 
@@ -150,8 +151,7 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_to_stderr("%(message)s")
     try:
         _fill_mode_defaults(args)
         if args.from_diffusion is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from geometry.render.ply import DEFAULT_SH_DEGREE, INRIA_ITERATION, load_ply, save_inria_model
 from geometry.render.viewer import DEFAULT_PORT, collect, serve_until_interrupted
+from tools import log_to_stderr
 
 log = logging.getLogger("mvlift.view")
 
@@ -53,8 +54,7 @@ def write_inria_folder(path: Path, folder: Path, iteration: int, sh_degree: int)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     try:
         if args.inria_folder is not None:
             out = write_inria_folder(args.path, args.inria_folder, args.iteration, args.sh_degree)

@@ -137,15 +137,20 @@ def _record(batch: dict[str, Any], b: int, views: list[str], scores: dict[str, T
     return rec
 
 
+def _batches(loader: Any, opts: EvalSettings, device: torch.device, res: RowResult) -> Any:
+    """(i, batch on ``device``) for the row's first ``opts.batches`` batches; their skipped draws go to ``res``."""
+    for i, batch in enumerate(progress(loader, "batches", total=opts.batches, unit="batch", leave=False)):
+        if i >= opts.batches:
+            return
+        res.skipped += batch.pop("skipped", [])
+        yield i, _to(batch, device)
+
+
 def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, opts: EvalSettings, lpips: Any,
                             device: torch.device) -> RowResult:
     """GS-LRM alone on posed views (module docstring, mode ``reconstruction``)."""
     res = RowResult([], [], [], [], [])
-    for i, batch in enumerate(progress(loader, "batches", total=opts.batches, unit="batch", leave=False)):
-        if i >= opts.batches:
-            break
-        res.skipped += batch.pop("skipped", [])
-        batch = _to(batch, device)
+    for i, batch in _batches(loader, opts, device, res):
         with torch.no_grad():
             out = module.evaluate_batch(batch)
         pred, target = out["pred"], out["target"]
@@ -181,11 +186,7 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
 
     res = RowResult([], [], [], [], [])
     res.num_input_views = 1  # the reference view
-    for i, batch in enumerate(progress(loader, "batches", total=opts.batches, unit="batch", leave=False)):
-        if i >= opts.batches:
-            break
-        res.skipped += batch.pop("skipped", [])
-        batch = _to(batch, device)
+    for i, batch in _batches(loader, opts, device, res):
         ref = batch["ref_images"][:, 0]
         with torch.no_grad():
             gen = generate_views(module, ref, opts.sampling, opts.seed + i)["images"]
@@ -223,11 +224,7 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
     res = RowResult([], [], [], [], [], generated=True)
     input_views = parse_input_views(opts.chain_input_views, diffusion.rig)
     res.num_input_views = len(input_views)
-    for i, batch in enumerate(progress(loader, "batches", total=opts.batches, unit="batch", leave=False)):
-        if i >= opts.batches:
-            break
-        res.skipped += batch.pop("skipped", [])
-        batch = _to(batch, device)
+    for i, batch in _batches(loader, opts, device, res):
         ref = batch["ref_images"][:, 0]
         target = batch["images"]
         h, w = target.shape[-2:]

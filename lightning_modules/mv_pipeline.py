@@ -1,0 +1,200 @@
+"""MVLiftPipeline: a diffusion export opened as a diffusers pipeline.
+
+A diffusion export folder (``DiffusionModule.export``) is also a diffusers pipeline folder: besides its components
+(``unet/``, ``vae/``, ``image_encoder/``, ...) it holds ``model_index.json`` naming this class and its components,
+and a two-line ``pipeline.py`` that imports it (:data:`lightning_modules.artifacts.PIPELINE_FILE`; the folder then
+needs mvlift installed where it is opened). Either entry point gives the same pipeline::
+
+    pipe = MVLiftPipeline.from_pretrained(EXPORT)                                   # mvlift's own
+    pipe = DiffusionPipeline.from_pretrained(EXPORT, custom_pipeline=EXPORT, trust_remote_code=True)  # diffusers'
+    out = pipe(image, num_inference_steps=50, guidance_scale=3.0, seed=0)          # out.images: per image, V views
+
+What makes the model multi-view — the rig, its view embeddings, the multi-view attention mode, the autoencoder —
+is read from the export by :meth:`DiffusionModule.from_export` (through :mod:`lightning_modules.artifacts`), never
+here: the pipeline holds that module and samples with :meth:`DiffusionModule.sample`, so the same seed gives the
+same views as ``DiffusionModule.from_export(EXPORT).sample(...)``. Its registered components are the module's own
+(``pipe.unet`` is the multi-view UNet). Opened through diffusers, the pipeline is built from diffusers' plain
+components first and binds the module (read from the folder diffusers loaded it from) on first use: the weights are
+read twice then; ``MVLiftPipeline.from_pretrained`` reads them once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from torch import Tensor
+
+from lightning_modules.artifacts import MODEL_INDEX_FILE, PIPELINE_FILE
+
+PIPELINE_SHIM = '''"""diffusers' custom-pipeline entry of this mvlift diffusion export (needs mvlift installed):
+DiffusionPipeline.from_pretrained(THIS_FOLDER, custom_pipeline=THIS_FOLDER, trust_remote_code=True)."""
+from lightning_modules.mv_pipeline import MVLiftPipeline  # noqa: F401
+'''
+COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler", "image_normalizer",
+              "image_noising_scheduler")
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class MVLiftPipelineOutput(BaseOutput):
+    """``images``: per input image, its V views in rig order (PIL images, or [B, V, H, W, 3] numpy / [B, V, 3, H, W]
+    torch in [0, 1]); ``view_names``; the rig's cameras at the output size (``c2w`` [V, 4, 4], ``fxfycxcy`` [V, 4]);
+    ``rig``: ``Rig.to_dict()``."""
+
+    images: Any
+    view_names: list[str]
+    c2w: Tensor
+    fxfycxcy: Tensor
+    rig: dict[str, Any]
+
+
+class MVLiftPipeline(DiffusionPipeline):
+    """One reference image -> the rig's views (module docstring). Build it with :meth:`from_pretrained`."""
+
+    _optional_components = ["vae"]  # noqa: RUF012  (diffusers' class attribute) — none for ``autoencoder: pixel``
+
+    def __init__(self, unet: Any, image_encoder: Any, feature_extractor: Any, scheduler: Any, image_normalizer: Any,
+                 image_noising_scheduler: Any, vae: Any = None) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor,
+                              scheduler=scheduler, image_normalizer=image_normalizer,
+                              image_noising_scheduler=image_noising_scheduler)
+        self._module: Any = None
+
+    # ---- building -------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_module(cls, module: Any) -> MVLiftPipeline:
+        """The pipeline over a :class:`~lightning_modules.diffusion.DiffusionModule` (its components, shared)."""
+        pipe = cls(**_components_of(module))
+        pipe._module = module.eval()
+        return pipe
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, ema: bool = False,  # type: ignore[override]
+                        **overrides: Any) -> MVLiftPipeline:
+        """Open a diffusion export folder (``ema``: its EMA weights; ``overrides``: constructor arguments of
+        ``DiffusionModule.from_export``)."""
+        from lightning_modules.diffusion import DiffusionModule
+
+        path = Path(pretrained_model_name_or_path)
+        pipe = cls.from_module(DiffusionModule.from_export(path, ema=ema, **overrides))
+        pipe.register_to_config(_name_or_path=str(path))
+        return pipe
+
+    @property
+    def module(self) -> Any:
+        """The :class:`~lightning_modules.diffusion.DiffusionModule` the pipeline samples with; opened through
+        diffusers, built from the export folder at first use, on the pipeline's device."""
+        if self._module is None:
+            from lightning_modules.diffusion import DiffusionModule
+
+            path = getattr(self.config, "_name_or_path", None)
+            if not path or not Path(path).is_dir():
+                raise ValueError(f"MVLiftPipeline: opened from {path!r}, not a diffusion export folder; open one with "
+                                 "MVLiftPipeline.from_pretrained(EXPORT) or DiffusionPipeline.from_pretrained(EXPORT, "
+                                 "custom_pipeline=EXPORT, trust_remote_code=True)")
+            device = self.device
+            module = DiffusionModule.from_export(path).eval().to(device)
+            self.register_modules(**_components_of(module))  # the multi-view UNet replaces diffusers' plain one
+            self._module = module
+        return self._module
+
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:  # type: ignore[override]
+        """Write the module's export folder (``DiffusionModule.export``)."""
+        self.module.export(save_directory)
+
+    # ---- generating -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, image: Any, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
+                 scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0, output_type: str = "pil",
+                 return_dict: bool = True, show_progress: bool = False) -> MVLiftPipelineOutput | tuple:
+        """Generate the rig's views of each reference ``image`` (a PIL image, a list of them, an [H, W, 3] /
+        [B, H, W, 3] array (uint8, or float in [0, 1]) or a [3, H, W] / [B, 3, H, W] tensor in [0, 1]; an alpha
+        channel is dropped: composite a cut-out over the background the model trained on, its model card says
+        which) with :meth:`DiffusionModule.sample` (same arguments, same seed -> same views). ``output_type``:
+        ``pil`` (a list of V images per input), ``np`` or ``pt``."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        module = self.module
+        module.to(self.device)
+        ref = reference_images(image, int(module.hparams.image_size))
+        out = module.sample(ref, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+                            scheduler=scheduler, noise_level=noise_level, eta=eta, show_progress=show_progress)
+        images = out["images"].clamp(0, 1)
+        if output_type == "np":
+            images = images.permute(0, 1, 3, 4, 2).float().cpu().numpy()
+        elif output_type == "pil":
+            from PIL import Image
+
+            arr = (images.permute(0, 1, 3, 4, 2).float().cpu().numpy() * 255.0).round().astype(np.uint8)
+            images = [[Image.fromarray(view) for view in views] for views in arr]
+        names = list(module.rig.view_names)
+        if not return_dict:
+            return (images, names)
+        return MVLiftPipelineOutput(images=images, view_names=names, c2w=out["c2w"], fxfycxcy=out["fxfycxcy"],
+                                    rig=out["rig"])
+
+
+def _components_of(module: Any) -> dict[str, Any]:
+    """The pipeline components of a DiffusionModule (no ``vae`` for ``autoencoder: pixel``)."""
+    return {"unet": module.unet, "vae": module.vae if module.autoencoder == "vae" else None,
+            "image_encoder": module.image_encoder, "feature_extractor": module.feature_extractor,
+            "scheduler": module.make_sampler("ddim"), "image_normalizer": module.image_normalizer,
+            "image_noising_scheduler": module.image_noising_scheduler}
+
+
+def reference_images(image: Any, size: int) -> Tensor:
+    """[B, 3, H, W] float in [0, 1] from the inputs :meth:`MVLiftPipeline.__call__` takes; images of different sizes
+    are each resized to ``size`` as ``DiffusionModule.sample`` resizes them."""
+    if isinstance(image, Tensor):
+        x = image.float()
+        x = x[None] if x.ndim == 3 else x
+        if x.ndim != 4 or x.shape[1] not in (3, 4):
+            raise ValueError(f"image tensor must be [3, H, W] or [B, 3, H, W], got {list(image.shape)}")
+        return x[:, :3]
+    if isinstance(image, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(image))
+        x = x.float() / 255.0 if image.dtype == np.uint8 else x.float()
+        x = x[None] if x.ndim == 3 else x
+        if x.ndim != 4 or x.shape[-1] not in (3, 4):
+            raise ValueError(f"image array must be [H, W, 3] or [B, H, W, 3], got {list(image.shape)}")
+        return x[..., :3].permute(0, 3, 1, 2).contiguous()
+    from PIL import Image
+
+    images = [image] if isinstance(image, Image.Image) else image
+    if not isinstance(images, Sequence) or not images or not all(isinstance(i, Image.Image) for i in images):
+        raise TypeError(f"image must be a PIL image, a list of them, a numpy array or a tensor; got {type(image)}")
+    xs = [torch.from_numpy(np.asarray(i.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1) for i in images]
+    if len({tuple(x.shape) for x in xs}) > 1:
+        xs = [F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+              for x in xs]
+    return torch.stack(xs)
+
+
+def write_pipeline_files(module: Any, out: str | Path) -> None:
+    """Write :data:`~lightning_modules.artifacts.MODEL_INDEX_FILE` (this class and the components' libraries and
+    classes, as diffusers records them) and :data:`~lightning_modules.artifacts.PIPELINE_FILE` into the export
+    folder ``out`` of ``module`` (``DiffusionModule.save_weights``)."""
+    out = Path(out)
+    index = dict(MVLiftPipeline(**_components_of(module)).config)
+    index.pop("_name_or_path", None)
+    library, name = index["feature_extractor"]
+    if library == "transformers" and name.endswith("Pil"):  # transformers' fallback without torchvision: the
+        index["feature_extractor"] = [library, name.removesuffix("Pil")]  # class that picks a backend wherever opened
+    index["_diffusers_version"] = diffusers.__version__
+    index["_class_name"] = [Path(PIPELINE_FILE).stem, MVLiftPipeline.__name__]  # diffusers' custom-pipeline form
+    (out / MODEL_INDEX_FILE).write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    (out / PIPELINE_FILE).write_text(PIPELINE_SHIM)
+
+
+__all__ = ["COMPONENTS", "MVLiftPipeline", "MVLiftPipelineOutput", "reference_images", "write_pipeline_files"]
