@@ -91,24 +91,22 @@ run "$PY" -m tools.inspect_data -c "$DATA/files.yaml" --samples 200 --json
 echo
 
 # ---------------------------------------------------------------------------------------------------------------
+fit_briefly() {  # fit_briefly CONFIG STEPS: STEPS steps, validated, checkpointed and exported at the last one
+  run "$PY" -m tools.fit -c "$1" --run.root "$RUNS" \
+      --trainer.max_steps "$2" --model.init_args.max_steps "$2" \
+      --trainer.val_check_interval "$2" --checkpoint.every_n_train_steps "$2" --run.export_every_n_steps "$2"
+}
+
 banner "3/7 Diffusion stage in pixel space (no VAE: a small UNet learns from scratch at 32 px), $DIFF_STEPS steps"
 RUNS="$DEMO_OUT/runs"
-run "$PY" -m tools.fit -c configs/demo_diffusion.yaml \
-    --run.root "$RUNS" \
-    --trainer.max_steps "$DIFF_STEPS" --model.init_args.max_steps "$DIFF_STEPS" \
-    --trainer.val_check_interval "$DIFF_STEPS" --checkpoint.every_n_train_steps "$DIFF_STEPS" \
-    --run.export_every_n_steps "$DIFF_STEPS"
+fit_briefly configs/demo_diffusion.yaml "$DIFF_STEPS"
 DIFF_RUN="$RUNS/demo/diffusion"
 DIFF_CKPT="$DIFF_RUN/checkpoints/last.ckpt"
 DIFF_EXPORT="$(ls -d "$DIFF_RUN"/export/step_* | sort -V | tail -n 1)"
 
 # ---------------------------------------------------------------------------------------------------------------
 banner "4/7 Reconstruction stage (GS-LRM): $RECON_STEPS training steps"
-run "$PY" -m tools.fit -c configs/demo_reconstruction.yaml \
-    --run.root "$RUNS" \
-    --trainer.max_steps "$RECON_STEPS" --model.init_args.max_steps "$RECON_STEPS" \
-    --trainer.val_check_interval "$RECON_STEPS" --checkpoint.every_n_train_steps "$RECON_STEPS" \
-    --run.export_every_n_steps "$RECON_STEPS"
+fit_briefly configs/demo_reconstruction.yaml "$RECON_STEPS"
 RECON_RUN="$RUNS/demo/reconstruction"
 RECON_CKPT="$RECON_RUN/checkpoints/last.ckpt"
 RECON_EXPORT="$(ls -d "$RECON_RUN"/export/step_* | sort -V | tail -n 1)"
