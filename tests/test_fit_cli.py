@@ -424,3 +424,11 @@ def test_a_fit_logs_each_groups_learning_rate_and_names_loss_terms_as_losses(tmp
     assert warmup[0] < warmup[-1], "the warm-up shows in the logged learning rate"
     assert "train/ssim_loss" in columns and "train/ssim" not in columns  # 1 - SSIM is a loss, named as one
     assert "hp_metric" not in columns
+
+
+def test_a_fit_ends_with_one_line_naming_its_step_checkpoint_and_export(tmp_path, capsys):
+    main(["-c", str(_config(tmp_path, run="summary"))])
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tools.fit: step")][-1]
+    paths = RunPaths(tmp_path / "runs", "cli", "summary")
+    assert line.startswith("tools.fit: step 3 (max_steps)")
+    assert str(paths.latest_checkpoint()) in line and str(paths.export_dir(3)) in line

@@ -24,6 +24,7 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
   the last checkpoint (``nonfinite:`` = :class:`callbacks.nonfinite.NonFiniteGuard`; ``--nonfinite.skip true`` skips
   such steps instead, counted and logged as ``train/nonfinite_skipped``);
 - seeds everything from ``seed_everything`` (default 0);
+- ends with one line: the step it stopped at and why, the last checkpoint and export;
 - ``--trainer.fast_dev_run true``: one step of each loop, no checkpoint and no export;
 - ``--resume auto`` continues from the newest complete checkpoint of the run (same config: the newest run of the
   experiment with this config when ``run.run`` is not given); ``--resume PATH`` from a given checkpoint. The
@@ -55,7 +56,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from callbacks.atomic import AtomicCheckpointIO
 from callbacks.nonfinite import NonFiniteGuard
-from callbacks.paths import CheckpointPaths
+from callbacks.paths import CheckpointPaths, run_paths
 from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
 from callbacks.run_layout import PathError, RunConflictError, RunPaths
 from datamodules.shared_settings import SharedSettingError, check_not_on_model, link_shared_settings
@@ -213,7 +214,23 @@ def main(argv: list[str] | None = None) -> FitCLI:
         check_loadable(ckpt_path, trust)  # the named refusal, before Lightning's own load
     with contextlib.nullcontext() if trust else allowed_globals():
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=not trust)
+    if cli.trainer.is_global_zero:
+        print(run_summary(cli.trainer), flush=True)
     return cli
+
+
+def run_summary(trainer: Trainer) -> str:
+    """One line at the end of a fit: the step it stopped at, why, and where its last checkpoint and export are."""
+    paths = run_paths(trainer)
+    reason = "max_steps" if trainer.max_steps and trainer.global_step >= trainer.max_steps else "stopped early"
+    if trainer.interrupted:
+        reason = "interrupted"
+    where = ""
+    if paths is not None:
+        ckpt = paths.latest_checkpoint()
+        exports = sorted(paths.export_dir(0).parent.glob("step_*"), key=lambda p: int(p.name.split("_")[-1]))
+        where = f"; checkpoint {ckpt or 'none'}; export {exports[-1] if exports else 'none'}"
+    return f"tools.fit: step {trainer.global_step} ({reason}){where}"
 
 
 # refusals a user fixes by changing the command: printed as one line, no traceback, exit code 2
