@@ -19,7 +19,7 @@ Safe loading.
 
 ``torch.load`` unpickles, and a pickle may name any importable callable, so loading a ``.ckpt`` / ``.pt`` from
 elsewhere with ``weights_only=False`` can run code. Every load of a user-supplied file in mvlift (the metadata
-readers above, ``tools.checkpoints.load_stage``, ``tools.convert``, ``tools.fit``'s resume) goes through this
+readers above, ``lightning_modules.loading.load_stage``, ``tools.convert``, ``tools.fit``'s resume) goes through this
 module: ``weights_only=True`` (tensors, dicts, lists, tuples, sets, numbers, strings, ``torch.dtype`` /
 ``torch.device``, ...) plus :data:`SAFE_GLOBALS`, exactly the types mvlift's own Lightning checkpoints may hold
 beyond that:

@@ -66,11 +66,14 @@ from diffusers import (
 )
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from geometry.files import make_tree_readable
 from geometry.progress import progress
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS
+from lightning_modules.losses import load_lpips
+from lightning_modules.metrics import KindMetrics, batch_kinds, view_metrics
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
 from lightning_modules.optim import (
     build_optimizer,
@@ -299,13 +302,8 @@ class DiffusionModule(StageModule):
         self._generators: dict[str, torch.Generator] = {}
         self._last_sample_step: int | None = None
         self._val_views: dict[str, Tensor] | None = None  # this validation's first sampled batch (validation_images)
-        from lightning_modules.losses import load_lpips
-        from lightning_modules.metrics import KindMetrics
-
         self.lpips = load_lpips(vgg_weights, lpips_weights) if (vgg_weights or lpips_weights) else None
         self.val_metrics = KindMetrics()
-        from torchmetrics import MeanMetric
-
         self.compare_metrics = torch.nn.ModuleDict({k: MeanMetric(nan_strategy="ignore") for k in COMPARED})
 
     # ---- construction -----------------------------------------------------------------------------------------
@@ -613,8 +611,6 @@ class DiffusionModule(StageModule):
         target = _resize_views(batch["images"], size)
         alpha = batch.get("alpha")
         alpha = _resize_views(alpha, size) if alpha is not None else None
-        from lightning_modules.metrics import batch_kinds, view_metrics
-
         generated = view_metrics(out["images"], target, self.lpips, alpha)
         self.val_metrics.update(generated, batch_kinds(batch, b))
         copied = view_metrics(copy_reference_views(ref, target.shape[1], size), target, None, alpha)
