@@ -76,7 +76,9 @@ class MultiViewDataModule(L.LightningDataModule):
             GS-LRM trains so; the samples carry ``supervise_all_views``), validation still scores only the views
             that are not inputs. False: num_views must exceed num_input_views.
         reference_view: "fixed" | "random" | "random_rig" (+ reference_index) for diffusion.
-        rig_tolerance_deg / rig_distance_tolerance: diffusion's data-vs-rig camera check.
+        rig_tolerance_deg / rig_distance_tolerance: diffusion's data-vs-rig camera check: at ``setup`` a source whose
+            cameras cannot match the rig is refused (``SourceRigError``, naming the source, view and angle;
+            ``SceneBuilder.check_source_rig``), and each drawn scene is checked again (a bad sample).
         normalize_cameras / target_radius: centre at the rays' intersection, mean distance to target_radius.
         center_crop / center_fill: crop every view with view 0's alpha box so the object is ~center_fill of the frame.
         on_bad_sample: "raise" | "skip" (skips are counted per source: ``skip_report()``).
@@ -202,6 +204,8 @@ class MultiViewDataModule(L.LightningDataModule):
             self.val_sources = [s for s, (_, v) in zip(self.train_sources, splits) if len(v)]
             self._train_idx = [t for t, _ in splits]
             self._val_idx = [v for _, v in splits if len(v)]
+        for s in self.train_sources + self.val_sources:  # refused here, never at the first draw
+            self.builder.check_source_rig(s)
         own = {}  # per-source augment overrides, by source name (batch["source"])
         for s in self.train_sources + self.val_sources:
             if s.augment is not None and own.setdefault(s.name, s.augment) != s.augment:

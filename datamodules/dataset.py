@@ -26,6 +26,11 @@ from datamodules.views import diffusion_views, reconstruction_views
 from geometry.rig import Rig
 
 STAGES = ("diffusion", "reconstruction")
+SETUP_RIG_CHECK_SCENES = 16  # scenes of a source with camera files whose cameras setup compares with the rig
+
+
+class SourceRigError(ValueError):
+    """A source whose cameras cannot match the diffusion stage's rig (raised at DataModule setup)."""
 
 
 @dataclasses.dataclass
@@ -59,25 +64,69 @@ class SceneBuilder:
             return targets, ref
         return reconstruction_views(num_data_views, self.num_views, self.num_input_views, rng), None
 
-    def check_rig(self, c2w: Tensor, where: str) -> None:
-        """Diffusion: the scene's first rig.num_views cameras must match the rig; SampleError otherwise."""
+    def rig_mismatch(self, c2w: Tensor, where: str) -> str | None:
+        """Diffusion: what keeps the scene's first rig.num_views cameras c2w from matching the rig (the worst view, its
+        angle and distance difference, then the per-view table), or None when they match within the tolerance."""
         diff = self.rig.compare_cameras(c2w[: self.rig.num_views], name=where, angle_tol_deg=self.rig_tolerance_deg,
                                         dist_tol=self.rig_distance_tolerance)
-        if not diff.ok:
-            worst = diff.worst_view()
-            what = (f"worst view {worst.view!r} differs by {max(worst.angle_deg, worst.rotation_deg):.2f} deg "
-                    f"(distance diff {diff.worst_distance:.3f})") if worst else "; ".join(diff.problems)
-            raise SampleError(f"{where}: cameras do not match rig {self.rig.name!r} within "
-                              f"{self.rig_tolerance_deg} deg / {self.rig_distance_tolerance}: {what}\n{diff}")
+        if diff.ok:
+            return None
+        worst = diff.worst_view()
+        what = (f"worst view {worst.view!r} differs by {max(worst.angle_deg, worst.rotation_deg):.2f} deg "
+                f"(distance diff {diff.worst_distance:.3f})") if worst else "; ".join(diff.problems)
+        return (f"cameras do not match rig {self.rig.name!r} within {self.rig_tolerance_deg} deg / "
+                f"{self.rig_distance_tolerance}: {what}\n{diff}")
 
-    def build(self, source: Source, scene: int, rng: np.random.Generator) -> dict[str, Any]:
+    def check_rig(self, c2w: Tensor, where: str) -> None:
+        """Diffusion: the scene's first rig.num_views cameras must match the rig; SampleError otherwise."""
+        problem = self.rig_mismatch(c2w, where)
+        if problem is not None:
+            raise SampleError(f"{where}: {problem}")
+
+    def scene_c2w(self, source: Source, scene: int) -> tuple[Any, Tensor]:
+        """(the scene's SceneCameras, its c2w as the sample uses them: validated, normalized when asked)."""
         cams = source.cameras(scene)
-        where = cams.where
-        validate_cameras(cams.c2w, cams.fxfycxcy, where)
+        validate_cameras(cams.c2w, cams.fxfycxcy, cams.where)
         c2w = cams.c2w
         if self.normalize_cameras:
             c2w, _, _ = normalize_scene_cameras(c2w, self.target_radius, source.up_axis or self.rig.up_axis,
                                                 self.rig.up_axis)
+        return cams, c2w
+
+    def check_source_rig(self, source: Source, max_scenes: int = SETUP_RIG_CHECK_SCENES) -> None:
+        """Diffusion, at DataModule setup: refuse (:class:`SourceRigError`, naming the source, the view and the
+        angle) a source whose cameras cannot match the stage's rig. A source whose cameras come from a rig
+        (procedural, facelift_mvdiffusion) is checked through that rig; one with camera files through up to
+        ``max_scenes`` scenes spread evenly over it (the first and last included; the per-draw check stays for the
+        others). A scene whose cameras cannot be read, or that has fewer views than the rig, is left to the draw
+        (``on_bad_sample``). Reconstruction: nothing to check (its cameras are the data's own)."""
+        if self.stage != "diffusion" or len(source) == 0:
+            return
+        own_rig = getattr(source, "rig", None)
+        if isinstance(own_rig, Rig):
+            c2w, _ = own_rig.cameras(dtype=torch.float64)
+            checks = [(f"its rig {own_rig.name!r}", c2w)]
+        else:
+            picks = sorted({int(round(x)) for x in np.linspace(0, len(source) - 1, min(max_scenes, len(source)))})
+            checks = []
+            for i in picks:
+                try:
+                    cams, c2w = self.scene_c2w(source, i)
+                except SampleError:
+                    continue
+                if len(c2w) >= self.rig.num_views:
+                    checks.append((cams.where, c2w))
+        for where, c2w in checks:
+            problem = self.rig_mismatch(c2w, where)
+            if problem is not None:
+                head, _, table = problem.partition("\n")
+                raise SourceRigError(f"source {source.name!r} cannot feed the diffusion stage: {where}: {head} "
+                                     "(python -m tools.rig check shows each camera; python -m tools.rig derive makes a "
+                                     f"rig from the lab's cameras)\n{table}")
+
+    def build(self, source: Source, scene: int, rng: np.random.Generator) -> dict[str, Any]:
+        cams, c2w = self.scene_c2w(source, scene)
+        where = cams.where
         needed = self.rig.num_views if self.stage == "diffusion" else self.num_views
         if len(c2w) < needed:  # a bad sample (skip mode skips it), not a configuration error
             what = f"rig {self.rig.name!r} has {needed}" if self.stage == "diffusion" else f"num_views is {needed}"
@@ -207,4 +256,5 @@ class MixedSceneDataset(Dataset):
             yield self.sample(Draw(self.epoch, int(k), int(pos), int(t), rank, world))
 
 
-__all__ = ["MixedSceneDataset", "SceneBuilder", "collate_samples", "rank_and_world"]
+__all__ = ["SETUP_RIG_CHECK_SCENES", "MixedSceneDataset", "SceneBuilder", "SourceRigError", "collate_samples",
+           "rank_and_world"]

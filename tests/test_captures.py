@@ -283,3 +283,33 @@ def test_center_photo_any_size():
     centre = dark.float().mean(0) + 0.5
     assert (centre - side / 2).abs().max() < 1.0  # the object in the middle, 0.6 of the frame
     assert center_photo(rgb, None, torch.ones(3)).shape == (3, 120, 120)
+
+
+def test_diffusion_setup_refuses_a_source_whose_cameras_cannot_match_the_rig(tmp_path):
+    """Imported frames feed the diffusion stage on the rig derived from them; on another rig the DataModule refuses
+    the source at setup, naming the source, the view and the angle (never at the first draw)."""
+    from datamodules.datamodule import MultiViewDataModule
+    from datamodules.dataset import SourceRigError
+    from tools.rig import main
+
+    c2w, k = write_recording(tmp_path, frames=2)
+    import_recording(load_calibration(_write_json(tmp_path, c2w, k)), [tmp_path / "images" / f"cam{v}" for v in range(6)],
+                     tmp_path / "out", [tmp_path / "masks" / f"cam{v}" for v in range(6)],
+                     settings=ImportSettings(size=32), progress=False)
+    assert main(["derive", str(tmp_path / "out"), "--name", "lab", "--out", str(tmp_path / "lab.yaml")]) == 0
+    kw = {"stage": "diffusion", "image_size": 16, "num_workers": 0, "batch_size": 1, "samples_per_epoch": 2,
+          "val_fraction": 0, "rig_tolerance_deg": 10.0,
+          "sources": [{"name": "lab_frames", "kind": "real", "format": "facelift", "path": str(tmp_path / "out")}]}
+    dm = MultiViewDataModule(**kw, rig=str(tmp_path / "lab.yaml"))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (1, 6, 3, 16, 16)
+    dm = MultiViewDataModule(**kw, rig="facelift_6view")
+    with pytest.raises(SourceRigError, match=r"source 'lab_frames' cannot feed the diffusion stage: .*frame_000000: "
+                                             r"cameras do not match rig 'facelift_6view' within 10\.0 deg.*worst view "
+                                             r"'\w+' differs by \d+\.\d\d deg"):
+        dm.setup("fit")
+    # reconstruction keeps using sources with their own cameras whatever the rig
+    rec = MultiViewDataModule(**{**kw, "stage": "reconstruction", "num_views": 6, "num_input_views": 2},
+                              rig="facelift_6view")
+    rec.setup("fit")

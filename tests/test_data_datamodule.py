@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from datamodules.augment import DomainGapAugment, Jpeg, Lighting, apply_op
 from datamodules.datamodule import MultiViewDataModule
+from datamodules.dataset import SourceRigError
 from datamodules.io import SampleError
 from geometry.rig import load_rig
 
@@ -50,10 +53,16 @@ def test_diffusion_targets_are_the_rig_views_in_rig_order_plus_a_reference():
 def test_diffusion_rig_mismatch_names_the_sample_and_worst_view():
     dm = MultiViewDataModule(**TINY, stage="diffusion", rig="facelift_6view", rig_tolerance_deg=2.0,
                              sources=[{"name": "oblique", "num_scenes": 3, "rig": "mouse_oblique20_6view"}])
-    dm.setup("fit")
-    with pytest.raises(SampleError, match=r"oblique procedural scene \d+: cameras do not match rig "
-                                          r"'facelift_6view'.*worst view '\w+' differs by 20\.0\d deg"):
-        next(iter(dm.train_dataloader()))
+    with pytest.raises(SourceRigError, match=r"source 'oblique' cannot feed the diffusion stage: its rig "
+                                             r"'mouse_oblique20_6view': cameras do not match rig 'facelift_6view'"
+                                             r".*worst view '\w+' differs by 20\.0\d deg"):
+        dm.setup("fit")  # refused at setup, never at the first draw
+    drawn = MultiViewDataModule(**TINY, stage="diffusion", rig="facelift_6view", sources=[{"name": "syn",
+                                                                                           "num_scenes": 3}])
+    drawn.setup("fit")
+    with pytest.raises(SampleError, match=r"syn procedural scene 0: cameras do not match rig 'mouse_oblique20_6view'"):
+        other = dataclasses.replace(drawn.builder, rig=load_rig("mouse_oblique20_6view"))
+        other.build(drawn.train_sources[0], 0, np.random.default_rng(0))  # a scene past setup: the draw's check
 
 
 def test_bad_samples_raise_or_are_skipped_and_counted(tmp_path):
