@@ -46,7 +46,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from bench.kernels import DIFFUSION_KINDS, kernel_times_us, top_kernels
 from lightning_modules.mv_attention import install_multiview_attention
-from lightning_modules.pretrained import sd21_unclip_unet_config, tiny_unet_config
+from lightning_modules.pretrained import scratch_unet_config, sd21_unclip_unet_config
 from lightning_modules.sdpa import NAMES, attention_backend, check_attention_backend
 
 PEAK_FLOPS = 989e12
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_unet(tiny: bool, latent: int, device: torch.device) -> UNet2DConditionModel:
-    cfg = tiny_unet_config(8, latent, 32, 16, 32) if tiny else sd21_unclip_unet_config(8, latent)
+    cfg = scratch_unet_config(8, latent, 32, 16, 32) if tiny else sd21_unclip_unet_config(8, latent)
     with torch.device(device):
         return UNet2DConditionModel(**cfg)
 

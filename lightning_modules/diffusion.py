@@ -84,7 +84,7 @@ from lightning_modules.optim import (
 )
 from lightning_modules.pretrained import (
     PipelineComponents,
-    build_tiny_components,
+    build_scratch_components,
     check_autoencoder,
     latent_channels_of,
     load_pipeline_components,
@@ -231,10 +231,12 @@ class DiffusionModule(StageModule):
         prediction_type: str | None = None,
         noise_level: int = 0,
         autoencoder: str = "vae",
-        # components built from scratch when pretrained is None (random UNet / tiny CLIP [/ tiny VAE])
-        tiny_width: int = 32,
-        tiny_cross_attention_dim: int = 32,
-        tiny_image_embed_dim: int = 16,
+        # the architecture built from scratch when pretrained is None (pretrained.build_scratch_components: a random
+        # UNet of unet_channels (default unet_width, 2 x unet_width), a small random CLIP vision encoder giving
+        # image_embed_dim, a small VAE or the pixel autoencoder); cross_attention_dim: the view embeddings' width
+        unet_width: int = 32,
+        cross_attention_dim: int = 32,
+        image_embed_dim: int = 16,
         unet_channels: list[int] | None = None,
         unet_layers_per_block: int = 1,
         unet_attention_levels: list[bool] | None = None,
@@ -277,8 +279,8 @@ class DiffusionModule(StageModule):
                                          image_size=image_size)
         else:
             default_prediction = "v_prediction" if autoencoder == "pixel" else "epsilon"
-            c = build_tiny_components(image_size=image_size, cross_attention_dim=tiny_cross_attention_dim,
-                                      image_embed_dim=tiny_image_embed_dim, width=tiny_width,
+            c = build_scratch_components(image_size=image_size, cross_attention_dim=cross_attention_dim,
+                                      image_embed_dim=image_embed_dim, width=unet_width,
                                       prediction_type=prediction_type or default_prediction, autoencoder=autoencoder,
                                       unet_channels=unet_channels, layers_per_block=unet_layers_per_block,
                                       attention_levels=unet_attention_levels, head_dim=unet_head_dim)

@@ -22,7 +22,7 @@ The autoencoder (``AUTOENCODERS``): ``vae`` is the pipeline's frozen ``Autoencod
 smaller in SD); ``pixel`` is :class:`PixelAutoencoder`, the identity: the latents are the image itself, RGB in
 [-1, 1] at the model's image size (3 channels, scaling factor 1, no weights), so the UNet denoises pixels and no
 ``vae/`` folder is read or written. A pixel-space UNet takes 2 x 3 inputs (noisy + reference image) and predicts 3
-channels; built from scratch (``build_tiny_components(autoencoder="pixel", ...)``) it comes with a noise schedule
+channels; built from scratch (``build_scratch_components(autoencoder="pixel", ...)``) it comes with a noise schedule
 meant for pixels (:func:`pixel_scheduler`).
 
 Example:
@@ -289,8 +289,8 @@ def load_pipeline_components(folder: str | Path, unet_subfolder: str = "unet", i
                               notes, upstream)
 
 
-# ---- tiny random components ---------------------------------------------------------------------------------------
-def tiny_unet_config(in_channels: int = 8, sample_size: int = 16, cross_attention_dim: int = 32,
+# ---- components built from scratch -----------------------------------------------------------------------------------
+def scratch_unet_config(in_channels: int = 8, sample_size: int = 16, cross_attention_dim: int = 32,
                      image_embed_dim: int = 16, width: int = 32, out_channels: int = 4,
                      channels: Sequence[int] | None = None, layers_per_block: int = 1,
                      attention_levels: Sequence[bool] | None = None, head_dim: int = 16) -> dict[str, Any]:
@@ -302,7 +302,7 @@ def tiny_unet_config(in_channels: int = 8, sample_size: int = 16, cross_attentio
     layout; the mid block always has one); ``layers_per_block`` as in diffusers.
 
     Example:
-        >>> cfg = tiny_unet_config(6, 64, out_channels=3, channels=(64, 128, 256), attention_levels=(False, True, True),
+        >>> cfg = scratch_unet_config(6, 64, out_channels=3, channels=(64, 128, 256), attention_levels=(False, True, True),
         ...                        head_dim=32)
         >>> cfg["down_block_types"], cfg["attention_head_dim"]
         (['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'], [2, 4, 8])
@@ -352,12 +352,12 @@ def pixel_scheduler(prediction_type: str = "v_prediction") -> DDIMScheduler:
                          prediction_type=prediction_type)
 
 
-def build_tiny_components(image_size: int = 32, in_channels: int | None = None, cross_attention_dim: int = 32,
+def build_scratch_components(image_size: int = 32, in_channels: int | None = None, cross_attention_dim: int = 32,
                           image_embed_dim: int = 16, width: int = 32, prediction_type: str = "epsilon",
                           seed: int = 0, autoencoder: str = "vae", unet_channels: Sequence[int] | None = None,
                           layers_per_block: int = 1, attention_levels: Sequence[bool] | None = None,
                           head_dim: int = 16) -> PipelineComponents:
-    """Random components built from scratch (deterministic for a seed): the UNet (``tiny_unet_config``; inputs
+    """Random components built from scratch (deterministic for a seed): the UNet (``scratch_unet_config``; inputs
     default to 2 x the latent channels), a tiny VAE with 2x downsampling (``autoencoder="vae"``) or the
     :class:`PixelAutoencoder` (``"pixel"``: the UNet works on the ``image_size`` image, with
     :func:`pixel_scheduler`), and a 2-layer CLIP vision encoder (the frozen image embedding of the reference)."""
@@ -367,7 +367,7 @@ def build_tiny_components(image_size: int = 32, in_channels: int | None = None, 
     in_channels = 2 * latent_channels if in_channels is None else int(in_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**tiny_unet_config(
+        unet = UNet2DConditionModel(**scratch_unet_config(
             in_channels, image_size if pixel else image_size // 2, cross_attention_dim, image_embed_dim, width,
             out_channels=latent_channels, channels=unet_channels, layers_per_block=layers_per_block,
             attention_levels=attention_levels, head_dim=head_dim))
@@ -428,7 +428,7 @@ def make_tiny_pipeline_folder(path: str | Path, image_size: int = 32, unet_in_ch
     makes an SD-style 4-input UNet; ``facelift_layout`` writes FaceLift's custom class names into unet/config.json;
     ``text_encoder`` adds ``text_encoder/`` (hidden size ``text_dim``, default the UNet's cross-attention dim) and
     ``tokenizer/`` (:func:`tiny_clip_tokenizer`)."""
-    c = build_tiny_components(image_size, unet_in_channels, cross_attention_dim, image_embed_dim, width,
+    c = build_scratch_components(image_size, unet_in_channels, cross_attention_dim, image_embed_dim, width,
                               prediction_type, seed)
     folder = save_pipeline_components(c, path)
     if text_encoder:
@@ -547,7 +547,7 @@ __all__ = [
     "COMPONENTS",
     "PipelineComponents",
     "PixelAutoencoder",
-    "build_tiny_components",
+    "build_scratch_components",
     "build_tiny_text_encoder",
     "check_autoencoder",
     "default_image_noising_scheduler",
@@ -563,9 +563,9 @@ __all__ = [
     "plain_block_name",
     "plain_unet_config",
     "save_pipeline_components",
+    "scratch_unet_config",
     "sd21_unclip_unet_config",
     "text_context_tokens",
     "tiny_clip_tokenizer",
-    "tiny_unet_config",
     "unet_cross_attention_dim",
 ]

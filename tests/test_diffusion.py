@@ -16,7 +16,7 @@ from geometry.rig import load_rig
 from lightning_modules.diffusion import DiffusionModule, min_snr_weights, step_seed
 from lightning_modules.mv_attention import multiview_attention_mode
 from lightning_modules.pretrained import (
-    build_tiny_components,
+    build_scratch_components,
     expand_conv_in,
     load_pipeline_components,
     load_unet,
@@ -69,7 +69,7 @@ def test_facelift_layout_unet_folder_with_custom_block_names_loads_as_plain_unet
     assert type(unet) is UNet2DConditionModel
     assert unet.config.mid_block_type == "UNetMidBlock2DCrossAttn"
     assert "CrossAttnDownBlock2D" in unet.config.down_block_types
-    reference = build_tiny_components(image_size=SIZE).unet  # same seed -> same weights as written
+    reference = build_scratch_components(image_size=SIZE).unet  # same seed -> same weights as written
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(unet.state_dict()[k], v, msg=k)
 
@@ -127,11 +127,11 @@ def test_facelift_embeddings_report_facelift_rig_and_refuse_another_rig(tmp_path
 def test_module_with_facelift_embeddings_reports_facelift_rig_and_refuses_mouse_rig():
     if not FACELIFT_EMBEDS.is_file():
         pytest.skip(f"{FACELIFT_EMBEDS} absent (../shared not beside the checkout)")
-    m = tiny_module(view_embeddings="facelift", facelift_embeds=str(FACELIFT_EMBEDS), tiny_cross_attention_dim=1024)
+    m = tiny_module(view_embeddings="facelift", facelift_embeds=str(FACELIFT_EMBEDS), cross_attention_dim=1024)
     assert m.view_rig == "facelift_6view"
     with pytest.raises(ValueError, match="facelift_6view.*mouse_oblique20_6view"):
         tiny_module(rig="mouse_oblique20_6view", view_embeddings="facelift", facelift_embeds=str(FACELIFT_EMBEDS),
-                    tiny_cross_attention_dim=1024)
+                    cross_attention_dim=1024)
 
 
 def test_view_embeddings_state_dict_of_another_rig_is_refused():

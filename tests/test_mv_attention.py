@@ -13,7 +13,7 @@ from lightning_modules.mv_attention import (
     multiview_attention_mode,
     remove_multiview_attention,
 )
-from lightning_modules.pretrained import tiny_unet_config
+from lightning_modules.pretrained import scratch_unet_config
 
 V, N, C = 4, 5, 16  # views, tokens per view, channels
 
@@ -96,7 +96,7 @@ def test_unknown_mode_is_refused():
 
 def test_install_replaces_only_self_attention_of_the_unet_and_views_talk_through_it():
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**tiny_unet_config(in_channels=8, sample_size=8, cross_attention_dim=8,
+    unet = UNet2DConditionModel(**scratch_unet_config(in_channels=8, sample_size=8, cross_attention_dim=8,
                                                    image_embed_dim=4, width=16)).eval()
     n = install_multiview_attention(unet, num_views=3, mode="sparse")
     procs = unet.attn_processors
