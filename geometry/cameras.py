@@ -278,3 +278,29 @@ def check_intrinsics(fxfycxcy: Tensor, where: str) -> None:
         raise ValueError(f"{where}: intrinsics have non-finite values")
     if (fxfycxcy[..., :2] <= 0).any():
         raise ValueError(f"{where}: focal lengths must be positive")
+
+
+def reference_similarity(from_c2w: Tensor, to_c2w: Tensor, scale: Tensor | float) -> Tensor:
+    """The similarity M [..., 4, 4] (x_to = M x_from = s R x_from + t) that puts camera ``from_c2w`` of one frame on
+    camera ``to_c2w`` of another: R = R_to R_from^T, t = c_to - s R c_from (camera centres c), scale s. Used to place
+    what was made in a rig's frame (the rig's reference camera) in real cameras' frame (the real reference camera)."""
+    from_c2w, to_c2w = torch.as_tensor(from_c2w), torch.as_tensor(to_c2w)
+    s = torch.as_tensor(scale, dtype=to_c2w.dtype, device=to_c2w.device)
+    r = to_c2w[..., :3, :3] @ from_c2w[..., :3, :3].transpose(-1, -2)
+    t = to_c2w[..., :3, 3] - s[..., None] * (r @ from_c2w[..., :3, 3:])[..., 0]
+    m = torch.zeros(r.shape[:-2] + (4, 4), dtype=to_c2w.dtype, device=to_c2w.device)
+    m[..., :3, :3], m[..., :3, 3], m[..., 3, 3] = s[..., None, None] * r, t, 1.0
+    return m
+
+
+def cameras_into_frame(c2w: Tensor, similarity: Tensor) -> Tensor:
+    """Cameras c2w [..., V, 4, 4] of the frame that ``similarity`` [..., 4, 4] (from :func:`reference_similarity`)
+    maps into, expressed in the frame it maps from: rotation R^T R_c, centre M^-1 c. Same intrinsics, same image: a
+    similarity changes no projection."""
+    m = similarity[..., None, :, :]
+    s = m[..., :3, :3].norm(dim=-2)[..., :1]  # [..., 1, 1]: the columns of s R have length s
+    r = m[..., :3, :3] / s[..., None]
+    out = c2w.clone()
+    out[..., :3, :3] = r.transpose(-1, -2) @ c2w[..., :3, :3]
+    out[..., :3, 3] = (r.transpose(-1, -2) @ (c2w[..., :3, 3] - m[..., :3, 3])[..., None])[..., 0] / s
+    return out

@@ -27,7 +27,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 KINDS = ("synthetic", "real")
 FG_THRESHOLD = 0.5
 # Metrics that are NaN where they are undefined (a view without foreground): means leave those views out.
-UNDEFINED_AS_NAN = ("psnr_fg",)
+UNDEFINED_AS_NAN = ("psnr_fg", "ssim_fg", "iou")
 
 
 class IntervalMean:
@@ -155,6 +155,34 @@ def per_view_psnr_fg(pred: Tensor, target: Tensor, alpha: Tensor, threshold: flo
 
 
 @torch.no_grad()
+def per_view_ssim_fg(pred: Tensor, target: Tensor, alpha: Tensor, threshold: float = FG_THRESHOLD) -> Tensor:
+    """SSIM per view averaged over the target's foreground bounding box (``foreground_box``) of the full SSIM map
+    (window 11, sigma 1.5, as ``per_view_ssim``) -> [B, V]; NaN for a view without foreground."""
+    b, v = pred.shape[:2]
+    p, t = pred.detach().float().flatten(0, 1).clamp(0, 1), target.detach().float().flatten(0, 1)
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        _, ssim_map = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none",
+                                                          return_full_image=True)
+    box = foreground_box(alpha.detach().float()).flatten(0, 1).expand_as(ssim_map).float()
+    n = box.sum(dim=(1, 2, 3))
+    return ((ssim_map * box).sum(dim=(1, 2, 3)) / n).masked_fill(n == 0, float("nan")).reshape(b, v)
+
+
+def per_view_iou(pred_alpha: Tensor, target_alpha: Tensor, threshold: float = FG_THRESHOLD) -> Tensor:
+    """Silhouette IoU per view: |pred > t AND target > t| / |pred > t OR target > t| for alpha [B, V, 1, H, W]
+    -> [B, V]; NaN where both silhouettes are empty.
+
+    Example:
+        >>> a = torch.zeros(1, 1, 1, 4, 4); a[..., :2, :] = 1
+        >>> b = torch.zeros(1, 1, 1, 4, 4); b[..., :1, :] = 1
+        >>> per_view_iou(a, b)
+        tensor([[0.5000]])
+    """
+    p, t = pred_alpha.detach().float() > threshold, target_alpha.detach().float() > threshold
+    inter, union = (p & t).sum(dim=(-3, -2, -1)).float(), (p | t).sum(dim=(-3, -2, -1)).float()
+    return (inter / union).masked_fill(union == 0, float("nan"))
+
+
 def view_metrics(pred: Tensor, target: Tensor, lpips: nn.Module | None = None,
                  alpha: Tensor | None = None) -> dict[str, Tensor]:
     """{"psnr", "ssim"[, "lpips"][, "psnr_fg"]} -> [B, V] each; LPIPS only when a (locally loaded) module is given,

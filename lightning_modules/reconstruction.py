@@ -353,10 +353,12 @@ class ReconstructionModule(StageModule):
     @torch.no_grad()
     def evaluate_batch(self, batch: dict) -> dict[str, Any]:
         """Per-view metrics of the supervision views: {"psnr", "ssim"[, "lpips"][, "psnr_fg"]} [B, Vs] (psnr_fg with
-        the batch's alpha), plus "pred" and "target" images [B, Vs, 3, H, W] for the evaluate tool."""
+        the batch's alpha), plus "pred" and "target" images [B, Vs, 3, H, W] and their alpha ("pred_alpha",
+        "target_alpha" or None) for the evaluate tool."""
         out = self.predict_views(batch)
         metrics: dict[str, Any] = view_metrics(out["pred"], out["target"], self.lpips, alpha=out["target_alpha"])
         metrics["pred"], metrics["target"] = out["pred"], out["target"]
+        metrics["pred_alpha"], metrics["target_alpha"] = out["pred_alpha"], out["target_alpha"]
         return metrics
 
     @torch.no_grad()

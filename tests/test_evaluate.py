@@ -64,7 +64,8 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
     for r in rows:
         assert r["mode"] == "reconstruction" and r["scenes"] == 2 and r["image_size"] == 16 and "error" not in r
         m = r["metrics"]
-        assert set(m["all"]) == {"psnr", "psnr_fg", "psnr_fg_empty", "ssim", "n"}  # no LPIPS without local weights
+        assert set(m["all"]) == {"psnr", "psnr_fg", "psnr_fg_empty", "ssim", "ssim_fg", "ssim_fg_empty", "iou",
+                                    "iou_empty", "n"}  # no LPIPS without local weights
         assert _finite(m["all"]["psnr"]) and _finite(m["all"]["ssim"]) and -1 <= m["all"]["ssim"] <= 1
         assert _finite(m["all"]["psnr_fg"]) and isinstance(m["all"]["psnr_fg_empty"], int)  # views without fg
         assert all(len(s["psnr_fg"]) == 2 for s in r["per_scene"])

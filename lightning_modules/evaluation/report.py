@@ -21,7 +21,7 @@ from callbacks.image_log import labelled_grid
 from lightning_modules.metrics import KINDS
 
 RESULTS_VERSION = 1
-BASE_METRICS = ("psnr", "psnr_fg", "ssim", "lpips")
+BASE_METRICS = ("psnr", "psnr_fg", "ssim", "ssim_fg", "iou", "lpips")
 CSV_FIXED = ("checkpoint", "mode", "checkpoint_rig", "data", "rig", "rig_match", "rig_worst_angle_deg",
              "image_size", "scenes", "distinct_scenes", "skipped", "error", "checkpoint_path", "data_path", "grid")
 
@@ -60,8 +60,9 @@ def fmt(x: Any, digits: int) -> str:
     return f"{x:.{digits}f}"
 
 
-DIGITS = {"psnr": 2, "psnr_fg": 2, "ssim": 4, "lpips": 4}
-TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim": "SSIM", "lpips": "LPIPS"}
+DIGITS = {"psnr": 2, "psnr_fg": 2, "ssim": 4, "ssim_fg": 4, "iou": 4, "lpips": 4}
+TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim": "SSIM", "ssim_fg": "SSIM fg", "iou": "IoU",
+          "lpips": "LPIPS"}
 
 
 def csv_row(row: dict[str, Any]) -> dict[str, Any]:

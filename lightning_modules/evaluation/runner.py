@@ -24,6 +24,7 @@ from datamodules.data_config import load_data_config
 from datamodules.datamodule import MultiViewDataModule
 from datamodules.shared_settings import SHARED_SETTINGS, differences
 from datamodules.sources import MVDiffusionFolderSource, ProceduralSource
+from geometry.cameras import cameras_into_frame, reference_similarity
 from geometry.images import resize_images
 from geometry.progress import progress
 from geometry.rig import Rig, load_rig
@@ -32,9 +33,13 @@ from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid
 from lightning_modules.evaluation.summary import NOVEL_METRICS, score_views, summarize
 from lightning_modules.loading import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
 from lightning_modules.losses import load_lpips
-from lightning_modules.pipeline import Sampling, generate_views, lift_views, parse_input_views, render_views
+from lightning_modules.metrics import per_view_iou, per_view_ssim_fg
+from lightning_modules.pipeline import Sampling, generate_views, lift_views, parse_input_views
 
 log = logging.getLogger("mvlift.evaluate")
+PLACEMENT_RULE = ("the photo (data view K) is taken as the diffusion rig's view K, re-framed to the rig's focal length; "
+                  "the data's cameras are brought into the rig's frame by the similarity that puts the rig's camera K "
+                  "on the data's camera K, scale = data camera K's distance to the data origin / rig radius")
 
 
 @dataclasses.dataclass
@@ -80,8 +85,8 @@ def source_cameras(source: Any) -> str:
     return "camera files (not changed by the rig)"
 
 
-def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_size: int, opts: EvalSettings
-                ) -> tuple[Any, Any]:
+def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_size: int, opts: EvalSettings,
+                chained: bool = False) -> tuple[Any, Any]:
     """(DataLoader over the evaluation draws, DataModule) for one data config x rig at ``image_size``: the
     DataModule's own validation (or training) loader, so the draws are those training validates on."""
 
@@ -93,6 +98,8 @@ def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_siz
         cfg["rig"] = rig
     if stage == "diffusion":
         cfg.update(reference_view="fixed", reference_index=opts.reference_view)
+        if chained:  # the data's cameras need not be the rig's: the result is placed through the reference camera
+            cfg.update(rig_tolerance_deg=float("inf"), rig_distance_tolerance=float("inf"))
     else:
         cfg["supervise_inputs"] = False  # scores are on the views the model did not see
         if opts.num_input_views is not None:
@@ -126,6 +133,7 @@ class RowResult:
     num_input_views: int | None = None
     novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # diffusion: novel views, model vs copy
     grid_tiles: list[list[str]] | None = None  # per scene, each tile's view name (views that differ between scenes)
+    placement: list[float] | None = None  # chained: per scene, the scale of the rig -> data frame similarity
 
 
 def _record(batch: dict[str, Any], b: int, views: list[str], scores: dict[str, Tensor], prefix: str = ""
@@ -155,6 +163,7 @@ def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, opts: EvalSettin
             out = module.evaluate_batch(batch)
         pred, target = out["pred"], out["target"]
         scores = {m: out[m] for m in ("psnr", "ssim", "psnr_fg") if m in out}
+        scores.update(shape_scores(pred, target, out.get("pred_alpha"), out.get("target_alpha")))
         if lpips is not None:
             scores["lpips"] = score_views(pred, target, lpips)["lpips"]
         v = batch["images"].shape[1]
@@ -218,22 +227,76 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
     return res
 
 
+def reframe_to_focal(images: Tensor, fxfycxcy: Tensor, focal: float, background: Tensor | None) -> Tensor:
+    """Photos [B, 3, H, W] taken with intrinsics fxfycxcy [B, 4] re-framed to a camera with focal length ``focal``
+    (px) and the principal point at the image centre (a zoom about the principal point: crop, or pad with the
+    background), so a rig with that focal length sees the same rays. Identity when the intrinsics already match."""
+    b, _, h, w = images.shape
+    k = fxfycxcy.float()
+    theta = torch.zeros(b, 2, 3, device=images.device)
+    theta[:, 0, 0], theta[:, 1, 1] = k[:, 0] / focal, k[:, 1] / focal
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * k[:, 2] / w - 1, 2 * k[:, 3] / h - 1
+    grid = torch.nn.functional.affine_grid(theta, [b, 4, h, w], align_corners=False)
+    x = torch.cat([images.float(), torch.ones_like(images[:, :1]).float()], dim=1)
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    bg = torch.ones(b, 3, device=images.device) if background is None else background.float().expand(b, 3)
+    return out[:, :3] + (1 - out[:, 3:]) * bg[:, :, None, None]
+
+
+def rig_to_data_frame(rig: Rig, view: int, ref_c2w: Tensor) -> tuple[Tensor, Tensor]:
+    """Phase 2's placement rule: the photo is data view ``view`` and is taken as the rig's view ``view``, so the
+    rig's frame (where the generated views' cameras, and the Gaussians, live) is put on the data's frame by the
+    similarity that moves the rig's camera ``view`` onto the data's reference camera ref_c2w [B, 4, 4]: rotation
+    R_ref R_rig^T and scale s = |c_ref| / |c_rig - target| (the data camera's distance to the data's origin — the
+    animal's centre, at 2.7 after ``tools.import_captures`` — over the rig camera's distance to its target: the
+    rig's radius), so the rig's target lands on the animal. Returns (M [B, 4, 4], s [B]). For data rendered from the
+    rig itself M is the identity."""
+    c2w, _ = rig.cameras(dtype=torch.float64, device=ref_c2w.device)
+    rig_ref = c2w[view]
+    target = torch.tensor(rig.target, dtype=torch.float64, device=ref_c2w.device)
+    scale = ref_c2w[:, :3, 3].double().norm(dim=-1) / (rig_ref[:3, 3] - target).norm()
+    return reference_similarity(rig_ref.expand_as(ref_c2w.double()), ref_c2w.double(), scale), scale
+
+
+def shape_scores(pred: Tensor, target: Tensor, pred_alpha: Tensor | None, alpha: Tensor | None) -> dict[str, Tensor]:
+    """``ssim_fg`` (SSIM over the target's foreground box) and ``iou`` (silhouette IoU of the rendered alpha with
+    the target's mask), both [B, V]; nothing without the target's alpha."""
+    if alpha is None:
+        return {}
+    out = {"ssim_fg": per_view_ssim_fg(pred, target, alpha)}
+    if pred_alpha is not None:
+        out["iou"] = per_view_iou(pred_alpha, alpha)
+    return out
+
+
 def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: EvalSettings, lpips: Any,
                      device: torch.device) -> RowResult:
-    """Diffusion views -> GS-LRM -> renders at the ground-truth cameras (mode ``chained``)."""
+    """Diffusion views -> GS-LRM -> renders at the data's cameras (mode ``chained``; Phase 2 on real data): the
+    reference photo is re-framed to the diffusion rig's focal length (:func:`reframe_to_focal`), the Gaussians made
+    in the rig's frame are rendered at the data's cameras brought into that frame (:func:`rig_to_data_frame`)."""
     res = RowResult([], [], [], [], [], generated=True)
     input_views = parse_input_views(opts.chain_input_views, diffusion.rig)
     res.num_input_views = len(input_views)
+    view = opts.reference_view
+    if not 0 <= view < diffusion.rig.num_views:
+        raise ValueError(f"--reference-view {view}: the diffusion rig {diffusion.rig.name!r} has "
+                         f"{diffusion.rig.num_views} views")
+    res.placement = []
     for i, batch in _batches(loader, opts, device, res):
-        ref = batch["ref_images"][:, 0]
         target = batch["images"]
         h, w = target.shape[-2:]
+        rig_k = diffusion.rig.focal(h)
+        ref = reframe_to_focal(batch["ref_images"][:, 0], batch["ref_fxfycxcy"][:, 0], rig_k, batch.get("background"))
+        m, scale = rig_to_data_frame(diffusion.rig, view, batch["ref_c2w"][:, 0])
+        cams = cameras_into_frame(batch["c2w"].double(), m).to(batch["c2w"].dtype)
         with torch.no_grad():
             gen = generate_views(diffusion, ref, opts.sampling, opts.seed + i)["images"]
             gaussians, _ = lift_views(module, gen, diffusion.rig, input_views)
-            rendered = render_views(module, gaussians, batch["c2w"], batch["fxfycxcy"], h, w, batch.get("background"))
+            out = module.render(gaussians, cams, batch["fxfycxcy"], h, w, batch.get("background"))
+        rendered = out["rgb"]
         alpha = batch.get("alpha")
         scores = score_views(rendered, target, lpips, alpha=alpha)
+        scores.update(shape_scores(rendered, target, out.get("alpha"), alpha))
         gen_r = resize_images(gen.float(), h)
         v = min(gen_r.shape[1], target.shape[1])
         gen_scores = score_views(gen_r[:, :v], target[:, :v], lpips, alpha=None if alpha is None else alpha[:, :v])
@@ -243,6 +306,7 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
             gen_rec = _record(batch, b, names[:v], gen_scores, "generated/")
             rec.update({key: val for key, val in gen_rec.items() if key.startswith("generated/")})
             res.scenes.append(rec)
+            res.placement.append(float(scale[b]))
             if len(res.grid_rows) < opts.grid_scenes:
                 r = resize_images(ref[b][None, None].float(), h)[0]
                 res.grid_rows.append(torch.cat([r, gen_r[b], rendered[b], target[b]]).float().cpu())
@@ -314,7 +378,8 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
     size = int(module.hparams.image_size)
     stage = "reconstruction" if mode == "reconstruction" else "diffusion"
     pl.seed_everything(opts.seed, verbose=False)
-    loader, dm = make_loader(data_cfg, stage, rig.to_dict() if rig is not None else None, size, opts)
+    loader, dm = make_loader(data_cfg, stage, rig.to_dict() if rig is not None else None, size, opts,
+                             chained=mode == "chained")
     eval_rig: Rig = dm.rig
     row: dict[str, Any] = {
         "checkpoint": ckpt.label, "checkpoint_path": str(ckpt.path), "stage": ckpt.stage, "mode": mode,
@@ -354,8 +419,12 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
     if len(set(ids)) < len(ids):
         log.warning("%s x %s x %s: %d draws but %d distinct scenes (scenes counted more than once; fewer --batches "
                     "or more held-out scenes)", ckpt.label, data.label, eval_rig.name, len(ids), len(set(ids)))
+    if res.placement:
+        row["placement"] = {"rule": PLACEMENT_RULE, "scale_min": min(res.placement),
+                            "scale_max": max(res.placement)}
     if res.generated:
-        row["generated_metrics"] = summarize(res.scenes, res.metric_names, prefix="generated/")
+        row["generated_metrics"] = summarize(res.scenes, [m for m in res.metric_names
+                                                          if f"generated/{m}" in res.scenes[0]], prefix="generated/")
     if res.novel and res.novel[0]["views"]:
         names = [m for m in NOVEL_METRICS if f"novel/{m}" in res.novel[0]]
         row["novel_metrics"] = summarize(res.novel, names, prefix="novel/")
