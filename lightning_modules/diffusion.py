@@ -48,7 +48,6 @@ Example (tiny random components, CPU):
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -58,10 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
-    DDIMScheduler,
     DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
     UNet2DConditionModel,
 )
 from diffusers.models.embeddings import get_timestep_embedding
@@ -69,9 +65,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from geometry.files import make_tree_readable
-from geometry.progress import progress
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS
+from lightning_modules.diffusion_sampling import make_sampler, sample_views, seeded_randn
 from lightning_modules.losses import load_lpips
 from lightning_modules.metrics import KindMetrics, batch_kinds, view_metrics
 from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
@@ -98,18 +94,8 @@ from lightning_modules.view_conditioning import ViewEmbeddings, check_embeddings
 
 log = logging.getLogger(__name__)
 
-FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.", "lpips.")
-SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
-            "dpm": DPMSolverMultistepScheduler}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
-           dtype: torch.dtype = torch.float32) -> Tensor:
-    """Normal noise; drawn on the generator's device then moved (reproducible across devices)."""
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.", "lpips.")
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -431,7 +417,7 @@ class DiffusionModule(StageModule):
         sinusoidal noise-level embedding]."""
         emb = self.image_encoder(self.clip_pixels(images).to(self.image_encoder.dtype)).image_embeds.float()
         levels = torch.full((emb.shape[0],), int(noise_level), device=emb.device, dtype=torch.long)
-        noise = _randn(tuple(emb.shape), generator, emb.device)
+        noise = seeded_randn(tuple(emb.shape), generator, emb.device)
         x = self.image_normalizer.scale(emb)
         x = self.image_noising_scheduler.add_noise(x, noise, levels)
         x = self.image_normalizer.unscale(x)
@@ -484,7 +470,7 @@ class DiffusionModule(StageModule):
             latents = self.encode_latents(images.flatten(0, 1), sample=True, generator=generator).float()
         drop = _rand((b,), generator, device) < p if p > 0 else None
         ref_lat, img_emb = self.conditions(self.reference_input(batch), self.hparams.noise_level, drop, generator)
-        noise = _randn(tuple(latents.shape), generator, device)
+        noise = seeded_randn(tuple(latents.shape), generator, device)
         n_train = self.train_scheduler.config.num_train_timesteps
         if generator is None:
             t_scene = torch.randint(0, n_train, (b,), device=device)
@@ -534,64 +520,18 @@ class DiffusionModule(StageModule):
         sched = build_scheduler(opt, h.warmup_steps, self.schedule_steps(), h.decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # ---- sampling -----------------------------------------------------------------------------------------------
+    # ---- sampling (lightning_modules.diffusion_sampling) -----------------------------------------------------------
     def make_sampler(self, name: str = "ddim"):
         """A diffusers scheduler for sampling from the model's noise schedule and prediction type."""
-        if name not in SAMPLERS:
-            raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
-        return SAMPLERS[name].from_config(self.scheduler_config)
+        return make_sampler(self.scheduler_config, name)
 
-    @torch.no_grad()
     def sample(self, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
                scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0,
                show_progress: bool = False) -> dict[str, Any]:
-        """Generate the rig's views from reference images (``show_progress``: a bar over the denoising steps on a
-        terminal, ``geometry.progress``).
-
-        ref_images [B, 3, H, W] in [0, 1] (resized to ``image_size`` when needed) ->
-        {"images" [B, V, 3, S, S] in [0, 1], "c2w" [V, 4, 4], "fxfycxcy" [V, 4] (the model's rig at S px),
-        "rig": rig.to_dict()}. Seeded: the same seed gives the same views on the same device.
-        """
-        if ref_images.ndim != 4 or ref_images.shape[1] != 3:
-            raise ValueError(f"ref_images must be [B, 3, H, W], got {list(ref_images.shape)}")
-        size = int(self.hparams.image_size)
-        device = self.device
-        ref = ref_images.to(device).float()
-        if tuple(ref.shape[-2:]) != (size, size):
-            ref = F.interpolate(ref, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        b, v = ref.shape[0], self.rig.num_views
-        gen = torch.Generator("cpu").manual_seed(int(seed))
-        level = self.hparams.noise_level if noise_level is None else noise_level
-        ref_lat, img_emb = self.conditions(ref, level, None, gen)
-        context = self.view_embeddings.for_batch(b)
-        cfg = guidance_scale != 1.0
-        if cfg:  # [unconditional; conditional], each scene-major with its V views
-            ref_lat = torch.cat([torch.zeros_like(ref_lat), ref_lat])
-            img_emb = torch.cat([torch.zeros_like(img_emb), img_emb])
-            context = torch.cat([context, context])
-        sampler = self.make_sampler(scheduler)
-        sampler.set_timesteps(num_inference_steps, device=device)
-        h = size // self.vae_factor
-        latents = _randn((b * v, self.latent_channels, h, h), gen, device) * sampler.init_noise_sigma
-        step_kwargs = {}
-        params = inspect.signature(sampler.step).parameters
-        if "eta" in params:
-            step_kwargs["eta"] = eta
-        if "generator" in params:
-            step_kwargs["generator"] = gen
-        steps = progress(sampler.timesteps, "sampling", unit="step", leave=False) if show_progress else sampler.timesteps
-        for t in steps:
-            x = sampler.scale_model_input(latents, t)
-            x = torch.cat([x, x]) if cfg else x
-            tt = t.expand(x.shape[0]).to(device)
-            pred = self.denoise(x, tt, ref_lat, img_emb, context).float()
-            if cfg:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + guidance_scale * (cond - uncond)
-            latents = sampler.step(pred, t, latents, **step_kwargs).prev_sample
-        images = self.decode_latents(latents).view(b, v, 3, size, size)
-        c2w, k = self.rig.cameras(size, device=device)
-        return {"images": images, "c2w": c2w, "fxfycxcy": k, "rig": self.rig.to_dict()}
+        """Generate the rig's views from reference images: :func:`lightning_modules.diffusion_sampling.sample_views`
+        (ref_images [B, 3, H, W] in [0, 1] -> {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", "rig"}; seeded)."""
+        return sample_views(self, ref_images, num_inference_steps, guidance_scale, seed, scheduler, noise_level, eta,
+                            show_progress)
 
     # ---- validation ---------------------------------------------------------------------------------------------
     def _should_sample(self) -> bool:

@@ -1,0 +1,95 @@
+"""Sampling the multi-view diffusion model: the rig's views from reference photos, with classifier-free guidance.
+
+:func:`sample_views` runs a diffusers scheduler (:data:`SAMPLERS`: ddim | ddpm | euler | dpm, built from the model's own
+noise schedule and prediction type) over a :class:`~lightning_modules.diffusion.DiffusionModule`'s conditioning
+(``conditions``: reference latents + image embedding; ``view_embeddings``: the rig's views) and denoiser
+(``denoise``), all views of a scene at once; ``DiffusionModule.sample`` is this function. Guidance runs the
+unconditional and conditional halves as one batch. Noise is drawn from a CPU generator seeded by ``seed``, so the same
+seed gives the same views on the same device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from torch import Tensor
+
+from geometry.progress import progress
+
+SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
+            "dpm": DPMSolverMultistepScheduler}
+
+
+def seeded_randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normal noise; drawn on the generator's device then moved (reproducible across devices)."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def make_sampler(scheduler_config: Any, name: str = "ddim") -> Any:
+    """A diffusers scheduler ``name`` for a model's noise schedule and prediction type (``scheduler_config``)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
+    return SAMPLERS[name].from_config(scheduler_config)
+
+
+@torch.no_grad()
+def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                 seed: int = 0, scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0,
+                 show_progress: bool = False) -> dict[str, Any]:
+    """Generate ``model``'s rig views from reference images (``show_progress``: a bar over the denoising steps on a
+    terminal, ``geometry.progress``).
+
+    ref_images [B, 3, H, W] in [0, 1] (resized to the model's ``image_size`` when needed) ->
+    {"images" [B, V, 3, S, S] in [0, 1], "c2w" [V, 4, 4], "fxfycxcy" [V, 4] (the model's rig at S px),
+    "rig": rig.to_dict()}.
+    """
+    if ref_images.ndim != 4 or ref_images.shape[1] != 3:
+        raise ValueError(f"ref_images must be [B, 3, H, W], got {list(ref_images.shape)}")
+    size = int(model.hparams.image_size)
+    device = model.device
+    ref = ref_images.to(device).float()
+    if tuple(ref.shape[-2:]) != (size, size):
+        ref = F.interpolate(ref, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    b, v = ref.shape[0], model.rig.num_views
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    level = model.hparams.noise_level if noise_level is None else noise_level
+    ref_lat, img_emb = model.conditions(ref, level, None, gen)
+    context = model.view_embeddings.for_batch(b)
+    cfg = guidance_scale != 1.0
+    if cfg:  # [unconditional; conditional], each scene-major with its V views
+        ref_lat = torch.cat([torch.zeros_like(ref_lat), ref_lat])
+        img_emb = torch.cat([torch.zeros_like(img_emb), img_emb])
+        context = torch.cat([context, context])
+    sampler = make_sampler(model.scheduler_config, scheduler)
+    sampler.set_timesteps(num_inference_steps, device=device)
+    h = size // model.vae_factor
+    latents = seeded_randn((b * v, model.latent_channels, h, h), gen, device) * sampler.init_noise_sigma
+    step_kwargs = {}
+    params = inspect.signature(sampler.step).parameters
+    if "eta" in params:
+        step_kwargs["eta"] = eta
+    if "generator" in params:
+        step_kwargs["generator"] = gen
+    steps = progress(sampler.timesteps, "sampling", unit="step", leave=False) if show_progress else sampler.timesteps
+    for t in steps:
+        x = sampler.scale_model_input(latents, t)
+        x = torch.cat([x, x]) if cfg else x
+        tt = t.expand(x.shape[0]).to(device)
+        pred = model.denoise(x, tt, ref_lat, img_emb, context).float()
+        if cfg:
+            uncond, cond = pred.chunk(2)
+            pred = uncond + guidance_scale * (cond - uncond)
+        latents = sampler.step(pred, t, latents, **step_kwargs).prev_sample
+    images = model.decode_latents(latents).view(b, v, 3, size, size)
+    c2w, k = model.rig.cameras(size, device=device)
+    return {"images": images, "c2w": c2w, "fxfycxcy": k, "rig": model.rig.to_dict()}
+
+
+__all__ = ["SAMPLERS", "make_sampler", "sample_views", "seeded_randn"]
