@@ -200,8 +200,7 @@ class CheckpointPaths(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A run stopped before ``max_steps`` (``max_time``, early stopping, ``should_stop``) keeps its last steps too:
-        without this, ``last.ckpt`` was the last periodic checkpoint (a 4.5-minute run evaluated at step 2000 of
-        3600, docs/results.md)."""
+        ``last.ckpt`` is the step training stopped at, not the last periodic checkpoint before it."""
         if trainer.global_step > 0 and trainer.global_step != self.final_checkpoint.step and not trainer.fast_dev_run:
             self.save_final_checkpoint(trainer)
 

@@ -62,8 +62,8 @@ def ssim_map(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5,
     """Per-pixel SSIM [N, C, H, W] of images [..., C, H, W] in [0, data_range] (reflect-padded, same size).
 
     Always fp32, autocast or not: the variances are differences of blurred squares (E[x^2] - E[x]^2), which bf16's
-    8-bit mantissa turns into noise — under bf16-mixed that noise, not the image, drove the SSIM term's gradient and
-    GS-LRM training stalled at a grey haze (docs/results.md)."""
+    8-bit mantissa turns into noise: under bf16-mixed the SSIM term's gradient would follow that noise, not the image
+    (measured in docs/results.md)."""
     with torch.autocast(device_type=pred.device.type, enabled=False):
         return _ssim_map_fp32(pred, target, window, sigma, data_range)
 
