@@ -277,7 +277,7 @@ def test_rig_cli_compare_and_check(tmp_path, capsys):
 
 def test_rig_check_compares_the_first_rig_views_of_scenes_with_more_views_and_flags_short_ones(tmp_path, capsys):
     """8-view scenes rotated 30 degrees were reported OK: only scenes of exactly the rig's view count were compared."""
-    from tools.rig import check_dataset
+    from datamodules.rig_check import check_dataset
 
     rig = load_rig("facelift_6view")
     c2w, k = rig.cameras(64)

@@ -22,7 +22,8 @@ What is measured (the "mode" of a row):
                     reference into every view (``copy_ref/*``; ``lightning_modules.diffusion.copy_reference_views``).
     chained         ``--diffusion D`` with GS-LRM checkpoints: D's generated views, with D's rig cameras (the views'
                     true cameras), are lifted by the GS-LRM and the Gaussians rendered at the data's ground-truth
-                    cameras, compared with the ground truth (all rig views, the reference view included: the
+                    cameras placed through the reference camera (the data's cameras need not be the rig's: a real
+                    recording is Phase 2; rule and scale in the README), compared with the ground truth (all rig views, the reference view included: the
                     per-view columns show it apart). Before any work the rig guard compares D's rig with
                     every GS-LRM's rig: a mismatch stops with an error naming both rigs and the per-view difference,
                     unless ``--allow-rig-mismatch`` (a logged warning; the row says ``rig match: no``). The
