@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from callbacks.run_layout import RunPaths
-from callbacks.rig_guard import RigMismatchError
 from lightning_modules.artifacts import checkpoint_rig
 
 pytest.importorskip("datamodules.datamodule")
@@ -195,7 +194,7 @@ def test_wandb_logger_only_on_request_and_named_after_the_run(tmp_path, monkeypa
     import sys
     import types
 
-    from tools.fit import default_loggers
+    from callbacks.fit_cli import default_loggers
 
     paths = RunPaths(tmp_path / "runs", "exp", "r1")
     assert [type(lg).__name__ for lg in default_loggers(paths)] == ["TensorBoardLogger", "CSVLogger"]
@@ -360,16 +359,17 @@ def test_a_refused_run_writes_nothing_and_names_the_differing_keys(tmp_path, cap
 def test_a_rig_mismatch_is_an_error_without_traceback_naming_the_views_and_exit_code_2(tmp_path, capsys, monkeypatch):
     """The data's rig is the model's in tools.fit (linked); a model whose rig differs anyway (built by other code) is
     still refused before any file, with the per-view difference indented under the error line."""
-    import tools.fit as fit
+    from callbacks import fit_cli
     from geometry.rig import load_rig
+    from tools import fit
 
-    real = fit.check_data_matches_model
+    real = fit_cli.check_data_matches_model
 
     def model_on_another_rig(model, datamodule):
         model.rig = load_rig("mouse_oblique20_6view")
         real(model, datamodule)
 
-    monkeypatch.setattr(fit, "check_data_matches_model", model_on_another_rig)
+    monkeypatch.setattr(fit_cli, "check_data_matches_model", model_on_another_rig)
     cli_main = fit.cli_main
     rc = cli_main(["-c", str(_config(tmp_path, run="bad"))])
     err = capsys.readouterr().err.strip()

@@ -41,154 +41,18 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
-import logging
 import sys
-import time
-from typing import Any, Optional
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch import LightningDataModule, LightningModule
 
-from callbacks.atomic import AtomicCheckpointIO
-from callbacks.nonfinite import NonFiniteGuard
-from callbacks.paths import CheckpointPaths, run_paths
-from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
-from callbacks.run_layout import PathError, RunConflictError, RunPaths
-from datamodules.shared_settings import SharedSettingError, check_not_on_model, link_shared_settings
-from lightning_modules.artifacts import UntrustedCheckpointError, allowed_globals, check_loadable
-
-log = logging.getLogger("mvlift.fit")
-
-# modules imported so that short class names (``class_path: ReconstructionModule``) resolve
-KNOWN_MODULES = ("lightning_modules.reconstruction", "lightning_modules.diffusion", "datamodules")
-
-
-def _import_known_modules() -> None:
-    for name in KNOWN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:  # a stage whose optional pieces are missing can still be named by full path
-            log.debug("tools.fit: could not import %s (%s)", name, e)
-
-
-def tensorboard_available() -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
-
-
-def default_loggers(paths: RunPaths, wandb_project: str | None = None) -> list[Logger]:
-    """TensorBoard (``logs/tensorboard``, when installed) + CSV (``logs/csv/version_<k>``) [+ W&B] in the run folder."""
-    loggers: list[Logger] = []
-    if tensorboard_available():
-        loggers.append(TensorBoardLogger(save_dir=str(paths.log_dir), name="tensorboard", version="",
-                                         default_hp_metric=False))  # no "hp_metric = -1" placeholder
-    else:
-        log.warning("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
-    # one version_<k> folder per invocation: Lightning's CSV writer deletes a metrics.csv it finds, which would
-    # lose the history of a resumed run (RunPaths.metric_files reads the parts back in order)
-    loggers.append(CSVLogger(save_dir=str(paths.log_dir), name="csv"))
-    if wandb_project:
-        if importlib.util.find_spec("wandb") is None:
-            raise SystemExit("--wandb needs the wandb package (pip install wandb)")
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(WandbLogger(project=wandb_project, name=f"{paths.experiment}/{paths.run}",
-                                   save_dir=str(paths.log_dir)))
-    return loggers
-
-
-def _with_atomic_io(plugins: Any) -> list[Any]:
-    if plugins is None:
-        plugins = []
-    elif not isinstance(plugins, list):
-        plugins = [plugins]
-    if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins = [*plugins, AtomicCheckpointIO()]
-    return plugins
-
-
-def _with_lr_monitor(callbacks: Any) -> list[Any]:
-    """The trainer's callbacks plus a LearningRateMonitor (every logged step, one curve per parameter group, named by
-    the group: ``lr-AdamW/base``, ``lr-AdamW/unet/no_decay``, ...) unless the config has one."""
-    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
-    if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    return callbacks
-
-
-class RunConfigSaver(SaveConfigCallback):
-    """Save the resolved config into the run folder: ``config.yaml``, or ``config.resumed-<time>.yaml`` when the
-    run already has one (a resumed run keeps the record of how it started)."""
-
-    def __init__(self, parser: LightningArgumentParser, config: Any, **kwargs: Any):
-        kwargs["save_to_log_dir"] = False
-        super().__init__(parser, config, **kwargs)
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        paths = next(cb.paths for cb in trainer.callbacks if isinstance(cb, CheckpointPaths))
-        path = paths.config_path
-        if path.exists():
-            path = path.with_name(f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(path), overwrite=True, multifile=False)
-
-
-class FitCLI(LightningCLI):
-    """LightningCLI with mvlift's run folder, checkpointing, loggers and checks (module docstring)."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(CheckpointPaths, "run")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
-        link_shared_settings(parser)
-        parser.add_argument("--resume", type=Optional[str], default=None,  # noqa: UP045 (jsonargparse type)
-                            help="'auto': continue from the newest complete checkpoint of the run; or a .ckpt path")
-        parser.add_argument("--wandb", type=Optional[str], default=None,  # noqa: UP045
-                            help="also log to this W&B project")
-        parser.add_argument("--trust-checkpoint", action="store_true",
-                            help="resume from a checkpoint that needs more than plain tensors and values, with full "
-                                 "unpickling (can run code from the file: only for files you trust)")
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        paths_cb: CheckpointPaths = self._get(self.config_init, "run")
-        if self._get(self.config, "resume") == "auto":
-            paths_cb.resume = "auto"
-        if self.datamodule is not None:
-            check_data_matches_model(self.model, self.datamodule)
-        paths = paths_cb.decide(self.model, self.datamodule)  # refuses a root holding the run's own path
-        # every refusal before anything (loggers, config copy, run.json) is written into the run folder
-        paths_cb.check_before_writing(resuming=self._get(self.config, "resume") not in (None, "never"))
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(paths, self._get(self.config, "wandb"))
-        kwargs["plugins"] = _with_atomic_io(trainer_cfg.get("plugins"))
-        if trainer_cfg.get("logger") is not False:
-            kwargs["callbacks"] = _with_lr_monitor(trainer_cfg.get("callbacks"))
-        if trainer_cfg.get("default_root_dir") is None:
-            kwargs["default_root_dir"] = str(paths.run_dir)
-        return super().instantiate_trainer(**kwargs)
-
-    def resume_path(self) -> str | None:
-        """The checkpoint ``fit`` starts from: ``--resume auto`` -> newest complete one of the run; a path -> it."""
-        resume = self._get(self.config, "resume")
-        paths_cb: CheckpointPaths = self._get(self.config_init, "run")
-        if resume in (None, "never"):
-            return None
-        if resume == "auto":
-            ckpt = paths_cb.resume_checkpoint()
-            log.info("resume auto: %s", ckpt or "no checkpoint yet, starting fresh")
-            return ckpt
-        return resume
+from callbacks.fit_cli import USER_ERRORS, FitCLI, RunConfigSaver, import_known_modules, run_summary, user_error
+from datamodules.shared_settings import check_not_on_model
+from lightning_modules.artifacts import allowed_globals, check_loadable
 
 
 def main(argv: list[str] | None = None) -> FitCLI:
     """Parse ``argv`` (default: sys.argv[1:]), build everything and fit; returns the CLI (model, trainer, ...)."""
-    _import_known_modules()
+    import_known_modules()
     check_not_on_model(sys.argv[1:] if argv is None else argv)
     saved_argv = sys.argv
     if argv is not None:  # LightningCLI warns when it sees both args and a command line (e.g. pytest's)
@@ -219,25 +83,6 @@ def main(argv: list[str] | None = None) -> FitCLI:
     return cli
 
 
-def run_summary(trainer: Trainer) -> str:
-    """One line at the end of a fit: the step it stopped at, why, and where its last checkpoint and export are."""
-    paths = run_paths(trainer)
-    reason = "max_steps" if trainer.max_steps and trainer.global_step >= trainer.max_steps else "stopped early"
-    if trainer.interrupted:
-        reason = "interrupted"
-    where = ""
-    if paths is not None:
-        ckpt = paths.latest_checkpoint()
-        exports = sorted(paths.export_dir(0).parent.glob("step_*"), key=lambda p: int(p.name.split("_")[-1]))
-        where = f"; checkpoint {ckpt or 'none'}; export {exports[-1] if exports else 'none'}"
-    return f"tools.fit: step {trainer.global_step} ({reason}){where}"
-
-
-# refusals a user fixes by changing the command: printed as one line, no traceback, exit code 2
-USER_ERRORS = (RigMismatchError, StageMismatchError, RunConflictError, PathError, UntrustedCheckpointError,
-               SharedSettingError)
-
-
 def cli_main(argv: list[str] | None = None) -> int:
     """``python -m tools.fit``: :func:`main`, with the run's refusals (``USER_ERRORS``: rig or stage mismatch, a run
     folder of another config, a bad run root, an untrusted checkpoint) as an error without a traceback (its first
@@ -248,16 +93,6 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"tools.fit: error: {user_error(e)}", file=sys.stderr)
         return 2
     return 0
-
-
-def user_error(e: BaseException) -> str:
-    """An error's message without a traceback: its first line, then its details (a rig mismatch's per-view table:
-    which views differ and by how much) indented below it."""
-    text = str(e).strip()
-    if not text:
-        return type(e).__name__
-    first, *rest = text.splitlines()
-    return "\n".join([first.rstrip(":"), *("    " + line for line in rest if line.strip())])
 
 
 if __name__ == "__main__":
