@@ -34,12 +34,21 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from datamodules.io import crop_views
 from datamodules.photos import load_callable, mask_from_result, read_image
 from geometry.calibration import UNITS, Camera, infer_units
-from geometry.camera_files import CameraFile, write_camera_file
-from geometry.cameras import crop_intrinsics, focal_from_fov, normalize_about_subject, project_points, subject_center
+from geometry.camera_files import CameraFile, read_camera_file, write_camera_file
+from geometry.cameras import (
+    crop_intrinsics,
+    focal_from_fov,
+    normalize_about_subject,
+    project_points,
+    scene_center_from_rays,
+    spherical_from_c2w,
+    subject_center,
+)
 from geometry.files import write_atomic
 from geometry.images import save_png
 
@@ -247,7 +256,6 @@ def import_recording(cameras: Sequence[Camera], images: Sequence[str | Path], ou
                      settings: ImportSettings | None = None, progress: bool | None = None) -> ImportReport:
     """The whole import (module docstring). ``images`` / ``masks``: one folder or video per camera, in the
     calibration's order. Writes ``out/frame_NNNNNN/`` scenes and ``out/import_report.json``; returns the report."""
-    from tqdm.auto import tqdm
 
     s = settings or ImportSettings()
     out = Path(out)
@@ -341,7 +349,6 @@ def _read_frame(f: int, cameras: Sequence[Camera], streams: list[FrameStream], m
 def scene_cameras(root: str | Path) -> tuple[Tensor, Tensor, int, list[str]]:
     """The cameras of every scene below ``root`` with the same view count as the first: (c2w [F, V, 4, 4],
     fxfycxcy [F, V, 4], image size of the first view, camera names from capture.json or cam_VVV)."""
-    from geometry.camera_files import read_camera_file
 
     files = sorted(Path(root).rglob("opencv_cameras.json"))
     if not files:
@@ -361,7 +368,6 @@ def calibration_cameras(cameras: Sequence[Camera], radius: float = 2.7) -> tuple
     """A calibration alone (no masks): centred where the optical axes meet, every camera at ``radius`` with its
     focal length scaled (normalize_about_subject); [1, V, ...] like :func:`scene_cameras`, size = the first image
     width (or 2 cx)."""
-    from geometry.cameras import scene_center_from_rays
 
     c2w = torch.stack([c.c2w() for c in cameras])
     k = torch.stack([c.fxfycxcy() for c in cameras])
@@ -373,8 +379,6 @@ def calibration_cameras(cameras: Sequence[Camera], radius: float = 2.7) -> tuple
 def capture_camera_table(scene_dir: str | Path, up: str = "z") -> list[dict] | None:
     """Per camera of an imported scene: azimuth, elevation, distance about the animal's centre before (raw
     calibration, world units) and after normalization; None for scenes without capture.json."""
-    from geometry.camera_files import read_camera_file
-    from geometry.cameras import spherical_from_c2w
 
     meta_path = Path(scene_dir) / "capture.json"
     if not meta_path.is_file():

@@ -23,15 +23,25 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from callbacks.atomic import atomic_directory
 from geometry.files import make_readable
 from geometry.rig import Rig, load_rig
-
-if TYPE_CHECKING:
-    from lightning_modules.gslrm import GSLRMConfig
+from lightning_modules.artifacts import FORMAT_VERSION, METADATA_FILE, WEIGHTS, load_checkpoint, write_export_metadata
+from lightning_modules.gslrm import GSLRMConfig, check_state_dict, config_from_state_dict, gslrm_state_dict_shapes
+from lightning_modules.pretrained import text_context_tokens, unet_cross_attention_dim
+from lightning_modules.view_conditioning import (
+    FACELIFT_VIEW_ORDER,
+    ViewEmbeddings,
+    check_embeddings_fit,
+    facelift_source_rig,
+    load_facelift_embeds,
+    views_by_direction,
+)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 IGNORED_PREFIXES = ("loss_calculator.",)
@@ -48,10 +58,8 @@ def load_checkpoint_state(path: Path, trust: bool = False) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         return load_file(str(path))
-    from lightning_modules.artifacts import load_checkpoint
 
     obj = load_checkpoint(path, trust=trust, mmap=zipfile.is_zipfile(path))  # mmap needs the zip format
     if isinstance(obj, dict):
@@ -80,7 +88,6 @@ def facelift_gslrm_name(name: str) -> str | None:
 def convert_facelift_gslrm_state(state: dict[str, Tensor], where: str, head_dim: int = 64
                                  ) -> tuple[dict[str, Tensor], GSLRMConfig]:
     """Rename, validate against the network built from the inferred size, and return (state, config)."""
-    from lightning_modules.gslrm import check_state_dict, config_from_state_dict, gslrm_state_dict_shapes
 
     renamed: dict[str, Tensor] = {}
     for k, v in state.items():
@@ -99,9 +106,7 @@ def convert_facelift_gslrm(ckpt: str | Path, out: str | Path, rig: str = "faceli
                            image_size: int = 512, trust: bool = False) -> dict[str, Any]:
     """FaceLift's GS-LRM checkpoint -> a reconstruction export folder ``out``; returns a summary (tensors,
     parameters)."""
-    from safetensors.torch import save_file
 
-    from lightning_modules.artifacts import FORMAT_VERSION, WEIGHTS, write_export_metadata
 
     ckpt, out = Path(ckpt), Path(out)
     state, config = convert_facelift_gslrm_state(load_checkpoint_state(ckpt, trust=trust), str(ckpt),
@@ -146,14 +151,6 @@ def mapped_view_embeddings(path: str | Path, rig: Rig | str, dim: int, tokens: i
     views by camera direction; ``info`` states the file, both view orders and the rows taken (with prompts, when the
     file has them, reordered too). Shapes are checked against the UNet (``dim``, and ``tokens`` for FaceLift's and
     text-built files)."""
-    from lightning_modules.view_conditioning import (
-        FACELIFT_VIEW_ORDER,
-        ViewEmbeddings,
-        check_embeddings_fit,
-        facelift_source_rig,
-        load_facelift_embeds,
-        views_by_direction,
-    )
 
     path, rig = Path(path), load_rig(rig)
     if path.suffix == ".safetensors":
@@ -185,10 +182,7 @@ def convert_facelift_mvdiffusion(pipeckpts: str | Path, out: str | Path, view_em
 
     ``image_size``: default the rig's (512 for ``facelift_6view``, FaceLift's). ``out`` is written whole (built
     beside it, renamed in); an existing ``out`` that is not an export folder is refused."""
-    from callbacks.atomic import atomic_directory
-    from lightning_modules.artifacts import METADATA_FILE
-    from lightning_modules.diffusion import DiffusionModule
-    from lightning_modules.pretrained import text_context_tokens, unet_cross_attention_dim
+    from lightning_modules.diffusion import DiffusionModule  # diffusers + transformers: only the diffusion converter pays
 
     pipeckpts, out = Path(pipeckpts), Path(out)
     if not pipeckpts.is_dir():

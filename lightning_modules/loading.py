@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import re
@@ -108,7 +109,6 @@ def load_stage(path: str | os.PathLike, stage: str | None = None, ema: bool = Fa
     if stage is not None and found != stage:
         raise ValueError(f"{path}: is a {found} checkpoint, but a {stage} checkpoint is needed here")
     cls = _module_class(found)
-    import inspect
 
     known = set(inspect.signature(cls.__init__).parameters) - {"self"}
     kept = {k: v for k, v in overrides.items() if k in known}

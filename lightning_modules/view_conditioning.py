@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,6 @@ def view_prompts(rig: Rig | str, template: str = DEFAULT_TEMPLATE) -> list[str]:
     >>> view_prompts("mouse_oblique20_6view")[1]
     'a rendering image of a 3D model, front_right view, from above at an angle, color map.'
     """
-    import re
 
     rig = load_rig(rig)
     unknown = sorted(set(re.findall(r"\{([^{}]*)\}", template)) - set(TEMPLATE_FIELDS))
