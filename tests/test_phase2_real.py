@@ -85,3 +85,9 @@ def test_phase2_chained_and_baseline_rows_on_the_real_recording(recording, tmp_p
     (row,) = json.loads((tmp_path / "phase2" / "results.json").read_text())["rows"]
     assert row["placement"]["scale_min"] == pytest.approx(2.7 / load_rig(lab).radius, rel=1e-3)
     assert "rig's camera K" in row["placement"]["rule"]
+    # the held-out views: every data view but the one the photo is, against copying the photo into them
+    scene = row["per_scene"][0]
+    novel = json.loads((tmp_path / "phase2" / "results.json").read_text())["rows"][0]["novel_metrics"]
+    assert novel["all"]["n"] == 2 and math.isfinite(novel["all"]["psnr"])
+    assert set(novel["view"]) < set(scene["views"]) and len(novel["view"]) == len(scene["views"]) - 1
+    assert "copy-ref PSNR" in (tmp_path / "phase2" / "results.md").read_text()

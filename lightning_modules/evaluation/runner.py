@@ -187,6 +187,20 @@ def evaluate_reconstruction(module: Any, loader: Any, rig: Rig, opts: EvalSettin
     return res
 
 
+def _novel_record(batch: dict[str, Any], b: int, names: list[str], is_ref: Tensor | None,
+                  scores: dict[str, Tensor], copied: dict[str, Tensor]) -> dict[str, Any]:
+    """Scene ``b``'s scores on the views that are not its reference view (``novel/``) and the same views' scores of
+    copying the reference photo into them (``copy_ref/``)."""
+    keep = [j for j in range(len(names)) if is_ref is None or not bool(is_ref[b, j])]
+    novel = {"scene_id": str(batch["scene_id"][b]), "source": str(batch["source"][b]), "kind": str(batch["kind"][b]),
+             "views": [names[j] for j in keep]}
+    for m in NOVEL_METRICS:
+        if m in scores:
+            novel[f"novel/{m}"] = [float(scores[m][b, j]) for j in keep]
+            novel[f"copy_ref/{m}"] = [float(copied[m][b, j]) for j in keep]
+    return novel
+
+
 def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, lpips: Any,
                        device: torch.device) -> RowResult:
     """Diffusion alone: generated rig views vs the ground-truth views in rig order (mode ``diffusion``), and on the
@@ -210,14 +224,7 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
         names = [_view_name(rig, j) for j in range(v)]
         for b in range(gen.shape[0]):
             res.scenes.append(_record(batch, b, names, scores))
-            keep = [j for j in range(v) if is_ref is None or not bool(is_ref[b, j])]
-            novel = {"scene_id": str(batch["scene_id"][b]), "source": str(batch["source"][b]),
-                     "kind": str(batch["kind"][b]), "views": [names[j] for j in keep]}
-            for m in NOVEL_METRICS:
-                if m in scores:
-                    novel[f"novel/{m}"] = [float(scores[m][b, j]) for j in keep]
-                    novel[f"copy_ref/{m}"] = [float(copied[m][b, j]) for j in keep]
-            res.novel.append(novel)
+            res.novel.append(_novel_record(batch, b, names, is_ref, scores, copied))
             if len(res.grid_rows) < opts.grid_scenes:
                 r = resize_images(ref[b][None, None].float(), gen.shape[-1])[0]
                 res.grid_rows.append(torch.cat([r, gen[b], target[b]]).float().cpu())
@@ -273,7 +280,10 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
                      device: torch.device) -> RowResult:
     """Diffusion views -> GS-LRM -> renders at the data's cameras (mode ``chained``; Phase 2 on real data): the
     reference photo is re-framed to the diffusion rig's focal length (:func:`reframe_to_focal`), the Gaussians made
-    in the rig's frame are rendered at the data's cameras brought into that frame (:func:`rig_to_data_frame`)."""
+    in the rig's frame are rendered at the data's cameras brought into that frame (:func:`rig_to_data_frame`).
+    ``RowResult.novel``: the renders on the held-out views (every data view but the one the photo is) and copying
+    the photo into them, as for diffusion rows."""
+    from lightning_modules.diffusion import copy_reference_views, reference_view_mask
     res = RowResult([], [], [], [], [], generated=True)
     input_views = parse_input_views(opts.chain_input_views, diffusion.rig)
     res.num_input_views = len(input_views)
@@ -301,11 +311,14 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
         v = min(gen_r.shape[1], target.shape[1])
         gen_scores = score_views(gen_r[:, :v], target[:, :v], lpips, alpha=None if alpha is None else alpha[:, :v])
         names = [_view_name(rig, j) for j in range(target.shape[1])]
+        copied = score_views(copy_reference_views(ref, target.shape[1], (h, w)), target, None, alpha=alpha)
+        is_ref = reference_view_mask(batch)  # the data view the photo is: held out of the novel-view means
         for b in range(target.shape[0]):
             rec = _record(batch, b, names, scores)
             gen_rec = _record(batch, b, names[:v], gen_scores, "generated/")
             rec.update({key: val for key, val in gen_rec.items() if key.startswith("generated/")})
             res.scenes.append(rec)
+            res.novel.append(_novel_record(batch, b, names, is_ref, scores, copied))
             res.placement.append(float(scale[b]))
             if len(res.grid_rows) < opts.grid_scenes:
                 r = resize_images(ref[b][None, None].float(), h)[0]
