@@ -6,8 +6,9 @@ user has not chosen otherwise through the same environment variable):
 - transformers / diffusers advisories (``CLIPImageProcessor`` without torchvision, ``accelerate`` not installed) and
   their weight-loading progress bars: ``TRANSFORMERS_VERBOSITY`` / ``DIFFUSERS_VERBOSITY`` = error,
   ``HF_HUB_DISABLE_PROGRESS_BARS`` = 1;
-- Lightning's advertisement lines ("Tip: ... litlogger") and the deprecation warning its own ``_pytree`` module
-  raises on torch >= 2.10.
+- Lightning's advertisement lines ("Tip: ... litlogger"), the deprecation warning its own ``_pytree`` module raises
+  on torch >= 2.10, and its note that modules are in eval mode at the start of training (the diffusion module's frozen
+  VAE and image encoder are, on purpose).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ for _name, _value in {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": 
     os.environ.setdefault(_name, _value)
 
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+# the diffusion module's VAE and CLIP image encoder are frozen and kept in eval mode on purpose
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class _DropAdvertisements(logging.Filter):
