@@ -161,7 +161,7 @@ def run_summary(trainer: Trainer) -> str:
     where = ""
     if paths is not None:
         ckpt = paths.latest_checkpoint()
-        exports = sorted(paths.export_dir(0).parent.glob("step_*"), key=lambda p: int(p.name.split("_")[-1]))
+        exports = list(paths.exports().values())  # finished export folders, by step
         where = f"; checkpoint {ckpt or 'none'}; export {exports[-1] if exports else 'none'}"
     return f"tools.fit: step {trainer.global_step} ({reason}){where}"
 

@@ -5,8 +5,8 @@ max_scenes)`` returns ``{"tag", "images" [R, C, 3, H, W] in [0, 1], "columns" (C
 None), optionally "tiles" (R x C labels: each tile's view when the views differ between rows)}`` or None (nothing to
 show this time). Reconstruction: per scene rendered novel views over their ground truth;
 diffusion: per scene reference | generated views | ground truth of the validation's sampled batch. One grid per
-validation, under ``val/<tag>`` in TensorBoard / W&B and as ``<default_root_dir>/logs/images/step_<N>_<tag>.png``
-(``tools.fit`` sets ``default_root_dir`` to the run folder).
+validation, under ``val/<tag>`` in TensorBoard / W&B and as ``<run>/logs/images/step_<N>_<tag>.png``
+(``callbacks.paths.run_log_file``: the path resolver's run folder, ``default_root_dir`` without one).
 
 Example:
     >>> grid = labelled_grid(torch.rand(2, 3, 3, 16, 16), ["front", "right", "back"], ["pred", "gt"])
@@ -27,6 +27,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
 from torch import Tensor
+
+from callbacks.paths import run_log_file
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +166,10 @@ class ImageLogger(Callback):
             elif hasattr(logger, "log_image"):  # W&B
                 logger.log_image(f"val/{tag}", [image], step=step)
         if self.write_png:
-            folder = self._image_dir(trainer)
+            folder = run_log_file(trainer, "images")
             folder.mkdir(parents=True, exist_ok=True)
             self.last_path = folder / f"step_{step:07d}_{tag}.png"
             Image.fromarray(image).save(self.last_path)
-
-    @staticmethod
-    def _image_dir(trainer: pl.Trainer) -> Path:
-        return Path(trainer.default_root_dir) / "logs" / "images"
 
 
 __all__ = ["ImageLogger", "labelled_grid", "wrap_label"]

@@ -239,4 +239,11 @@ def run_paths(trainer: pl.Trainer) -> RunPaths | None:
     return None
 
 
-__all__ = ["RUN_ENV", "CheckpointPaths", "run_paths"]
+def run_log_file(trainer: pl.Trainer, name: str) -> Path:
+    """``<run>/logs/<name>`` through the path resolver (``default_root_dir/logs/<name>`` without one): where
+    callbacks write their files (throughput, sample ledgers, profiles, image grids)."""
+    paths = run_paths(trainer)
+    return paths.resolve(name, under="logs") if paths is not None else Path(trainer.default_root_dir) / "logs" / name
+
+
+__all__ = ["RUN_ENV", "CheckpointPaths", "run_log_file", "run_paths"]

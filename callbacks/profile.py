@@ -205,7 +205,7 @@ class ProfileSteps(Callback):
             self._finish(trainer, pl_module, max(1, trainer.global_step - self._from))
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> None:
-        from callbacks.throughput import run_log_file
+        from callbacks.paths import run_log_file
 
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)

@@ -18,21 +18,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.paths import run_paths
+from callbacks.paths import run_log_file
 from lightning_modules.metrics import logs_this_step
-
-
-def run_log_file(trainer: pl.Trainer, name: str) -> Path:
-    """``<run>/logs/<name>`` through the path resolver (``default_root_dir/logs/<name>`` without one)."""
-    paths = run_paths(trainer)
-    return paths.resolve(name, under="logs") if paths is not None else Path(trainer.default_root_dir) / "logs" / name
 
 
 def _batch_size(batch: Any) -> int:

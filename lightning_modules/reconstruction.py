@@ -377,7 +377,7 @@ class ReconstructionModule(StageModule):
             tiles += [[names[i] if 0 <= i < len(names) else f"view_{i}" for i in views]] * 2
         rows = torch.stack([pred, target], dim=1).flatten(0, 1).clamp(0, 1)  # [2B, Vs, 3, H, W]
         return {"tag": "novel_views", "images": rows, "columns": [f"view {j + 1}" for j in range(v_sup)],
-                    "rows": [label for i in range(pred.shape[0]) for label in (f"{i} pred", f"{i} gt")], "tiles": tiles}
+                "rows": [label for i in range(pred.shape[0]) for label in (f"{i} pred", f"{i} gt")], "tiles": tiles}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.predict_views(batch)
