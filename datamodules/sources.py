@@ -271,33 +271,37 @@ class DecodedViews:
 
     def load(self, paths: list[Path]) -> tuple[Tensor, Tensor | None]:
         """load_png_views of ``paths`` (same errors), each view decoded at most once while it stays cached."""
+        keys = [str(p) for p in paths]
         if self.max_bytes <= 0:
-            return load_png_views([read_bytes(p) for p in paths], [str(p) for p in paths])
-        missing = [p for p in paths if str(p) not in self._views]
+            return load_png_views([read_bytes(p) for p in paths], keys)
+        views = {k: self._views[k] for k in keys if k in self._views}
+        missing = [p for p, k in zip(paths, keys) if k not in views]
         if missing:
             rgb, alpha = load_png_views([read_bytes(p) for p in missing], [str(p) for p in missing])
-            for k, p in enumerate(missing):
-                self._put(str(p), (rgb[k], None if alpha is None else alpha[k]))
-        views = [self._views.get(str(p)) for p in paths]
-        if any(v is None for v in views):  # the budget holds fewer views than one scene: decode without caching
-            return load_png_views([read_bytes(p) for p in paths], [str(p) for p in paths])
-        for p in paths:
-            self._views.move_to_end(str(p))
-        alphas = [a for _, a in views]
-        if any(a is None for a in alphas) and not all(a is None for a in alphas):  # the views came from two reads
-            return load_png_views([read_bytes(p) for p in paths], [str(p) for p in paths])
-        rgb = torch.stack([r for r, _ in views])
-        return rgb, (None if alphas[0] is None else torch.stack(alphas))
+            views.update({str(p): (rgb[i], None if alpha is None else alpha[i]) for i, p in enumerate(missing)})
+        alphas = [views[k][1] for k in keys]
+        if any(a is None for a in alphas) and not all(a is None for a in alphas):
+            return load_png_views([read_bytes(p) for p in paths], keys)  # cached and new views mix alpha: its error
+        for k in keys:
+            if k in self._views:
+                self._views.move_to_end(k)
+            else:
+                self._put(k, views[k])
+        return torch.stack([views[k][0] for k in keys]), (None if alphas[0] is None else torch.stack(alphas))
+
+    @staticmethod
+    def _nbytes(value: tuple[Tensor, Tensor | None]) -> int:
+        return sum(t.numel() * t.element_size() for t in value if t is not None)
 
     def _put(self, key: str, value: tuple[Tensor, Tensor | None]) -> None:
-        size = sum(t.numel() * t.element_size() for t in value if t is not None)
+        size = self._nbytes(value)
         if size > self.max_bytes:
             return
         self._views[key] = value
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, old = self._views.popitem(last=False)
-            self.bytes -= sum(t.numel() * t.element_size() for t in old if t is not None)
+            self.bytes -= self._nbytes(old)
 
 
 class FaceLiftFolderSource(Source):
