@@ -92,5 +92,24 @@ ddp)  # the 128 px recipe on 2 GPUs (same global batch), then its evaluation
       --data clean=configs/data/procedural_clean_128.yaml --out runs/eval_ddp2 --device cuda --batches 8 \
       --batch-size 8 --grid-scenes 4 > "$OUT/eval_ddp2.log" 2>&1
   pack ddp ;;
-*) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp" ; exit 2 ;;
+session3)  # pixel diffusion on GPU 0; the FaceLift overfit alone on GPU 1, then the gpu tests there. PX / OV: run
+  # names; PX_TIME: the diffusion run's max_time; PX_ARGS / OVERFIT_ARGS: overrides of the two recipes
+  R=runs/recipes PX=${PX:-diffusion_pixel_procedural64} OV=${OV:-overfit_facelift_sample}
+  fit 0 $PX -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time ${PX_TIME:-00:00:07:00} ${PX_ARGS:-}
+  PX64=$!
+  fit 1 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
+  wait $!; pack overfit
+  CUDA_VISIBLE_DEVICES=1 timeout 60 python -m tools.evaluate --ckpt overfit=$R/$OV/checkpoints/last.ckpt \
+      --data configs/recipes/overfit_facelift_sample.yaml --out runs/eval_$OV --device cuda --batches 4 \
+      --batch-size 8 --grid-scenes 2 > "$OUT/eval_$OV.log" 2>&1
+  pack overfit
+  CUDA_VISIBLE_DEVICES=1 timeout 170 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
+  wait $PX64; pack px64
+  X=$(ls -d $R/$PX/export/step_* | sort -t_ -k3 -n | tail -1)
+  CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt px64=$X --ema --data configs/data/procedural_heldout_64.yaml \
+      --out runs/eval_$PX --device cuda --steps 50 --guidance 2.0 --batches 4 --batch-size 16 > "$OUT/eval_$PX.log" 2>&1
+  wait
+  cp "$OUT"/*.log runs/ 2>/dev/null
+  pack session3 ;;
+*) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp|session3" ; exit 2 ;;
 esac

@@ -30,6 +30,13 @@ inputs = 2 x 3 for the noisy and the reference image). A pixel-space model needs
 (``pretrained`` unset) it learns from random initialisation (``unet_channels``, ``unet_layers_per_block``,
 ``unet_attention_levels``, ``unet_head_dim`` size its UNet); its export has no ``vae/`` folder.
 
+Cameras (``camera_rays``, off by default, stored in checkpoints and exports): the UNet also sees each view's
+Plücker rays in the reference camera's frame (6 channels, ``MultiViewConditioning.camera_rays``): from the batch's
+cameras in training and validation, from the rig's with the photo taken as rig view ``reference_view`` (default 0)
+when sampling. Without them the UNet knows a view only by its learned embedding, so it must guess which view the
+reference is: with ``reference_view: random_rig`` and subjects of any heading that guess is impossible. A pretrained
+UNet without ray inputs (SD, FaceLift) gets 6 more ``conv_in`` channels that start at zero, so it begins as it was.
+
 Validation samples the first ``val_sample_batches`` batches (``val_inference_steps`` sampling steps) and logs
 val/psnr, val/ssim and val/psnr_fg (inside the target's foreground box) per source kind, plus val/lpips when local
 ``vgg_weights`` and ``lpips_weights`` are given (LPIPS stays out of checkpoints). Whether the model learned anything
@@ -85,6 +92,7 @@ from lightning_modules.pretrained import (
     latent_channels_of,
     load_pipeline_components,
     save_pipeline_components,
+    unet_in_channels,
 )
 from lightning_modules.sdpa import check_attention_backend
 from lightning_modules.stage import StageModule
@@ -162,6 +170,14 @@ def reference_view_mask(batch: dict) -> Tensor | None:
     return index[..., 0] == ref.view(-1, 1).to(index.device)
 
 
+def batch_cameras(batch: dict) -> tuple[Tensor, Tensor, Tensor] | None:
+    """A diffusion batch's cameras as ``DiffusionModule.sample`` takes them: (target c2w [B, V, 4, 4], their
+    fxfycxcy [B, V, 4], the reference camera [B, 4, 4]); None when the batch has none."""
+    if not all(isinstance(batch.get(k), Tensor) for k in ("c2w", "fxfycxcy", "ref_c2w")):
+        return None
+    return batch["c2w"], batch["fxfycxcy"], batch["ref_c2w"][:, 0]
+
+
 def novel_view_means(values: Tensor, is_ref: Tensor | None) -> Tensor:
     """Per-scene means [B] of per-view values [B, V] over the views that are not the reference (NaN values, e.g.
     ``psnr_fg`` of an empty view, left out; NaN for a scene with none left).
@@ -210,6 +226,7 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         prediction_type: str | None = None,
         noise_level: int = 0,
         autoencoder: str = "vae",
+        camera_rays: bool = False,
         # the architecture built from scratch when pretrained is None (pretrained.build_scratch_components: a random
         # UNet of unet_channels (default unet_width, 2 x unet_width), a small random CLIP vision encoder giving
         # image_embed_dim, a small VAE or the pixel autoencoder); cross_attention_dim: the view embeddings' width
@@ -255,10 +272,11 @@ class DiffusionModule(MultiViewConditioning, StageModule):
 
         if pretrained:
             c = load_pipeline_components(pretrained, unet_subfolder=unet_subfolder, autoencoder=autoencoder,
-                                         image_size=image_size)
+                                         image_size=image_size, in_channels=unet_in_channels(autoencoder, camera_rays))
         else:
             default_prediction = "v_prediction" if autoencoder == "pixel" else "epsilon"
-            c = build_scratch_components(image_size=image_size, cross_attention_dim=cross_attention_dim,
+            c = build_scratch_components(image_size=image_size, in_channels=unet_in_channels(autoencoder, camera_rays),
+                                      cross_attention_dim=cross_attention_dim,
                                       image_embed_dim=image_embed_dim, width=unet_width,
                                       prediction_type=prediction_type or default_prediction, autoencoder=autoencoder,
                                       unet_channels=unet_channels, layers_per_block=unet_layers_per_block,
@@ -364,10 +382,19 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         noisy = self.train_scheduler.add_noise(latents, noise, t)
         target = noise if self.prediction_type == "epsilon" else self.train_scheduler.get_velocity(latents, noise, t)
         context = self.view_embeddings.for_batch(b)
-        pred = self.denoise(noisy, t, ref_lat, img_emb, context)
+        rays = self.camera_rays(*self.cameras_of(batch)) if self.hparams.camera_rays else None
+        pred = self.denoise(noisy, t, ref_lat, img_emb, context, rays)
         mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         w = min_snr_weights(self.train_scheduler.alphas_cumprod, t, self.hparams.snr_gamma, self.prediction_type)
         return {"loss": (mse * w).mean(), "mse": mse.mean().detach()}
+
+    def cameras_of(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch's cameras (:func:`batch_cameras`); a model conditioned on cameras refuses a batch without them."""
+        cameras = batch_cameras(batch)
+        if cameras is None:
+            raise ValueError("camera_rays: the batch has no cameras (c2w, fxfycxcy, ref_c2w): the diffusion stage's "
+                             "DataModule gives them for every source")
+        return cameras
 
     @property
     def noise_seed(self) -> int:
@@ -411,11 +438,13 @@ class DiffusionModule(MultiViewConditioning, StageModule):
 
     def sample(self, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
                scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0,
-               show_progress: bool = False) -> dict[str, Any]:
+               show_progress: bool = False, reference_view: int = 0,
+               cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
         """Generate the rig's views from reference images: :func:`lightning_modules.diffusion_sampling.sample_views`
-        (ref_images [B, 3, H, W] in [0, 1] -> {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", "rig"}; seeded)."""
+        (ref_images [B, 3, H, W] in [0, 1] -> {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", "rig"}; seeded; with
+        ``camera_rays`` the photo is rig view ``reference_view`` unless ``cameras`` gives a batch's own)."""
         return sample_views(self, ref_images, num_inference_steps, guidance_scale, seed, scheduler, noise_level, eta,
-                            show_progress)
+                            show_progress, reference_view, cameras)
 
     # ---- validation ---------------------------------------------------------------------------------------------
     def _should_sample(self) -> bool:
@@ -432,7 +461,9 @@ class DiffusionModule(MultiViewConditioning, StageModule):
             return
         self._last_sample_step = self.global_step
         ref = self.reference_input(batch)
-        out = self.sample(ref, self.hparams.val_inference_steps, self.hparams.val_guidance_scale, seed=batch_idx)
+        cameras = self.cameras_of(batch) if self.hparams.camera_rays else None
+        out = self.sample(ref, self.hparams.val_inference_steps, self.hparams.val_guidance_scale, seed=batch_idx,
+                          cameras=cameras)
         size = tuple(out["images"].shape[-2:])
         target = _resize_views(batch["images"], size)
         alpha = batch.get("alpha")
@@ -549,6 +580,8 @@ class DiffusionModule(MultiViewConditioning, StageModule):
                 ("multi-view attention", self.attention_mode), ("prediction type", self.prediction_type),
                 ("view embeddings", f"{self.view_embeddings.source} ({VIEW_EMBEDDINGS_FILE})"),
                 ("unCLIP noise level", int(self.hparams.noise_level)),
+                ("camera rays", "yes: a photo is rig view 0 unless `reference_view` says otherwise"
+                 if self.hparams.camera_rays else "no"),
                 ("UNet", f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.1f} M parameters")]
 
     def card_loading(self) -> list[str]:
@@ -583,5 +616,5 @@ class DiffusionModule(MultiViewConditioning, StageModule):
             raise RuntimeError("multi-view attention mode not restored")
 
 
-__all__ = ["COMPARED", "DiffusionModule", "copy_reference_views", "min_snr_weights", "novel_view_means",
+__all__ = ["COMPARED", "DiffusionModule", "batch_cameras", "copy_reference_views", "min_snr_weights", "novel_view_means",
            "reference_view_mask", "step_seed"]

@@ -7,7 +7,12 @@ export).
 - the reference photo: its latents (the VAE's, or the image itself for ``autoencoder: pixel``) concatenated to the
   noisy latents of every view, and its unCLIP image embedding (CLIP image encoder, noised to ``noise_level``) as
   the UNet's class embedding;
-- classifier-free guidance's unconditional input: both dropped to zeros per scene;
+- the target cameras (``camera_rays: true``): each view's Plücker rays in the frame of the reference camera
+  (:meth:`MultiViewConditioning.camera_rays`), 6 more input channels. The geometry from the reference to each view
+  is then an input instead of something the UNet must infer, and a reference from any rig view (``reference_view:
+  random_rig``) is well posed: the reference's own slot is the one whose rays are the reference camera's;
+- classifier-free guidance's unconditional input: the reference (latents and embedding) dropped to zeros per scene,
+  the cameras kept;
 - the UNet call itself (:meth:`MultiViewConditioning.denoise`), with the module's SDPA backend.
 
 It reads what the module's constructor sets: ``rig``, ``unet``, ``vae``, ``image_encoder``, ``image_normalizer``,
@@ -24,6 +29,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor
 
+from geometry.cameras import invert_rigid, scale_intrinsics
+from geometry.rays import pixel_rays, plucker
 from lightning_modules.diffusion_sampling import seeded_randn
 from lightning_modules.sdpa import attention_backend
 from lightning_modules.view_conditioning import SOURCES as VIEW_SOURCES
@@ -141,12 +148,40 @@ class MultiViewConditioning:
             img_emb = img_emb * keep.view(-1, 1).to(img_emb.dtype)
         return ref_lat.repeat_interleave(v, dim=0), img_emb.repeat_interleave(v, dim=0)
 
+    def camera_rays(self, c2w: Tensor, fxfycxcy: Tensor, ref_c2w: Tensor) -> Tensor | None:
+        """Plücker rays [(B V), 6, h, h] at the latent size of the target cameras c2w [B, V, 4, 4] (OpenCV, intrinsics
+        fxfycxcy [B, V, 4] at ``image_size``) in the frame of their reference camera ref_c2w [B, 4, 4], positions in
+        rig radii; None when the module is not conditioned on cameras (``camera_rays`` off)."""
+        if not self.hparams.camera_rays:
+            return None
+        size = int(self.hparams.image_size)
+        h = size // self.vae_factor
+        rel = invert_rigid(ref_c2w.double())[:, None] @ c2w.double()
+        rel[..., :3, 3] /= float(self.rig.radius)
+        k = scale_intrinsics(fxfycxcy.double(), (size, size), (h, h))
+        origins, dirs = pixel_rays(rel, k, h, h)
+        return plucker(origins, dirs).float().permute(0, 1, 4, 2, 3).flatten(0, 1)
+
+    def rig_cameras(self, batch_size: int, reference_view: int, device: torch.device | str
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The rig's cameras as a batch: (c2w [B, V, 4, 4], fxfycxcy [B, V, 4] at ``image_size``, the reference
+        camera [B, 4, 4] = the rig's view ``reference_view``): the cameras of a photo taken as that rig view."""
+        v = self.rig.num_views
+        if not 0 <= reference_view < v:
+            raise ValueError(f"reference_view {reference_view}: the rig {self.rig.name!r} has {v} views")
+        c2w, k = self.rig.cameras(int(self.hparams.image_size), device=device)
+        c2w, k = c2w.float(), k.float()
+        return (c2w.expand(batch_size, -1, -1, -1), k.expand(batch_size, -1, -1),
+                c2w[reference_view].expand(batch_size, -1, -1))
+
     def denoise(self, noisy: Tensor, timesteps: Tensor, ref_latents: Tensor, image_embeds: Tensor,
-                context: Tensor) -> Tensor:
+                context: Tensor, rays: Tensor | None = None) -> Tensor:
         """UNet prediction [(B V), 4, h, w] from noisy latents, per-sample timesteps [(B V)], reference latents,
-        image embeddings [(B V), 2E] and view context [(B V), T, D]."""
+        image embeddings [(B V), 2E], view context [(B V), T, D] and, with ``camera_rays``, the views' rays
+        [(B V), 6, h, w] (:meth:`camera_rays`)."""
         dtype = self.unet.dtype if not torch.is_autocast_enabled(noisy.device.type) else noisy.dtype
-        x = torch.cat([noisy, ref_latents.to(noisy.dtype)], dim=1).to(dtype)
+        parts = [noisy, ref_latents.to(noisy.dtype)] + ([] if rays is None else [rays.to(noisy.dtype)])
+        x = torch.cat(parts, dim=1).to(dtype)
         with attention_backend(self.attention_backend):
             return self.unet(x, timesteps, encoder_hidden_states=context.to(dtype),
                              class_labels=image_embeds.to(dtype)).sample

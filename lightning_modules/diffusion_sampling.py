@@ -42,9 +42,12 @@ def make_sampler(scheduler_config: Any, name: str = "ddim") -> Any:
 @torch.no_grad()
 def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0,
                  seed: int = 0, scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0,
-                 show_progress: bool = False) -> dict[str, Any]:
+                 show_progress: bool = False, reference_view: int = 0,
+                 cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
     """Generate ``model``'s rig views from reference images (``show_progress``: a bar over the denoising steps on a
-    terminal, ``geometry.progress``).
+    terminal, ``geometry.progress``). A model with ``camera_rays`` is given the rays of ``cameras`` (target c2w
+    [B, V, 4, 4], fxfycxcy [B, V, 4] at its image size, reference c2w [B, 4, 4]: a batch's own) or, by default, of
+    the rig's cameras with the photo taken as rig view ``reference_view``.
 
     ref_images [B, 3, H, W] in [0, 1] (resized to the model's ``image_size`` when needed) ->
     {"images" [B, V, 3, S, S] in [0, 1], "c2w" [V, 4, 4], "fxfycxcy" [V, 4] (the model's rig at S px),
@@ -62,11 +65,17 @@ def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = 50, 
     level = model.hparams.noise_level if noise_level is None else noise_level
     ref_lat, img_emb = model.conditions(ref, level, None, gen)
     context = model.view_embeddings.for_batch(b)
+    rays = None
+    if model.hparams.camera_rays:
+        cams = model.rig_cameras(b, reference_view, device) if cameras is None else \
+            tuple(c.to(device).float() for c in cameras)
+        rays = model.camera_rays(*cams)
     cfg = guidance_scale != 1.0
-    if cfg:  # [unconditional; conditional], each scene-major with its V views
+    if cfg:  # [unconditional; conditional], each scene-major with its V views; the cameras are kept in both
         ref_lat = torch.cat([torch.zeros_like(ref_lat), ref_lat])
         img_emb = torch.cat([torch.zeros_like(img_emb), img_emb])
         context = torch.cat([context, context])
+        rays = None if rays is None else torch.cat([rays, rays])
     sampler = make_sampler(model.scheduler_config, scheduler)
     sampler.set_timesteps(num_inference_steps, device=device)
     h = size // model.vae_factor
@@ -82,7 +91,7 @@ def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = 50, 
         x = sampler.scale_model_input(latents, t)
         x = torch.cat([x, x]) if cfg else x
         tt = t.expand(x.shape[0]).to(device)
-        pred = model.denoise(x, tt, ref_lat, img_emb, context).float()
+        pred = model.denoise(x, tt, ref_lat, img_emb, context, rays).float()
         if cfg:
             uncond, cond = pred.chunk(2)
             pred = uncond + guidance_scale * (cond - uncond)

@@ -117,19 +117,22 @@ class MVLiftPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image: Any, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
                  scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0, output_type: str = "pil",
-                 return_dict: bool = True, show_progress: bool = False) -> MVLiftPipelineOutput | tuple:
+                 return_dict: bool = True, show_progress: bool = False, reference_view: int = 0
+                 ) -> MVLiftPipelineOutput | tuple:
         """Generate the rig's views of each reference ``image`` (a PIL image, a list of them, an [H, W, 3] /
         [B, H, W, 3] array (uint8, or float in [0, 1]) or a [3, H, W] / [B, 3, H, W] tensor in [0, 1]; an alpha
         channel is dropped: composite a cut-out over the background the model trained on, its model card says
         which) with :meth:`DiffusionModule.sample` (same arguments, same seed -> same views). ``output_type``:
-        ``pil`` (a list of V images per input), ``np`` or ``pt``."""
+        ``pil`` (a list of V images per input), ``np`` or ``pt``. ``reference_view``: the rig view the photo is
+        taken as, for a model conditioned on cameras (``camera_rays``)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         module = self.module
         module.to(self.device)
         ref = reference_images(image, int(module.hparams.image_size))
         out = module.sample(ref, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                            scheduler=scheduler, noise_level=noise_level, eta=eta, show_progress=show_progress)
+                            scheduler=scheduler, noise_level=noise_level, eta=eta, show_progress=show_progress,
+                            reference_view=reference_view)
         images = out["images"].clamp(0, 1)
         if output_type == "np":
             images = images.permute(0, 1, 3, 4, 2).float().cpu().numpy()

@@ -115,11 +115,14 @@ def parse_input_views(spec: str, rig: Rig) -> list[int]:
     return sorted(set(out))
 
 
-def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int) -> dict[str, Any]:
+def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int, reference_view: int = 0,
+                   cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
-    (the diffusion model's rig views, in rig order)."""
+    (the diffusion model's rig views, in rig order; a model conditioned on cameras takes the photo as rig view
+    ``reference_view``, or a batch's own ``cameras``)."""
     return diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
-                            scheduler=sampling.scheduler, show_progress=True)
+                            scheduler=sampling.scheduler, show_progress=True, reference_view=reference_view,
+                            cameras=cameras)
 
 
 def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[int]) -> tuple[Any, int]:

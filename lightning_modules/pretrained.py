@@ -72,6 +72,18 @@ def latent_channels_of(autoencoder: str) -> int:
     return PixelAutoencoder.latent_channels if check_autoencoder(autoencoder) == "pixel" else 4
 
 
+CAMERA_RAY_CHANNELS = 6  # Plücker rays (direction, moment) per pixel
+
+
+def unet_in_channels(autoencoder: str, camera_rays: bool = False) -> int:
+    """Input channels of the multi-view UNet: noisy + reference latents, plus 6 ray channels with ``camera_rays``.
+
+    >>> unet_in_channels("vae"), unet_in_channels("pixel", camera_rays=True)
+    (8, 12)
+    """
+    return 2 * latent_channels_of(autoencoder) + (CAMERA_RAY_CHANNELS if camera_rays else 0)
+
+
 class PixelAutoencoder(nn.Module):
     """The identity autoencoder of pixel-space diffusion: latents = the image at ``size`` px, RGB in [-1, 1].
 
@@ -177,7 +189,8 @@ def expand_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DCo
     if old.in_channels == in_channels:
         return unet
     if old.in_channels > in_channels:
-        raise ValueError(f"conv_in has {old.in_channels} inputs; cannot shrink to {in_channels}")
+        raise ValueError(f"conv_in has {old.in_channels} inputs; this model gives it {in_channels}, and inputs are "
+                         f"never dropped (a UNet trained with camera rays needs camera_rays: true)")
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
                     device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():

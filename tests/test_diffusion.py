@@ -90,7 +90,7 @@ def test_4_channel_unet_widened_to_8_keeps_pretrained_weights_and_zero_inits_new
         a = original(x, 3, **kw).sample
         b = comps.unet(torch.cat([x, torch.randn(1, 4, 8, 8)], 1), 3, **kw).sample
     torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="shrink"):
+    with pytest.raises(ValueError, match="inputs are never dropped"):
         expand_conv_in(comps.unet, 4)
 
 

@@ -215,6 +215,8 @@ def test_the_recipe_parses_through_tools_fit_as_a_pixel_space_model_on_clean_pro
     assert all(s["format"] == "procedural" and s["background"] == "white" and not s.get("realistic")
                for s in data["sources"])
     assert data["augment"] == {"enabled": False}
+    # the reference is a fixed rig view, or the model is told where it is (camera rays): never a guess
+    assert data["reference_view"] == "fixed" or model["camera_rays"]
     assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["trainer"]["devices"] == 1
     lines = RECIPE.read_text().splitlines()
     assert lines[0].startswith("# ") and any(line.startswith("# reaches:") for line in lines)
@@ -225,5 +227,6 @@ def test_pixel_configs_build_their_model(path):
     args = model_args(yaml.safe_load(path.read_text()))
     with torch.device("meta"):  # shapes only: no memory, no time
         m = DiffusionModule(**args)
-    assert m.autoencoder == "pixel" and m.unet.config.in_channels == 6 and m.unet.config.out_channels == 3
+    rays = 6 if args.get("camera_rays") else 0
+    assert m.autoencoder == "pixel" and m.unet.config.in_channels == 6 + rays and m.unet.config.out_channels == 3
     assert m.unet.config.sample_size == args["image_size"]
