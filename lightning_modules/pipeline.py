@@ -40,15 +40,19 @@ log = logging.getLogger("mvlift.infer")  # its notes are tools.infer's (the name
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """How the diffusion model samples (the tools' ``--steps`` / ``--guidance`` / ``--scheduler``)."""
+    """How the diffusion model samples (the tools' ``--steps`` / ``--guidance`` / ``--scheduler``; ``--reference-view``:
+    the rig view a photo is taken as, for a model with ``camera_rays``)."""
 
     steps: int = 50
     guidance: float = 3.0
     scheduler: str = "ddim"
+    reference_view: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.reference_view < 0:
+            raise ValueError(f"--reference-view must be >= 0, got {self.reference_view}")
 
 
 def check_stages_and_rigs(diffusion: Path, reconstruction: Path, allow_mismatch: bool,
@@ -115,14 +119,14 @@ def parse_input_views(spec: str, rig: Rig) -> list[int]:
     return sorted(set(out))
 
 
-def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int, reference_view: int = 0,
+def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int, reference_view: int | None = None,
                    cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
     (the diffusion model's rig views, in rig order; a model conditioned on cameras takes the photo as rig view
-    ``reference_view``, or a batch's own ``cameras``)."""
+    ``reference_view`` (default ``sampling.reference_view``), or a batch's own ``cameras``)."""
+    view = sampling.reference_view if reference_view is None else reference_view
     return diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
-                            scheduler=sampling.scheduler, show_progress=True, reference_view=reference_view,
-                            cameras=cameras)
+                            scheduler=sampling.scheduler, show_progress=True, reference_view=view, cameras=cameras)
 
 
 def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[int]) -> tuple[Any, int]:

@@ -106,3 +106,18 @@ def test_camera_rays_survive_export_a_plain_unet_is_widened_and_a_ray_unet_is_no
                                plain_module.sample(ref, 2, seed=1)["images"])  # it starts as the plain model
     with pytest.raises(ValueError, match="conv_in has 12 inputs; this model gives it 6.*camera_rays: true"):
         DiffusionModule(**{**args, "pretrained": str(out)})
+
+
+def test_tools_take_the_photos_rig_view_from_sampling_settings():
+    from lightning_modules.pipeline import Sampling, generate_views
+
+    m = pixel_module(camera_rays=True).eval()
+    ref = torch.rand(1, 3, SIZE, SIZE)
+    as_view3 = generate_views(m, ref, Sampling(steps=2, guidance=1.0, reference_view=3), seed=0)["images"]
+    torch.testing.assert_close(as_view3, m.sample(ref, 2, guidance_scale=1.0, seed=0, reference_view=3)["images"])
+    explicit = generate_views(m, ref, Sampling(steps=2, guidance=1.0, reference_view=3), seed=0, reference_view=0)
+    torch.testing.assert_close(explicit["images"], m.sample(ref, 2, guidance_scale=1.0, seed=0)["images"])
+    with pytest.raises(ValueError, match="--reference-view must be >= 0"):
+        Sampling(reference_view=-1)
+    with pytest.raises(ValueError, match="reference_view 9: the rig"):
+        generate_views(m, ref, Sampling(steps=2, reference_view=9), seed=0)

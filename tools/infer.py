@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every image)")
     p.add_argument("--scheduler", default="ddim", help="sampler: ddim | ddpm | euler | dpm")
+    p.add_argument("--reference-view", type=int, default=0,
+                   help="the rig view each photo is taken as (index; used by diffusion models with camera_rays)")
     p.add_argument("--allow-rig-mismatch", action="store_true",
                    help="go on (with a logged warning) when the two checkpoints' rigs differ")
     p.add_argument("--background-removal", default="alpha",
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """The whole command (module docstring); returns the per-image output folders."""
-    sampling = Sampling(args.steps, args.guidance, args.scheduler)
+    sampling = Sampling(args.steps, args.guidance, args.scheduler, args.reference_view)
     turntable = Turntable(args.turntable_frames, args.turntable_size, args.fps, tuple(args.turntable_format))
     stems: dict[str, Path] = {}
     for path in args.images:
