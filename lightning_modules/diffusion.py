@@ -382,14 +382,18 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         noisy = self.train_scheduler.add_noise(latents, noise, t)
         target = noise if self.prediction_type == "epsilon" else self.train_scheduler.get_velocity(latents, noise, t)
         context = self.view_embeddings.for_batch(b)
-        rays = self.camera_rays(*self.cameras_of(batch)) if self.hparams.camera_rays else None
+        cameras = self.cameras_of(batch)
+        rays = None if cameras is None else self.camera_rays(*cameras)
         pred = self.denoise(noisy, t, ref_lat, img_emb, context, rays)
         mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         w = min_snr_weights(self.train_scheduler.alphas_cumprod, t, self.hparams.snr_gamma, self.prediction_type)
         return {"loss": (mse * w).mean(), "mse": mse.mean().detach()}
 
-    def cameras_of(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-        """The batch's cameras (:func:`batch_cameras`); a model conditioned on cameras refuses a batch without them."""
+    def cameras_of(self, batch: dict) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The batch's cameras (:func:`batch_cameras`) when the model is conditioned on cameras (``camera_rays``), else
+        None; a model conditioned on cameras refuses a batch without them."""
+        if not self.hparams.camera_rays:
+            return None
         cameras = batch_cameras(batch)
         if cameras is None:
             raise ValueError("camera_rays: the batch has no cameras (c2w, fxfycxcy, ref_c2w): the diffusion stage's "
@@ -461,9 +465,8 @@ class DiffusionModule(MultiViewConditioning, StageModule):
             return
         self._last_sample_step = self.global_step
         ref = self.reference_input(batch)
-        cameras = self.cameras_of(batch) if self.hparams.camera_rays else None
         out = self.sample(ref, self.hparams.val_inference_steps, self.hparams.val_guidance_scale, seed=batch_idx,
-                          cameras=cameras)
+                          cameras=self.cameras_of(batch))
         size = tuple(out["images"].shape[-2:])
         target = _resize_views(batch["images"], size)
         alpha = batch.get("alpha")

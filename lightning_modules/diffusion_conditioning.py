@@ -148,12 +148,10 @@ class MultiViewConditioning:
             img_emb = img_emb * keep.view(-1, 1).to(img_emb.dtype)
         return ref_lat.repeat_interleave(v, dim=0), img_emb.repeat_interleave(v, dim=0)
 
-    def camera_rays(self, c2w: Tensor, fxfycxcy: Tensor, ref_c2w: Tensor) -> Tensor | None:
+    def camera_rays(self, c2w: Tensor, fxfycxcy: Tensor, ref_c2w: Tensor) -> Tensor:
         """Plücker rays [(B V), 6, h, h] at the latent size of the target cameras c2w [B, V, 4, 4] (OpenCV, intrinsics
         fxfycxcy [B, V, 4] at ``image_size``) in the frame of their reference camera ref_c2w [B, 4, 4], positions in
-        rig radii; None when the module is not conditioned on cameras (``camera_rays`` off)."""
-        if not self.hparams.camera_rays:
-            return None
+        rig radii (the UNet's extra inputs when ``camera_rays`` is on)."""
         size = int(self.hparams.image_size)
         h = size // self.vae_factor
         rel = invert_rigid(ref_c2w.double())[:, None] @ c2w.double()

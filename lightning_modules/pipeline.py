@@ -119,14 +119,14 @@ def parse_input_views(spec: str, rig: Rig) -> list[int]:
     return sorted(set(out))
 
 
-def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int, reference_view: int | None = None,
+def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int,
                    cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
     (the diffusion model's rig views, in rig order; a model conditioned on cameras takes the photo as rig view
-    ``reference_view`` (default ``sampling.reference_view``), or a batch's own ``cameras``)."""
-    view = sampling.reference_view if reference_view is None else reference_view
+    ``sampling.reference_view``, or a batch's own ``cameras``)."""
     return diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
-                            scheduler=sampling.scheduler, show_progress=True, reference_view=view, cameras=cameras)
+                            scheduler=sampling.scheduler, show_progress=True, reference_view=sampling.reference_view,
+                            cameras=cameras)
 
 
 def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[int]) -> tuple[Any, int]:

@@ -72,7 +72,7 @@ class EvalSettings:
 
     @property
     def sampling(self) -> Sampling:
-        return Sampling(self.steps, self.guidance, self.scheduler)
+        return Sampling(self.steps, self.guidance, self.scheduler, self.reference_view)
 
 
 def source_cameras(source: Any) -> str:
@@ -212,8 +212,7 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
     for i, batch in _batches(loader, opts, device, res):
         ref = batch["ref_images"][:, 0]
         with torch.no_grad():
-            cameras = module.cameras_of(batch) if module.hparams.camera_rays else None
-            gen = generate_views(module, ref, opts.sampling, opts.seed + i, cameras=cameras)["images"]
+            gen = generate_views(module, ref, opts.sampling, opts.seed + i, cameras=module.cameras_of(batch))["images"]
         target = resize_images(batch["images"].float(), gen.shape[-1])
         alpha = resize_images(batch["alpha"].float(), gen.shape[-1]) if batch.get("alpha") is not None else None
         v = min(gen.shape[1], target.shape[1])
@@ -301,7 +300,7 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
         m, scale = rig_to_data_frame(diffusion.rig, view, batch["ref_c2w"][:, 0])
         cams = cameras_into_frame(batch["c2w"].double(), m).to(batch["c2w"].dtype)
         with torch.no_grad():
-            gen = generate_views(diffusion, ref, opts.sampling, opts.seed + i, reference_view=view)["images"]
+            gen = generate_views(diffusion, ref, opts.sampling, opts.seed + i)["images"]
             gaussians, _ = lift_views(module, gen, diffusion.rig, input_views)
             out = module.render(gaussians, cams, batch["fxfycxcy"], h, w, batch.get("background"))
         rendered = out["rgb"]
