@@ -230,3 +230,33 @@ def test_pixel_configs_build_their_model(path):
     rays = 6 if args.get("camera_rays") else 0
     assert m.autoencoder == "pixel" and m.unet.config.in_channels == 6 + rays and m.unet.config.out_channels == 3
     assert m.unet.config.sample_size == args["image_size"]
+
+
+def test_sampling_sweep_scores_what_tools_evaluate_scores(tmp_path, capsys):
+    """bench/diffusion_sampling_sweep.py: the same held-out scenes and the same scores as tools.evaluate for one
+    setting, one JSON line per weights x steps x guidance x precision."""
+    import importlib.util
+
+    from tools.evaluate import main as evaluate
+
+    spec = importlib.util.spec_from_file_location("sweep", ROOT / "bench" / "diffusion_sampling_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    torch.manual_seed(0)
+    out = pixel_module(camera_rays=True).export(tmp_path / "export")
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({
+        "stage": "diffusion", "rig": RIG, "image_size": SIZE, "num_workers": 0, "augment": {"enabled": False},
+        "sources": [{"name": "clean", "format": "procedural", "num_scenes": 40, "background": "white"}]}))
+    assert evaluate(["--ckpt", f"px={out}", "--data", str(data), "--out", str(tmp_path / "eval"), "--batches", "1",
+                     "--batch-size", "2", "--steps", "2", "--guidance", "1.5", "--device", "cpu"]) == 0
+    row = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"][0]
+    capsys.readouterr()
+    assert sweep.main(["--ckpt", str(out), "--data", str(data), "--device", "cpu", "--batches", "1",
+                       "--batch-size", "2", "--steps", "2", "--guidance", "1.5", "3", "--weights", "raw"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["steps"], x["guidance"], x["weights"]) for x in lines] == [(2, 1.5, "raw"), (2, 3.0, "raw")]
+    assert lines[0]["novel_psnr"] == pytest.approx(row["novel_metrics"]["all"]["psnr"], abs=1e-3)
+    assert lines[0]["copy_psnr"] == pytest.approx(row["copy_ref_metrics"]["all"]["psnr"], abs=1e-3)
+    assert lines[0]["gain_db"] == pytest.approx(lines[0]["novel_psnr"] - lines[0]["copy_psnr"], abs=2e-3)
+    assert lines[1]["novel_psnr"] != lines[0]["novel_psnr"]  # guidance changes the samples
