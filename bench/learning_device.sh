@@ -111,8 +111,9 @@ session3)  # pixel diffusion on GPU 0; the FaceLift overfit alone on GPU 1, then
   wait
   cp "$OUT"/*.log runs/ 2>/dev/null
   pack session3 ;;
-session4)  # pixel diffusion on GPU 0, then its sampling sweep and an evaluation at the sweep's best setting; the
-  # FaceLift overfit on GPU 1 (OVERFIT_ARGS), its evaluation, then the gpu tests there. PX / OV: new run names
+session4)  # pixel diffusion on GPU 0, its evaluation (PX_EVAL: "DDIM_STEPS GUIDANCE") and a sampling sweep (SWEEP_ARGS);
+  # the FaceLift overfit on GPU 1 (OVERFIT_ARGS, OVERFIT_EVAL_ARGS) and its evaluation; the gpu tests with GPU_TESTS=1.
+  # PX / OV: new run names
   R=runs/recipes PX=${PX:-px64_s4} OV=${OV:-overfit_s4}
   fit 0 $PX -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time ${PX_TIME:-00:00:06:30} ${PX_ARGS:-}
   PX64=$!
@@ -122,19 +123,17 @@ session4)  # pixel diffusion on GPU 0, then its sampling sweep and an evaluation
       --data configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_EVAL_ARGS:-} --out runs/eval_$OV --device cuda \
       --batches 4 --batch-size 8 --grid-scenes 2 > "$OUT/eval_$OV.log" 2>&1
   pack overfit
-  CUDA_VISIBLE_DEVICES=1 timeout 150 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
+  [ -n "${GPU_TESTS:-}" ] && CUDA_VISIBLE_DEVICES=1 timeout 150 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
   wait $PX64; pack px64
-  CUDA_VISIBLE_DEVICES=0 timeout 100 python bench/diffusion_sampling_sweep.py --ckpt $R/$PX/checkpoints/last.ckpt \
-      --trust-checkpoint --data configs/data/procedural_heldout_64.yaml --device cuda --steps 25 50 \
-      --guidance 1 1.5 2 --weights ema raw --precision fp32 bf16 > "$OUT/sweep_$PX.jsonl" 2> "$OUT/sweep_$PX.log"
-  best=$(python -c "import json,sys; r=max((json.loads(l) for l in open(sys.argv[1])), key=lambda r: r['gain_db']); \
-print(r['steps'], r['guidance'])" "$OUT/sweep_$PX.jsonl")
   X=$(ls -d $R/$PX/export/step_* | sort -t_ -k3 -n | tail -1)
-  set -- $best
+  set -- ${PX_EVAL:-25 1.5}
   CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt px64=$X --ema --data configs/data/procedural_heldout_64.yaml \
-      --out runs/eval_$PX --device cuda --steps ${1:-50} --guidance ${2:-2.0} --batches 4 --batch-size 16 > "$OUT/eval_$PX.log" 2>&1
+      --out runs/eval_$PX --device cuda --steps $1 --guidance $2 --batches 4 --batch-size 16 > "$OUT/eval_$PX.log" 2>&1
+  pack px64
+  CUDA_VISIBLE_DEVICES=0 timeout ${SWEEP_TIME:-60} python bench/diffusion_sampling_sweep.py --ckpt $R/$PX/checkpoints/last.ckpt \
+      --trust-checkpoint --data configs/data/procedural_heldout_64.yaml --device cuda ${SWEEP_ARGS:-} \
+      > "$OUT/sweep_$PX.jsonl" 2> "$OUT/sweep_$PX.err"
   wait
-  cp "$OUT"/*.log runs/ 2>/dev/null
   pack session4 ;;
 *) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp|session3|session4" ; exit 2 ;;
 esac
