@@ -27,7 +27,7 @@ from datamodules.augment import DomainGapAugment
 from datamodules.dataset import MixedSceneDataset, SceneBuilder, collate_samples
 from datamodules.mixing import rank_and_world
 from datamodules.sources import Source, build_source
-from datamodules.views import REFERENCE_MODES
+from datamodules.views import INPUT_VIEW_MODES, REFERENCE_MODES
 from geometry.rig import load_rig
 
 log = logging.getLogger("mvlift.data")
@@ -75,6 +75,9 @@ class MultiViewDataModule(L.LightningDataModule):
         supervise_inputs: reconstruction's view overlap: training supervision views include the inputs (FaceLift's
             GS-LRM trains so; the samples carry ``supervise_all_views``), validation still scores only the views
             that are not inputs. False: num_views must exceed num_input_views.
+        input_views: reconstruction's inputs: "random" (any ``num_input_views`` of the scene's views) or "spread"
+            (farthest-point sampling of the cameras' viewing directions from a random first view, so the inputs see
+            the subject from all round, like a rig's views; ``datamodules.views``); the supervision views are random.
         reference_view: "fixed" | "random" | "random_rig" (+ reference_index) for diffusion.
         rig_tolerance_deg / rig_distance_tolerance: diffusion's data-vs-rig camera check: at ``setup`` a source whose
             cameras cannot match the rig is refused (``SourceRigError``, naming the source, view and angle;
@@ -123,6 +126,7 @@ class MultiViewDataModule(L.LightningDataModule):
         num_views: int = 8,
         num_input_views: int = 4,
         supervise_inputs: bool = False,
+        input_views: str = "random",
         reference_view: str = "fixed",
         reference_index: int = 0,
         rig_tolerance_deg: float = 2.0,
@@ -147,6 +151,8 @@ class MultiViewDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if reference_view not in REFERENCE_MODES:
             raise ValueError(f"reference_view must be one of {REFERENCE_MODES}, got {reference_view!r}")
+        if input_views not in INPUT_VIEW_MODES:
+            raise ValueError(f"input_views must be one of {INPUT_VIEW_MODES}, got {input_views!r}")
         if augment_on not in ("loader", "device"):
             raise ValueError(f"augment_on must be 'loader' or 'device', got {augment_on!r}")
         if on_bad_sample not in ("raise", "skip"):
@@ -160,7 +166,7 @@ class MultiViewDataModule(L.LightningDataModule):
         self.rig = load_rig(rig)
         self.builder = SceneBuilder(stage, self.rig, image_size, num_views, num_input_views, reference_view,
                                     reference_index, rig_tolerance_deg, rig_distance_tolerance, normalize_cameras,
-                                    target_radius, center_crop, center_fill, supervise_inputs)
+                                    target_radius, center_crop, center_fill, supervise_inputs, input_views)
         enabled = augment is None or augment.get("enabled", True)
         cfg = None if augment is None else {k: v for k, v in augment.items() if k != "enabled"}
         self.augmenter = DomainGapAugment(cfg, seed) if enabled else None

@@ -51,18 +51,21 @@ class SceneBuilder:
     center_crop: bool = False
     center_fill: float = 0.6
     supervise_inputs: bool = False  # reconstruction: the supervision views include the inputs (view overlap)
+    input_views: str = "random"  # reconstruction: how the inputs are drawn (datamodules.views: random | spread)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
 
-    def select(self, num_data_views: int, rng: np.random.Generator) -> tuple[list[int], int | None]:
-        """(views of the sample, reference view or None)."""
+    def select(self, num_data_views: int, rng: np.random.Generator, c2w: Tensor | None = None
+               ) -> tuple[list[int], int | None]:
+        """(views of the sample, reference view or None); ``c2w``: the scene's cameras (``input_views: spread``)."""
         if self.stage == "diffusion":
             ref, targets = diffusion_views(num_data_views, self.rig.num_views, self.reference_view,
                                            self.reference_index, rng)
             return targets, ref
-        return reconstruction_views(num_data_views, self.num_views, self.num_input_views, rng), None
+        return reconstruction_views(num_data_views, self.num_views, self.num_input_views, rng, self.input_views,
+                                    c2w), None
 
     def rig_mismatch(self, c2w: Tensor, where: str) -> str | None:
         """Diffusion: what keeps the scene's first rig.num_views cameras c2w from matching the rig (the worst view, its
@@ -133,7 +136,7 @@ class SceneBuilder:
             raise SampleError(f"{where}: the scene has {len(c2w)} views, {what}")
         if self.stage == "diffusion":
             self.check_rig(c2w, where)
-        views, ref = self.select(len(c2w), rng)
+        views, ref = self.select(len(c2w), rng, c2w)
         wanted = ([ref] if ref is not None else []) + views
         prepared = prepare_views(source, scene, cams, wanted, self.image_size, rng=rng, center_crop=self.center_crop,
                                  center_fill=self.center_fill)
