@@ -119,11 +119,32 @@ def parse_input_views(spec: str, rig: Rig) -> list[int]:
     return sorted(set(out))
 
 
+def sampling_for_data_view(sampling: Sampling, diffusion: Any, data_view: int) -> Sampling:
+    """``sampling`` for photos that are data view ``data_view`` of scenes whose first ``rig.num_views`` views are the
+    diffusion rig's, in rig order (the diffusion stage's data convention): a model with ``camera_rays`` is told the
+    photo is that rig view; a view beyond the rig is an error for it (nothing says where that camera sits)."""
+    if not diffusion.hparams.camera_rays:
+        return sampling
+    n = diffusion.rig.num_views
+    if not 0 <= data_view < n:
+        raise ValueError(f"--reference-view {data_view}: not one of the rig {diffusion.rig.name!r}'s {n} views; this "
+                         "diffusion model takes camera rays and must be told which rig view the photo is")
+    return dataclasses.replace(sampling, reference_view=data_view)
+
+
 def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int,
                    cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
     (the diffusion model's rig views, in rig order; a model conditioned on cameras takes the photo as rig view
-    ``sampling.reference_view``, or a batch's own ``cameras``)."""
+    ``sampling.reference_view``, or a batch's own ``cameras``). A model without camera rays cannot be told where the
+    photo sits: a ``reference_view`` other than 0 is then logged once per model (it generates as for the view it
+    was trained with)."""
+    if sampling.reference_view and not diffusion.hparams.camera_rays \
+            and not getattr(diffusion, "_reference_view_noted", False):
+        diffusion._reference_view_noted = True
+        log.warning("--reference-view %d: this diffusion model has no camera rays (camera_rays: false), so it cannot "
+                    "be told the photo is rig view %d; it generates the rig's views as for the reference view it was "
+                    "trained with", sampling.reference_view, sampling.reference_view)
     return diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
                             scheduler=sampling.scheduler, show_progress=True, reference_view=sampling.reference_view,
                             cameras=cameras)
@@ -196,4 +217,4 @@ def write_photo_outputs(scene_id: str, ref: Tensor, diffusion: Any, reconstructi
 
 
 __all__ = ["Sampling", "Turntable", "check_stages_and_rigs", "choose_background", "generate_views", "lift_views",
-           "parse_input_views", "render_views", "write_photo_outputs"]
+           "parse_input_views", "render_views", "sampling_for_data_view", "write_photo_outputs"]

@@ -120,3 +120,25 @@ def test_tools_take_the_photos_rig_view_from_sampling_settings():
         Sampling(reference_view=-1)
     with pytest.raises(ValueError, match="reference_view 9: the rig"):
         generate_views(m, ref, Sampling(steps=2, reference_view=9), seed=0)
+
+
+def test_a_data_view_becomes_the_photos_rig_view_and_a_model_without_rays_says_it_ignores_one(caplog):
+    from lightning_modules.pipeline import Sampling, generate_views, sampling_for_data_view
+
+    rays = pixel_module(camera_rays=True).eval()
+    base = Sampling(steps=2, guidance=1.0)
+    assert sampling_for_data_view(base, rays, 4).reference_view == 4  # data view 4 of a rig-ordered scene
+    with pytest.raises(ValueError, match="--reference-view 7: not one of the rig 'mouse_oblique20_6view''s 6 views"):
+        sampling_for_data_view(base, rays, 7)
+    plain = pixel_module().eval()
+    assert sampling_for_data_view(base, plain, 7) is base  # nothing to tell a model without rays
+    ref = torch.rand(1, 3, SIZE, SIZE)
+    with caplog.at_level("WARNING", logger="mvlift.infer"):
+        generate_views(plain, ref, Sampling(steps=2, guidance=1.0, reference_view=2), seed=0)
+        generate_views(plain, ref, Sampling(steps=2, guidance=1.0, reference_view=2), seed=1)
+    notes = [r.getMessage() for r in caplog.records if "no camera rays" in r.getMessage()]
+    assert len(notes) == 1 and "--reference-view 2" in notes[0]  # said once per model, not per batch
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mvlift.infer"):
+        generate_views(pixel_module().eval(), ref, Sampling(steps=2, guidance=1.0), seed=0)
+    assert not [r for r in caplog.records if "no camera rays" in r.getMessage()]  # view 0: nothing to say

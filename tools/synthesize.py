@@ -34,7 +34,7 @@ from datamodules.synthesis import (
 )
 from geometry.rig import available_rigs
 from lightning_modules.loading import load_stage, resolve_device
-from lightning_modules.pipeline import Sampling, check_stages_and_rigs, generate_views
+from lightning_modules.pipeline import Sampling, check_stages_and_rigs, generate_views, sampling_for_data_view
 from tools import log_to_stderr
 
 log = logging.getLogger("mvlift.synthesize")
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"classifier-free guidance scale (default {DIFFUSION['guidance']})")
     diff.add_argument("--scheduler", default=None, help="sampler: ddim | ddpm | euler | dpm (default ddim)")
     diff.add_argument("--reference-view", type=int, default=None,
-                      help="which view of each input scene is the reference (default 0)")
+                      help="which view of each input scene is the reference (default 0); a diffusion model with "
+                           "camera rays is told the photo is that rig view (it must be one of the rig's)")
     diff.add_argument("--kind", choices=("real", "synthetic", "all"), default=None,
                       help="data config: sources of this kind (default real)")
     diff.add_argument("--limit", type=int, default=None, help="at most N scenes per source and split")
@@ -140,6 +141,8 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
                          args.reference_view)
     if not items:
         raise ValueError(f"--inputs {args.inputs}: no scenes")
+
+    sampling = sampling_for_data_view(sampling, model, args.reference_view)  # the photo's rig view (camera rays)
 
     def generate(ref: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.no_grad():
