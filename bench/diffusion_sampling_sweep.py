@@ -4,8 +4,8 @@ The pixel recipe's validation (25 DDIM steps, guidance 2, EMA weights, bf16 auto
 ``tools.evaluate`` (50 steps, guidance 2, EMA, fp32) disagreed by 2.4 dB on the same kind of held-out scenes
 (docs/results.md). This loads one checkpoint or export once, draws the evaluation batches once (the same scenes for
 every setting, through ``tools.evaluate``'s own loader), and scores every combination of weights (EMA or raw),
-DDIM steps, guidance scale and precision with ``tools.evaluate``'s functions: generated novel views vs copying the
-reference into them.
+DDIM steps, guidance scale and precision with the functions ``tools.evaluate`` runs (``evaluate_diffusion``,
+``summarize``): generated novel views vs copying the reference into them.
 
     python bench/diffusion_sampling_sweep.py --ckpt runs/recipes/diffusion_pixel_procedural64/checkpoints/last.ckpt \
         --data configs/data/procedural_heldout_64.yaml --device cuda --steps 25 50 --guidance 1 1.5 2 \
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import sys
@@ -31,36 +32,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datamodules.data_config import load_data_config  # noqa: E402
-from lightning_modules.diffusion import copy_reference_views, novel_view_means, reference_view_mask  # noqa: E402
-from lightning_modules.evaluation.runner import EvalSettings, make_loader  # noqa: E402
-from lightning_modules.evaluation.summary import score_views  # noqa: E402
-from lightning_modules.loading import load_stage, resolve_device  # noqa: E402
-from lightning_modules.pipeline import Sampling, generate_views  # noqa: E402
+from datamodules.data_config import load_data_config
+from lightning_modules.evaluation.runner import EvalSettings, evaluate_diffusion, make_loader
+from lightning_modules.evaluation.summary import summarize
+from lightning_modules.loading import load_stage, resolve_device
 
 
-def novel_scores(module: torch.nn.Module, batches: list[dict], sampling: Sampling, precision: str,
-                 seed: int) -> dict[str, float]:
-    """Mean over scenes of the novel views' PSNR (and PSNR fg) of the generated views and of the copy baseline."""
-    sums: dict[str, list[torch.Tensor]] = {"novel_psnr": [], "copy_psnr": [], "novel_psnr_fg": [], "copy_psnr_fg": []}
-    device = module.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    for i, batch in enumerate(batches):
-        ref = batch["ref_images"][:, 0]
-        with torch.no_grad(), autocast:
-            gen = generate_views(module, ref, sampling, seed + i, cameras=module.cameras_of(batch))["images"]
-        gen = gen.float().clamp(0, 1)
-        target = batch["images"].float()
-        alpha = batch.get("alpha")
-        alpha = None if alpha is None else alpha.float()
-        is_ref = reference_view_mask(batch)
-        generated = score_views(gen, target, None, alpha=alpha)
-        copied = score_views(copy_reference_views(ref, gen.shape[1], tuple(gen.shape[-2:])), target, None, alpha=alpha)
-        for name, key in (("psnr", "psnr"), ("psnr_fg", "psnr_fg")):
-            if key in generated:
-                sums[f"novel_{name}"].append(novel_view_means(generated[key], is_ref))
-                sums[f"copy_{name}"].append(novel_view_means(copied[key], is_ref))
-    return {k: float(torch.cat(v).nanmean()) for k, v in sums.items() if v}
+def novel_scores(module: torch.nn.Module, batches: list[dict], opts: EvalSettings, precision: str) -> dict[str, float]:
+    """tools.evaluate's diffusion row over ``batches`` (its ``evaluate_diffusion`` and ``summarize``): the novel
+    views' PSNR (and PSNR fg) of the generated views and of copying the reference into them."""
+    autocast = torch.autocast(module.device.type, dtype=torch.bfloat16) if precision == "bf16" \
+        else contextlib.nullcontext()
+    with autocast:
+        res = evaluate_diffusion(module, [dict(b) for b in batches], module.rig, opts, None, module.device)
+    names = [m for m in ("psnr", "psnr_fg") if f"novel/{m}" in res.novel[0]]
+    novel = summarize(res.novel, names, prefix="novel/")["all"]
+    copy = summarize(res.novel, names, prefix="copy_ref/")["all"]
+    return {**{f"novel_{m}": novel[m] for m in names}, **{f"copy_{m}": copy[m] for m in names}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
         for steps, guidance, precision in itertools.product(a.steps, a.guidance, a.precision):
             t0 = time.perf_counter()
-            scores = novel_scores(module, batches, Sampling(steps, guidance, a.scheduler), precision, a.seed)
+            setting = dataclasses.replace(opts, steps=steps, guidance=guidance, scheduler=a.scheduler,
+                                          seed=a.seed, grid_scenes=0)
+            scores = novel_scores(module, batches, setting, precision)
             row = {"weights": weights, "steps": steps, "guidance": guidance, "precision": precision,
                    "scenes": sum(b["images"].shape[0] for b in batches), **{k: round(v, 3) for k, v in scores.items()},
                    "gain_db": round(scores["novel_psnr"] - scores["copy_psnr"], 3),

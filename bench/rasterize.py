@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geometry.rig import load_rig
 from geometry.render import Gaussians, gsplat_available, rasterize
+from geometry.rig import load_rig
 
 
 def scene(n: int, device: str, seed: int = 0) -> Gaussians:

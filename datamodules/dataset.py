@@ -110,7 +110,7 @@ class SceneBuilder:
             c2w, _ = own_rig.cameras(dtype=torch.float64)
             checks = [(f"its rig {own_rig.name!r}", c2w)]
         else:
-            picks = sorted({int(round(x)) for x in np.linspace(0, len(source) - 1, min(max_scenes, len(source)))})
+            picks = sorted({round(x) for x in np.linspace(0, len(source) - 1, min(max_scenes, len(source)))})
             checks = []
             for i in picks:
                 try:

@@ -182,7 +182,9 @@ def convert_facelift_mvdiffusion(pipeckpts: str | Path, out: str | Path, view_em
 
     ``image_size``: default the rig's (512 for ``facelift_6view``, FaceLift's). ``out`` is written whole (built
     beside it, renamed in); an existing ``out`` that is not an export folder is refused."""
-    from lightning_modules.diffusion import DiffusionModule  # diffusers + transformers: only the diffusion converter pays
+    from lightning_modules.diffusion import (
+        DiffusionModule,  # diffusers + transformers: only the diffusion converter pays
+    )
 
     pipeckpts, out = Path(pipeckpts), Path(out)
     if not pipeckpts.is_dir():

@@ -234,7 +234,7 @@ def test_a_camera_file_with_a_bad_image_size_names_the_frame_and_key(folder, val
 
 
 def test_decoded_view_cache_reads_each_view_once_and_keeps_its_budget(folder, monkeypatch):
-    import datamodules.sources as sources
+    from datamodules import sources
 
     reads = []
     real_read = sources.read_bytes

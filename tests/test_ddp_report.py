@@ -63,7 +63,7 @@ def test_loss_curve_joins_the_csv_parts_of_a_resumed_run_in_write_order(tmp_path
     from bench.ddp_report import loss_curve
 
     run = tmp_path / "exp" / "r"
-    parts = {"version_0/metrics.csv": range(0, 10), "version_1/metrics.csv": range(10, 40),
+    parts = {"version_0/metrics.csv": range(10), "version_1/metrics.csv": range(10, 40),
              "version_2/metrics.csv": range(30, 50), "version_10/metrics.csv": range(45, 60)}
     for k, (name, steps) in enumerate(parts.items()):
         path = run / "logs" / "csv" / name

@@ -11,10 +11,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-
-from datamodules.shared_settings import model_args
 from torch.utils.data import DataLoader
 
+from datamodules.shared_settings import model_args
 from geometry.rig import load_rig
 from lightning_modules.diffusion import DiffusionModule, copy_reference_views, novel_view_means, reference_view_mask
 from lightning_modules.pretrained import PixelAutoencoder, load_pipeline_components, make_tiny_pipeline_folder

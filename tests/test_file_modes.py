@@ -12,8 +12,8 @@ import torch
 
 from geometry.camera_files import CameraFile, read_camera_file, write_camera_file
 from geometry.files import current_umask, make_tree_readable, write_atomic
-from geometry.rig import load_rig
 from geometry.render import Gaussians, save_ply
+from geometry.rig import load_rig
 
 
 @pytest.fixture()

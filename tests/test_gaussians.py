@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from geometry.cameras import look_at, project_points
-from geometry.rig import load_rig
 from geometry.render import (
     PLY_PROPERTIES,
     SH_C0,
@@ -28,6 +27,7 @@ from geometry.render import (
     write_gif,
 )
 from geometry.render.torch_rasterizer import ALPHA_MAX, EPS2D
+from geometry.rig import load_rig
 
 FRONT = torch.tensor([0.0, -2.7, 0.0])
 Z_UP = torch.tensor([0.0, 0.0, 1.0])

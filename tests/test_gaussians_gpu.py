@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geometry.rig import load_rig
 from geometry.render import Gaussians, gsplat_available, rasterize, resolve_backend
+from geometry.rig import load_rig
 
 pytestmark = pytest.mark.gpu
 

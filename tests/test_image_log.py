@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger
-from torch.utils.data import DataLoader
 from test_diffusion import SIZE, make_batch, tiny_module
+from torch.utils.data import DataLoader
 
 from callbacks.image_log import ImageLogger
 

@@ -14,8 +14,8 @@ from PIL import Image
 from tiny_checkpoints import SIZE, diffusion_checkpoint, reconstruction_export
 
 from geometry.camera_files import read_camera_file
-from geometry.rig import load_rig
 from geometry.render import check_video_formats, load_ply
+from geometry.rig import load_rig
 from tools.infer import main
 
 FACELIFT, MOUSE = "facelift_6view", "mouse_oblique20_6view"

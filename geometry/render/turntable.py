@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geometry.rig import Rig, load_rig
 from geometry.render.gaussians import Gaussians
 from geometry.render.rasterizer import rasterize
+from geometry.rig import Rig, load_rig
 
 
 def turntable_cameras(rig: Rig, num_frames: int, size: int, device: torch.device | str | None = None
