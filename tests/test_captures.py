@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import pickle
 
 import numpy as np
@@ -313,3 +314,33 @@ def test_diffusion_setup_refuses_a_source_whose_cameras_cannot_match_the_rig(tmp
     rec = MultiViewDataModule(**{**kw, "stage": "reconstruction", "num_views": 6, "num_input_views": 2},
                               rig="facelift_6view")
     rec.setup("fit")
+
+
+def test_undistort_moves_a_distorted_point_back_to_where_the_pinhole_camera_sees_it():
+    """OpenCV's model (k1, k2, p1, p2, k3): a dot drawn where a point lands in the distorted image is, after
+    ``undistort``, where the undistorted (pinhole) camera with the same K sees it."""
+    from datamodules.captures import undistort
+    from geometry.calibration import Camera
+
+    h = w = 96
+    k = torch.tensor([[80.0, 0, 48], [0, 80.0, 48], [0, 0, 1]], dtype=torch.float64)
+    dist = torch.tensor([-0.35, 0.08, 0.002, -0.001, 0.0], dtype=torch.float64)
+    cam = Camera("c", k, torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), dist, (h, w))
+    assert cam.distorted and not Camera("c", k, cam.R, cam.T).distorted
+    k1, k2, p1, p2, k3 = dist.tolist()
+    for u, v in ((88.0, 84.0), (12.0, 16.0), (80.0, 12.0)):  # pinhole pixel positions, near the corners
+        x, y = (u - 48) / 80, (v - 48) / 80
+        r2 = x * x + y * y
+        radial = 1 + k1 * r2 + k2 * r2**2 + k3 * r2**3
+        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+        ud, vd = 80 * xd + 48, 80 * yd + 48
+        assert math.hypot(ud - u, vd - v) > 3.0  # the distortion moves this point visibly
+        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        dot = torch.exp(-((xs - ud) ** 2 + (ys - vd) ** 2) / (2 * 1.5**2))  # a blob at the distorted position
+        out = undistort(dot.expand(3, h, w).clone(), cam)[0]
+        assert out.shape == (h, w)
+        cy, cx = (out * ys).sum() / out.sum(), (out * xs).sum() / out.sum()
+        assert math.hypot(float(cx) - u, float(cy) - v) < 0.75, (u, v, float(cx), float(cy))
+    plain = torch.rand(3, h, w)
+    assert undistort(plain, Camera("c", k, cam.R, cam.T)) is plain  # no distortion coefficients: untouched
