@@ -102,7 +102,7 @@ from lightning_modules.view_conditioning import is_embeddings_file
 
 log = logging.getLogger(__name__)
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts: noise, velocity, clean latents
 FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.", "lpips.")
 
 
@@ -124,12 +124,15 @@ def step_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
 
 
 def min_snr_weights(alphas_cumprod: Tensor, timesteps: Tensor, gamma: float | None, prediction_type: str) -> Tensor:
-    """Min-SNR-γ loss weights per sample [N] (Hang et al. 2023): min(SNR, γ)/SNR for epsilon, /(SNR+1) for v."""
+    """Min-SNR-γ loss weights per sample [N] (Hang et al. 2023): min(SNR, γ)/SNR for epsilon, /(SNR+1) for v,
+    min(SNR, γ) itself for ``sample`` (the clean latents); all ones without ``gamma``."""
     ac = alphas_cumprod.to(timesteps.device)[timesteps].float()
     snr = ac / (1.0 - ac)
     if not gamma:
         return torch.ones_like(snr)
     clipped = snr.clamp(max=gamma)
+    if prediction_type == "sample":
+        return clipped
     return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
 
 
@@ -380,7 +383,8 @@ class DiffusionModule(MultiViewConditioning, StageModule):
             t_scene = torch.randint(0, n_train, (b,), generator=generator, device=generator.device).to(device)
         t = t_scene.repeat_interleave(v)
         noisy = self.train_scheduler.add_noise(latents, noise, t)
-        target = noise if self.prediction_type == "epsilon" else self.train_scheduler.get_velocity(latents, noise, t)
+        target = noise if self.prediction_type == "epsilon" else latents if self.prediction_type == "sample" \
+            else self.train_scheduler.get_velocity(latents, noise, t)
         context = self.view_embeddings.for_batch(b)
         cameras = self.cameras_of(batch)
         rays = None if cameras is None else self.camera_rays(*cameras)

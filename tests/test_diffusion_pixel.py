@@ -259,3 +259,46 @@ def test_sampling_sweep_scores_what_tools_evaluate_scores(tmp_path, capsys):
     assert lines[0]["copy_psnr"] == pytest.approx(row["copy_ref_metrics"]["all"]["psnr"], abs=1e-3)
     assert lines[0]["gain_db"] == pytest.approx(lines[0]["novel_psnr"] - lines[0]["copy_psnr"], abs=2e-3)
     assert lines[1]["novel_psnr"] != lines[0]["novel_psnr"]  # guidance changes the samples
+
+
+def test_sample_prediction_learns_the_clean_images_and_samples_through_every_sampler():
+    """prediction_type "sample": the UNet's target is the clean image itself (at any noise level), the loss falls on
+    a repeated batch, and each sampler takes the prediction (diffusers' "sample" type)."""
+    from lightning_modules.diffusion import min_snr_weights
+    from lightning_modules.diffusion_sampling import SAMPLERS
+
+    torch.manual_seed(0)
+    m = pixel_module(prediction_type="sample")
+    assert m.scheduler_config["prediction_type"] == "sample"
+    batch = make_batch()
+    seen = {}
+    real = m.denoise
+
+    def spy(noisy, *args, **kw):
+        out = real(noisy, *args, **kw)
+        seen["pred"] = out
+        return out
+
+    m.denoise = spy
+    terms = m.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
+    clean = batch["images"].flatten(0, 1) * 2 - 1  # the pixel autoencoder's latents: RGB in [-1, 1]
+    torch.testing.assert_close(terms["mse"], ((seen["pred"].float() - clean) ** 2).mean(), atol=1e-5, rtol=1e-4)
+    m.denoise = real
+    opt = m.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = m.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    ac = m.train_scheduler.alphas_cumprod
+    t = torch.tensor([10, 500, 990])
+    snr = ac[t] / (1 - ac[t])
+    torch.testing.assert_close(min_snr_weights(ac, t, 5.0, "sample"), snr.clamp(max=5.0))
+    m.eval()
+    ref = batch["ref_images"][:, 0]
+    for name in SAMPLERS:
+        out = m.sample(ref, 3, guidance_scale=1.5, seed=0, scheduler=name)["images"]
+        assert out.shape == (2, 6, 3, SIZE, SIZE) and torch.isfinite(out).all(), name

@@ -23,6 +23,7 @@ RIG=mouse_oblique20_6view
 DIFF_STEPS=120       # diffusion training steps (validation, checkpoint and export at the last one)
 RECON_STEPS=100      # reconstruction training steps
 SAMPLE_STEPS=10      # sampling steps of the diffusion model in evaluation and inference
+GUIDANCE=1.5         # its classifier-free guidance (the pixel recipe's best, docs/results.md; the tools' default is 3)
 # quiet the "install accelerate" / torchvision notices of diffusers and transformers
 export DIFFUSERS_VERBOSITY="${DIFFUSERS_VERBOSITY:-error}" TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
 export PYTHONUNBUFFERED=1
@@ -116,7 +117,8 @@ banner "5/7 Evaluation: the GS-LRM on the demo data seen through two rigs; the c
 run "$PY" -m tools.evaluate --ckpt "demo_gslrm=$RECON_CKPT" --data configs/data/demo.yaml \
     --rig "$RIG" --rig facelift_6view --out "$DEMO_OUT/eval"
 run "$PY" -m tools.evaluate --ckpt "demo_gslrm=$RECON_CKPT" --diffusion "demo_mvdiffusion=$DIFF_CKPT" \
-    --data configs/data/demo.yaml --rig "$RIG" --steps "$SAMPLE_STEPS" --out "$DEMO_OUT/eval_chained"
+    --data configs/data/demo.yaml --rig "$RIG" --steps "$SAMPLE_STEPS" --guidance "$GUIDANCE" \
+    --out "$DEMO_OUT/eval_chained"
 
 # ---------------------------------------------------------------------------------------------------------------
 banner "6/7 Inference: photo -> 6 views -> Gaussians (.ply) -> turntable"
@@ -128,7 +130,7 @@ if [ -f "$EXAMPLE" ]; then
 fi
 # the self-contained export folders (evaluation above read the .ckpt files: either works)
 run "$PY" -m tools.infer "${IMAGES[@]}" --diffusion "$DIFF_EXPORT" --reconstruction "$RECON_EXPORT" \
-    --out "$DEMO_OUT/infer" --steps "$SAMPLE_STEPS" --turntable-frames 24 --turntable-size 128
+    --out "$DEMO_OUT/infer" --steps "$SAMPLE_STEPS" --guidance "$GUIDANCE" --turntable-frames 24 --turntable-size 128
 
 # ---------------------------------------------------------------------------------------------------------------
 banner "7/7 Summary"
