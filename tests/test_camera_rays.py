@@ -11,7 +11,7 @@ import torch
 
 from geometry.rig import load_rig
 from lightning_modules.diffusion import DiffusionModule, batch_cameras
-from tests.test_diffusion_pixel import RIG, SIZE, make_batch, pixel_module
+from tests.test_diffusion_pixel import RIG, SIZE, make_batch, pixel_module, train_on
 
 
 def rig_batch(ref_view: int, b: int = 2) -> dict:
@@ -63,14 +63,7 @@ def test_module_with_camera_rays_trains_and_samples_from_rig_or_batch_cameras():
     assert m.unet.config.in_channels == 12  # noisy RGB + reference RGB + 6 ray channels
     assert pixel_module().unet.config.in_channels == 6  # off by default
     batch = rig_batch(ref_view=1)
-    opt = m.configure_optimizers()["optimizer"]
-    losses = []
-    for _ in range(15):
-        opt.zero_grad()
-        loss = m.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_on(m, batch, 15)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     grad = m.unet.conv_in.weight.grad[:, 6:]  # the ray channels reach the loss
     assert grad.abs().sum() > 0

@@ -47,6 +47,19 @@ def make_batch(b: int = 2, seed: int = 0, ref_view: int = 2) -> dict:
             "kind": ["synthetic"] * b}
 
 
+def train_on(m: DiffusionModule, batch: dict, steps: int) -> list[float]:
+    """``steps`` optimizer steps on one batch with the same timesteps and noise each time; the losses."""
+    opt = m.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = m.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 # ---- the identity autoencoder -------------------------------------------------------------------------------------
 def test_pixel_autoencoder_round_trips_an_image_at_latent_size():
     ae = PixelAutoencoder(SIZE)
@@ -95,22 +108,14 @@ def test_pixel_module_trains_from_scratch_loss_finite_and_falling_on_a_repeated_
     torch.manual_seed(0)
     m = pixel_module()
     batch = make_batch(b=2)
-    opt = m.configure_optimizers()["optimizer"]
 
-    def loss() -> torch.Tensor:  # the same timesteps and noise every time
-        return m.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]
+    def loss() -> float:  # the same timesteps and noise as every training step
+        with torch.no_grad():
+            return m.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))["loss"].item()
 
-    with torch.no_grad():
-        before = loss().item()
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        value = loss()
-        value.backward()
-        opt.step()
-        losses.append(value.item())
-    with torch.no_grad():
-        after = loss().item()
+    before = loss()
+    losses = train_on(m, batch, 30)
+    after = loss()
     assert all(math.isfinite(x) for x in losses)
     assert after < 0.5 * before, (before, after)
     assert sum(losses[-5:]) < sum(losses[:5]), losses
@@ -284,14 +289,7 @@ def test_sample_prediction_learns_the_clean_images_and_samples_through_every_sam
     clean = batch["images"].flatten(0, 1) * 2 - 1  # the pixel autoencoder's latents: RGB in [-1, 1]
     torch.testing.assert_close(terms["mse"], ((seen["pred"].float() - clean) ** 2).mean(), atol=1e-5, rtol=1e-4)
     m.denoise = real
-    opt = m.configure_optimizers()["optimizer"]
-    losses = []
-    for _ in range(15):
-        opt.zero_grad()
-        loss = m.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_on(m, batch, 15)
     assert losses[-1] < 0.7 * losses[0]
     ac = m.train_scheduler.alphas_cumprod
     t = torch.tensor([10, 500, 990])
