@@ -200,6 +200,7 @@ def test_tools_evaluate_reports_novel_and_copy_reference_psnr_for_a_diffusion_ex
         assert math.isfinite(row[key]["all"]["psnr"]), row[key]["all"]
     md = (tmp_path / "eval" / "results.md").read_text()
     assert "novel PSNR" in md and "copy-ref PSNR" in md
+    assert "sampled with 2 DDIM steps at guidance 3.0" in md  # how the views were made, stated with the numbers
     header = (tmp_path / "eval" / "results.csv").read_text().splitlines()[0].split(",")
     assert "novel/psnr" in header and "copy_ref/psnr" in header
 

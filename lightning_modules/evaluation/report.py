@@ -116,10 +116,13 @@ def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     lines = ["# mvlift evaluation", ""]
     mode = ", ".join(sorted({r["mode"] for r in rows})) or "-"
+    sampled = bool(s.get("diffusion")) or any(r["mode"] == "diffusion" for r in rows)
+    sampling = (f"; sampled with {s['steps']} {str(s.get('scheduler', 'ddim')).upper()} steps at guidance "
+                f"{s['guidance']}" if sampled else "")
     lines.append(f"Mode: {mode}; split `{s['split']}`; up to {s['batches']} x {s['batch_size']} scenes per row; "
                  f"seed {s['seed']}; device `{s['device']}`" +
-                 (f"; diffusion `{s['diffusion']}` ({s['diffusion_rig']}), {s['steps']} steps, guidance "
-                  f"{s['guidance']}" if s.get("diffusion") else "") + ".")
+                 (f"; diffusion `{s['diffusion']}` ({s['diffusion_rig']})" if s.get("diffusion") else "") +
+                 sampling + ("; EMA weights" if s.get("ema") else "") + ".")
     lines.append(f"LPIPS: {results['lpips']['note']}.")
     lines.append("")
     chained = any(r.get("mode") == "chained" for r in rows)
