@@ -132,19 +132,30 @@ def sampling_for_data_view(sampling: Sampling, diffusion: Any, data_view: int) -
     return dataclasses.replace(sampling, reference_view=data_view)
 
 
+def note_sampling(diffusion: Any, sampling: Sampling) -> None:
+    """Log what the model cannot take or was not validated with: a ``reference_view`` other than 0 for a model
+    without camera rays (it generates as for the view it was trained with), and steps or guidance other than its
+    validation's (``val_inference_steps`` / ``val_guidance_scale``, whose scores its training logged)."""
+    h = diffusion.hparams
+    if sampling.reference_view and not h.camera_rays:
+        log.warning("--reference-view %d: this diffusion model has no camera rays (camera_rays: false), so it cannot "
+                    "be told the photo is rig view %d; it generates the rig's views as for the reference view it was "
+                    "trained with", sampling.reference_view, sampling.reference_view)
+    validated = (int(h.get("val_inference_steps", sampling.steps)), float(h.get("val_guidance_scale", sampling.guidance)))
+    if validated != (sampling.steps, float(sampling.guidance)):
+        log.info("sampling with %d steps at guidance %g; this diffusion model was validated with %d steps at guidance "
+                 "%g (--steps / --guidance to match)", sampling.steps, sampling.guidance, *validated)
+
+
 def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int,
                    cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
     (the diffusion model's rig views, in rig order; a model conditioned on cameras takes the photo as rig view
-    ``sampling.reference_view``, or a batch's own ``cameras``). A model without camera rays cannot be told where the
-    photo sits: a ``reference_view`` other than 0 is then logged once per model (it generates as for the view it
-    was trained with)."""
-    if sampling.reference_view and not diffusion.hparams.camera_rays \
-            and not getattr(diffusion, "_reference_view_noted", False):
-        diffusion._reference_view_noted = True
-        log.warning("--reference-view %d: this diffusion model has no camera rays (camera_rays: false), so it cannot "
-                    "be told the photo is rig view %d; it generates the rig's views as for the reference view it was "
-                    "trained with", sampling.reference_view, sampling.reference_view)
+    ``sampling.reference_view``, or a batch's own ``cameras``). The first call for a model logs what it cannot take
+    or was not validated with (:func:`note_sampling`)."""
+    if not getattr(diffusion, "_sampling_noted", False):
+        diffusion._sampling_noted = True
+        note_sampling(diffusion, sampling)
     return diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
                             scheduler=sampling.scheduler, show_progress=True, reference_view=sampling.reference_view,
                             cameras=cameras)
@@ -217,4 +228,4 @@ def write_photo_outputs(scene_id: str, ref: Tensor, diffusion: Any, reconstructi
 
 
 __all__ = ["Sampling", "Turntable", "check_stages_and_rigs", "choose_background", "generate_views", "lift_views",
-           "parse_input_views", "render_views", "sampling_for_data_view", "write_photo_outputs"]
+           "note_sampling", "parse_input_views", "render_views", "sampling_for_data_view", "write_photo_outputs"]

@@ -301,3 +301,21 @@ def test_sample_prediction_learns_the_clean_images_and_samples_through_every_sam
     for name in SAMPLERS:
         out = m.sample(ref, 3, guidance_scale=1.5, seed=0, scheduler=name)["images"]
         assert out.shape == (2, 6, 3, SIZE, SIZE) and torch.isfinite(out).all(), name
+
+
+def test_tools_say_when_they_sample_otherwise_than_the_model_was_validated(caplog):
+    from lightning_modules.pipeline import Sampling, generate_views
+
+    ref = torch.rand(1, 3, SIZE, SIZE)
+    m = pixel_module(val_guidance_scale=1.5).eval()  # validated with 2 steps at guidance 1.5
+    with caplog.at_level("INFO", logger="mvlift.infer"):
+        generate_views(m, ref, Sampling(steps=2, guidance=3.0), seed=0)
+        generate_views(m, ref, Sampling(steps=2, guidance=3.0), seed=1)
+    notes = [r.getMessage() for r in caplog.records if "was validated with" in r.getMessage()]
+    expected = ("sampling with 2 steps at guidance 3; this diffusion model was validated with 2 steps at guidance 1.5 "
+                "(--steps / --guidance to match)")
+    assert notes == [expected]  # once per model
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mvlift.infer"):
+        generate_views(pixel_module(val_guidance_scale=1.5).eval(), ref, Sampling(steps=2, guidance=1.5), seed=0)
+    assert not [r for r in caplog.records if "was validated with" in r.getMessage()]  # as validated: nothing to say
