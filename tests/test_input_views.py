@@ -83,3 +83,26 @@ def test_datamodule_batches_take_spread_inputs():
     angles = [min_angle_deg(spread["c2w"][i, :3]) for i in range(4)]
     assert min(angles) > np.mean([min_angle_deg(random["c2w"][i, :3]) for i in range(4)])
     assert spread["images"].shape == (4, 6, 3, 16, 16) and spread["num_input_views"].tolist() == [3] * 4
+
+
+def test_tools_evaluate_draws_the_inputs_as_told():
+    from pathlib import Path
+
+    from lightning_modules.evaluation.runner import EvalSettings, make_loader
+    from tools.evaluate import build_parser
+
+    cfg = {"stage": "reconstruction", "rig": "mouse_oblique20_6view", "image_size": 16, "num_views": 6,
+           "num_input_views": 3, "sources": [{"name": "syn", "num_scenes": 8, "num_views": 12}], "val_fraction": 0.5}
+    angles = {}
+    for mode in ("random", "spread"):
+        opts = build_parser().parse_args(["--ckpt", "x", "--data", "d", "--out", "o", "--input-views", mode,
+                                          "--batch-size", "4", "--batches", "1"])
+        assert opts.input_views == mode
+        settings = EvalSettings(ckpt=["x"], data=["d"], rig=[], out=Path("o"), batches=1, batch_size=4,
+                                input_views=opts.input_views)
+        loader, _ = make_loader(cfg, "reconstruction", None, 16, settings)
+        batch = next(iter(loader))
+        angles[mode] = [min_angle_deg(batch["c2w"][i, :3]) for i in range(batch["c2w"].shape[0])]
+    assert min(angles["spread"]) > np.mean(angles["random"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--ckpt", "x", "--data", "d", "--out", "o", "--input-views", "nearest"])

@@ -3,7 +3,8 @@
     python -m tools.evaluate --ckpt [LABEL=]CKPT [--ckpt ...] --data [LABEL=]CONFIG [--data ...] [--rig NAME ...]
         --out DIR [--batches 4] [--batch-size 2] [--device cpu|cuda] [--split val|train] [--seed 0]
         [--diffusion CKPT] [--allow-rig-mismatch] [--steps 50] [--guidance 3.0] [--scheduler ddim]
-        [--reference-view 0] [--num-input-views N] [--chain-input-views all|0,1,...] [--ema]
+        [--reference-view 0] [--num-input-views N] [--input-views random|spread] [--chain-input-views all|0,1,...]
+        [--ema]
         [--lpips-weights FILE --vgg-weights FILE] [--grid-scenes 4] [--num-workers 0] [--trust-checkpoint]
 
 A checkpoint is a Lightning ``.ckpt`` or an export folder; its stage comes from its metadata
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-view", type=int, default=0, help="diffusion / chained: the rig view used as input")
     p.add_argument("--num-input-views", type=int, default=None,
                    help="reconstruction: override the data config's num_input_views")
+    p.add_argument("--input-views", choices=("random", "spread"), default=None,
+                   help="reconstruction: override the data config's input_views (how the inputs are drawn: random, "
+                        "or spread round the subject)")
     p.add_argument("--chain-input-views", default="all",
                    help="chained: generated views given to the GS-LRM (all, or indices / view names)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of every checkpoint")

@@ -62,6 +62,7 @@ class EvalSettings:
     scheduler: str = "ddim"
     reference_view: int = 0
     num_input_views: int | None = None
+    input_views: str | None = None  # reconstruction: random | spread (None: the data config's)
     chain_input_views: str = "all"
     ema: bool = False
     trust_checkpoint: bool = False
@@ -104,6 +105,8 @@ def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_siz
         cfg["supervise_inputs"] = False  # scores are on the views the model did not see
         if opts.num_input_views is not None:
             cfg["num_input_views"] = opts.num_input_views
+        if opts.input_views is not None:
+            cfg["input_views"] = opts.input_views
     dm = MultiViewDataModule(**cfg)
     dm.setup("validate")
     loader = dm.val_dataloader() if opts.split == "val" else dm.train_dataloader()
@@ -473,7 +476,7 @@ def run_evaluation(opts: EvalSettings) -> dict[str, Any]:
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
         "settings": {"split": opts.split, "batches": opts.batches, "batch_size": opts.batch_size, "seed": opts.seed,
                      "device": str(device), "ema": opts.ema, "reference_view": opts.reference_view,
-                     "num_input_views": opts.num_input_views, "steps": opts.steps, "guidance": opts.guidance,
+                     "num_input_views": opts.num_input_views, "input_views": opts.input_views, "steps": opts.steps, "guidance": opts.guidance,
                      "scheduler": opts.scheduler, "chain_input_views": opts.chain_input_views,
                      "diffusion": str(diffusion_info.path) if diffusion_info else None,
                      "diffusion_rig": diffusion_info.rig.name if diffusion_info else None,
