@@ -140,11 +140,10 @@ overfit)  # the FaceLift overfit alone on GPU 0 (OV: a new run name, OVERFIT_ARG
   R=runs/recipes OV=${OV:-overfit_s4}
   fit 0 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
   wait; pack overfit
-  sed 's/input_views: spread/input_views: random/' configs/recipes/overfit_facelift_sample.yaml > /tmp/overfit_random_inputs.yaml
-  for D in configs/recipes/overfit_facelift_sample.yaml /tmp/overfit_random_inputs.yaml; do
-    N=$(basename $D .yaml)
-    CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt overfit=$R/$OV/checkpoints/last.ckpt --data $D \
-        --out runs/eval_${OV}_$N --device cuda --batches 4 --batch-size 8 --grid-scenes 2 > "$OUT/eval_${OV}_$N.log" 2>&1
+  for MODE in spread random; do
+    CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt overfit=$R/$OV/checkpoints/last.ckpt \
+        --data configs/recipes/overfit_facelift_sample.yaml --input-views $MODE --out runs/eval_${OV}_$MODE \
+        --device cuda --batches 4 --batch-size 8 --grid-scenes 2 > "$OUT/eval_${OV}_$MODE.log" 2>&1
   done
   pack overfit ;;
 *) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp|session3|session4|overfit" ; exit 2 ;;
