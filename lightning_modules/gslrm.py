@@ -60,6 +60,11 @@ class GSLRMConfig:
     clip_xyz: float | None = 1.0  # |xyz| bound in training (FaceLift's clip_xyz); None: off
     grad_checkpointing: bool = False
 
+    def __post_init__(self) -> None:
+        if self.sh_degree != 0:  # a network with more bands would train outputs that no render ever shows
+            raise ValueError(f"GS-LRM sh_degree {self.sh_degree}: only 0 is supported (one RGB colour per Gaussian, "
+                             "as FaceLift's GS-LRM; the rasterizers take no higher SH bands)")
+
     @property
     def gaussian_dim(self) -> int:
         return 3 + 3 * (self.sh_degree + 1) ** 2 + 3 + 4 + 1
@@ -240,7 +245,7 @@ class GSLRM(nn.Module):
             quats=F.normalize(rot, dim=-1),
             scales=torch.exp((scale + cfg.scale_bias).clamp(max=cfg.scale_max_log)),
             opacities=torch.sigmoid(opac[..., 0] + cfg.opacity_bias),
-            sh0=feats[..., :3],  # the DC term only
+            sh0=feats[..., :3],  # the DC term: sh_degree is 0 (GSLRMConfig)
         )
 
     def forward(self, images: Tensor, c2w: Tensor, fxfycxcy: Tensor) -> Gaussians:

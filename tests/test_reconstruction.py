@@ -276,3 +276,14 @@ def test_compile_option_compiles_each_block_in_place_and_keeps_parameter_names(t
     assert list(compiled.state_dict()) == list(plain.state_dict())
     back = ReconstructionModule.from_export(compiled.export(tmp_path / "export"))
     assert all(b._compiled_call_impl is None for b in back.net.transformer_layers)
+
+
+def test_sh_bands_that_no_render_would_show_are_refused():
+    from lightning_modules.gslrm import GSLRMConfig
+
+    assert GSLRMConfig().gaussian_dim == 14  # FaceLift's: xyz 3 + RGB 3 + scale 3 + rotation 4 + opacity 1
+    with pytest.raises(ValueError, match="GS-LRM sh_degree 1: only 0 is supported"):
+        GSLRMConfig(sh_degree=1)
+    with pytest.raises(ValueError, match="sh_degree 2: only 0 is supported"):
+        ReconstructionModule(rig="facelift_6view", image_size=16, width=32, depth=1, head_dim=16, patch_size=8,
+                             sh_degree=2)
