@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trust-checkpoint", action="store_true", help="full unpickling of a .ckpt you made yourself")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="full unpickling of a .ckpt that needs it (only files you trust; mvlift's own load without)")
     a = p.parse_args(argv)
     device = resolve_device(a.device)
     opts = EvalSettings(ckpt=[a.ckpt], data=[a.data], rig=[], out=Path("."), batches=a.batches,

@@ -131,7 +131,7 @@ session4)  # pixel diffusion on GPU 0, its evaluation (PX_EVAL: "DDIM_STEPS GUID
       --out runs/eval_$PX --device cuda --steps $1 --guidance $2 --batches 4 --batch-size 16 > "$OUT/eval_$PX.log" 2>&1
   pack px64
   CUDA_VISIBLE_DEVICES=0 timeout ${SWEEP_TIME:-60} python bench/diffusion_sampling_sweep.py --ckpt $R/$PX/checkpoints/last.ckpt \
-      --trust-checkpoint --data configs/data/procedural_heldout_64.yaml --device cuda ${SWEEP_ARGS:-} \
+      --data configs/data/procedural_heldout_64.yaml --device cuda ${SWEEP_ARGS:-} \
       > "$OUT/sweep_$PX.jsonl" 2> "$OUT/sweep_$PX.err"
   wait
   pack session4 ;;
