@@ -23,7 +23,14 @@ pack() {  # logs (csv, images, throughput) of every run, no checkpoints
   tar czf "$OUT/runs_$1.tgz" $(find runs -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o -name '*.json' \) \
       -not -name 'samples_rank*') $(find runs -maxdepth 4 -name 'eval*' -type d) 2>/dev/null
 }
-case "${1:-}" in
+eval_overfit() {  # eval_overfit GPU RUN NAME [tools.evaluate options]: the FaceLift overfit RUN on held-out views
+  local gpu=$1 run=$2 name=$3; shift 3
+  CUDA_VISIBLE_DEVICES=$gpu timeout 60 python -m tools.evaluate --ckpt overfit=runs/recipes/$run/checkpoints/last.ckpt \
+      --data configs/recipes/overfit_facelift_sample.yaml "$@" --out runs/eval_$name --device cuda --batches 4 \
+      --batch-size 8 --grid-scenes 2 > "$OUT/eval_$name.log" 2>&1
+}
+PHASE=${1:-}
+case "$PHASE" in
 sweep)
   python bench/procedural_throughput.py --scenes 1024 --batch 128 | tee "$OUT/procedural_throughput.jsonl"
   O=configs/recipes/overfit_facelift_sample.yaml P=configs/recipes/gslrm_procedural_128.yaml
@@ -92,59 +99,39 @@ ddp)  # the 128 px recipe on 2 GPUs (same global batch), then its evaluation
       --data clean=configs/data/procedural_clean_128.yaml --out runs/eval_ddp2 --device cuda --batches 8 \
       --batch-size 8 --grid-scenes 4 > "$OUT/eval_ddp2.log" 2>&1
   pack ddp ;;
-session3)  # pixel diffusion on GPU 0; the FaceLift overfit alone on GPU 1, then the gpu tests there. PX / OV: run
-  # names; PX_TIME: the diffusion run's max_time; PX_ARGS / OVERFIT_ARGS: overrides of the two recipes
-  R=runs/recipes PX=${PX:-diffusion_pixel_procedural64} OV=${OV:-overfit_facelift_sample}
-  fit 0 $PX -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time ${PX_TIME:-00:00:07:00} ${PX_ARGS:-}
-  PX64=$!
-  fit 1 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
-  wait $!; pack overfit
-  CUDA_VISIBLE_DEVICES=1 timeout 60 python -m tools.evaluate --ckpt overfit=$R/$OV/checkpoints/last.ckpt \
-      --data configs/recipes/overfit_facelift_sample.yaml --out runs/eval_$OV --device cuda --batches 4 \
-      --batch-size 8 --grid-scenes 2 > "$OUT/eval_$OV.log" 2>&1
-  pack overfit
-  CUDA_VISIBLE_DEVICES=1 timeout 170 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
-  wait $PX64; pack px64
-  X=$(ls -d $R/$PX/export/step_* | sort -t_ -k3 -n | tail -1)
-  CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt px64=$X --ema --data configs/data/procedural_heldout_64.yaml \
-      --out runs/eval_$PX --device cuda --steps 50 --guidance 2.0 --batches 4 --batch-size 16 > "$OUT/eval_$PX.log" 2>&1
-  wait
-  cp "$OUT"/*.log runs/ 2>/dev/null
-  pack session3 ;;
-session4)  # pixel diffusion on GPU 0, its evaluation (PX_EVAL: "DDIM_STEPS GUIDANCE") and a sampling sweep (SWEEP_ARGS);
-  # the FaceLift overfit on GPU 1 (OVERFIT_ARGS, OVERFIT_EVAL_ARGS) and its evaluation; the gpu tests with GPU_TESTS=1.
-  # PX / OV: new run names
+session3)  # the third session's calls: session4 with a 7 min diffusion run evaluated at 50 DDIM steps, guidance 2,
+  # the gpu tests, no sweep. PX / OV: run names; PX_TIME, PX_ARGS / OVERFIT_ARGS as for session4
+  PX=${PX:-diffusion_pixel_procedural64} OV=${OV:-overfit_facelift_sample} PX_TIME=${PX_TIME:-00:00:07:00}
+  PX_EVAL=${PX_EVAL:-50 2.0} GPU_TESTS=1 SWEEP=0
+  ;&
+session4)  # pixel diffusion on GPU 0, its evaluation (PX_EVAL: "DDIM_STEPS GUIDANCE") and a sampling sweep (SWEEP_ARGS;
+  # SWEEP=0: none); the FaceLift overfit on GPU 1 (OVERFIT_ARGS, OVERFIT_EVAL_ARGS) and its evaluation; the gpu tests
+  # with GPU_TESTS=1. PX / OV: new run names
   R=runs/recipes PX=${PX:-px64_s4} OV=${OV:-overfit_s4}
   fit 0 $PX -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time ${PX_TIME:-00:00:06:30} ${PX_ARGS:-}
   PX64=$!
   fit 1 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
   wait $!; pack overfit
-  CUDA_VISIBLE_DEVICES=1 timeout 60 python -m tools.evaluate --ckpt overfit=$R/$OV/checkpoints/last.ckpt \
-      --data configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_EVAL_ARGS:-} --out runs/eval_$OV --device cuda \
-      --batches 4 --batch-size 8 --grid-scenes 2 > "$OUT/eval_$OV.log" 2>&1
+  eval_overfit 1 $OV $OV ${OVERFIT_EVAL_ARGS:-}
   pack overfit
-  [ -n "${GPU_TESTS:-}" ] && CUDA_VISIBLE_DEVICES=1 timeout 150 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
+  [ -n "${GPU_TESTS:-}" ] && CUDA_VISIBLE_DEVICES=1 timeout 170 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
   wait $PX64; pack px64
   X=$(ls -d $R/$PX/export/step_* | sort -t_ -k3 -n | tail -1)
   set -- ${PX_EVAL:-25 1.5}
   CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt px64=$X --ema --data configs/data/procedural_heldout_64.yaml \
       --out runs/eval_$PX --device cuda --steps $1 --guidance $2 --batches 4 --batch-size 16 > "$OUT/eval_$PX.log" 2>&1
   pack px64
-  CUDA_VISIBLE_DEVICES=0 timeout ${SWEEP_TIME:-60} python bench/diffusion_sampling_sweep.py --ckpt $R/$PX/checkpoints/last.ckpt \
-      --data configs/data/procedural_heldout_64.yaml --device cuda ${SWEEP_ARGS:-} \
+  [ "${SWEEP:-1}" = 0 ] || CUDA_VISIBLE_DEVICES=0 timeout ${SWEEP_TIME:-60} python bench/diffusion_sampling_sweep.py \
+      --ckpt $R/$PX/checkpoints/last.ckpt --data configs/data/procedural_heldout_64.yaml --device cuda ${SWEEP_ARGS:-} \
       > "$OUT/sweep_$PX.jsonl" 2> "$OUT/sweep_$PX.err"
   wait
-  pack session4 ;;
+  pack $PHASE ;;
 overfit)  # the FaceLift overfit alone on GPU 0 (OV: a new run name, OVERFIT_ARGS), then its evaluation with the
   # recipe's inputs and with random inputs
-  R=runs/recipes OV=${OV:-overfit_s4}
+  OV=${OV:-overfit_s4}
   fit 0 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
   wait; pack overfit
-  for MODE in spread random; do
-    CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt overfit=$R/$OV/checkpoints/last.ckpt \
-        --data configs/recipes/overfit_facelift_sample.yaml --input-views $MODE --out runs/eval_${OV}_$MODE \
-        --device cuda --batches 4 --batch-size 8 --grid-scenes 2 > "$OUT/eval_${OV}_$MODE.log" 2>&1
-  done
+  for MODE in spread random; do eval_overfit 0 $OV ${OV}_$MODE --input-views $MODE; done
   pack overfit ;;
 *) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp|session3|session4|overfit" ; exit 2 ;;
 esac
