@@ -126,12 +126,18 @@ session4)  # pixel diffusion on GPU 0, its evaluation (PX_EVAL: "DDIM_STEPS GUID
       > "$OUT/sweep_$PX.jsonl" 2> "$OUT/sweep_$PX.err"
   wait
   pack $PHASE ;;
-overfit)  # the FaceLift overfit alone on GPU 0 (OV: a new run name, OVERFIT_ARGS), then its evaluation with the
-  # recipe's inputs and with random inputs
+overfit)  # the FaceLift overfit alone on GPU 0 (OV: a new run name, OVERFIT_ARGS) and, with OV2 set, a second
+  # variant alone on GPU 1 (OVERFIT_ARGS2); then each one's evaluation with the recipe's inputs and with random inputs
   OV=${OV:-overfit_s4}
   fit 0 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
+  [ -n "${OV2:-}" ] && fit 1 $OV2 -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS2:-}
   wait; pack overfit
-  for MODE in spread random; do eval_overfit 0 $OV ${OV}_$MODE --input-views $MODE; done
+  # the evaluations on GPU 0, the gpu tests (GPU_TESTS=1) on GPU 1 meanwhile
+  [ -n "${GPU_TESTS:-}" ] && CUDA_VISIBLE_DEVICES=1 timeout 170 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
+  for RUN in $OV ${OV2:-}; do
+    for MODE in spread random; do eval_overfit 0 $RUN ${RUN}_$MODE --input-views $MODE; done
+  done
+  wait
   pack overfit ;;
 *) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp|session3|session4|overfit" ; exit 2 ;;
 esac
