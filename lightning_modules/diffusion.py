@@ -310,7 +310,9 @@ class DiffusionModule(MultiViewConditioning, StageModule):
 
     # ---- construction -----------------------------------------------------------------------------------------
     def _set_components(self, c: PipelineComponents, prediction_type: str | None) -> None:
-        self.unet: UNet2DConditionModel = c.unet
+        # diffusers' from_pretrained returns eval mode and Lightning does not switch modes at fit start: a loaded UNet
+        # would fine-tune with its dropout off. Trained parts start in train mode, as a freshly built module does.
+        self.unet: UNet2DConditionModel = c.unet.train()
         self.vae = c.vae.requires_grad_(False).eval()
         self.image_encoder = c.image_encoder.requires_grad_(False).eval()
         self.image_normalizer = c.image_normalizer.requires_grad_(False)

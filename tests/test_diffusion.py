@@ -373,6 +373,20 @@ def test_export_and_from_export_give_identical_outputs_including_ema(tmp_path):
     torch.testing.assert_close(ema_mod.unet.conv_out.bias, m.unet.conv_out.bias + 0.01)
 
 
+def test_a_loaded_unet_trains_in_train_mode_and_the_frozen_parts_stay_in_eval(tmp_path):
+    """diffusers' from_pretrained returns eval mode and Lightning leaves modes as it finds them: a UNet loaded from a
+    folder (an export here, SD weights in use) must start in train mode, or its dropout is silently off in training."""
+    out = tiny_module(rig="mouse_oblique20_6view", attention="joint").export(tmp_path / "export")
+    for loaded in (DiffusionModule.from_export(out), DiffusionModule(rig="mouse_oblique20_6view", pretrained=str(out),
+                                                                     attention="joint", view_embeddings="learned",
+                                                                     view_init="scratch", image_size=SIZE)):
+        assert all(m.training for m in loaded.unet.modules())
+        assert not any(m.training for m in loaded.vae.modules())
+        assert not any(m.training for m in loaded.image_encoder.modules())
+        loaded.eval().train()  # Lightning's validation round trip keeps the frozen parts frozen
+        assert loaded.unet.training and not loaded.image_encoder.training
+
+
 def test_bench_tiny_cpu_path_prints_one_json_line_per_configuration(capsys):
     import importlib.util
 
