@@ -235,21 +235,22 @@ def reference_image(item: InputScene, view: int, size: int, seed: int) -> tuple[
 # ---- generated views -------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class GeneratedViews:
-    """What decides a generated data set (``tools.synthesize --from-diffusion``'s options), checked on creation."""
+    """What decides a generated data set (``tools.synthesize --from-diffusion``'s options, whose defaults are the
+    tool's: the sampling ones ``lightning_modules.diffusion_sampling.Sampling``'s), checked on creation."""
 
     checkpoint: Path
     inputs: Path | None
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 3.0
-    scheduler: str = "ddim"
-    reference_view: int = 0
-    kind: str = "real"
-    limit: int | None = None
-    matting: str = "opaque"
-    val_fraction: float = 0.1
-    ema: bool = False
-    size: int | None = None
+    seed: int
+    steps: int
+    guidance: float
+    scheduler: str
+    reference_view: int
+    kind: str
+    limit: int | None
+    matting: str
+    val_fraction: float
+    ema: bool
+    size: int | None
 
     def __post_init__(self) -> None:
         if self.inputs is None:

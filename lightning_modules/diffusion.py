@@ -74,6 +74,7 @@ from geometry.files import make_tree_readable
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS
 from lightning_modules.diffusion_conditioning import MultiViewConditioning
+from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import make_sampler, sample_views, seeded_randn
 from lightning_modules.losses import load_lpips
 from lightning_modules.metrics import KindMetrics, batch_kinds, view_metrics
@@ -256,7 +257,7 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         compile: bool = False,
         # validation
         val_inference_steps: int = 20,
-        val_guidance_scale: float = 3.0,
+        val_guidance_scale: float = SAMPLING.guidance,
         val_sample_batches: int = 1,
         val_sample_every_n_steps: int = 1000,
         vgg_weights: str | None = None,
@@ -442,12 +443,13 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- sampling (lightning_modules.diffusion_sampling) -----------------------------------------------------------
-    def make_sampler(self, name: str = "ddim"):
+    def make_sampler(self, name: str = SAMPLING.scheduler):
         """A diffusers scheduler for sampling from the model's noise schedule and prediction type."""
         return make_sampler(self.scheduler_config, name)
 
-    def sample(self, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
-               scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0,
+    def sample(self, ref_images: Tensor, num_inference_steps: int = SAMPLING.steps,
+               guidance_scale: float = SAMPLING.guidance, seed: int = 0, scheduler: str = SAMPLING.scheduler,
+               noise_level: int | None = None, eta: float = 0.0,
                show_progress: bool = False, reference_view: int = 0,
                cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
         """Generate the rig's views from reference images: :func:`lightning_modules.diffusion_sampling.sample_views`

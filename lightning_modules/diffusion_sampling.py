@@ -6,10 +6,15 @@ noise schedule and prediction type) over a :class:`~lightning_modules.diffusion.
 (``denoise``), all views of a scene at once; ``DiffusionModule.sample`` is this function. Guidance runs the
 unconditional and conditional halves as one batch. Noise is drawn from a CPU generator seeded by ``seed``, so the same
 seed gives the same views on the same device.
+
+:class:`Sampling` holds the sampling settings and their defaults (FaceLift's inference: 50 DDIM steps at guidance 3)
+for every caller: the tools' ``--steps`` / ``--guidance`` / ``--scheduler`` / ``--reference-view``, the evaluation and
+synthesis settings, ``DiffusionModule.sample`` and the diffusers pipeline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -24,6 +29,30 @@ SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscrete
             "dpm": DPMSolverMultistepScheduler}
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the diffusion model samples (the tools' ``--steps`` / ``--guidance`` / ``--scheduler``; ``--reference-view``:
+    the rig view a photo is taken as, for a model with ``camera_rays``). The defaults are FaceLift's; the pixel-space
+    recipes sample best at 25 steps and guidance 1.5 (docs/results.md), which their exports record as their
+    validation settings."""
+
+    steps: int = 50
+    guidance: float = 3.0
+    scheduler: str = "ddim"
+    reference_view: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.reference_view < 0:
+            raise ValueError(f"--reference-view must be >= 0, got {self.reference_view}")
+        if self.scheduler not in SAMPLERS:
+            raise ValueError(f"--scheduler must be one of {sorted(SAMPLERS)}, got {self.scheduler!r}")
+
+
+DEFAULT = Sampling()
+
+
 def seeded_randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
                  dtype: torch.dtype = torch.float32) -> Tensor:
     """Normal noise; drawn on the generator's device then moved (reproducible across devices)."""
@@ -32,7 +61,7 @@ def seeded_randn(shape: tuple[int, ...], generator: torch.Generator | None, devi
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def make_sampler(scheduler_config: Any, name: str = "ddim") -> Any:
+def make_sampler(scheduler_config: Any, name: str = DEFAULT.scheduler) -> Any:
     """A diffusers scheduler ``name`` for a model's noise schedule and prediction type (``scheduler_config``)."""
     if name not in SAMPLERS:
         raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
@@ -40,8 +69,9 @@ def make_sampler(scheduler_config: Any, name: str = "ddim") -> Any:
 
 
 @torch.no_grad()
-def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = 50, guidance_scale: float = 3.0,
-                 seed: int = 0, scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0,
+def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = DEFAULT.steps,
+                 guidance_scale: float = DEFAULT.guidance, seed: int = 0, scheduler: str = DEFAULT.scheduler,
+                 noise_level: int | None = None, eta: float = 0.0,
                  show_progress: bool = False, reference_view: int = 0,
                  cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
     """Generate ``model``'s rig views from reference images (``show_progress``: a bar over the denoising steps on a

@@ -35,6 +35,7 @@ from diffusers.utils import BaseOutput
 from torch import Tensor
 
 from lightning_modules.artifacts import MODEL_INDEX_FILE, PIPELINE_FILE
+from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 
 PIPELINE_SHIM = '''"""diffusers' custom-pipeline entry of this mvlift diffusion export (needs mvlift installed):
 DiffusionPipeline.from_pretrained(THIS_FOLDER, custom_pipeline=THIS_FOLDER, trust_remote_code=True)."""
@@ -115,8 +116,9 @@ class MVLiftPipeline(DiffusionPipeline):
 
     # ---- generating -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, image: Any, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
-                 scheduler: str = "ddim", noise_level: int | None = None, eta: float = 0.0, output_type: str = "pil",
+    def __call__(self, image: Any, num_inference_steps: int = SAMPLING.steps, guidance_scale: float = SAMPLING.guidance,
+                 seed: int = 0, scheduler: str = SAMPLING.scheduler, noise_level: int | None = None, eta: float = 0.0,
+                 output_type: str = "pil",
                  return_dict: bool = True, show_progress: bool = False, reference_view: int = 0
                  ) -> MVLiftPipelineOutput | tuple:
         """Generate the rig's views of each reference ``image`` (a PIL image, a list of them, an [H, W, 3] /

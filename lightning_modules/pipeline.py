@@ -4,7 +4,8 @@ One home for the chain that ``tools.infer`` (photos), chained ``tools.evaluate``
 renders at the ground-truth cameras) and ``tools.synthesize --from-diffusion`` (the views alone) run:
 
 - :func:`check_stages_and_rigs` — the rig guard from checkpoint metadata only, before any model is built;
-- :class:`Sampling` + :func:`generate_views` — ``DiffusionModule.sample`` (the cameras are the model's rig's);
+- :func:`generate_views` — ``DiffusionModule.sample`` with a ``diffusion_sampling.Sampling`` (the cameras are the
+  model's rig's);
 - :func:`lift_views` — the views resized to the reconstruction model's size, with the rig's cameras at that size;
 - :func:`render_views` / :func:`write_photo_outputs` — renders at given cameras, or a photo's output folder
   (views, cameras.json, gaussians.ply, turntable);
@@ -33,26 +34,10 @@ from geometry.images import resize_images, save_png
 from geometry.render import check_video_formats, render_turntable, save_scene_ply, write_turntable
 from geometry.rig import Rig
 from lightning_modules.artifacts import checkpoint_background, checkpoint_rig, checkpoint_stage
+from lightning_modules.diffusion_sampling import Sampling
 from lightning_modules.training_background import TOLERANCE, describe
 
 log = logging.getLogger("mvlift.infer")  # its notes are tools.infer's (the name users filter on)
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """How the diffusion model samples (the tools' ``--steps`` / ``--guidance`` / ``--scheduler``; ``--reference-view``:
-    the rig view a photo is taken as, for a model with ``camera_rays``)."""
-
-    steps: int = 50
-    guidance: float = 3.0
-    scheduler: str = "ddim"
-    reference_view: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.reference_view < 0:
-            raise ValueError(f"--reference-view must be >= 0, got {self.reference_view}")
 
 
 def check_stages_and_rigs(diffusion: Path, reconstruction: Path, allow_mismatch: bool,
@@ -227,5 +212,5 @@ def write_photo_outputs(scene_id: str, ref: Tensor, diffusion: Any, reconstructi
                         "total": round(time.time() - t0, 3)}}
 
 
-__all__ = ["Sampling", "Turntable", "check_stages_and_rigs", "choose_background", "generate_views", "lift_views",
+__all__ = ["Turntable", "check_stages_and_rigs", "choose_background", "generate_views", "lift_views",
            "note_sampling", "parse_input_views", "render_views", "sampling_for_data_view", "write_photo_outputs"]

@@ -304,7 +304,8 @@ def test_sample_prediction_learns_the_clean_images_and_samples_through_every_sam
 
 
 def test_tools_say_when_they_sample_otherwise_than_the_model_was_validated(caplog):
-    from lightning_modules.pipeline import Sampling, generate_views
+    from lightning_modules.diffusion_sampling import Sampling
+    from lightning_modules.pipeline import generate_views
 
     ref = torch.rand(1, 3, SIZE, SIZE)
     m = pixel_module(val_guidance_scale=1.5).eval()  # validated with 2 steps at guidance 1.5

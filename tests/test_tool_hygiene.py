@@ -38,3 +38,25 @@ def test_a_tool_that_loads_a_diffusion_export_prints_no_third_party_advisories(t
     text = out.stdout + out.stderr
     for noise in ("requires torchvision", "accelerate", "Loading weights", "Tip: For seamless"):
         assert noise not in text, (noise, text[-2000:])
+
+
+def test_the_sampling_tools_take_their_defaults_from_one_place():
+    """--steps / --guidance / --scheduler / --reference-view default to diffusion_sampling.Sampling's values in every
+    tool that samples, and a bad value is refused by name when the settings are built."""
+    from lightning_modules.diffusion_sampling import DEFAULT, Sampling
+    from lightning_modules.evaluation import EvalSettings
+    from tools import evaluate, infer, synthesize
+
+    expected = (DEFAULT.steps, DEFAULT.guidance, DEFAULT.scheduler, DEFAULT.reference_view)
+    ev = evaluate.build_parser().parse_args(["--ckpt", "a", "--data", "b", "--out", "c"])
+    inf = infer.build_parser().parse_args(["x.png", "--diffusion", "d", "--reconstruction", "r", "--out", "o"])
+    for args in (ev, inf):
+        assert (args.steps, args.guidance, args.scheduler, args.reference_view) == expected
+    d = synthesize.DIFFUSION
+    assert (d["steps"], d["guidance"], d["scheduler"], d["reference_view"]) == expected
+    settings = EvalSettings(ckpt=[], data=[], rig=[], out=Path("o"))
+    assert settings.sampling == DEFAULT
+    with pytest.raises(ValueError, match="--scheduler"):
+        Sampling(scheduler="bogus")
+    with pytest.raises(ValueError, match="--steps"):
+        Sampling(steps=0)

@@ -72,6 +72,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.evaluation import EvalSettings, run_evaluation
 from tools import log_to_stderr
 
@@ -93,10 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion", default=None, help="[LABEL=]diffusion checkpoint: evaluate the chained pipeline")
     p.add_argument("--allow-rig-mismatch", action="store_true",
                    help="chained: go on (with a warning) when the diffusion rig differs from a GS-LRM's rig")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--scheduler", default="ddim", help="sampler: ddim | ddpm | euler | dpm")
-    p.add_argument("--reference-view", type=int, default=0, help="diffusion / chained: the rig view used as input")
+    p.add_argument("--steps", type=int, default=SAMPLING.steps, help="diffusion sampling steps")
+    p.add_argument("--guidance", type=float, default=SAMPLING.guidance, help="classifier-free guidance scale")
+    p.add_argument("--scheduler", default=SAMPLING.scheduler, help="sampler: ddim | ddpm | euler | dpm")
+    p.add_argument("--reference-view", type=int, default=SAMPLING.reference_view,
+                   help="diffusion / chained: the rig view used as input")
     p.add_argument("--num-input-views", type=int, default=None,
                    help="reconstruction: override the data config's num_input_views")
     p.add_argument("--input-views", choices=("random", "spread"), default=None,

@@ -53,9 +53,10 @@ from datamodules.photos import BackgroundRemoval, ImageInputError, read_image
 from datamodules.prepare import center_photo
 from geometry.images import save_png
 from geometry.progress import progress
+from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion_sampling import Sampling
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import (
-    Sampling,
     Turntable,
     check_stages_and_rigs,
     choose_background,
@@ -76,11 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion", required=True, type=Path, help="diffusion .ckpt or export folder")
     p.add_argument("--reconstruction", required=True, type=Path, help="reconstruction (GS-LRM) .ckpt or export")
     p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per image)")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--steps", type=int, default=SAMPLING.steps, help="diffusion sampling steps")
+    p.add_argument("--guidance", type=float, default=SAMPLING.guidance, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every image)")
-    p.add_argument("--scheduler", default="ddim", help="sampler: ddim | ddpm | euler | dpm")
-    p.add_argument("--reference-view", type=int, default=0,
+    p.add_argument("--scheduler", default=SAMPLING.scheduler, help="sampler: ddim | ddpm | euler | dpm")
+    p.add_argument("--reference-view", type=int, default=SAMPLING.reference_view,
                    help="the rig view each photo is taken as (index; used by diffusion models with camera_rays)")
     p.add_argument("--allow-rig-mismatch", action="store_true",
                    help="go on (with a logged warning) when the two checkpoints' rigs differ")

@@ -33,8 +33,10 @@ from datamodules.synthesis import (
     write_procedural_dataset,
 )
 from geometry.rig import available_rigs
+from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion_sampling import Sampling
 from lightning_modules.loading import load_stage, resolve_device
-from lightning_modules.pipeline import Sampling, check_stages_and_rigs, generate_views, sampling_for_data_view
+from lightning_modules.pipeline import check_stages_and_rigs, generate_views, sampling_for_data_view
 from tools import log_to_stderr
 
 log = logging.getLogger("mvlift.synthesize")
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--steps", type=int, default=None, help=f"sampling steps (default {DIFFUSION['steps']})")
     diff.add_argument("--guidance", type=float, default=None,
                       help=f"classifier-free guidance scale (default {DIFFUSION['guidance']})")
-    diff.add_argument("--scheduler", default=None, help="sampler: ddim | ddpm | euler | dpm (default ddim)")
+    diff.add_argument("--scheduler", default=None,
+                      help=f"sampler: ddim | ddpm | euler | dpm (default {DIFFUSION['scheduler']})")
     diff.add_argument("--reference-view", type=int, default=None,
                       help="which view of each input scene is the reference (default 0); a diffusion model with "
                            "camera rays is told the photo is that rig view (it must be one of the rig's)")
@@ -91,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PROCEDURAL = {k: getattr(Procedural(), k) for k in ("scenes", "views", "rig", "realistic", "camera_jitter_deg")}
-DIFFUSION = {"inputs": None, "steps": 50, "guidance": 3.0, "scheduler": "ddim", "reference_view": 0, "kind": "real",
+DIFFUSION = {"inputs": None, "steps": SAMPLING.steps, "guidance": SAMPLING.guidance, "scheduler": SAMPLING.scheduler,
+             "reference_view": SAMPLING.reference_view, "kind": "real",
              "limit": None, "matting": "opaque", "ema": False, "device": "cpu", "skip_existing": False,
              "reconstruction": None, "allow_rig_mismatch": False, "trust_checkpoint": False}
 
@@ -123,9 +127,10 @@ def synthesize(args: argparse.Namespace) -> Path:
 
 def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
     """The diffusion model's views of ``args.inputs`` (module docstring); returns the dataset.json path."""
-    g = GeneratedViews(Path(args.from_diffusion), args.inputs, args.seed, args.steps, args.guidance, args.scheduler,
-                       args.reference_view, args.kind, args.limit, args.matting, args.val_fraction, bool(args.ema),
-                       args.size)
+    g = GeneratedViews(checkpoint=Path(args.from_diffusion), inputs=args.inputs, seed=args.seed, steps=args.steps,
+                       guidance=args.guidance, scheduler=args.scheduler, reference_view=args.reference_view,
+                       kind=args.kind, limit=args.limit, matting=args.matting, val_fraction=args.val_fraction,
+                       ema=bool(args.ema), size=args.size)
     if args.allow_rig_mismatch and args.reconstruction is None:
         raise ValueError("--allow-rig-mismatch needs --reconstruction (the checkpoint whose rig is checked)")
     rig_check = None

@@ -29,12 +29,14 @@ from geometry.images import resize_images
 from geometry.progress import progress
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
+from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion_sampling import Sampling
 from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid, write_results
 from lightning_modules.evaluation.summary import NOVEL_METRICS, score_views, summarize
 from lightning_modules.loading import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
 from lightning_modules.losses import load_lpips
 from lightning_modules.metrics import per_view_iou, per_view_ssim_fg
-from lightning_modules.pipeline import Sampling, generate_views, lift_views, parse_input_views
+from lightning_modules.pipeline import generate_views, lift_views, parse_input_views
 
 log = logging.getLogger("mvlift.evaluate")
 PLACEMENT_RULE = ("the photo (data view K) is taken as the diffusion rig's view K, re-framed to the rig's focal length; "
@@ -57,10 +59,10 @@ class EvalSettings:
     device: str = "cpu"
     diffusion: str | None = None
     allow_rig_mismatch: bool = False
-    steps: int = 50
-    guidance: float = 3.0
-    scheduler: str = "ddim"
-    reference_view: int = 0
+    steps: int = SAMPLING.steps
+    guidance: float = SAMPLING.guidance
+    scheduler: str = SAMPLING.scheduler
+    reference_view: int = SAMPLING.reference_view
     num_input_views: int | None = None
     input_views: str | None = None  # reconstruction: random | spread (None: the data config's)
     chain_input_views: str = "all"
