@@ -29,6 +29,12 @@ SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscrete
             "dpm": DPMSolverMultistepScheduler}
 
 
+def check_sampler(name: str, what: str = "scheduler") -> None:
+    """``name`` must be one of :data:`SAMPLERS` (``what``: how the caller names the setting, e.g. a flag)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"{what} must be one of {sorted(SAMPLERS)}, got {name!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """How the diffusion model samples (the tools' ``--steps`` / ``--guidance`` / ``--scheduler``; ``--reference-view``:
@@ -46,8 +52,7 @@ class Sampling:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.reference_view < 0:
             raise ValueError(f"--reference-view must be >= 0, got {self.reference_view}")
-        if self.scheduler not in SAMPLERS:
-            raise ValueError(f"--scheduler must be one of {sorted(SAMPLERS)}, got {self.scheduler!r}")
+        check_sampler(self.scheduler, "--scheduler")
 
 
 DEFAULT = Sampling()
@@ -63,8 +68,7 @@ def seeded_randn(shape: tuple[int, ...], generator: torch.Generator | None, devi
 
 def make_sampler(scheduler_config: Any, name: str = DEFAULT.scheduler) -> Any:
     """A diffusers scheduler ``name`` for a model's noise schedule and prediction type (``scheduler_config``)."""
-    if name not in SAMPLERS:
-        raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
+    check_sampler(name)
     return SAMPLERS[name].from_config(scheduler_config)
 
 
@@ -131,4 +135,4 @@ def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = DEFA
     return {"images": images, "c2w": c2w, "fxfycxcy": k, "rig": model.rig.to_dict()}
 
 
-__all__ = ["SAMPLERS", "make_sampler", "sample_views", "seeded_randn"]
+__all__ = ["DEFAULT", "SAMPLERS", "Sampling", "check_sampler", "make_sampler", "sample_views", "seeded_randn"]

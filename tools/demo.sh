@@ -30,7 +30,10 @@ RECON_STEPS=100      # reconstruction training steps
 # where the reconstruction stage starts: the demo's GS-LRM trained 25 min on 2 CPU cores on procedural mice the demo
 # never sees (tools/demo_assets/README.md); RECON_INIT= (empty) trains it from scratch (a grey haze in 100 steps)
 RECON_INIT="${RECON_INIT-tools/demo_assets/gslrm_demo64}"
-RECON_LR=2.0e-4      # its fine-tuning learning rate (the from-scratch 1e-3 undoes part of the start: docs/results.md)
+# the starts are fine-tuned at lower learning rates than the configs' from-scratch ones (2e-3 / 1e-3 undo part of a
+# start: docs/results.md)
+DIFF_LR=2.0e-4
+RECON_LR=2.0e-4
 SAMPLE_STEPS=10      # sampling steps of the diffusion model in evaluation and inference
 GUIDANCE=1.5         # its classifier-free guidance (the pixel recipe's best, docs/results.md; the tools' default is 3)
 # quiet the "install accelerate" / torchvision notices of diffusers and transformers
@@ -110,28 +113,20 @@ fit_briefly() {  # fit_briefly CONFIG STEPS [ARGS...]: STEPS steps, validated, c
 }
 
 RUNS="$DEMO_OUT/runs"
-if [ -n "$DIFF_INIT" ]; then
-    banner "3/7 Diffusion stage in pixel space (no VAE: a small UNet at 32 px), $DIFF_STEPS steps from $DIFF_INIT"
-    # fine-tuning at a tenth of the from-scratch learning rate: 2e-3 undoes part of the start (docs/results.md)
-    fit_briefly configs/demo_diffusion.yaml "$DIFF_STEPS" --model.init_args.pretrained "$DIFF_INIT" \
-        --model.init_args.view_embeddings_path "$DIFF_INIT/view_embeddings.safetensors" --model.init_args.lr 2.0e-4
-else
-    banner "3/7 Diffusion stage in pixel space (no VAE: a small UNet learns from scratch at 32 px), $DIFF_STEPS steps"
-    fit_briefly configs/demo_diffusion.yaml "$DIFF_STEPS"
-fi
+DIFF_START=()
+[ -n "$DIFF_INIT" ] && DIFF_START=(--model.init_args.pretrained "$DIFF_INIT" --model.init_args.lr "$DIFF_LR"
+                                   --model.init_args.view_embeddings_path "$DIFF_INIT/view_embeddings.safetensors")
+banner "3/7 Diffusion stage in pixel space (no VAE: a small UNet at 32 px), $DIFF_STEPS steps from ${DIFF_INIT:-scratch}"
+fit_briefly configs/demo_diffusion.yaml "$DIFF_STEPS" "${DIFF_START[@]}"
 DIFF_RUN="$RUNS/demo/diffusion"
 DIFF_CKPT="$DIFF_RUN/checkpoints/last.ckpt"
 DIFF_EXPORT="$(ls -d "$DIFF_RUN"/export/step_* | sort -V | tail -n 1)"
 
 # ---------------------------------------------------------------------------------------------------------------
-if [ -n "$RECON_INIT" ]; then
-    banner "4/7 Reconstruction stage (GS-LRM): $RECON_STEPS training steps from $RECON_INIT"
-    fit_briefly configs/demo_reconstruction.yaml "$RECON_STEPS" --model.init_args.init_from "$RECON_INIT" \
-        --model.init_args.lr "$RECON_LR"
-else
-    banner "4/7 Reconstruction stage (GS-LRM): $RECON_STEPS training steps from scratch"
-    fit_briefly configs/demo_reconstruction.yaml "$RECON_STEPS"
-fi
+RECON_START=()
+[ -n "$RECON_INIT" ] && RECON_START=(--model.init_args.init_from "$RECON_INIT" --model.init_args.lr "$RECON_LR")
+banner "4/7 Reconstruction stage (GS-LRM): $RECON_STEPS training steps from ${RECON_INIT:-scratch}"
+fit_briefly configs/demo_reconstruction.yaml "$RECON_STEPS" "${RECON_START[@]}"
 RECON_RUN="$RUNS/demo/reconstruction"
 RECON_CKPT="$RECON_RUN/checkpoints/last.ckpt"
 RECON_EXPORT="$(ls -d "$RECON_RUN"/export/step_* | sort -V | tail -n 1)"
