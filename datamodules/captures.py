@@ -44,18 +44,22 @@ from geometry.cameras import (
     crop_intrinsics,
     focal_from_fov,
     normalize_about_subject,
+    normalize_cameras,
     project_points,
+    rays_through_pixels,
     scene_center_from_rays,
     spherical_from_c2w,
     subject_center,
 )
 from geometry.files import write_atomic
-from geometry.images import save_png
+from geometry.images import resize_images, save_png
+from geometry.visual_hull import hull_points, silhouette_iou_from
 
+REPROJECTION_LIMIT_PX = 1.5  # the contract: an animal point's pixel, imported vs raw calibration, at 512 px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 REASONS = ("skipped", "outside_range", "unreadable_frame", "no_mask", "empty_mask", "mask_touches_border",
-           "no_center")
+           "no_center", "inconsistent_views")
 
 
 class FrameError(Exception):
@@ -162,6 +166,10 @@ class ImportSettings:
     units: str | None = None
     min_mask_pixels: int = 16
     border_px: int = 1
+    snap_radius: bool = False
+    min_hull_iou: float = 0.8
+    hull_size: int = 64
+    max_ray_miss_deg: float = 10.0
 
 
 @dataclasses.dataclass
@@ -190,6 +198,14 @@ class ImportReport:
         for reason, n in self.counts.items():
             example = next(r for r in self.rejected if r["reason"] == reason)
             lines.append(f"  {reason:<20} {n:6d}  e.g. frame {example['frame']}: {example['detail']}")
+        if self.kept:
+            reproj = max(r["reprojection_px512"] for r in self.kept)
+            iou = min(min(r["hull_iou"]) for r in self.kept)
+            lines.append(f"  kept frames: reprojection <= {reproj:.3f} px at 512 px (limit {REPROJECTION_LIMIT_PX}), "
+                         f"visual-hull silhouette IoU >= {iou:.3f}")
+            if reproj > REPROJECTION_LIMIT_PX:
+                lines.append(f"  WARNING: reprojection above {REPROJECTION_LIMIT_PX} px: --snap-radius moves "
+                             "cameras with an approximation this large; import without it")
         return "\n".join(lines)
 
 
@@ -220,18 +236,42 @@ def mask_centroid(mask: Tensor) -> Tensor:
     return torch.stack([(m.sum(0) * xs).sum() / total, (m.sum(1) * ys).sum() / total])
 
 
-def normalize_frame(c2w: Tensor, fxfycxcy: Tensor, masks: list[Tensor],
-                    s: ImportSettings) -> tuple[Tensor, Tensor, Tensor, list[tuple[float, float, float, float]]]:
-    """Steps 1-3 of the module docstring for one frame: (center [3] world, c2w [V, 4, 4] normalized,
-    fxfycxcy [V, 4] at ``s.size`` after the crop, crop boxes (x0, y0, x1, y1) in the source pixels)."""
+@dataclasses.dataclass
+class FrameGeometry:
+    """One frame's normalization: the animal's ``center`` [3] (raw world units), the similarity's ``scale`` (raw
+    units -> rig units: x_new = (x_raw - center) * scale), the imported cameras ``c2w`` [V, 4, 4] / ``fxfycxcy``
+    [V, 4] at ``size`` px after the crop, the crop ``boxes`` (x0, y0, x1, y1) in the source pixels."""
+
+    center: Tensor
+    scale: float
+    c2w: Tensor
+    fxfycxcy: Tensor
+    boxes: list[tuple[float, float, float, float]]
+
+
+def normalize_frame(c2w: Tensor, fxfycxcy: Tensor, masks: list[Tensor], s: ImportSettings) -> FrameGeometry:
+    """Steps 1-3 of the module docstring for one frame (raw cameras c2w [V, 4, 4], fxfycxcy [V, 4], masks [1, H, W]
+    per view in the source pixels)."""
     uv = torch.stack([mask_centroid(m) for m in masks])
     center = subject_center(c2w, fxfycxcy, uv)
-    c2w_n, k_n, _ = normalize_about_subject(c2w, fxfycxcy, center, s.radius)
+    origins, dirs = rays_through_pixels(c2w.double(), fxfycxcy.double(), uv)
+    miss = torch.rad2deg(torch.acos((torch.nn.functional.normalize(center.double() - origins, dim=-1) * dirs)
+                                    .sum(-1).clamp(-1, 1)))
+    if float(miss.max()) > s.max_ray_miss_deg:
+        worst = int(miss.argmax())
+        raise FrameError("inconsistent_views", f"the rays through the masks' centroids do not meet: camera {worst} "
+                         f"misses their nearest point by {float(miss[worst]):.1f} deg (> {s.max_ray_miss_deg}; per "
+                         f"camera {[round(float(x), 1) for x in miss]}): cameras in mixed units, in another order "
+                         "than the videos, or a mask of another frame")
     uv0, depth = project_points(center.expand(len(c2w), 1, 3), c2w, fxfycxcy)
     if (depth <= 0).any():
         raise FrameError("no_center", f"the animal's centre {center.tolist()} lies behind camera(s) "
                          f"{torch.nonzero(depth[:, 0] <= 0).flatten().tolist()}")
     uv0 = uv0[:, 0]
+    c2w_n, _, scale = normalize_cameras(c2w.double(), s.radius, center.double())  # one similarity: exact
+    k_n = fxfycxcy.double()
+    if s.snap_radius:  # then every camera along its line to exactly `radius`, focal scaled (an approximation)
+        c2w_n, k_n, _ = normalize_about_subject(c2w_n, k_n, torch.zeros(3, dtype=torch.float64), s.radius)
     if s.fov_deg is not None:
         f_out = focal_from_fov(s.fov_deg, s.size)
     else:  # the widest crop keeping every mask within `fill` of the frame (square pixels assumed)
@@ -248,7 +288,51 @@ def normalize_frame(c2w: Tensor, fxfycxcy: Tensor, masks: list[Tensor],
         box = (float(u[0]) - side / 2, float(u[1]) - side / 2, float(u[0]) + side / 2, float(u[1]) + side / 2)
         boxes.append(box)
         ks.append(crop_intrinsics(k, box, (s.size, s.size)))
-    return center, c2w_n, torch.stack(ks), boxes
+    return FrameGeometry(center, float(scale), c2w_n, torch.stack(ks), boxes)
+
+
+def subject_bound(geo: FrameGeometry, masks: Tensor) -> float:
+    """A radius about the origin (the animal's centre) that holds the animal, from the imported views' masks
+    [V, 1, S, S]: 1.5 x the widest lateral extent any view sees (mask pixels' distance from the centre's pixel at
+    the centre's depth)."""
+    k = geo.fxfycxcy.double()
+    uv0, depth = project_points(torch.zeros(len(geo.c2w), 1, 3, dtype=torch.float64), geo.c2w.double(), k)
+    widest = 0.0
+    for m, u, kk, d in zip(masks, uv0[:, 0], k, depth[:, 0]):
+        ys, xs = torch.nonzero(m[0] > 0.5, as_tuple=True)
+        if len(xs):
+            r = ((xs + 0.5 - u[0]) ** 2 + (ys + 0.5 - u[1]) ** 2).sqrt().max() / kk[0] * d
+            widest = max(widest, float(r))
+    return 1.5 * widest if widest > 0 else 1.0
+
+
+def frame_checks(geo: FrameGeometry, raw_c2w: Tensor, raw_k: Tensor, alphas: Tensor, s: ImportSettings
+                 ) -> tuple[float, list[float]]:
+    """The import's two contracts for one frame, measured on what is written.
+
+    Returns (reprojection: the largest distance, in pixels at 512 px, between where a point of the animal (samples
+    of its visual hull) projects through the imported camera and where the raw calibration puts it, mapped through
+    the view's crop; silhouette IoU of the visual hull per view, ``geometry.visual_hull``, at ``s.hull_size`` px).
+    alphas: [V, 1, size, size] the imported views' masks.
+    """
+    hs = s.hull_size
+    small = resize_images(alphas.float(), hs) if alphas.shape[-1] != hs else alphas.float()
+    k_small = geo.fxfycxcy.double() * (hs / s.size)
+    bound = subject_bound(geo, alphas)
+    points, inside = hull_points(geo.c2w, k_small, small, bound)
+    iou = silhouette_iou_from(inside, small)
+    pts = points[inside].double()
+    if len(pts) == 0:
+        pts = torch.zeros(1, 3, dtype=torch.float64)
+    pts = pts[torch.linspace(0, len(pts) - 1, min(len(pts), 2000)).long()]
+    got, _ = project_points(pts.expand(len(geo.c2w), -1, -1), geo.c2w.double(), geo.fxfycxcy.double())
+    raw_pts = pts / geo.scale + geo.center.double()
+    raw, _ = project_points(raw_pts.expand(len(raw_c2w), -1, -1), raw_c2w.double(), raw_k.double())
+    box = torch.tensor(geo.boxes, dtype=torch.float64)
+    side = (box[:, 2:] - box[:, :2])[:, None]
+    expect = (raw - box[:, None, :2]) * s.size / side
+    reproj = float((got - expect).norm(dim=-1).max()) * 512.0 / s.size
+    return reproj, [float(x) for x in iou]
 
 
 def import_recording(cameras: Sequence[Camera], images: Sequence[str | Path], out: str | Path,
@@ -286,27 +370,36 @@ def import_recording(cameras: Sequence[Camera], images: Sequence[str | Path], ou
                 if f in s.skip:
                     raise FrameError("skipped", "in --skip")
                 rgbs, alphas = _read_frame(f, cameras, streams, mask_streams, seg, s)
-                center, c2w_n, k_out, boxes = normalize_frame(c2w, k, alphas, s)
+                geo = normalize_frame(c2w, k, alphas, s)
+                crops = torch.stack([crop_views(torch.cat([rgb, a])[None].float(), box, s.size)[0].clamp(0, 1)
+                                     for rgb, a, box in zip(rgbs, alphas, geo.boxes)])
+                reproj, iou = frame_checks(geo, c2w, k, crops[:, 3:4], s)
+                bad = [(cameras[v].name, x) for v, x in enumerate(iou) if x < s.min_hull_iou]
+                if bad:
+                    raise FrameError("inconsistent_views", "the masks and cameras disagree (silhouette IoU of the "
+                                     "visual hull " + ", ".join(f"{n} {x:.2f}" for n, x in bad) +
+                                     f" < {s.min_hull_iou}): cameras in another unit or order than the videos, a "
+                                     "mask of another frame, or a bad mask")
             except FrameError as e:
                 report.rejected.append({"frame": f, "reason": e.reason, "detail": e.detail})
                 continue
-            dist = (c2w[:, :3, 3] - center).norm(dim=-1)
+            dist = (c2w[:, :3, 3] - geo.center).norm(dim=-1)
             if units is None:
                 units = infer_units(dist)
             scene = out / f"frame_{f:06d}"
             files = []
-            for v, (rgb, a, box) in enumerate(zip(rgbs, alphas, boxes)):
-                crop = crop_views(torch.cat([rgb, a])[None].float(), box, s.size)[0]
+            for v, crop in enumerate(crops):
                 files.append(f"images/cam_{v:03d}.png")
-                save_png(scene / files[-1], crop[:3].clamp(0, 1), crop[3:4].clamp(0, 1))
+                save_png(scene / files[-1], crop[:3], crop[3:4])
             write_camera_file(scene / "opencv_cameras.json",
-                              CameraFile(scene.name, c2w_n.float(), k_out.float(), [(s.size, s.size)] * len(c2w),
-                                         files))
-            meta = {"frame": f, "center": center.tolist(), "units": units, "radius": s.radius,
-                    "camera_names": [c.name for c in cameras], "raw_c2w": c2w.tolist(), "raw_fxfycxcy": k.tolist(),
-                    "raw_distance": dist.tolist()}
+                              CameraFile(scene.name, geo.c2w, geo.fxfycxcy, [(s.size, s.size)] * len(c2w), files))
+            checks = {"reprojection_px512": round(reproj, 4), "hull_iou": [round(x, 4) for x in iou]}
+            meta = {"frame": f, "center": geo.center.tolist(), "scale": geo.scale, "units": units,
+                    "radius": s.radius, "snap_radius": s.snap_radius, "camera_names": [c.name for c in cameras],
+                    "raw_c2w": c2w.tolist(), "raw_fxfycxcy": k.tolist(), "raw_distance": dist.tolist(), **checks}
             write_atomic(scene / "capture.json", json.dumps(meta, indent=1) + "\n")
-            report.kept.append({"frame": f, "scene": scene.name, "distance": [round(float(d), 4) for d in dist]})
+            report.kept.append({"frame": f, "scene": scene.name, "distance": [round(float(d), 4) for d in dist],
+                                **checks})
     finally:
         for st in streams + (mask_streams or []):
             st.close()
@@ -365,15 +458,15 @@ def scene_cameras(root: str | Path) -> tuple[Tensor, Tensor, int, list[str]]:
 
 
 def calibration_cameras(cameras: Sequence[Camera], radius: float = 2.7) -> tuple[Tensor, Tensor, int, list[str]]:
-    """A calibration alone (no masks): centred where the optical axes meet, every camera at ``radius`` with its
-    focal length scaled (normalize_about_subject); [1, V, ...] like :func:`scene_cameras`, size = the first image
-    width (or 2 cx)."""
+    """A calibration alone (no masks): centred where the optical axes meet and scaled as one similarity so the mean
+    camera distance is ``radius`` (intrinsics unchanged); [1, V, ...] like :func:`scene_cameras`, size = the first
+    image width (or 2 cx)."""
 
     c2w = torch.stack([c.c2w() for c in cameras])
     k = torch.stack([c.fxfycxcy() for c in cameras])
-    c2w_n, k_n, _ = normalize_about_subject(c2w, k, scene_center_from_rays(c2w), radius)
+    c2w_n, _, _ = normalize_cameras(c2w, radius, scene_center_from_rays(c2w))
     size = cameras[0].size[1] if cameras[0].size else round(2 * float(k[0, 2]))
-    return c2w_n[None], k_n[None], size, [c.name for c in cameras]
+    return c2w_n[None], k[None], size, [c.name for c in cameras]
 
 
 def capture_camera_table(scene_dir: str | Path, up: str = "z") -> list[dict] | None:
@@ -394,6 +487,7 @@ def capture_camera_table(scene_dir: str | Path, up: str = "z") -> list[dict] | N
 __all__ = [
     "REASONS",
     "FrameError",
+    "FrameGeometry",
     "FrameStream",
     "ImportReport",
     "ImportSettings",
@@ -401,6 +495,7 @@ __all__ = [
     "capture_camera_table",
     "import_recording",
     "mask_centroid",
+    "frame_checks",
     "normalize_frame",
     "parse_skip",
     "scene_cameras",

@@ -44,15 +44,18 @@ def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_to
     d, e = torch.cat(dists), torch.cat(elevs)
     report = {
         "rig": rig.name, "fingerprint": rig.fingerprint, "scenes": len(files),
-        "distance": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean()), "rig": rig.radius},
+        "distance": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean()),
+                     "rig": rig.radius if rig.distances is None else list(rig.distances)},
         "elevation_deg": {"min": float(e.min()), "max": float(e.max()), "rig": list(rig.elevations_deg)},
         "fov_deg": {"min": min(fovs), "max": max(fovs), "rig": rig.fov_deg},
         "rig_order_scenes": per_scene,
     }
     problems = []
-    if (d - rig.radius).abs().max() > dist_tol:
+    lo, hi = min(rig.view_distances), max(rig.view_distances)
+    if float(d.min()) < lo - dist_tol or float(d.max()) > hi + dist_tol:
         problems.append(f"camera distances span {report['distance']['min']:.3f}..{report['distance']['max']:.3f}, "
-                        f"the rig expects {rig.radius}: enable camera normalization (normalize_cameras: true)")
+                        f"the rig's cameras stand at {lo:g}..{hi:g}: import recordings with tools.import_captures "
+                        "or enable camera normalization (normalize_cameras: true)")
     if max(abs(x - rig.fov_deg) for x in fovs) > angle_tol:
         problems.append(f"fields of view span {min(fovs):.2f}..{max(fovs):.2f} deg, the rig has {rig.fov_deg}")
     bad = [s["scene"] for s in per_scene if not s["ok"]]

@@ -14,8 +14,8 @@ Formats (``load_calibration(path, fmt="auto")``):
   plain containers, numbers, strings and numpy arrays, and refuses anything else naming the type; ``trust=True``
   (``--trust-pickle``) unpickles it fully, only for files you trust.
 
-World units: ``--units cm|mm|m`` or inferred from the camera distances (:func:`infer_units`); they only matter for
-reports, since the normalization rescales every camera to the rig's radius.
+World units: ``--units cm|mm|m`` or inferred from the camera distances (:func:`infer_units`); they only label
+reports: the import's normalization scales the whole world (one similarity), so any unit gives the same scenes.
 
 Example:
     >>> import torch
@@ -242,10 +242,10 @@ def load_calibration(path: str | Path, fmt: str = "auto", trust: bool = False) -
 
 
 def infer_units(distances: Tensor) -> str:
-    """World units from camera-to-subject distances (lab rigs sit 0.1-3 m away): median < 10 -> m, < 400 -> cm,
-    else mm."""
+    """The likely units of camera-to-subject distances, for the report only (lab rigs sit 0.1-1.5 m away):
+    median < 10 -> m, < 150 -> cm, else mm. The import is the same whatever they are: it scales the world."""
     med = float(distances.median())
-    return "m" if med < 10 else "cm" if med < 400 else "mm"
+    return "m" if med < 10 else "cm" if med < 150 else "mm"
 
 
 __all__ = ["FORMATS", "UNITS", "Camera", "camera_from_dict", "detect_format", "infer_units", "load_calibration",

@@ -1,6 +1,7 @@
 """Camera rigs as named data: one definition that makes every stage's cameras and travels with checkpoints.
 
-A rig (``configs/rigs/NAME.yaml``) lists its views in order with azimuth and elevation, a radius, a field of view
+A rig (``configs/rigs/NAME.yaml``) lists its views in order with azimuth and elevation, a radius (or ``distances``,
+one per view, for a lab's rig whose cameras stand at different distances; ``radius`` is then their mean), a field of view
 (``fov_deg``) or a focal length in pixels (``focal_px``) at a reference image size, the world up axis and the look-at
 target. It yields cameras at any image size, a stable
 fingerprint of everything that changes a camera, and comparisons with another rig or with a data set's cameras.
@@ -114,6 +115,7 @@ class Rig:
     image_size: int = 512
     up_axis: str = "z"
     target: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    distances: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.view_names)
@@ -137,6 +139,16 @@ class Rig:
             raise ValueError(f"rig {self.name!r}: up_axis must be one of {sorted(UP_AXES)}, got {self.up_axis!r}")
         if not (0 < self.fov_deg < 180) or self.radius <= 0 or self.image_size <= 0:
             raise ValueError(f"rig {self.name!r}: need 0 < fov_deg < 180, radius > 0, image_size > 0")
+        if self.distances is not None:
+            d = tuple(float(x) for x in self.distances)
+            if len(d) != n or min(d) <= 0:
+                raise ValueError(f"rig {self.name!r}: distances must be {n} positive numbers, got {list(d)}")
+            object.__setattr__(self, "distances", d)
+
+    @property
+    def view_distances(self) -> tuple[float, ...]:
+        """Each view's distance from the target: ``distances``, or ``radius`` for every view."""
+        return self.distances if self.distances is not None else (self.radius,) * self.num_views
 
     @property
     def num_views(self) -> int:
@@ -153,7 +165,7 @@ class Rig:
         size = size or self.image_size
         target = torch.tensor(self.target, dtype=torch.float64)
         eyes = torch.tensor(
-            [camera_position(a, e, self.radius) for a, e in zip(self.azimuths_deg, self.elevations_deg)],
+            [camera_position(a, e, d) for a, e, d in zip(self.azimuths_deg, self.elevations_deg, self.view_distances)],
             dtype=torch.float64,
         )
         z_up = torch.tensor(UP_AXES["z"], dtype=torch.float64)
@@ -168,6 +180,8 @@ class Rig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["distances"] is None:  # rigs of one radius keep their keys
+            del d["distances"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -210,6 +224,8 @@ class Rig:
             "up_axis": self.up_axis,
             "target": [round(t, 5) for t in self.target],
         }
+        if self.distances is not None:
+            payload["distances"] = [round(x, 5) for x in self.distances]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self, size: int | None = None) -> list[dict[str, float | str]]:
@@ -300,7 +316,8 @@ def derive_rig(name: str, c2w: Tensor, fxfycxcy: Tensor, size: int, view_names: 
                up_axis: str = "z", description: str = "") -> tuple[Rig, dict[str, Any]]:
     """A rig from normalized real cameras c2w [F, V, 4, 4] / fxfycxcy [F, V, 4] at square ``size`` (F frames, each
     centred on the subject at the origin): per view the circular mean azimuth and the mean elevation about the origin,
-    radius = mean distance, fov = median over all views and frames. Returns (rig, stats): ``stats`` has per-view
+    radius = mean distance, per-view ``distances`` = each view's mean distance (when they differ by more than 1e-3),
+    fov = median over all views and frames. Returns (rig, stats): ``stats`` has per-view
     spreads and, per frame, the worst camera-position angle and orientation angle against the rig (a real camera
     need not look exactly at the subject, so its orientation differs by its off-axis angle)."""
     c2w, fxfycxcy = torch.as_tensor(c2w).double(), torch.as_tensor(fxfycxcy).double()
@@ -312,9 +329,12 @@ def derive_rig(name: str, c2w: Tensor, fxfycxcy: Tensor, size: int, view_names: 
     rad = torch.deg2rad(az)
     mean_az = torch.rad2deg(torch.atan2(rad.sin().mean(0), rad.cos().mean(0))) % 360.0
     fovs = torch.tensor([fov_from_focal(float(f), size) for f in fxfycxcy[..., 0].flatten()])
+    per_view = dist.mean(0)
+    distances = tuple(round(float(x), 5) for x in per_view) if float((per_view - dist.mean()).abs().max()) > 1e-3 \
+        else None
     rig = Rig(name=name, view_names=names, azimuths_deg=tuple(round(float(a), 3) for a in mean_az),
               elevations_deg=tuple(round(float(e), 3) for e in el.mean(0)), radius=round(float(dist.mean()), 5),
-              fov_deg=round(float(fovs.median()), 4), image_size=int(size), up_axis=up_axis)
+              fov_deg=round(float(fovs.median()), 4), image_size=int(size), up_axis=up_axis, distances=distances)
     per_frame = [rig.compare_cameras(c2w[i], name=f"frame {i}") for i in range(nf)]
     az_spread = ((az - mean_az + 180.0) % 360.0 - 180.0).abs().amax(0)
     stats = {

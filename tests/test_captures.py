@@ -188,7 +188,8 @@ def test_import_frame_folders_and_report(tmp_path):
     for f in (0, 1):
         scene = tmp_path / "out" / f"frame_{f:06d}"
         cf = read_camera_file(scene / "opencv_cameras.json")
-        assert torch.allclose(cf.c2w[:, :3, 3].norm(dim=-1), torch.full((6,), 2.7), atol=1e-4)
+        d = cf.c2w[:, :3, 3].norm(dim=-1)  # one similarity: the mean distance is 2.7, the rig's spread is kept
+        assert float(d.mean()) == pytest.approx(2.7, abs=1e-4) and float(d.max() / d.min()) > 1.5
         uv, _ = project_points(torch.zeros(1, 3), cf.c2w, cf.fxfycxcy)
         assert (uv - 32).abs().max() < 1e-3  # the animal's centre at the middle of every view
         assert torch.allclose(cf.fxfycxcy[:, 0], cf.fxfycxcy[0, 0], rtol=2e-3)  # one focal length: a rig's views
@@ -212,7 +213,8 @@ def test_normalized_frame_projects_the_mouse(tmp_path):
     c2w, k = known_cameras()
     masks = [torch.from_numpy(render_blob(c2w[v], k[v], MOUSE)[1])[None] for v in range(6)]
     s = ImportSettings(size=64)
-    center, c2w_n, k_out, boxes = normalize_frame(c2w, k, masks, s)
+    geo = normalize_frame(c2w, k, masks, s)
+    center, c2w_n, k_out, boxes = geo.center, geo.c2w, geo.fxfycxcy, geo.boxes
     p = center[None]
     for v in range(6):
         raw, _ = project_points(p, c2w[v], k[v])
@@ -239,7 +241,7 @@ def test_derived_rig_matches_frames(tmp_path):
         cf = read_camera_file(tmp_path / "out" / f"frame_{f:06d}" / "opencv_cameras.json")
         diff = rig.compare_cameras(cf.c2w)
         assert max(v.angle_deg for v in diff.per_view) < 3.0  # stated tolerance: camera positions within 3 deg
-        assert max(v.distance_diff for v in diff.per_view) < 1e-3
+        assert max(v.distance_diff for v in diff.per_view) < 0.05  # per-view distances: the mouse moves a little
     assert main(["check", str(tmp_path / "out"), "--rig", str(tmp_path / "lab_test.yaml"), "--angle-tol", "10"]) == 0
 
 

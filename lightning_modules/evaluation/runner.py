@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ class EvalSettings:
     num_input_views: int | None = None
     input_views: str | None = None  # reconstruction: random | spread (None: the data config's)
     chain_input_views: str = "all"
+    heldout_views: int = 0  # chained: also render the data's next N views after the rig's (cameras no generated view had)
     ema: bool = False
+    diffusion_ema: bool | None = None  # chained: the diffusion checkpoint's EMA weights (None: as ``ema``)
     trust_checkpoint: bool = False
     lpips_weights: Path | None = None
     vgg_weights: Path | None = None
@@ -76,6 +79,10 @@ class EvalSettings:
     @property
     def sampling(self) -> Sampling:
         return Sampling(self.steps, self.guidance, self.scheduler, self.reference_view)
+
+    @property
+    def use_diffusion_ema(self) -> bool:
+        return self.ema if self.diffusion_ema is None else bool(self.diffusion_ema)
 
 
 def source_cameras(source: Any) -> str:
@@ -110,6 +117,8 @@ def make_loader(data_cfg: dict[str, Any], stage: str, rig: str | None, image_siz
         if opts.input_views is not None:
             cfg["input_views"] = opts.input_views
     dm = MultiViewDataModule(**cfg)
+    if chained and opts.heldout_views:  # the rig's views, then the data's next views: cameras no generated view had
+        dm.builder = dataclasses.replace(dm.builder, extra_views=int(opts.heldout_views))
     dm.setup("validate")
     loader = dm.val_dataloader() if opts.split == "val" else dm.train_dataloader()
     if not loader:
@@ -139,6 +148,7 @@ class RowResult:
     novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # diffusion: novel views, model vs copy
     grid_tiles: list[list[str]] | None = None  # per scene, each tile's view name (views that differ between scenes)
     placement: list[float] | None = None  # chained: per scene, the scale of the rig -> data frame similarity
+    generated_novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # chained: generated views, novel
 
 
 def _record(batch: dict[str, Any], b: int, views: list[str], scores: dict[str, Tensor], prefix: str = ""
@@ -197,13 +207,42 @@ def _novel_record(batch: dict[str, Any], b: int, names: list[str], is_ref: Tenso
     """Scene ``b``'s scores on the views that are not its reference view (``novel/``) and the same views' scores of
     copying the reference photo into them (``copy_ref/``)."""
     keep = [j for j in range(len(names)) if is_ref is None or not bool(is_ref[b, j])]
-    novel = {"scene_id": str(batch["scene_id"][b]), "source": str(batch["source"][b]), "kind": str(batch["kind"][b]),
-             "views": [names[j] for j in keep]}
-    for m in NOVEL_METRICS:
-        if m in scores:
-            novel[f"novel/{m}"] = [float(scores[m][b, j]) for j in keep]
-            novel[f"copy_ref/{m}"] = [float(copied[m][b, j]) for j in keep]
-    return novel
+    both = [m for m in scores if m in copied]
+    return {**_views_record(batch, b, names, keep, {m: scores[m] for m in both}, "novel/"),
+            **_views_record(batch, b, names, keep, {m: copied[m] for m in both}, "copy_ref/")}
+
+
+def _views_record(batch: dict[str, Any], b: int, names: list[str], keep: list[int], scores: dict[str, Tensor],
+                  prefix: str = "") -> dict[str, Any]:
+    """Scene ``b``'s record of views ``keep`` (positions in ``names`` and in the scores' view axis)."""
+    rec = {"scene_id": str(batch["scene_id"][b]), "source": str(batch["source"][b]), "kind": str(batch["kind"][b]),
+           "views": [names[j] for j in keep]}
+    rec.update({prefix + m: [float(v[b, j]) for j in keep] for m, v in scores.items()})
+    return rec
+
+
+def heldout_records(records: list[dict[str, Any]], rig_views: Sequence[str], metrics: Sequence[str]
+                    ) -> list[dict[str, Any]]:
+    """The records' views that the rig does not name (the data's views beyond the rig's: cameras no rig view, so no
+    generated view, had), with the ``metrics`` (full keys) of those views; scenes without such views are left out."""
+    out = []
+    for r in records:
+        keep = [i for i, v in enumerate(r["views"]) if v not in rig_views]
+        if keep:
+            out.append({"scene_id": r["scene_id"], "source": r["source"], "kind": r["kind"],
+                        "views": [r["views"][i] for i in keep], **{m: [r[m][i] for i in keep] for m in metrics}})
+    return out
+
+
+def model_photo(batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+    """(photo [B, 3, H, W], its mask [B, 1, H, W] | None) a diffusion or chained row gives the model: the batch's
+    ``input_images`` when its source has observed views (a realistic capture scored against its scene's clean
+    truth, ``datamodules.sources``), else the reference view."""
+    if batch.get("input_images") is not None:
+        alpha = batch.get("input_alpha")
+        return batch["input_images"][:, 0], None if alpha is None else alpha[:, 0]
+    alpha = batch.get("ref_alpha")
+    return batch["ref_images"][:, 0], None if alpha is None else alpha[:, 0]
 
 
 def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, lpips: Any,
@@ -215,7 +254,7 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
     res = RowResult([], [], [], [], [])
     res.num_input_views = 1  # the reference view
     for i, batch in _batches(loader, opts, device, res):
-        ref = batch["ref_images"][:, 0]
+        ref, _ = model_photo(batch)
         with torch.no_grad():
             gen = generate_views(module, ref, opts.sampling, opts.seed + i, cameras=module.cameras_of(batch))["images"]
         target = resize_images(batch["images"].float(), gen.shape[-1])
@@ -260,8 +299,8 @@ def rig_to_data_frame(rig: Rig, view: int, ref_c2w: Tensor) -> tuple[Tensor, Ten
     rig's frame (where the generated views' cameras, and the Gaussians, live) is put on the data's frame by the
     similarity that moves the rig's camera ``view`` onto the data's reference camera ref_c2w [B, 4, 4]: rotation
     R_ref R_rig^T and scale s = |c_ref| / |c_rig - target| (the data camera's distance to the data's origin — the
-    animal's centre, at 2.7 after ``tools.import_captures`` — over the rig camera's distance to its target: the
-    rig's radius), so the rig's target lands on the animal. Returns (M [B, 4, 4], s [B]). For data rendered from the
+    animal's centre after ``tools.import_captures``) over the rig camera's distance to its target (the
+    rig's radius, or that view's distance in a lab's rig), so the rig's target lands on the animal. Returns (M [B, 4, 4], s [B]). For data rendered from the
     rig itself M is the identity."""
     c2w, _ = rig.cameras(dtype=torch.float64, device=ref_c2w.device)
     rig_ref = c2w[view]
@@ -301,7 +340,8 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
         target = batch["images"]
         h, w = target.shape[-2:]
         rig_k = diffusion.rig.focal(h)
-        ref = reframe_to_focal(batch["ref_images"][:, 0], batch["ref_fxfycxcy"][:, 0], rig_k, batch.get("background"))
+        photo, photo_alpha = model_photo(batch)
+        ref = reframe_to_focal(photo, batch["ref_fxfycxcy"][:, 0], rig_k, batch.get("background"))
         m, scale = rig_to_data_frame(diffusion.rig, view, batch["ref_c2w"][:, 0])
         cams = cameras_into_frame(batch["c2w"].double(), m).to(batch["c2w"].dtype)
         with torch.no_grad():
@@ -314,9 +354,17 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
         scores.update(shape_scores(rendered, target, out.get("alpha"), alpha))
         gen_r = resize_images(gen.float(), h)
         v = min(gen_r.shape[1], target.shape[1])
-        gen_scores = score_views(gen_r[:, :v], target[:, :v], lpips, alpha=None if alpha is None else alpha[:, :v])
+        gen_alpha = None if alpha is None else alpha[:, :v]
+        gen_scores = score_views(gen_r[:, :v], target[:, :v], lpips, alpha=gen_alpha)
+        gen_scores.update(shape_scores(gen_r[:, :v], target[:, :v], None, gen_alpha))
         names = [_view_name(rig, j) for j in range(target.shape[1])]
-        copied = score_views(copy_reference_views(ref, target.shape[1], (h, w)), target, None, alpha=alpha)
+        n_views = target.shape[1]
+        copy = copy_reference_views(ref, n_views, (h, w))
+        copied = score_views(copy, target, None, alpha=alpha)
+        copy_alpha = None if photo_alpha is None else \
+            copy_reference_views(reframe_to_focal(photo_alpha.expand(-1, 3, -1, -1), batch["ref_fxfycxcy"][:, 0],
+                                                  rig_k, torch.zeros(3, device=device))[:, :1], n_views, (h, w))
+        copied.update(shape_scores(copy, target, copy_alpha, alpha))  # the photo's silhouette copied too
         is_ref = reference_view_mask(batch)  # the data view the photo is: held out of the novel-view means
         for b in range(target.shape[0]):
             rec = _record(batch, b, names, scores)
@@ -324,6 +372,8 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
             rec.update({key: val for key, val in gen_rec.items() if key.startswith("generated/")})
             res.scenes.append(rec)
             res.novel.append(_novel_record(batch, b, names, is_ref, scores, copied))
+            keep = [j for j in range(v) if is_ref is None or not bool(is_ref[b, j])]
+            res.generated_novel.append(_views_record(batch, b, names, keep, gen_scores, "generated/"))
             res.placement.append(float(scale[b]))
             if len(res.grid_rows) < opts.grid_scenes:
                 r = resize_images(ref[b][None, None].float(), h)[0]
@@ -377,6 +427,11 @@ def preflight(opts: EvalSettings) -> tuple[list[CheckpointInfo], CheckpointInfo 
     return ckpts, diffusion, data, configs, rigs
 
 
+def diffusion_label(opts: EvalSettings) -> str | None:
+    """The ``--diffusion`` checkpoint's label (chained rows name it: one results folder per diffusion model)."""
+    return parse_labelled(opts.diffusion).label if opts.diffusion else None
+
+
 def _short(value: Any) -> Any:
     """A rig dict by its name, anything else as is (for reports)."""
     return value.get("name", "?") if isinstance(value, dict) else value
@@ -420,6 +475,7 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
     if diffusion is not None:
         row["diffusion_rig"] = diffusion.rig.name
         row["diffusion_rig_match"] = diffusion.rig.compare(ckpt.rig).ok
+        row["diffusion"] = diffusion_label(opts)
     t0 = time.time()
     if mode == "reconstruction":
         res = evaluate_reconstruction(module, loader, eval_rig, opts, lpips, device)
@@ -447,6 +503,17 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
         names = [m for m in NOVEL_METRICS if f"novel/{m}" in res.novel[0]]
         row["novel_metrics"] = summarize(res.novel, names, prefix="novel/")
         row["copy_ref_metrics"] = summarize(res.novel, names, prefix="copy_ref/")
+    if res.generated_novel and res.generated_novel[0]["views"]:
+        names = [m.removeprefix("generated/") for m in res.generated_novel[0] if m.startswith("generated/")]
+        row["generated_novel_metrics"] = summarize(res.generated_novel, names, prefix="generated/")
+    rig_views = list(eval_rig.view_names)  # held-out cameras: the data's views beyond the rig's
+    heldout = heldout_records(res.scenes, rig_views, res.metric_names)
+    if heldout:
+        row["heldout_metrics"] = summarize(heldout, res.metric_names)
+        copy_names = [m for m in res.metric_names if res.novel and f"copy_ref/{m}" in res.novel[0]]
+        copied = heldout_records(res.novel, rig_views, [f"copy_ref/{m}" for m in copy_names])
+        if copied:
+            row["heldout_copy_ref_metrics"] = summarize(copied, copy_names, prefix="copy_ref/")
     grid = write_grid(opts.out / "grids" / f"{_slug(ckpt.label, data.label, eval_rig.name)}.png", res.grid_rows,
                       res.grid_labels, [f"#{i}" for i in range(len(res.grid_rows))], res.grid_tiles)
     row["grid"] = str(grid.relative_to(opts.out)) if grid is not None else None
@@ -481,6 +548,7 @@ def run_evaluation(opts: EvalSettings) -> dict[str, Any]:
                      "num_input_views": opts.num_input_views, "input_views": opts.input_views,
                      "steps": opts.steps, "guidance": opts.guidance,
                      "scheduler": opts.scheduler, "chain_input_views": opts.chain_input_views,
+                     "heldout_views": opts.heldout_views, "diffusion_ema": opts.use_diffusion_ema,
                      "diffusion": str(diffusion_info.path) if diffusion_info else None,
                      "diffusion_rig": diffusion_info.rig.name if diffusion_info else None,
                      "allow_rig_mismatch": opts.allow_rig_mismatch},
@@ -493,7 +561,7 @@ def run_evaluation(opts: EvalSettings) -> dict[str, Any]:
     }
     diffusion = None
     if diffusion_info is not None:
-        diffusion = load_stage(diffusion_info.path, "diffusion", ema=opts.ema, device=device,
+        diffusion = load_stage(diffusion_info.path, "diffusion", ema=opts.use_diffusion_ema, device=device,
                                trust=opts.trust_checkpoint)
     for ckpt in progress(ckpts, "checkpoints", unit="checkpoint"):
         module = load_stage(ckpt.path, ckpt.stage, ema=opts.ema, device=device, trust=opts.trust_checkpoint,
