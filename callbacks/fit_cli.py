@@ -24,7 +24,7 @@ from callbacks.atomic import AtomicCheckpointIO
 from callbacks.nonfinite import NonFiniteGuard
 from callbacks.paths import CheckpointPaths, run_paths
 from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
-from callbacks.run_layout import PathError, RunConflictError, RunPaths
+from callbacks.run_layout import PathError, RunConflictError, RunPaths, check_checkpoint_filename
 from datamodules.shared_settings import SharedSettingError, link_shared_settings
 from lightning_modules.artifacts import UntrustedCheckpointError
 
@@ -65,6 +65,10 @@ def default_loggers(paths: RunPaths, wandb_project: str | None = None) -> list[L
         loggers.append(WandbLogger(project=wandb_project, name=f"{paths.experiment}/{paths.run}",
                                    save_dir=str(paths.log_dir)))
     return loggers
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _with_atomic_io(plugins: Any) -> list[Any]:
@@ -126,10 +130,13 @@ class FitCLI(LightningCLI):
             paths_cb.resume = "auto"
         if self.datamodule is not None:
             check_data_matches_model(self.model, self.datamodule)
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        for cb in [self._get(self.config_init, "checkpoint"), *_as_list(trainer_cfg.get("callbacks"))]:
+            if isinstance(cb, ModelCheckpoint):  # --checkpoint.filename names a file in the run's checkpoints/
+                check_checkpoint_filename(cb.filename)
         paths = paths_cb.decide(self.model, self.datamodule)  # refuses a root holding the run's own path
         # every refusal before anything (loggers, config copy, run.json) is written into the run folder
         paths_cb.check_before_writing(resuming=self._get(self.config, "resume") not in (None, "never"))
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(paths, self._get(self.config, "wandb"))
         kwargs["plugins"] = _with_atomic_io(trainer_cfg.get("plugins"))

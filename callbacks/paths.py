@@ -39,7 +39,7 @@ from callbacks.run_identity import (
     run_identity,
     run_record,
 )
-from callbacks.run_layout import RunPaths, check_name, check_root, new_run_name
+from callbacks.run_layout import RunPaths, check_checkpoint_filename, check_name, check_root, new_run_name
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class CheckpointPaths(Callback):
     def configure_checkpoint(self, cb: ModelCheckpoint) -> None:
         """Point a ModelCheckpoint at the run's checkpoints/ (a dirpath it already has is resolved, idempotently)."""
         paths = self.paths
+        check_checkpoint_filename(cb.filename)
         cb.dirpath = str(paths.resolve(cb.dirpath, "checkpoints") if cb.dirpath else paths.checkpoint_dir)
         if cb.save_last is None and self.save_last:
             cb.save_last = True

@@ -245,6 +245,18 @@ class RunPaths:
         atomic_write(self.run_json, lambda f: f.write(json.dumps(info, indent=2, sort_keys=True).encode()))
 
 
+def check_checkpoint_filename(filename: str | None) -> None:
+    """A ModelCheckpoint's ``filename`` (``--checkpoint.filename``) names a file directly in the run's
+    ``checkpoints/`` folder, as ``dirpath`` must stay inside it: an absolute path, a ``..`` component or a ``/`` would
+    write the checkpoint elsewhere (or where ``--resume auto`` never looks) and raises :class:`PathError`."""
+    if filename is None:
+        return
+    text = os.fspath(filename)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or os.path.isabs(text):
+        raise PathError(f"checkpoint filename {text!r} must be a file name inside the run's {CHECKPOINTS}/ folder "
+                        "(no '/', no '..', not an absolute path); the folder is the run's, set by the run folder")
+
+
 def new_run_name(experiment_dir: Path) -> str:
     name = time.strftime("%Y%m%d-%H%M%S")
     candidate, i = name, 1
@@ -269,4 +281,4 @@ def check_root(paths: RunPaths) -> None:
 
 
 __all__ = ["CHECKPOINTS", "CONFIG_FILE", "EXPORT", "LOGS", "RUN_JSON", "PathError", "RunConflictError", "RunPaths",
-           "check_name", "check_root", "new_run_name"]
+           "check_checkpoint_filename", "check_name", "check_root", "new_run_name"]

@@ -42,7 +42,7 @@ from torch import Tensor
 from datamodules.augment import check_ops
 from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes, validate_cameras
 from datamodules.procedural import ScenePlanner, make_scene, make_scenes, scene_id
-from geometry.camera_files import PathEscapeError, frame_image_path, read_camera_file
+from geometry.camera_files import PathEscapeError, check_relative, frame_image_path, read_camera_file
 from geometry.cameras import invert_rigid
 from geometry.render import gsplat_available
 from geometry.rig import Rig, load_rig
@@ -519,6 +519,12 @@ def parse_camera_json(data: bytes, where: str) -> SceneCameras:
         scene_id = str(json.loads(data).get("id", where))
     except (ValueError, KeyError, TypeError) as e:
         raise SampleError(f"{where}: bad camera json ({type(e).__name__}: {e})") from None
+    for v, fr in enumerate(frames):  # refused on read as make_shards --to-folders refuses to write them
+        if fr.get("file_path") is not None:
+            try:
+                check_relative(fr["file_path"], f"{where} member cameras.json frame {v}: file_path", "the scene folder")
+            except PathEscapeError as e:
+                raise SampleError(str(e)) from None
     validate_cameras(w2c, k, where)  # w2c is rigid iff c2w is: the same checks, messages naming the view
     return SceneCameras(scene_id, where, invert_rigid(w2c).float(), k.float(), sizes)
 

@@ -44,16 +44,24 @@ class PathEscapeError(ValueError):
     """A path inside a camera file or shard would resolve outside the folder it belongs to."""
 
 
-def contained_path(root: str | Path, rel: object, what: str) -> Path:
-    """``root / rel`` when ``rel`` is a non-empty relative path without ``..`` components that, symlinks resolved,
-    stays inside ``root``; else :class:`PathEscapeError` ``"{what} {rel!r} ..."``."""
-    root = Path(root)
+def check_relative(rel: object, what: str, folder: str = "its folder") -> str:
+    """``rel`` when it is a non-empty relative path without ``..`` components (the part of :func:`contained_path`
+    that needs no file system: for names read from a shard, which has no folder yet); else :class:`PathEscapeError`
+    ``"{what} {rel!r} ..."``."""
     if not isinstance(rel, str) or not rel.strip():
         raise PathEscapeError(f"{what} {rel!r} is not a relative path")
     posix, windows = PurePosixPath(rel), PureWindowsPath(rel)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
-        raise PathEscapeError(f"{what} {rel!r} leaves its folder {root} (absolute path or '..'); paths in scene "
+        raise PathEscapeError(f"{what} {rel!r} leaves {folder} (absolute path or '..'); paths in scene "
                               "files must be relative to the scene folder, inside it")
+    return rel
+
+
+def contained_path(root: str | Path, rel: object, what: str) -> Path:
+    """``root / rel`` when ``rel`` is a non-empty relative path without ``..`` components that, symlinks resolved,
+    stays inside ``root``; else :class:`PathEscapeError` ``"{what} {rel!r} ..."``."""
+    root = Path(root)
+    check_relative(rel, what, f"its folder {root}")
     target = root / rel
     real_root, real = root.resolve(), target.resolve()
     if real != real_root and real_root not in real.parents:

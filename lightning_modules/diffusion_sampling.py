@@ -35,6 +35,9 @@ def check_sampler(name: str, what: str = "scheduler") -> None:
         raise ValueError(f"{what} must be one of {sorted(SAMPLERS)}, got {name!r}")
 
 
+MAX_GUIDANCE = 100.0  # classifier-free guidance scales beyond this only overflow the sampler
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """How the diffusion model samples (the tools' ``--steps`` / ``--guidance`` / ``--scheduler``; ``--reference-view``:
@@ -50,6 +53,8 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:  # also NaN: black views and NaN Gaussians otherwise
+            raise ValueError(f"--guidance must be a finite scale in [0, {MAX_GUIDANCE:g}], got {self.guidance}")
         if self.reference_view < 0:
             raise ValueError(f"--reference-view must be >= 0, got {self.reference_view}")
         check_sampler(self.scheduler, "--scheduler")
@@ -135,4 +140,4 @@ def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = DEFA
     return {"images": images, "c2w": c2w, "fxfycxcy": k, "rig": model.rig.to_dict()}
 
 
-__all__ = ["DEFAULT", "SAMPLERS", "Sampling", "check_sampler", "make_sampler", "sample_views", "seeded_randn"]
+__all__ = ["DEFAULT", "MAX_GUIDANCE", "SAMPLERS", "Sampling", "check_sampler", "make_sampler", "sample_views", "seeded_randn"]

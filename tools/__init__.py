@@ -13,9 +13,12 @@ user has not chosen otherwise through the same environment variable):
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import os
 import warnings
+from collections.abc import Callable
 
 for _name, _value in {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
@@ -39,3 +42,26 @@ def log_to_stderr(fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
     """INFO and above on standard error, unless the program (or a test) configured logging already."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=fmt)
+
+
+def number(kind: type = float, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` for a numeric option: ``kind`` (int or float), finite, within [``minimum``, ``maximum``]
+    (either may be None); anything else is refused at parse time, naming the option and the value (``nan``, ``inf``,
+    out of range), exit code 2."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = (f"in [{minimum:g}, {maximum:g}]" if minimum is not None and maximum is not None else
+                      f">= {minimum:g}" if minimum is not None else f"<= {maximum:g}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse

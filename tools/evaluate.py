@@ -73,8 +73,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion_sampling import MAX_GUIDANCE
 from lightning_modules.evaluation import EvalSettings, run_evaluation
-from tools import log_to_stderr
+from tools import log_to_stderr, number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,20 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rig", action="append", default=[],
                    help="evaluation rig name or file (repeat for several); default: each data config's rig")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--batches", type=int, default=4, help="batches per row")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batches", type=number(int, 1), default=4, help="batches per row")
+    p.add_argument("--batch-size", type=number(int, 1), default=2)
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split of the data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--diffusion", default=None, help="[LABEL=]diffusion checkpoint: evaluate the chained pipeline")
     p.add_argument("--allow-rig-mismatch", action="store_true",
                    help="chained: go on (with a warning) when the diffusion rig differs from a GS-LRM's rig")
-    p.add_argument("--steps", type=int, default=SAMPLING.steps, help="diffusion sampling steps")
-    p.add_argument("--guidance", type=float, default=SAMPLING.guidance, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=number(int, 1), default=SAMPLING.steps, help="diffusion sampling steps")
+    p.add_argument("--guidance", type=number(float, 0, MAX_GUIDANCE), default=SAMPLING.guidance, help="classifier-free guidance scale")
     p.add_argument("--scheduler", default=SAMPLING.scheduler, help="sampler: ddim | ddpm | euler | dpm")
-    p.add_argument("--reference-view", type=int, default=SAMPLING.reference_view,
+    p.add_argument("--reference-view", type=number(int, 0), default=SAMPLING.reference_view,
                    help="diffusion / chained: the rig view used as input")
-    p.add_argument("--num-input-views", type=int, default=None,
+    p.add_argument("--num-input-views", type=number(int, 1), default=None,
                    help="reconstruction: override the data config's num_input_views")
     p.add_argument("--input-views", choices=("random", "spread"), default=None,
                    help="reconstruction: override the data config's input_views (how the inputs are drawn: random, "
@@ -112,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "run code from the file: only for files you trust)")
     p.add_argument("--lpips-weights", type=Path, default=None, help="local LPIPS linear heads (lpips' vgg.pth)")
     p.add_argument("--vgg-weights", type=Path, default=None, help="local torchvision VGG16 weights for LPIPS")
-    p.add_argument("--grid-scenes", type=int, default=4, help="scenes per image grid")
-    p.add_argument("--num-workers", type=int, default=0, help="data loading workers")
+    p.add_argument("--grid-scenes", type=number(int, 0), default=4, help="scenes per image grid")
+    p.add_argument("--num-workers", type=number(int, 0), default=0, help="data loading workers")
     return p
 
 

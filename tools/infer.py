@@ -27,7 +27,11 @@ or the export's mvlift.json, see ``lightning_modules.training_background``), els
 white. When a model's training backgrounds varied (``random`` / ``as_is`` sources) or were not recorded (older or
 converted checkpoints), white is kept and a note says so; info.json records the choice and both records.
 
-Outputs per image, ``<out>/<image stem>/``:
+Outputs per image, ``<out>/<image stem>/`` (the stem with characters other than letters, digits and ``_ . + = @ -``
+made ``_``, and a stem of dots only, e.g. ``..`` of ``...png``, spelled with ``_``: always one folder below
+``--out``; a name that a symlink would lead outside ``--out`` is an error). Each image's folder is written under a
+temporary name and renamed into place when complete (an earlier one of the same name is replaced whole): a failure, a
+full disk included, leaves no partial folder and is an error naming the image and the folder.
     input.png           the reference as the diffusion model saw it (after background removal)
     views/cam_XXX.png   the generated views in rig order (RGB, diffusion model's size)
     cameras.json        their cameras: FaceLift's opencv_cameras.json layout (w2c + fx fy cx cy, geometry.camera_files)
@@ -42,19 +46,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from callbacks.atomic import atomic_directory
 from datamodules.io import background_color
 from datamodules.photos import BackgroundRemoval, ImageInputError, read_image
 from datamodules.prepare import center_photo
+from geometry.camera_files import contained_path
 from geometry.images import save_png
 from geometry.progress import progress
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
-from lightning_modules.diffusion_sampling import Sampling
+from lightning_modules.diffusion_sampling import MAX_GUIDANCE, Sampling
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import (
     Turntable,
@@ -63,11 +70,24 @@ from lightning_modules.pipeline import (
     parse_input_views,
     write_photo_outputs,
 )
-from tools import log_to_stderr
+from tools import log_to_stderr, number
 
 log = logging.getLogger("mvlift.infer")
 
 MIN_SIZE = 16
+_UNSAFE_NAME = re.compile(r"[^\w.+=@-]")
+
+
+def output_name(path: Path) -> str:
+    """The name of ``path``'s output folder: its stem with every character but letters, digits and ``_ . + = @ -``
+    made ``_``, and a stem of dots only (``..`` of ``...png``, ``.`` of ``..png``) spelled with ``_`` — one plain
+    folder name, never ``.`` or ``..``."""
+    name = _UNSAFE_NAME.sub("_", path.stem)
+    return "_" * len(name) if not name.strip(".") else name
+
+
+class OutputError(ValueError):
+    """An image's outputs could not be written (a full disk, no permission): its folder is left out whole."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,11 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion", required=True, type=Path, help="diffusion .ckpt or export folder")
     p.add_argument("--reconstruction", required=True, type=Path, help="reconstruction (GS-LRM) .ckpt or export")
     p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per image)")
-    p.add_argument("--steps", type=int, default=SAMPLING.steps, help="diffusion sampling steps")
-    p.add_argument("--guidance", type=float, default=SAMPLING.guidance, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every image)")
+    p.add_argument("--steps", type=number(int, 1), default=SAMPLING.steps, help="diffusion sampling steps")
+    p.add_argument("--guidance", type=number(float, 0, MAX_GUIDANCE), default=SAMPLING.guidance,
+                   help=f"classifier-free guidance scale (1 = off; 0 to {MAX_GUIDANCE:g})")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0, help="sampling seed (the same for every image)")
     p.add_argument("--scheduler", default=SAMPLING.scheduler, help="sampler: ddim | ddpm | euler | dpm")
-    p.add_argument("--reference-view", type=int, default=SAMPLING.reference_view,
+    p.add_argument("--reference-view", type=number(int, 0), default=SAMPLING.reference_view,
                    help="the rig view each photo is taken as (index; used by diffusion models with camera_rays)")
     p.add_argument("--allow-rig-mismatch", action="store_true",
                    help="go on (with a logged warning) when the two checkpoints' rigs differ")
@@ -101,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load .ckpt files that need more than plain tensors and values with full unpickling (can "
                         "run code from the file: only for files you trust)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--turntable-frames", type=int, default=36)
-    p.add_argument("--turntable-size", type=int, default=256)
-    p.add_argument("--fps", type=int, default=12)
+    p.add_argument("--turntable-frames", type=number(int, 1), default=36)
+    p.add_argument("--turntable-size", type=number(int, MIN_SIZE), default=256)
+    p.add_argument("--fps", type=number(int, 1), default=12)
     p.add_argument("--turntable-format", default="gif", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
                    help="gif, mp4 or gif,mp4 (mp4: H.264 through imageio-ffmpeg, the `video` extra)")
     p.add_argument("--view", action="store_true",
                    help="at the end, serve the results in the browser viewer (tools.view; Ctrl-C stops it)")
-    p.add_argument("--view-port", type=int, default=8080, help="port of --view's page")
+    p.add_argument("--view-port", type=number(int, 0, 65535), default=8080, help="port of --view's page")
     return p
 
 
@@ -118,10 +139,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     turntable = Turntable(args.turntable_frames, args.turntable_size, args.fps, tuple(args.turntable_format))
     stems: dict[str, Path] = {}
     for path in args.images:
-        if path.stem in stems:
-            raise ValueError(f"{path} and {stems[path.stem]} have the same name stem {path.stem!r}; their outputs "
+        name = output_name(path)
+        if name in stems:
+            raise ValueError(f"{path} and {stems[name]} would both write to {args.out / name}; their outputs "
                              "would overwrite each other")
-        stems[path.stem] = path
+        stems[name] = path
+        contained_path(args.out, name, f"{path}: output folder")  # a symlink there must not lead outside --out
     trust = args.trust_checkpoint
     rig_report = check_stages_and_rigs(args.diffusion, args.reconstruction, args.allow_rig_mismatch, trust)
     spec = None if args.background is None else background_color(args.background)
@@ -150,18 +173,24 @@ def run(args: argparse.Namespace) -> list[Path]:
     for path, image, how in progress(prepared, "photos", unit="photo"):
         if image.shape[-1] < model_size:
             log.warning("%s: %d px, upsampled to the diffusion model's %d px", path, image.shape[-1], model_size)
-        out_dir = args.out / path.stem
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_png(out_dir / "input.png", image)
-        with torch.no_grad():
-            record = write_photo_outputs(path.stem, image, diffusion, reconstruction, out_dir, sampling, args.seed,
-                                         input_views, background, turntable)
-        info = {"image": str(path), "background_removal": how, "background": background.tolist(),
-                "background_from": background_report["from"], "trained_backgrounds": background_report["trained"],
-                "diffusion": str(args.diffusion), "reconstruction": str(args.reconstruction), "ema": args.ema,
-                "rigs": rig_report, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "scheduler": args.scheduler, "device": str(device), **record}
-        (out_dir / "info.json").write_text(json.dumps(info, indent=1) + "\n")
+        name = output_name(path)
+        out_dir = contained_path(args.out, name, f"{path}: output folder")
+        try:
+            with atomic_directory(out_dir) as tmp:  # complete or absent: never a partial folder
+                save_png(tmp / "input.png", image)
+                with torch.no_grad():
+                    record = write_photo_outputs(path.stem, image, diffusion, reconstruction, tmp, sampling,
+                                                 args.seed, input_views, background, turntable)
+                info = {"image": str(path), "output": name, "background_removal": how,
+                        "background": background.tolist(), "background_from": background_report["from"],
+                        "trained_backgrounds": background_report["trained"], "diffusion": str(args.diffusion),
+                        "reconstruction": str(args.reconstruction), "ema": args.ema, "rigs": rig_report,
+                        "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                        "scheduler": args.scheduler, "device": str(device), **record}
+                (tmp / "info.json").write_text(json.dumps(info, indent=1) + "\n")
+        except OSError as e:  # a full disk, a read-only folder: named, and nothing partial is left
+            raise OutputError(f"{path}: could not write its outputs to {out_dir} ({e.strerror or e}); nothing of "
+                              "it was kept") from e
         log.info("%s -> %s (%d Gaussians, %.1f s)", path, out_dir, record["num_gaussians"],
                  record["seconds"]["total"])
         outputs.append(out_dir)
@@ -173,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_to_stderr()
     try:
         outputs = run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"infer: error: {e}", file=sys.stderr)
         return 2
     if args.view:

@@ -70,6 +70,18 @@ def _replaceable(out: Path, keep: Callable[[Path], bool], what: str) -> None:
                          f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); choose a new or empty folder")
 
 
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.+=@-]+$")
+
+
+def check_prefix(prefix: str) -> str:
+    """``--prefix`` is part of a file name in OUT: letters, digits and ``_ . + = @ -`` only (no ``/``, so no ``..``
+    component or absolute path can lead the shards outside OUT), not ``.`` / ``..``; else a ValueError naming it."""
+    if not _PREFIX_RE.match(prefix) or prefix in (".", ".."):
+        raise ValueError(f"--prefix {prefix!r} must be a plain file-name prefix (letters, digits, _ . + = @ -): the "
+                         "shards are written as OUT/PREFIX-NNNNNN.tar, inside OUT")
+    return prefix
+
+
 def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix: str = "shard") -> dict:
     """Write every sample of ``src`` into tar shards of ``shard_size`` scenes under ``out``; returns a summary.
 
@@ -78,6 +90,7 @@ def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix:
     must be new, empty or hold only ``PREFIX-*.tar`` shards (an earlier set, replaced whole)."""
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    check_prefix(prefix)  # before anything is written: shards are always files directly in OUT
     dirs = sample_dirs(src)
     out = Path(out)
     shard_re = re.compile(rf"^{re.escape(prefix)}-\d{{6}}\.tar$")
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="folder of sample dirs, one sample dir, or a list file")
     ap.add_argument("out", help="output directory for the .tar shards")
     ap.add_argument("--shard-size", type=int, default=100, help="scenes per shard (default 100)")
-    ap.add_argument("--prefix", default="shard")
+    ap.add_argument("--prefix", default="shard", help="shard file name prefix: OUT/PREFIX-NNNNNN.tar (a plain name)")
     ap.add_argument("--to-folders", action="store_true", help="the other way: SRC is shards, OUT gets sample folders")
     args = ap.parse_args(argv)
     try:

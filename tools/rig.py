@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from datamodules.captures import calibration_cameras, scene_cameras
 from datamodules.rig_check import check_dataset, check_report_lines
 from geometry.calibration import load_calibration
+from geometry.camera_files import contained_path
 from geometry.rig import RIGS_DIR, derive_rig, load_rig, rig_yaml
 
 
@@ -59,6 +61,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _derive(args: argparse.Namespace) -> int:
+    if args.out:
+        out = Path(args.out)
+    else:  # the name becomes a file of the shipped rig folder: one plain name, never a path out of it
+        if not re.fullmatch(r"[A-Za-z0-9_.+=@-]+", args.name) or args.name.strip(".") == "":
+            raise ValueError(f"--name {args.name!r} must be a plain rig name (letters, digits, _ . + = @ -): it is "
+                             f"written to {RIGS_DIR}/NAME.yaml; use --out for another place")
+        out = contained_path(RIGS_DIR, f"{args.name}.yaml", "--name")  # and no symlink there leads out of it
     src = Path(args.source)
     if src.is_dir():
         c2w, k, size, names = scene_cameras(src)
@@ -67,7 +76,6 @@ def _derive(args: argparse.Namespace) -> int:
     rig, stats = derive_rig(args.name, c2w, k, size, names, up_axis=args.up)
     if args.fov is not None:
         rig = load_rig({**rig.to_dict(), "fov_deg": args.fov})
-    out = Path(args.out) if args.out else RIGS_DIR / f"{args.name}.yaml"
     out.write_text(rig_yaml(rig, f"derived by tools.rig derive from {src} ({stats['frames']} frame(s))"))
     if args.json:
         print(json.dumps({"rig": rig.to_dict(), "path": str(out), **stats}))

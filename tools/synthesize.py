@@ -34,10 +34,10 @@ from datamodules.synthesis import (
 )
 from geometry.rig import available_rigs
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
-from lightning_modules.diffusion_sampling import Sampling
+from lightning_modules.diffusion_sampling import MAX_GUIDANCE, Sampling
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import check_stages_and_rigs, generate_views, sampling_for_data_view
-from tools import log_to_stderr
+from tools import log_to_stderr, number
 
 log = logging.getLogger("mvlift.synthesize")
 
@@ -46,37 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.synthesize", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output directory (created)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0)
+    p.add_argument("--val-fraction", type=number(float, 0, 0.99), default=0.1,
+                   help="fraction of the scenes in data_val.txt, in [0, 0.99]")
+    p.add_argument("--size", type=number(int, 8), default=None,
                    help="square image size in px (procedural: default 128; diffusion: default the model's size)")
     proc = p.add_argument_group("procedural scenes")
-    proc.add_argument("--scenes", type=int, default=None, help=f"number of scenes (default {PROCEDURAL['scenes']})")
-    proc.add_argument("--views", type=int, default=None,
+    proc.add_argument("--scenes", type=number(int, 1), default=None, help=f"number of scenes (default {PROCEDURAL['scenes']})")
+    proc.add_argument("--views", type=number(int, 1), default=None,
                       help="views per scene: the rig's views in order, then random views on its sphere "
                            f"(default {PROCEDURAL['views']})")
     proc.add_argument("--rig", default=None,
                       help=f"rig name or file (shipped: {', '.join(available_rigs())}; default {PROCEDURAL['rig']})")
     proc.add_argument("--realistic", action="store_true", default=None,
                       help="bake background, lighting change, pose error, blur and noise into the images")
-    proc.add_argument("--camera-jitter-deg", type=float, default=None,
+    proc.add_argument("--camera-jitter-deg", type=number(float, 0, 180), default=None,
                       help="rotate each rig camera about the target by up to this angle (saved cameras include it)")
     diff = p.add_argument_group("diffusion views of real inputs (--from-diffusion)")
     diff.add_argument("--from-diffusion", type=Path, default=None, metavar="CKPT",
                       help="diffusion .ckpt or export folder: write its views of --inputs")
     diff.add_argument("--inputs", type=Path, default=None, metavar="DATA",
                       help="a data config (YAML) or a folder of FaceLift-layout sample directories")
-    diff.add_argument("--steps", type=int, default=None, help=f"sampling steps (default {DIFFUSION['steps']})")
-    diff.add_argument("--guidance", type=float, default=None,
+    diff.add_argument("--steps", type=number(int, 1), default=None, help=f"sampling steps (default {DIFFUSION['steps']})")
+    diff.add_argument("--guidance", type=number(float, 0, MAX_GUIDANCE), default=None,
                       help=f"classifier-free guidance scale (default {DIFFUSION['guidance']})")
     diff.add_argument("--scheduler", default=None,
                       help=f"sampler: ddim | ddpm | euler | dpm (default {DIFFUSION['scheduler']})")
-    diff.add_argument("--reference-view", type=int, default=None,
+    diff.add_argument("--reference-view", type=number(int, 0), default=None,
                       help="which view of each input scene is the reference (default 0); a diffusion model with "
                            "camera rays is told the photo is that rig view (it must be one of the rig's)")
     diff.add_argument("--kind", choices=("real", "synthetic", "all"), default=None,
                       help="data config: sources of this kind (default real)")
-    diff.add_argument("--limit", type=int, default=None, help="at most N scenes per source and split")
+    diff.add_argument("--limit", type=number(int, 1), default=None, help="at most N scenes per source and split")
     diff.add_argument("--matting", default=None,
                       help="alpha of the generated views: opaque (default) or a local MODULE:FUNCTION")
     diff.add_argument("--ema", action="store_true", default=None, help="use the checkpoint's EMA weights")
