@@ -8,7 +8,8 @@ host cost every rank pays in full under DDP, while the loader's workers run besi
 
 Only what the model sees as input changes: ``input_images`` = augmented reference view (diffusion, [B, 1, 3, H, W])
 or augmented input views (reconstruction, [B, Vin, 3, H, W]); optional ``input_c2w`` [B, Vin, 4, 4] with a small
-pose error (reconstruction). ``images`` / ``ref_images`` / ``c2w`` (the supervision) are never edited.
+pose error (reconstruction). ``images`` / ``ref_images`` / ``c2w`` (the supervision) are never edited. A batch that
+already holds ``input_images`` (a source's observed captures, ``datamodules.dataset``) has those augmented instead.
 
 Config: ``{kind: {op: {p: probability, ...strength}}}`` per source kind (``synthetic`` / ``real``); ``None`` gives
 DEFAULTS (realism for synthetic, nothing for real); a kind given replaces that kind's defaults entirely.
@@ -269,6 +270,8 @@ class DomainGapAugment:
             vin = int(n.reshape(-1)[0]) if isinstance(n, Tensor) else int(n)
             clean, alpha, c2w = batch["images"][:, :vin], batch.get("alpha"), batch["c2w"][:, :vin]
             alpha = None if alpha is None else alpha[:, :vin]
+        if batch.get("input_images") is not None:  # a source's own model input (observed captures): augment that
+            clean, alpha = batch["input_images"], batch.get("input_alpha", alpha)
         b, v = clean.shape[:2]
         kinds = list(batch.get("kind") or ["synthetic"] * b)
         names = list(batch.get("source") or [None] * b)
@@ -305,7 +308,8 @@ class DomainGapAugment:
         ``input_images`` ([1, 3, H, W] diffusion / [Vin, 3, H, W] reconstruction) and ``input_c2w`` when a kind
         has pose_error. The same ``key`` gives the same ops whatever batch the sample later joins."""
         one = {k: v[None] if isinstance(v, Tensor) and k != "num_input_views" else v for k, v in sample.items()
-               if k in ("images", "alpha", "c2w", "ref_images", "ref_alpha", "num_input_views")}
+               if k in ("images", "alpha", "c2w", "ref_images", "ref_alpha", "num_input_views", "input_images",
+                        "input_alpha")}
         one["kind"], one["source"] = [sample.get("kind", "synthetic")], [sample.get("source")]
         out = self(one, stage, key)
         sample["input_images"] = out["input_images"][0]

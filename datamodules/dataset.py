@@ -3,12 +3,16 @@
 Sample dict (docs/ARCHITECTURE.md): ``images`` [V, 3, H, W], ``alpha`` [V, 1, H, W], ``c2w`` [V, 4, 4],
 ``fxfycxcy`` [V, 4], ``index`` [V, 2] long (view_idx, scene_idx), ``background`` [3], ``source``, ``kind``, ``rig``,
 ``scene_id``; diffusion adds ``ref_images`` [1, 3, H, W], ``ref_alpha``, ``ref_c2w``, ``ref_fxfycxcy``, ``ref_view``;
-reconstruction adds ``num_input_views``. Each built sample also carries ``skipped``: the draws skipped (bad samples,
-``on_bad_sample: skip``) in its place, so the main process can count them.
+reconstruction adds ``num_input_views``. A source with ``observed`` views (a realistic procedural source with
+``truth: clean``) adds what the model sees instead of the views: ``input_images`` / ``input_alpha`` ([1, ...] the
+reference for diffusion, [num_input_views, ...] the inputs for reconstruction), the views stay the truth. Each built
+sample also carries ``skipped``: the draws skipped (bad samples, ``on_bad_sample: skip``) in its place, so the main
+process can count them.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,7 +55,9 @@ class SceneBuilder:
     center_crop: bool = False
     center_fill: float = 0.6
     supervise_inputs: bool = False  # reconstruction: the supervision views include the inputs (view overlap)
-    input_views: str = "random"  # reconstruction: how the inputs are drawn (datamodules.views: random | spread)
+    input_views: str = "random"  # reconstruction: how the inputs are drawn (datamodules.views: random | spread | first)
+    extra_views: int = 0  # diffusion: after the rig's views, also the scene's next ``extra_views`` views as targets
+    # (cameras no rig view has: the chained evaluation's held-out cameras, tools.evaluate --heldout-views)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -63,7 +69,8 @@ class SceneBuilder:
         if self.stage == "diffusion":
             ref, targets = diffusion_views(num_data_views, self.rig.num_views, self.reference_view,
                                            self.reference_index, rng)
-            return targets, ref
+            n = self.rig.num_views
+            return targets + list(range(n, min(n + self.extra_views, num_data_views))), ref
         return reconstruction_views(num_data_views, self.num_views, self.num_input_views, rng, self.input_views,
                                     c2w), None
 
@@ -130,14 +137,17 @@ class SceneBuilder:
     def build(self, source: Source, scene: int, rng: np.random.Generator) -> dict[str, Any]:
         cams, c2w = self.scene_c2w(source, scene)
         where = cams.where
-        needed = self.rig.num_views if self.stage == "diffusion" else self.num_views
+        needed = self.rig.num_views + self.extra_views if self.stage == "diffusion" else self.num_views
         if len(c2w) < needed:  # a bad sample (skip mode skips it), not a configuration error
-            what = f"rig {self.rig.name!r} has {needed}" if self.stage == "diffusion" else f"num_views is {needed}"
+            what = (f"rig {self.rig.name!r} has {self.rig.num_views}" + (
+                f" and {self.extra_views} more are asked" if self.extra_views else "")
+                if self.stage == "diffusion" else f"num_views is {needed}")
             raise SampleError(f"{where}: the scene has {len(c2w)} views, {what}")
         if self.stage == "diffusion":
             self.check_rig(c2w, where)
         views, ref = self.select(len(c2w), rng, c2w)
         wanted = ([ref] if ref is not None else []) + views
+        observed_rng = copy.deepcopy(rng) if source.observed is not None else None  # same background as the truth
         prepared = prepare_views(source, scene, cams, wanted, self.image_size, rng=rng, center_crop=self.center_crop,
                                  center_fill=self.center_fill)
         images, alpha, k, bg = prepared.images, prepared.alpha, prepared.fxfycxcy, prepared.background
@@ -158,11 +168,30 @@ class SceneBuilder:
         else:
             sample["num_input_views"] = torch.tensor(self.num_input_views, dtype=torch.long)
             sample["supervise_all_views"] = torch.tensor(self.supervise_inputs)
+        if source.observed is not None:  # what the model sees: the captures of the same views (module docstring)
+            seen = prepare_views(source.observed, scene, cams, wanted, self.image_size, rng=observed_rng,
+                                 center_crop=self.center_crop, center_fill=self.center_fill)
+            rows = seen.rows([ref] if ref is not None else views[: self.num_input_views])
+            sample["input_images"] = seen.images[rows].contiguous()
+            sample["input_alpha"] = seen.alpha[rows].contiguous()
         return sample
 
 
+def _model_input(sample: dict[str, Any], key: str) -> Tensor:
+    """A sample's default ``input_images`` / ``input_alpha``: the clean reference (diffusion) or input views."""
+    if "ref_images" in sample:
+        return sample["ref_images" if key == "input_images" else "ref_alpha"]
+    vin = int(sample["num_input_views"])
+    return sample["images" if key == "input_images" else "alpha"][:vin]
+
+
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors (leading B); other values become lists; ``skipped`` lists are concatenated."""
+    """Stack tensors (leading B); other values become lists; ``skipped`` lists are concatenated. When only some
+    samples carry ``input_images`` / ``input_alpha`` (a source with observed views mixed with others), the others get
+    their default model input (the clean reference / input views)."""
+    for key in ("input_images", "input_alpha"):
+        if any(key in s for s in samples) and not all(key in s for s in samples):
+            samples = [s if key in s else {**s, key: _model_input(s, key)} for s in samples]
     out: dict[str, Any] = {}
     for key in samples[0]:
         vals = [s[key] for s in samples]

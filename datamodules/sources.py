@@ -10,7 +10,11 @@ Source config (one dict of the DataModule's ``sources``):
     augment (optional: domain-gap ops ``{op: {p, ...}}`` that replace its kind's ops for this source's scenes,
     datamodules.augment; ``{}`` or null: none)
     procedural: num_scenes, realistic, num_views, seed, camera_jitter_deg, rig (default: the stage's rig),
-        device (auto | cpu | cuda: where its scenes are rendered, ProceduralSource)
+        device (auto | cpu | cuda: where its scenes are rendered, ProceduralSource), truth (realistic sources:
+        ``capture`` (default): the captured photos and masks are the views; ``clean``: the views are the clean render of
+        the same scene — creature and cameras are those of the clean source of the same seed — and the captures are
+        what the model sees, ``Source.observed``: the samples' ``input_images`` / ``input_alpha``, so a realistic
+        photo is scored against its scene's clean truth)
     facelift / facelift_mvdiffusion: path (folder of sample dirs, one sample dir) or list_file; mvdiffusion: rig;
         cache_mb (default 0: off): keep up to this many MB of decoded views per loader worker (``DecodedViews``),
         for small sets read over and over (the one-scene overfit): a view is then decoded once per worker
@@ -54,7 +58,9 @@ CAMERA_FILE = "opencv_cameras.json"
 SOURCE_KEYS = {
     "name", "kind", "format", "weight", "background", "up_axis", "path", "list_file", "urls", "num_scenes",
     "realistic", "num_views", "seed", "camera_jitter_deg", "rig", "index_offset", "augment", "device", "cache_mb",
+    "truth",
 }
+TRUTHS = ("capture", "clean")
 
 
 @dataclasses.dataclass
@@ -70,7 +76,10 @@ class SceneCameras:
 
 class Source:
     """Base: name, kind, weight, background, augment (its own ops, None: its kind's); subclasses implement __len__,
-    cameras, pixels."""
+    cameras, pixels. ``observed``: None, or a source of the same scenes and cameras whose pixels are what the model
+    sees instead of this source's (the samples' ``input_images``; ``ProceduralSource(truth="clean")``)."""
+
+    observed: Source | None = None
 
     def __init__(self, name: str, kind: str, weight: float = 1.0, background: str = "white",
                  up_axis: str | None = None, augment: dict[str, Any] | None = None) -> None:
@@ -107,16 +116,30 @@ class ProceduralSource(Source):
     ``device``: ``cpu`` renders each scene when it is read (the torch rasterizer: ~0.3 s a scene at 128 px, in the
     loader workers); ``cuda`` renders every scene once, at construction, in batches on this process's GPU (gsplat:
     thousands of scenes in seconds) and keeps them in host memory as 8-bit RGBA (num_scenes x views x 4 x size^2
-    bytes: 1 GB for 4,000 scenes of 8 views at 128 px); ``auto``: ``cuda`` when CUDA and gsplat are available."""
+    bytes: 1 GB for 4,000 scenes of 8 views at 128 px); ``auto``: ``cuda`` when CUDA and gsplat are available.
+
+    ``truth="clean"`` (realistic only): this source's pixels are the clean render of each scene (the clean source of
+    the same seed draws the same creature and cameras, ``datamodules.procedural.plan_scene``) and ``observed`` is the
+    realistic source itself: the captures the model sees."""
 
     def __init__(self, name: str, kind: str, rig: Rig, num_scenes: int, num_views: int, size: int,
                  realistic: bool = False, seed: int = 0, camera_jitter_deg: float = 0.0, index_offset: int = 0,
-                 device: str = "auto", **kw: Any) -> None:
+                 device: str = "auto", truth: str = "capture", **kw: Any) -> None:
         super().__init__(name, kind, **kw)
         if num_scenes < 1 or num_views < 1:
             raise ValueError(f"source {name!r}: num_scenes and num_views must be >= 1")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"source {name!r}: device must be auto|cpu|cuda, got {device!r}")
+        if truth not in TRUTHS:
+            raise ValueError(f"source {name!r}: truth must be one of {TRUTHS}, got {truth!r}")
+        if truth == "clean" and not realistic:
+            raise ValueError(f"source {name!r}: truth: clean is for realistic sources (a clean source's views are "
+                             "its truth already)")
+        self.truth = truth
+        if truth == "clean":  # the captures are what the model sees; this source's own pixels are the clean render
+            self.observed = ProceduralSource(name, kind, rig, num_scenes, num_views, size, True, seed,
+                                             camera_jitter_deg, index_offset, device, **kw)
+            realistic = False
         self.rig, self.num_scenes, self.num_views, self.size = rig, int(num_scenes), int(num_views), int(size)
         self.realistic, self.seed, self.jitter = bool(realistic), int(seed), float(camera_jitter_deg)
         self.index_offset = int(index_offset)
@@ -558,6 +581,9 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
     fmt = cfg.get("format", "procedural")
     if fmt not in FORMATS:
         raise ValueError(f"source {name!r}: format must be one of {FORMATS}, got {fmt!r}")
+    if "truth" in cfg and fmt != "procedural":
+        raise ValueError(f"source {name!r}: truth is for procedural sources (a capture's clean truth is known only "
+                         f"for a generated scene), not {fmt!r}")
     if "cache_mb" in cfg and fmt not in ("facelift", "facelift_mvdiffusion"):
         raise ValueError(f"source {name!r}: cache_mb is for the folder formats (facelift, facelift_mvdiffusion), "
                          f"not {fmt!r}")
@@ -573,7 +599,7 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
                                 bool(cfg.get("realistic", False)), _number(cfg, "seed", 0, name, int),
                                 _number(cfg, "camera_jitter_deg", 0.0, name, minimum=0.0),
                                 _number(cfg, "index_offset", 0, name, int, 0), str(cfg.get("device", "auto")),
-                                background=cfg.get("background", "white"), **base)
+                                str(cfg.get("truth", "capture")), background=cfg.get("background", "white"), **base)
     background = cfg.get("background", "white")
     cache_mb = _number(cfg, "cache_mb", 0.0, name, minimum=0.0)
     if fmt == "facelift":

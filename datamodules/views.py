@@ -3,9 +3,10 @@
 Diffusion: the rig's target views are the scene's first ``rig.num_views`` views, in rig order; one reference
 (conditioning) view is chosen ``fixed`` (an index), ``random`` (any of the scene's views) or ``random_rig`` (one of
 the rig's views). Reconstruction: ``num_views`` distinct views, the first ``num_input_views`` are the inputs, the rest
-supervision; the inputs are drawn ``random`` or ``spread`` (farthest-point sampling of the cameras' viewing
-directions from a random first view: inputs that see the subject from all round, as a rig's views do), the
-supervision views at random from the others.
+supervision; the inputs are drawn ``random``, ``spread`` (farthest-point sampling of the cameras' viewing
+directions from a random first view: inputs that see the subject from all round, as a rig's views do) or ``first``
+(the scene's first ``num_input_views`` views in order: a rig's views, for data whose first views are the rig's, as
+procedural scenes and the chained pipeline's generated views are), the supervision views at random from the others.
 
 Example:
     >>> import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from torch import Tensor
 
 REFERENCE_MODES = ("fixed", "random", "random_rig")
-INPUT_VIEW_MODES = ("random", "spread")
+INPUT_VIEW_MODES = ("random", "spread", "first")
 
 
 def diffusion_views(num_data_views: int, num_rig_views: int, mode: str, reference_index: int,
@@ -52,6 +53,9 @@ def reconstruction_views(num_data_views: int, num_views: int, num_input_views: i
         raise ValueError(f"scene has {num_data_views} views, {num_views} requested")
     if input_views == "random":
         return [int(v) for v in rng.choice(num_data_views, size=num_views, replace=False)]
+    if input_views == "first":
+        rest = rng.choice(np.arange(num_input_views, num_data_views), size=num_views - num_input_views, replace=False)
+        return list(range(num_input_views)) + [int(v) for v in rest]
     if input_views != "spread":
         raise ValueError(f"input_views must be one of {INPUT_VIEW_MODES}, got {input_views!r}")
     if c2w is None or len(c2w) != num_data_views:

@@ -28,7 +28,11 @@ What is measured (the "mode" of a row):
                     per-view columns show it apart). Before any work the rig guard compares D's rig with
                     every GS-LRM's rig: a mismatch stops with an error naming both rigs and the per-view difference,
                     unless ``--allow-rig-mismatch`` (a logged warning; the row says ``rig match: no``). The
-                    generated views' own metrics go into the ``generated/*`` columns.
+                    generated views' own metrics go into the ``generated/*`` columns (``generated_novel/*``: the
+                    rig's views but the photo's). ``--heldout-views N`` also renders the data's next N views after
+                    the rig's (cameras no generated view had) and scores them apart: ``heldout/*``, with copying the
+                    photo there, ``heldout_copy_ref/*``. A source with observed captures (``truth: clean``) gives
+                    the model its captured photo while the views it is scored on are the scene's clean render.
 
 What "x rig" means: ``--rig NAME`` (repeatable; default: the data config's own rig) is loaded as the data's stage
 rig (``MultiViewDataModule(rig=NAME)``). Procedural sources are then rendered from that rig's cameras (views 0..5 =
@@ -72,6 +76,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from datamodules.views import INPUT_VIEW_MODES
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import MAX_GUIDANCE
 from lightning_modules.evaluation import EvalSettings, run_evaluation
@@ -102,12 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diffusion / chained: the rig view used as input")
     p.add_argument("--num-input-views", type=number(int, 1), default=None,
                    help="reconstruction: override the data config's num_input_views")
-    p.add_argument("--input-views", choices=("random", "spread"), default=None,
+    p.add_argument("--input-views", choices=INPUT_VIEW_MODES, default=None,
                    help="reconstruction: override the data config's input_views (how the inputs are drawn: random, "
-                        "or spread round the subject)")
+                        "spread round the subject, or first: the scene's first N views, a rig's)")
     p.add_argument("--chain-input-views", default="all",
                    help="chained: generated views given to the GS-LRM (all, or indices / view names)")
+    p.add_argument("--heldout-views", type=number(int, 0), default=0,
+                   help="chained: also render and score the data's next N views after the rig's (held-out cameras, "
+                        "the heldout/* columns)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of every checkpoint")
+    p.add_argument("--diffusion-ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="chained: whether the diffusion checkpoint's EMA weights are used, apart from --ema (which "
+                        "otherwise picks EMA weights for every checkpoint): e.g. a diffusion export's EMA UNet with "
+                        "GS-LRM exports that have none")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load .ckpt files that need more than plain tensors and values with full unpickling (can "
                         "run code from the file: only for files you trust)")

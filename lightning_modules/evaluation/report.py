@@ -68,7 +68,10 @@ TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim": "SSIM", "ssim_fg": "SSIM
 def csv_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in CSV_FIXED}
     for prefix, summary in (("", row.get("metrics")), ("generated/", row.get("generated_metrics")),
-                            ("novel/", row.get("novel_metrics")), ("copy_ref/", row.get("copy_ref_metrics"))):
+                            ("novel/", row.get("novel_metrics")), ("copy_ref/", row.get("copy_ref_metrics")),
+                            ("generated_novel/", row.get("generated_novel_metrics")),
+                            ("heldout/", row.get("heldout_metrics")),
+                            ("heldout_copy_ref/", row.get("heldout_copy_ref_metrics"))):
         if not summary:
             continue
         names = [m for m in BASE_METRICS if m in summary["all"]]
@@ -136,6 +139,8 @@ def markdown(results: dict[str, Any]) -> str:
     compared = [m for m in ("psnr", "psnr_fg") if any(m in (r.get("copy_ref_metrics") or {}).get("all", {})
                                                      for r in ok_rows)]
     head += [f"{who} {TITLES[m]}" for m in compared for who in ("novel", "copy-ref")]
+    heldout = [m for m in BASE_METRICS if any(m in (r.get("heldout_metrics") or {}).get("all", {}) for r in ok_rows)]
+    head += [f"held-out {TITLES[m]}" for m in heldout]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         match = "yes" if r.get("rig_match") else f"**no** ({r.get('rig_worst_angle_deg', 0):.1f}°)"
@@ -158,6 +163,7 @@ def markdown(results: dict[str, Any]) -> str:
         for m in compared:
             cells += [fmt((r.get(key) or {}).get("all", {}).get(m), DIGITS[m])
                       for key in ("novel_metrics", "copy_ref_metrics")]
+        cells += [fmt((r.get("heldout_metrics") or {}).get("all", {}).get(m), DIGITS[m]) for m in heldout]
         lines.append("| " + " | ".join(cells) + " |")
     order = {v: i for r in reversed(ok_rows) for i, v in enumerate(r.get("rig_views") or [])}
     views = sorted(dict.fromkeys(v for r in ok_rows for v in r["metrics"]["view"]),
@@ -185,6 +191,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("- PSNR fg: PSNR over the pixels inside the axis-aligned bounding box of the ground truth's "
                      "alpha > 0.5 (the background outside the subject's box does not count); views without "
                      "foreground are left out of the means and counted in the row notes.")
+    if heldout:
+        lines.append("- held-out: over the data's views beyond the rig's (chained rows: `--heldout-views`; "
+                     "reconstruction rows: the scored views the rig does not name), cameras no generated view had.")
     if compared:
         lines.append("- novel / copy-ref (diffusion rows): over the rig's views other than the reference view itself, "
                      "the generated views and the baseline that copies the reference into every view; a model that "

@@ -65,9 +65,9 @@ class EvalSettings:
     scheduler: str = SAMPLING.scheduler
     reference_view: int = SAMPLING.reference_view
     num_input_views: int | None = None
-    input_views: str | None = None  # reconstruction: random | spread (None: the data config's)
+    input_views: str | None = None  # reconstruction: random | spread | first (None: the data config's)
     chain_input_views: str = "all"
-    heldout_views: int = 0  # chained: also render the data's next N views after the rig's (cameras no generated view had)
+    heldout_views: int = 0  # chained: also render the data's next N views after the rig's (held-out cameras)
     ema: bool = False
     diffusion_ema: bool | None = None  # chained: the diffusion checkpoint's EMA weights (None: as ``ema``)
     trust_checkpoint: bool = False
@@ -148,6 +148,7 @@ class RowResult:
     novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # diffusion: novel views, model vs copy
     grid_tiles: list[list[str]] | None = None  # per scene, each tile's view name (views that differ between scenes)
     placement: list[float] | None = None  # chained: per scene, the scale of the rig -> data frame similarity
+    generated_views: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # chained: the generated views
     generated_novel: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # chained: generated views, novel
 
 
@@ -370,7 +371,10 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
             rec = _record(batch, b, names, scores)
             gen_rec = _record(batch, b, names[:v], gen_scores, "generated/")
             rec.update({key: val for key, val in gen_rec.items() if key.startswith("generated/")})
+            if v < len(names):  # the generated views are the rig's: fewer than the scored views
+                rec["generated/views"] = names[:v]
             res.scenes.append(rec)
+            res.generated_views.append(gen_rec)
             res.novel.append(_novel_record(batch, b, names, is_ref, scores, copied))
             keep = [j for j in range(v) if is_ref is None or not bool(is_ref[b, j])]
             res.generated_novel.append(_views_record(batch, b, names, keep, gen_scores, "generated/"))
@@ -405,6 +409,10 @@ def preflight(opts: EvalSettings) -> tuple[list[CheckpointInfo], CheckpointInfo 
         raise ValueError(f"--batches and --batch-size must be >= 1, got {opts.batches} and {opts.batch_size}")
     if opts.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {opts.steps}")
+    if opts.heldout_views < 0:
+        raise ValueError(f"--heldout-views must be >= 0, got {opts.heldout_views}")
+    if opts.diffusion is None and (opts.heldout_views or opts.diffusion_ema is not None):
+        raise ValueError("--heldout-views and --diffusion-ema are for chained rows: they need --diffusion")
     ckpts, trust = [], opts.trust_checkpoint
     for spec in unique_labels([parse_labelled(s) for s in opts.ckpt]):
         ckpts.append(CheckpointInfo(spec.label, spec.path, checkpoint_stage(spec.path, trust),
@@ -496,9 +504,9 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
     if res.placement:
         row["placement"] = {"rule": PLACEMENT_RULE, "scale_min": min(res.placement),
                             "scale_max": max(res.placement)}
-    if res.generated:
-        row["generated_metrics"] = summarize(res.scenes, [m for m in res.metric_names
-                                                          if f"generated/{m}" in res.scenes[0]], prefix="generated/")
+    if res.generated and res.generated_views:
+        row["generated_metrics"] = summarize(res.generated_views, [
+            m for m in res.metric_names if f"generated/{m}" in res.generated_views[0]], prefix="generated/")
     if res.novel and res.novel[0]["views"]:
         names = [m for m in NOVEL_METRICS if f"novel/{m}" in res.novel[0]]
         row["novel_metrics"] = summarize(res.novel, names, prefix="novel/")
