@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from callbacks.atomic import AtomicCheckpointIO
+from callbacks.fit_config import ConfigError, check_fit_config, constructor_error
 from callbacks.nonfinite import NonFiniteGuard
 from callbacks.paths import CheckpointPaths, run_paths
 from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
@@ -124,6 +125,29 @@ class FitCLI(LightningCLI):
                             help="resume from a checkpoint that needs more than plain tensors and values, with full "
                                  "unpickling (can run code from the file: only for files you trust)")
 
+    def before_instantiate_classes(self) -> None:
+        """The config's values, named by key, before any class is built (:mod:`callbacks.fit_config`)."""
+        check_fit_config(self.config)
+
+    def instantiate_classes(self) -> None:
+        """LightningCLI's, with a constructor's error about a bad value as one line naming the section and class
+        (:func:`callbacks.fit_config.constructor_error`) instead of jsonargparse's union-type report around it."""
+        try:
+            self.config_init = self.parser.instantiate_classes(self.config)
+        except (ValueError, TypeError, OSError) as e:
+            root = e
+            while root.__cause__ is not None:
+                root = root.__cause__
+            if isinstance(root, USER_ERRORS):  # a refusal of its own (an untrusted weights file, ...): as it is
+                raise root from None
+            if not isinstance(root, (ValueError, TypeError, OSError)):
+                raise  # a bug, not a config value's fault: the whole traceback
+            raise constructor_error(e, self.config) from e
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         paths_cb: CheckpointPaths = self._get(self.config_init, "run")
         if self._get(self.config, "resume") == "auto":
@@ -137,6 +161,7 @@ class FitCLI(LightningCLI):
         paths = paths_cb.decide(self.model, self.datamodule)  # refuses a root holding the run's own path
         # every refusal before anything (loggers, config copy, run.json) is written into the run folder
         paths_cb.check_before_writing(resuming=self._get(self.config, "resume") not in (None, "never"))
+        paths_cb.note_invocation_start()  # a fit that fails leaves the run folder as found (tools.fit)
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(paths, self._get(self.config, "wandb"))
         kwargs["plugins"] = _with_atomic_io(trainer_cfg.get("plugins"))
@@ -175,7 +200,7 @@ def run_summary(trainer: Trainer) -> str:
 
 # refusals a user fixes by changing the command: printed as one line, no traceback, exit code 2
 USER_ERRORS = (RigMismatchError, StageMismatchError, RunConflictError, PathError, UntrustedCheckpointError,
-               SharedSettingError)
+               SharedSettingError, ConfigError)
 
 
 def user_error(e: BaseException) -> str:

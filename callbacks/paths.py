@@ -21,8 +21,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,7 @@ class CheckpointPaths(Callback):
         self.final_checkpoint = FinalCheckpoint()
         self._paths: RunPaths | None = None
         self._identity: dict[str, Any] | None = None
+        self._before: dict[str, Any] | None = None  # the run folder before this invocation (note_invocation_start)
 
     @property
     def paths(self) -> RunPaths:
@@ -165,6 +168,48 @@ class CheckpointPaths(Callback):
         self._check_identity(paths)
         check_no_checkpoints(paths, resuming)
         return paths
+
+    # ---- a failed invocation leaves the run folder as it found it ------------------------------------------------
+    def _saved_outputs(self) -> set[tuple[str, int]]:
+        paths = self.paths
+        return ({(str(p), p.stat().st_mtime_ns) for p in paths.checkpoints()}
+                | {(str(p), 0) for p in paths.exports().values()})
+
+    def note_invocation_start(self) -> None:
+        """Remember the run folder as it is before this invocation writes anything into it (tools.fit, after the
+        refusals): the folders it will create and the files already there, for :meth:`discard_failed_invocation`."""
+        paths = self.paths
+        self._before = {"created": [d for d in (paths.run_dir, paths.experiment_dir, paths.root) if not d.exists()],
+                        "entries": set(paths.run_dir.rglob("*")) if paths.run_dir.is_dir() else set(),
+                        "outputs": self._saved_outputs()}
+
+    def discard_failed_invocation(self) -> list[Path]:
+        """After a fit that raised (a crash, a refusal at setup, an interrupt): unless it wrote a checkpoint or an
+        export to continue from, remove what it wrote — a new run folder whole (``run.json``, logs, config copy,
+        empty folders, which would make the fixed re-run be refused as another config), in an existing one the files
+        and folders it added — and the experiment and root folders it created when they are empty. Rank 0 calls it;
+        returns what was removed."""
+        before, self._before = self._before, None
+        if before is None or self._saved_outputs() - before["outputs"]:
+            return []
+        paths = self.paths
+        removed: list[Path] = []
+        if paths.run_dir in before["created"]:
+            if paths.run_dir.exists():
+                shutil.rmtree(paths.run_dir, ignore_errors=True)
+                removed.append(paths.run_dir)
+        elif paths.run_dir.is_dir():
+            added = set(paths.run_dir.rglob("*")) - before["entries"]
+            for p in sorted(added, key=lambda q: len(q.parts), reverse=True):  # deepest first
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+        for folder in before["created"][1:]:  # the experiment folder, then the root: only when left empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return removed
 
     def _prepare_run_dir(self, paths: RunPaths) -> None:
         paths.create()

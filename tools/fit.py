@@ -41,13 +41,18 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
 
 from callbacks.fit_cli import USER_ERRORS, FitCLI, RunConfigSaver, import_known_modules, run_summary, user_error
+from callbacks.fit_config import check_resume_hparams
+from callbacks.paths import CheckpointPaths
 from datamodules.shared_settings import check_not_on_model
 from lightning_modules.artifacts import allowed_globals, check_loadable
+
+log = logging.getLogger("mvlift.fit")
 
 
 def main(argv: list[str] | None = None) -> FitCLI:
@@ -72,12 +77,20 @@ def main(argv: list[str] | None = None) -> FitCLI:
         )
     finally:
         sys.argv = saved_argv
-    ckpt_path = cli.resume_path()
-    trust = bool(cli._get(cli.config, "trust_checkpoint"))
-    if ckpt_path is not None:
-        check_loadable(ckpt_path, trust)  # the named refusal, before Lightning's own load
-    with contextlib.nullcontext() if trust else allowed_globals():
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=not trust)
+    paths_cb = cli._get(cli.config_init, "run")
+    try:
+        ckpt_path = cli.resume_path()
+        trust = bool(cli._get(cli.config, "trust_checkpoint"))
+        if ckpt_path is not None:
+            check_loadable(ckpt_path, trust)  # the named refusal, before Lightning's own load
+            check_resume_hparams(ckpt_path, cli.model.hparams, trust)  # a changed lr would be recorded, not used
+        with contextlib.nullcontext() if trust else allowed_globals():
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=not trust)
+    except BaseException:
+        if cli.trainer.is_global_zero and isinstance(paths_cb, CheckpointPaths):  # nothing left that a re-run trips on
+            for removed in paths_cb.discard_failed_invocation():
+                log.info("removed %s: written by this failed run before any checkpoint", removed)
+        raise
     if cli.trainer.is_global_zero:
         print(run_summary(cli.trainer), flush=True)
     return cli
