@@ -20,7 +20,16 @@ output size — never cameras copied from the inputs. Sampling is seeded per sam
 (``matting="opaque"``, recorded as ``has_background``) unless a local ``MODULE:FUNCTION`` matting callable
 (``datamodules.photos``) gives each view a mask. Each sample also holds ``reference.png``; ``dataset.json`` records
 the settings and, per sample, the source scene it came from. ``skip_existing`` keeps finished samples of an earlier
-run with the same settings (a sample is finished when its camera file exists: it is written last).
+run with the same settings (a sample is finished when its camera file exists: it is written last). References are
+generated ``batch_size`` at a time, a batch seeded with seed + its first sample's number (batch size 1: seed + sample
+number, per sample).
+
+``with_truth`` (Phase 3 as training data): after the generated views (cam 0 .. V-1, the rig's cameras) each sample
+holds the input scene's own views (cam V .. V+N-1: its images and masks, prepared as the DataModule prepares them, at
+the output size), with the scene's cameras brought into the rig's frame by the caller's ``to_rig_frame`` (the
+chained evaluation's placement through the reference camera; the identity for data rendered from the rig). A GS-LRM
+trained with ``input_views: first`` and ``num_input_views: V`` on such a folder (a ``format: facelift`` source a fit
+config mixes with others) takes the generated views as inputs and is supervised by the scene's true views.
 """
 
 from __future__ import annotations
@@ -223,11 +232,13 @@ def input_scenes(inputs: Path, kind: str, limit: int | None, val_fraction: float
 
 def reference_image(item: InputScene, view: int, size: int, seed: int) -> tuple[torch.Tensor, str]:
     """(reference [3, size, size] in [0, 1], scene id): view ``view`` of the scene, prepared by
-    :func:`datamodules.prepare.prepare_views` as the DataModule prepares training views."""
+    :func:`datamodules.prepare.prepare_views` as the DataModule prepares training views (a source with observed
+    captures, ``truth: clean``: the capture, what a model is given)."""
     cams = item.source.cameras(item.scene)
     if not 0 <= view < len(cams.c2w):
         raise ValueError(f"{cams.where}: --reference-view {view} but the scene has {len(cams.c2w)} views")
-    prepared = prepare_views(item.source, item.scene, cams, [view], size, rng=np.random.default_rng([seed, item.scene]),
+    source = item.source.observed or item.source
+    prepared = prepare_views(source, item.scene, cams, [view], size, rng=np.random.default_rng([seed, item.scene]),
                              center_crop=item.center_crop, center_fill=item.center_fill)
     return prepared.images[int(prepared.rows([view])[0])], str(cams.scene_id)
 
@@ -251,10 +262,14 @@ class GeneratedViews:
     val_fraction: float
     ema: bool
     size: int | None
+    with_truth: bool
+    batch_size: int
 
     def __post_init__(self) -> None:
         if self.inputs is None:
             raise ValueError("--from-diffusion needs --inputs (a data config or a FaceLift-layout folder)")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.steps < 1 or self.reference_view < 0 or (self.limit is not None and self.limit < 1):
             raise ValueError("--steps >= 1, --reference-view >= 0 and --limit >= 1 are needed")
         if self.size is not None and self.size < 8:
@@ -267,7 +282,8 @@ class GeneratedViews:
                 "rig_fingerprint": rig.fingerprint, "seed": self.seed, "steps": self.steps, "guidance": self.guidance,
                 "scheduler": self.scheduler, "reference_view": self.reference_view, "size": size,
                 "inputs": str(Path(self.inputs).resolve()), "kind": self.kind, "limit": self.limit,
-                "matting": self.matting, "val_fraction": self.val_fraction}
+                "matting": self.matting, "val_fraction": self.val_fraction, "with_truth": self.with_truth,
+                "batch_size": self.batch_size}
 
 
 def _view_alpha(views: torch.Tensor, matting: Any, spec: str, where: str) -> torch.Tensor:
@@ -293,11 +309,27 @@ def matting_callable(spec: str) -> Any:
     return load_callable(spec)
 
 
+def truth_views(item: InputScene, size: int, seed: int,
+                to_rig_frame: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The input scene's own views at ``size`` (images, masks, intrinsics: ``prepare_views`` as in training) with
+    its cameras in the rig's frame (``to_rig_frame(c2w [N, 4, 4]) -> [N, 4, 4]``)."""
+    cams = item.source.cameras(item.scene)
+    views = list(range(len(cams.c2w)))
+    p = prepare_views(item.source, item.scene, cams, views, size, rng=np.random.default_rng([seed, item.scene]),
+                      center_crop=item.center_crop, center_fill=item.center_fill)
+    return {"images": p.images, "alpha": p.alpha, "c2w": to_rig_frame(cams.c2w.double()).float(),
+            "fxfycxcy": p.fxfycxcy.float()}
+
+
 def write_generated_dataset(out: Path, g: GeneratedViews, items: Sequence[InputScene],
                             generate: Callable[[torch.Tensor, int], torch.Tensor], rig: Rig, model_size: int,
-                            skip_existing: bool = False, rig_check: dict[str, Any] | None = None) -> Path:
-    """Write ``generate(reference [3, S, S], seed) -> views [V, 3, S', S']``'s views of ``items`` into ``out``
-    (module docstring); ``rig`` / ``model_size``: the model's. Returns the dataset.json path."""
+                            skip_existing: bool = False, rig_check: dict[str, Any] | None = None,
+                            to_rig_frame: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+    """Write ``generate(references [B, 3, S, S], seed) -> views [B, V, 3, S', S']``'s views of ``items`` into ``out``
+    (module docstring); ``rig`` / ``model_size``: the model's; ``to_rig_frame``: an input scene's cameras in the
+    rig's frame (``with_truth``). Returns the dataset.json path."""
+    if g.with_truth and to_rig_frame is None:
+        raise ValueError("with_truth needs to_rig_frame (the input scenes' cameras in the rig's frame)")
     size = int(g.size or model_size)
     settings, seed, matting, reference_view = g.settings(rig, size), g.seed, g.matting, g.reference_view
     matte = matting_callable(matting)
@@ -309,38 +341,53 @@ def write_generated_dataset(out: Path, g: GeneratedViews, items: Sequence[InputS
             changed = sorted(k for k in set(settings) | set(old or {}) if (old or {}).get(k) != settings.get(k))
             raise ValueError(f"{out}: --skip-existing, but the earlier run had other settings ({', '.join(changed)})")
     c2w, k = rig.cameras(size)
-    sample_dirs, records, t0, skipped = [], [], time.time(), 0
-    for i, item in enumerate(progress(items, "synthesized samples", unit="sample")):
-        sample_dir = out / f"sample_{i:06d}"
-        ref, scene_id = reference_image(item, reference_view, model_size, seed)
-        rec = {"sample": sample_dir.name, "split": item.split, "source": item.source.name, "kind": item.source.kind,
-               "scene": item.scene, "scene_id": scene_id, "seed": seed + i}
-        if skip_existing and (sample_dir / "opencv_cameras.json").is_file():
-            skipped += 1
-        else:
-            views = generate(ref, seed + i)
+    sample_dirs, records, t0, skipped, truth_counts = [], [], time.time(), 0, set()
+    for start in progress(range(0, len(items), g.batch_size), "synthesized batches", unit="batch"):
+        chunk = list(enumerate(items[start: start + g.batch_size], start))
+        dirs = [out / f"sample_{i:06d}" for i, _ in chunk]
+        refs = [reference_image(item, reference_view, model_size, seed) for _, item in chunk]
+        todo = [j for j, d in enumerate(dirs) if not (skip_existing and (d / "opencv_cameras.json").is_file())]
+        skipped += len(chunk) - len(todo)
+        batch = generate(torch.stack([r for r, _ in refs]), seed + start) if todo else None  # the whole batch: the
+        for j in todo:  # noise of a batch does not depend on which of its samples an earlier run finished
+            (i, item), sample_dir, (ref, scene_id) = chunk[j], dirs[j], refs[j]
+            views = batch[j]
             if tuple(views.shape[-2:]) != (size, size):
                 views = resize_images(views, size).clamp(0, 1)
             alpha = _view_alpha(views, matte, matting, str(sample_dir))
+            scene = {"images": views, "alpha": alpha, "c2w": c2w, "fxfycxcy": k,
+                     "scene_id": f"{item.source.name}/{scene_id}"}
+            if g.with_truth:
+                truth = truth_views(item, size, seed, to_rig_frame)
+                truth_counts.add(len(truth["images"]))
+                scene.update({key: torch.cat([scene[key], truth[key]]) for key in ("images", "alpha", "c2w",
+                                                                                    "fxfycxcy")})
             sample_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(to_uint8(ref)).save(sample_dir / "reference.png")
-            write_facelift_scene(sample_dir, {"images": views, "alpha": alpha, "c2w": c2w, "fxfycxcy": k,
-                                              "scene_id": f"{item.source.name}/{scene_id}"})
-        sample_dirs.append(sample_dir)
-        records.append(rec)
-        _progress(i, len(items), "samples", t0)
+            write_facelift_scene(sample_dir, scene)
+        for (i, item), sample_dir, (_, scene_id) in zip(chunk, dirs, refs):
+            sample_dirs.append(sample_dir)
+            records.append({"sample": sample_dir.name, "split": item.split, "source": item.source.name,
+                            "kind": item.source.kind, "scene": item.scene, "scene_id": scene_id,
+                            "seed": seed + start})
+            _progress(i, len(items), "samples", t0)
     train = [i for i, r in enumerate(records) if r["split"] == "train"]
     val = [i for i, r in enumerate(records) if r["split"] == "val"]
     write_list_files(out, sample_dirs, train, val)
     record = {"version": DATASET_VERSION, "generator": "diffusion", "settings": settings, "rig": rig.name,
               "rig_fingerprint": rig.fingerprint, "rig_definition": rig.to_dict(), "seed": seed,
               "views": rig.num_views, "size": size, "has_background": matting == "opaque",
+              "truth_views": sorted(truth_counts) if g.with_truth else None,
+              "layout": f"cam 0-{rig.num_views - 1}: generated views at the rig's cameras" + (
+                  "; then the input scene's own views, its cameras in the rig's frame" if g.with_truth else ""),
               "alpha": "opaque (1 everywhere)" if matting == "opaque" else f"matting {matting}",
               "scenes": len(records), "train": len(train), "val": len(val), "rig_check": rig_check,
               "samples": records}
     write_atomic(record_path, json.dumps(record, indent=1) + "\n")
-    log.info("wrote %s: %d train / %d val samples (%d kept from an earlier run), %d views at %d px, rig %s (%s)",
-             out, len(train), len(val), skipped, rig.num_views, size, rig.name, rig.fingerprint)
+    log.info("wrote %s: %d train / %d val samples (%d kept from an earlier run), %d views at %d px%s, rig %s (%s)",
+             out, len(train), len(val), skipped, rig.num_views, size,
+             f" + the scene's {'/'.join(map(str, sorted(truth_counts)))} true views" if truth_counts else "",
+             rig.name, rig.fingerprint)
     return record_path
 
 

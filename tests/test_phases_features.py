@@ -149,3 +149,36 @@ def test_heldout_views_and_diffusion_ema_need_a_chain(exports, tmp_path, capsys)
     assert main(["--ckpt", str(exports["gslrm"]), "--data", data, "--heldout-views", "2", "--out",
                  str(tmp_path / "x")]) == 2
     assert "need --diffusion" in capsys.readouterr().err
+
+
+# ---- Phase-3 data: generated views + the scene's truth, a source a fit config mixes ------------------------------
+def test_generated_views_with_the_scenes_truth_form_a_mixable_reconstruction_source(exports, tmp_path):
+    from geometry.camera_files import read_camera_file
+    from tools.synthesize import main
+
+    inputs = tmp_path / "inputs.yaml"
+    src = _source(False, seed=3)
+    src.update(num_scenes=3)
+    inputs.write_text(yaml.safe_dump({"rig": RIG, "image_size": 16, "val_fraction": 0.34, "sources": [src]}))
+    out = tmp_path / "phase3"
+    assert main(["--from-diffusion", str(exports["diffusion"]), "--ema", "--inputs", str(inputs), "--kind", "all",
+                 "--out", str(out), "--steps", "1", "--guidance", "1.0", "--with-truth", "--batch-size", "2"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["truth_views"] == [8] and meta["settings"]["with_truth"] and meta["scenes"] == 3
+    assert [s["seed"] for s in meta["samples"]] == [0, 0, 2]  # one seed per batch of two
+    cams = read_camera_file(out / "sample_000000" / "opencv_cameras.json")
+    truth = build_source(src, load_rig(RIG), 8, 16).cameras(0)
+    assert len(cams.c2w) == 14 and torch.allclose(cams.c2w[6:], truth.c2w, atol=1e-5)  # placement: identity here
+    rig_c2w, _ = load_rig(RIG).cameras(16)
+    assert torch.allclose(cams.c2w[:6], rig_c2w, atol=1e-5)
+    # mixed with procedural scenes: the generated views are the inputs, the supervision the scene's true views
+    phase3 = {"name": "phase3", "kind": "synthetic", "format": "facelift", "list_file": str(out / "data_train.txt"),
+              "weight": 0.5}
+    dm = MultiViewDataModule(stage="reconstruction", rig=RIG, image_size=16, num_views=8, num_input_views=6,
+                             input_views="first", sources=[phase3, {**_source(False), "weight": 0.5}],
+                             val_fraction=0.0, batch_size=4, num_workers=0, samples_per_epoch=4,
+                             augment={"enabled": False})
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert sorted(set(batch["source"])) == ["mice", "phase3"] and batch["images"].shape[1] == 8
+    assert (batch["index"][:, 6:, 0] >= 6).all()  # supervision: never a generated view

@@ -5,13 +5,17 @@
     python -m tools.synthesize --from-diffusion CKPT --inputs DATA --out DIR [--steps 50] [--guidance 3.0]
         [--seed K] [--reference-view 0] [--kind real|synthetic|all] [--limit N] [--size S] [--scheduler ddim]
         [--matting opaque|MODULE:FUNCTION] [--val-fraction 0.1] [--ema] [--device cpu|cuda] [--skip-existing]
-        [--reconstruction CKPT [--allow-rig-mismatch]] [--trust-checkpoint]
+        [--reconstruction CKPT [--allow-rig-mismatch]] [--trust-checkpoint] [--with-truth] [--batch-size 1]
 
 The layout, splits, reference preparation and ``--from-diffusion``'s sampling, seeding and ``--skip-existing``:
 :mod:`datamodules.synthesis`; the views come from :mod:`lightning_modules.pipeline` with the diffusion model's rig
 cameras. ``--reconstruction CKPT``: the rig guard of ``tools.infer`` runs first, from checkpoint metadata only (a
 mismatch: exit code 2, nothing written, unless ``--allow-rig-mismatch``; recorded as ``rig_check``).
 ``--trust-checkpoint`` loads a ``.ckpt`` that needs more than plain tensors (only files you trust).
+``--with-truth`` (Phase 3 as training data): each sample also holds the input scene's own views after the generated
+ones, its cameras placed in the rig's frame as chained ``tools.evaluate`` places them; a GS-LRM fit with
+``input_views: first`` takes the generated views in and is supervised by the true ones.
+``--batch-size N`` generates N references at once (one seed per batch: seed + its first sample's number).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from datamodules.synthesis import (
     write_generated_dataset,
     write_procedural_dataset,
 )
+from geometry.cameras import cameras_into_frame
 from geometry.rig import available_rigs
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import MAX_GUIDANCE, Sampling
+from lightning_modules.evaluation.runner import rig_to_data_frame
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import check_stages_and_rigs, generate_views, sampling_for_data_view
 from tools import log_to_stderr, number
@@ -81,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--matting", default=None,
                       help="alpha of the generated views: opaque (default) or a local MODULE:FUNCTION")
     diff.add_argument("--ema", action="store_true", default=None, help="use the checkpoint's EMA weights")
+    diff.add_argument("--with-truth", action="store_true", default=None,
+                      help="also write each input scene's own views (images, masks, cameras in the rig's frame) after "
+                           "the generated ones: Phase-3 training data")
+    diff.add_argument("--batch-size", type=number(int, 1), default=None,
+                      help="references generated at once (default 1; a batch is seeded with seed + its first sample)")
     diff.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default cpu)")
     diff.add_argument("--skip-existing", action="store_true", default=None,
                       help="keep finished samples of an earlier run with the same settings")
@@ -98,7 +109,8 @@ PROCEDURAL = {k: getattr(Procedural(), k) for k in ("scenes", "views", "rig", "r
 DIFFUSION = {"inputs": None, "steps": SAMPLING.steps, "guidance": SAMPLING.guidance, "scheduler": SAMPLING.scheduler,
              "reference_view": SAMPLING.reference_view, "kind": "real",
              "limit": None, "matting": "opaque", "ema": False, "device": "cpu", "skip_existing": False,
-             "reconstruction": None, "allow_rig_mismatch": False, "trust_checkpoint": False}
+             "reconstruction": None, "allow_rig_mismatch": False, "trust_checkpoint": False, "with_truth": False,
+             "batch_size": 1}
 
 
 def _fill_mode_defaults(args: argparse.Namespace) -> None:
@@ -131,7 +143,8 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
     g = GeneratedViews(checkpoint=Path(args.from_diffusion), inputs=args.inputs, seed=args.seed, steps=args.steps,
                        guidance=args.guidance, scheduler=args.scheduler, reference_view=args.reference_view,
                        kind=args.kind, limit=args.limit, matting=args.matting, val_fraction=args.val_fraction,
-                       ema=bool(args.ema), size=args.size)
+                       ema=bool(args.ema), size=args.size, with_truth=bool(args.with_truth),
+                       batch_size=int(args.batch_size))
     if args.allow_rig_mismatch and args.reconstruction is None:
         raise ValueError("--allow-rig-mismatch needs --reconstruction (the checkpoint whose rig is checked)")
     rig_check = None
@@ -150,12 +163,16 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
 
     sampling = sampling_for_data_view(sampling, model, args.reference_view)  # the photo's rig view (camera rays)
 
-    def generate(ref: torch.Tensor, seed: int) -> torch.Tensor:
+    def generate(refs: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.no_grad():
-            return generate_views(model, ref[None].to(device), sampling, seed)["images"][0].float().cpu()
+            return generate_views(model, refs.to(device), sampling, seed)["images"].float().cpu()
+
+    def to_rig_frame(c2w: torch.Tensor) -> torch.Tensor:  # chained evaluation's placement, through the reference
+        m, _ = rig_to_data_frame(model.rig, args.reference_view, c2w[args.reference_view][None].double())
+        return cameras_into_frame(c2w.double(), m[0])
 
     return write_generated_dataset(Path(args.out), g, items, generate, model.rig, model_size,
-                                   bool(args.skip_existing), rig_check)
+                                   bool(args.skip_existing), rig_check, to_rig_frame)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
