@@ -18,7 +18,8 @@ as gaps. An empty part of a run folder is skipped with a warning; a run whose pa
 alone that is empty, or a missing path is an error naming the path.
 
 Default panels: ``train/loss``, ``val/loss``, one PSNR panel (``train/psnr``, ``val/psnr``, ``val/psnr/*`` per
-kind, ``val/psnr_fg`` and ``val/psnr_fg/*``: the foreground-box PSNR), the learning rate (``lr-*``: one line per
+kind, ``val/psnr_fg`` and ``val/psnr_fg/*``: the foreground-box PSNR), the diffusion stage's generated views against
+copying the reference (``val/gen_psnr[_fg]``, ``val/copy_ref_psnr[_fg]``), the learning rate (``lr-*``: one line per
 parameter group) and ``train/grad_norm``, each left out when no run logged it; x = step,
 or wall time (``--x time``) when the CSV has a ``time`` / ``wall_time`` / ``timestamp`` column (seconds; drawn as
 the time since the run's first row). ``metrics=[...]`` gives one panel per name instead (a name with ``*`` ``?``
@@ -52,6 +53,7 @@ STEP = "step"
 TIME_COLUMNS = ("time", "wall_time", "timestamp")
 NOT_METRICS = (STEP, "epoch", *TIME_COLUMNS)
 PSNR_PANEL = re.compile(r"^(train/psnr|val/psnr(/[^/]+)?|val/psnr_fg(/[^/]+)?)$")
+GEN_PANEL = re.compile(r"^val/(gen|copy_ref)_psnr(_fg)?$")  # the diffusion stage: its views vs copying the photo
 _VERSION = re.compile(r"^version_\d+$")
 
 
@@ -207,6 +209,9 @@ def default_panels(runs: Sequence[RunCurves]) -> list[Panel]:
     psnr = sorted(c for c in present if PSNR_PANEL.match(c))
     if psnr:
         panels.append(Panel("PSNR (dB)", psnr))
+    generated = sorted(c for c in present if GEN_PANEL.match(c))
+    if generated:
+        panels.append(Panel("generated vs copy-the-reference (dB)", generated))
     rates = sorted(c for c in present if c.startswith("lr-"))
     if rates:
         panels.append(Panel("learning rate", rates))
@@ -301,5 +306,5 @@ def plot_curves(runs: Sequence[RunCurves], out: str | Path, panels: Sequence[Pan
     return out
 
 
-__all__ = ["NOT_METRICS", "PSNR_PANEL", "TIME_COLUMNS", "CurveError", "Panel", "RunCurves", "default_label",
+__all__ = ["GEN_PANEL", "NOT_METRICS", "PSNR_PANEL", "TIME_COLUMNS", "CurveError", "Panel", "RunCurves", "default_label",
            "default_panels", "load_curves", "metric_files", "plot_curves", "read_part", "select_panels"]

@@ -140,6 +140,22 @@ def test_chained_rows_score_held_out_cameras_copy_and_generated_views_against_th
                  "--num-input-views", "6", "--batches", "1", "--batch-size", "2", "--out", str(base)]) == 0
     (row,) = json.loads((base / "results.json").read_text())["rows"]
     assert set(row["heldout_metrics"]["view"]) == {"view_006", "view_007"} == set(row["metrics"]["view"])
+    # the chain's panel of tools.plot: both results folders, one bar group per model, one bar per data
+    from tools.plot import main as plot_main
+
+    assert plot_main(["--chain", str(out), "--chain", str(base / "results.json"), "--out",
+                      str(tmp_path / "chain.png")]) == 0
+    assert (tmp_path / "chain.png").stat().st_size > 1000
+    assert plot_main(["--chain", str(out), str(out), "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_a_diffusion_runs_default_curves_show_its_views_against_the_copy(tmp_path):
+    from callbacks.run_curves import default_panels, load_curves
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,train/loss,val/gen_psnr,val/copy_ref_psnr\n0,9,0.5,,\n0,9,,18.0,17.0\n")
+    panels = default_panels([load_curves(csv)])
+    assert panels[-1].columns == ["val/copy_ref_psnr", "val/gen_psnr"]
 
 
 def test_heldout_views_and_diffusion_ema_need_a_chain(exports, tmp_path, capsys):

@@ -258,6 +258,60 @@ def write_chart(path: Path, rows: list[dict[str, Any]], metrics: tuple[str, ...]
     return path
 
 
+CHAIN_METRICS = ("psnr", "psnr_fg", "ssim_fg", "iou")
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A row's model: ``DIFFUSION -> GSLRM`` for chained rows, the checkpoint's label otherwise."""
+    return f"{row['diffusion']} -> {row['checkpoint']}" if row.get("diffusion") else str(row["checkpoint"])
+
+
+def chain_scores(row: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(metrics, where) a row is compared by in the chain's panel: its held-out cameras' scores when it has them
+    (``--heldout-views``; reconstruction rows whose scored views lie beyond the rig), else all its scored views."""
+    held = (row.get("heldout_metrics") or {}).get("all")
+    return (held, "held-out cameras") if held else ((row.get("metrics") or {}).get("all") or {}, "scored views")
+
+
+def write_chain_chart(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = CHAIN_METRICS,
+                      title: str | None = None) -> Path | None:
+    """The chain's panel: one bar chart per metric (PSNR, PSNR fg, SSIM fg, silhouette IoU by default), one bar group
+    per model (:func:`row_label`: a diffusion model with a GS-LRM, or a GS-LRM alone), one bar per data config within
+    it (e.g. realistic and clean photos of the same scenes: the gap between them is the domain gap), scores from
+    :func:`chain_scores`. Rows of several results files may be given together. None when no row has a score."""
+    ok = [r for r in rows if chain_scores(r)[0]]
+    metrics = tuple(m for m in metrics if any(m in chain_scores(r)[0] for r in ok))
+    if not ok or not metrics:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(row_label(r) for r in ok))
+    datas = list(dict.fromkeys(str(r["data"]) for r in ok))
+    value = {(row_label(r), str(r["data"])): chain_scores(r)[0] for r in ok}
+    where = sorted({chain_scores(r)[1] for r in ok})
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.9 * len(models) * max(1, len(datas)) / 2 + 3),
+                                                        2.8 * len(metrics)), squeeze=False)
+    width = 0.8 / len(datas)
+    for ax, m in zip(axes[:, 0], metrics):
+        for k, d in enumerate(datas):
+            ys = [(value.get((model, d)) or {}).get(m, math.nan) for model in models]
+            ys = [y if isinstance(y, (int, float)) and math.isfinite(y) else math.nan for y in ys]
+            ax.bar([i + (k - (len(datas) - 1) / 2) * width for i in range(len(models))], ys, width, label=d)
+        ax.set_xticks(range(len(models)), models, rotation=25, ha="right", fontsize=8)
+        ax.set_ylabel(TITLES.get(m, m))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, title="data", title_fontsize=8)
+    axes[0, 0].set_title(title or f"the chain's metrics ({' / '.join(where)})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_results(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(results), indent=1) + "\n")
@@ -266,5 +320,6 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     write_chart(out / "chart.png", results["rows"])
 
 
-__all__ = ["BASE_METRICS", "CSV_FIXED", "RESULTS_VERSION", "csv_row", "fmt", "jsonable", "markdown", "write_chart",
-           "write_csv", "write_grid", "write_results"]
+__all__ = ["BASE_METRICS", "CHAIN_METRICS", "CSV_FIXED", "RESULTS_VERSION", "chain_scores", "csv_row", "fmt",
+           "jsonable", "markdown", "row_label", "write_chain_chart", "write_chart", "write_csv", "write_grid",
+           "write_results"]
