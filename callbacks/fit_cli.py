@@ -27,7 +27,7 @@ from callbacks.paths import CheckpointPaths, run_paths
 from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
 from callbacks.run_layout import PathError, RunConflictError, RunPaths, check_checkpoint_filename
 from datamodules.shared_settings import SharedSettingError, link_shared_settings
-from lightning_modules.artifacts import UntrustedCheckpointError
+from lightning_modules.artifacts import CorruptWeightsError, UntrustedCheckpointError, set_trust
 
 log = logging.getLogger("mvlift.fit")
 
@@ -122,12 +122,14 @@ class FitCLI(LightningCLI):
         parser.add_argument("--wandb", type=Optional[str], default=None,  # noqa: UP045
                             help="also log to this W&B project")
         parser.add_argument("--trust-checkpoint", action="store_true",
-                            help="resume from a checkpoint that needs more than plain tensors and values, with full "
-                                 "unpickling (can run code from the file: only for files you trust)")
+                            help="resume from a checkpoint (or read weights files the model loads: VGG / LPIPS .pth, "
+                                 "a pipeline's .bin, view embeddings .pt) that needs more than plain tensors and "
+                                 "values, with full unpickling (can run code from the file: only for files you trust)")
 
     def before_instantiate_classes(self) -> None:
         """The config's values, named by key, before any class is built (:mod:`callbacks.fit_config`)."""
         check_fit_config(self.config)
+        set_trust(bool(self._get(self.config, "trust_checkpoint")))  # for files the modules read when built
 
     def instantiate_classes(self) -> None:
         """LightningCLI's, with a constructor's error about a bad value as one line naming the section and class
@@ -200,7 +202,7 @@ def run_summary(trainer: Trainer) -> str:
 
 # refusals a user fixes by changing the command: printed as one line, no traceback, exit code 2
 USER_ERRORS = (RigMismatchError, StageMismatchError, RunConflictError, PathError, UntrustedCheckpointError,
-               SharedSettingError, ConfigError)
+               SharedSettingError, ConfigError, CorruptWeightsError)
 
 
 def user_error(e: BaseException) -> str:

@@ -15,6 +15,14 @@ writer of an export's metadata is :func:`write_export_metadata` (``StageModule.e
 else knows these names. The diffusion export's diffusers sub-folders (``unet/``, ``vae/``, ...) keep their own
 ``config.json`` files (``lightning_modules.pretrained``).
 
+Content hashes. A stored copy can rot (a flipped bit, a bad copy) and still load, giving other numbers. Every export's
+metadata lists the sha256 of each of its weight files (:data:`HASH_KEY`: ``{relative path: hex}``, written by
+:func:`write_export_metadata` after the weights), and a ``.ckpt`` written by a stage module carries the sha256 of
+each tensor of its ``state_dict`` (``checkpoint["mvlift"][HASH_KEY]``, and of the EMA callback's shadow under
+:data:`EMA_HASH_KEY`; ``StageModule.on_save_checkpoint``). Loading checks them (``StageModule.from_export`` /
+``on_load_checkpoint``, :func:`checkpoint_ema_state`) and raises :class:`CorruptWeightsError` naming the file and the
+tensor or file that differs. Artifacts written before hashes were recorded load without the check.
+
 Safe loading.
 
 ``torch.load`` unpickles, and a pickle may name any importable callable, so loading a ``.ckpt`` / ``.pt`` from
@@ -48,6 +56,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import io
 import json
 import logging
@@ -57,6 +67,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,7 +93,13 @@ MODEL_CARD_FILE = "README.md"      # an export's model card (both stages; StageM
 MODEL_INDEX_FILE = "model_index.json"  # a diffusion export's diffusers pipeline index (lightning_modules.mv_pipeline)
 PIPELINE_FILE = "pipeline.py"       # ... and its custom-pipeline file, importing mvlift's MVLiftPipeline
 
+HASH_KEY = "weights_sha256"          # metadata: sha256 of an export's weight files / a .ckpt's state_dict tensors
+EMA_HASH_KEY = "ema_sha256"           # checkpoint["mvlift"]: sha256 of the EMA callback's shadow tensors
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack")  # files an export's hashes cover
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # weight files loaded through torch.load (pickles)
+
 _GLOBAL_RE = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_TRUST: ContextVar[bool] = ContextVar("mvlift_trust_checkpoint", default=False)
 
 
 class UntrustedCheckpointError(ValueError):
@@ -100,6 +117,34 @@ class UntrustedCheckpointError(ValueError):
 
 def _name(t: type) -> str:
     return f"{t.__module__}.{t.__qualname__}"
+
+
+class CorruptWeightsError(ValueError):
+    """Stored weights whose content differs from the sha256 recorded when they were written (module docstring)."""
+
+
+@contextlib.contextmanager
+def trusting(trust: bool | None = None) -> Iterator[None]:
+    """Inside the block, loads that are not given ``trust`` explicitly (weights files a model reads while it is built:
+    VGG / LPIPS ``.pth``, a pipeline folder's ``.bin``, FaceLift's view embeddings ``.pt``) trust their files when
+    ``trust`` is True: the tools' ``--trust-checkpoint``. None keeps the current setting (a scope for
+    :func:`set_trust`). The setting is restored when the block ends."""
+    token = _TRUST.set(_TRUST.get() if trust is None else bool(trust))
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def set_trust(trust: bool) -> None:
+    """Set the ambient trust of :func:`trusting` (inside such a block: tools.fit reads ``--trust-checkpoint`` from its
+    parsed config, after the block began)."""
+    _TRUST.set(bool(trust))
+
+
+def trusted() -> bool:
+    """Whether the current block trusts files (:func:`trusting`); False unless a tool's ``--trust-checkpoint`` said so."""
+    return _TRUST.get()
 
 
 @contextlib.contextmanager
@@ -139,11 +184,12 @@ def refusal(path: str | os.PathLike | IO[bytes], error: BaseException) -> Untrus
     return UntrustedCheckpointError(str(path if isinstance(path, (str, os.PathLike)) else "<stream>"), types)
 
 
-def load_checkpoint(path: str | os.PathLike | IO[bytes], *, trust: bool = False, map_location: Any = "cpu",
+def load_checkpoint(path: str | os.PathLike | IO[bytes], *, trust: bool | None = None, map_location: Any = "cpu",
                     mmap: bool | None = None) -> Any:
     """``torch.load`` of a user's file: ``weights_only=True`` with :data:`SAFE_GLOBALS`; a file that needs more
     raises :class:`UntrustedCheckpointError`. ``trust=True`` (the tools' ``--trust-checkpoint``): full
-    unpickling, logged."""
+    unpickling, logged; None: as the enclosing :func:`trusting` block says (default: not trusted)."""
+    trust = trusted() if trust is None else trust
     if isinstance(path, io.IOBase):
         mmap = None
     if trust:
@@ -159,13 +205,113 @@ def load_checkpoint(path: str | os.PathLike | IO[bytes], *, trust: bool = False,
 def load_lightning_module(cls: type, path: str | os.PathLike, *, trust: bool = False, **kwargs: Any) -> Any:
     """``cls.load_from_checkpoint(path, **kwargs)`` through the same rule as :func:`load_checkpoint`."""
     check_loadable(path, trust)
-    if trust:
-        return cls.load_from_checkpoint(str(path), weights_only=False, **kwargs)
     try:
+        if trust:
+            return cls.load_from_checkpoint(str(path), weights_only=False, **kwargs)
         with allowed_globals():
             return cls.load_from_checkpoint(str(path), weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
         raise refusal(path, e) from None
+    except CorruptWeightsError as e:  # StageModule.on_load_checkpoint does not know the file
+        raise CorruptWeightsError(f"{path}: {e}") from None
+
+
+@contextlib.contextmanager
+def pickled_weights(folder: str | os.PathLike) -> Iterator[None]:
+    """For loaders that call ``torch.load(weights_only=True)`` themselves (diffusers' and transformers'
+    ``from_pretrained`` of ``.bin`` weights): every pickled weights file under ``folder`` (:data:`PICKLED_SUFFIXES`)
+    is scanned first; one that asks for types beyond ``weights_only`` is refused with
+    :class:`UntrustedCheckpointError` naming the file and the types (their own error is a raw UnpicklingError), or,
+    inside a trusting block (:func:`trusting`, ``--trust-checkpoint``), those types are allowed for the block, with a
+    logged warning."""
+    folder = Path(folder)
+    extra: list[Any] = []
+    files = sorted(p for p in folder.rglob("*") if p.suffix in PICKLED_SUFFIXES and p.is_file()) \
+        if folder.is_dir() else []
+    for f in files:
+        types = unsafe_types(f)
+        if not types:
+            continue
+        if not trusted():
+            raise UntrustedCheckpointError(str(f), types)
+        log.warning("%s: loading with the types it asks for allowed (%s): %s", f, TRUST_FLAG, ", ".join(types))
+        extra += [_import_global(t) for t in types]
+    if not extra:
+        yield
+        return
+    with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra]):
+        yield
+
+
+def _import_global(name: str) -> Any:
+    module, _, attr = name.rpartition(".")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ---- content hashes ---------------------------------------------------------------------------------------------
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (on any device; copied to the host)."""
+    t = t.detach()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_sha256(state: Mapping[str, Any]) -> dict[str, str]:
+    """{name: :func:`tensor_sha256`} of the tensors of a state dict."""
+    return {k: tensor_sha256(v) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def check_state_sha256(state: Mapping[str, Any] | None, stored: Mapping[str, str] | None, where: str) -> None:
+    """Every tensor of ``state`` must have the sha256 ``stored`` for it when it was written
+    (:class:`CorruptWeightsError` naming ``where`` and the first tensor that differs); nothing to check without
+    ``stored`` (written before hashes were recorded). Names in ``stored`` but not in ``state`` (a diffusion
+    checkpoint leaves its frozen parts out) are not checked."""
+    if not stored or not isinstance(state, Mapping):
+        return
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and stored.get(k) != tensor_sha256(v)]
+    if bad:
+        raise CorruptWeightsError(
+            f"{where}: {len(bad)} tensor{'s' if len(bad) > 1 else ''} ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}) differ from the sha256 recorded when it was written: the file is "
+            "corrupt (a flipped bit, a bad copy); use another copy")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_weight_hashes(folder: str | os.PathLike) -> dict[str, str]:
+    """{relative path: sha256} of the weight files (:data:`WEIGHT_SUFFIXES`) of an export folder."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.suffix in WEIGHT_SUFFIXES and p.is_file()}
+
+
+def verify_export_weights(path: str | os.PathLike, meta: Mapping[str, Any], stage: str, ema: bool = False) -> None:
+    """The weight files an export load reads (the EMA weights or the others, :data:`EMA_WEIGHTS`) must have the sha256
+    its metadata lists (:data:`HASH_KEY`): :class:`CorruptWeightsError` naming the file otherwise. An export without
+    hashes (written before they were recorded) is not checked."""
+    path = Path(path)
+    stored = meta.get(HASH_KEY)
+    if not isinstance(stored, Mapping):
+        return
+    skip = WEIGHTS[stage] if ema else EMA_WEIGHTS[stage]
+    for rel, digest in stored.items():
+        if rel == skip or rel.startswith(skip + "/"):
+            continue
+        f = path / rel
+        if f.is_file() and file_sha256(f) != digest:
+            raise CorruptWeightsError(f"{f}: its sha256 differs from the one in {path / METADATA_FILE} (written with "
+                                      "the export): the file is corrupt (a flipped bit, a bad copy); use another copy")
 
 
 # ---- reading an artifact: a .ckpt or an export folder -------------------------------------------------------------
@@ -312,24 +458,30 @@ def checkpoint_ema_state(path: str | os.PathLike, trust: bool = False) -> dict[s
                          "callbacks.ema.EMA, or use an export folder with EMA weights)")
     if len(found) > 1:
         raise ValueError(f"{path}: {len(found)} EMA callback states in the checkpoint; cannot tell which to use")
+    meta = ckpt.get(CKPT_KEY) if isinstance(ckpt.get(CKPT_KEY), dict) else {}
+    check_state_sha256(found[0], meta.get(EMA_HASH_KEY), f"{path}: the EMA weights")
     return found[0]
 
 
 # ---- writing an export's metadata ---------------------------------------------------------------------------------
 def write_export_metadata(out: str | os.PathLike, metadata: Mapping[str, Any], hparams: Mapping[str, Any],
                           rig: Rig) -> None:
-    """Write :data:`RIG_FILE` and :data:`METADATA_FILE` (``metadata`` + ``hparams``) into the export folder ``out``
-    (the weights are the module's; ``callbacks.atomic.atomic_directory`` makes the folder appear whole)."""
+    """Write :data:`RIG_FILE` and :data:`METADATA_FILE` (``metadata``, the sha256 of the weight files already in
+    ``out`` under :data:`HASH_KEY`, ``hparams``) into the export folder ``out`` (the weights are the module's, written
+    first; ``callbacks.atomic.atomic_directory`` makes the folder appear whole)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / RIG_FILE).write_text(json.dumps(rig.to_dict(), indent=2))
-    (out / METADATA_FILE).write_text(json.dumps({**metadata, "hparams": dict(hparams)}, indent=2, default=list))
+    meta = {**metadata, HASH_KEY: export_weight_hashes(out), "hparams": dict(hparams)}
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
 
 
 __all__ = [
     "CKPT_KEY",
+    "EMA_HASH_KEY",
     "EMA_WEIGHTS",
     "FORMAT_VERSION",
+    "HASH_KEY",
     "METADATA_FILE",
     "MODEL_CARD_FILE",
     "MODEL_INDEX_FILE",
@@ -339,10 +491,12 @@ __all__ = [
     "STAGES",
     "TRUST_FLAG",
     "WEIGHTS",
+    "CorruptWeightsError",
     "MissingMetadataError",
     "UntrustedCheckpointError",
     "allowed_globals",
     "check_loadable",
+    "check_state_sha256",
     "checkpoint_background",
     "checkpoint_ema_state",
     "checkpoint_hparams",
@@ -350,10 +504,19 @@ __all__ = [
     "checkpoint_rig",
     "checkpoint_stage",
     "export_metadata",
+    "export_weight_hashes",
+    "file_sha256",
     "has_ema_weights",
     "load_checkpoint",
     "load_lightning_module",
+    "pickled_weights",
     "refusal",
+    "set_trust",
+    "state_sha256",
+    "tensor_sha256",
+    "trusted",
+    "trusting",
     "unsafe_types",
+    "verify_export_weights",
     "write_export_metadata",
 ]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.artifacts import load_checkpoint
+
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()
 
@@ -128,7 +130,7 @@ def _load_state(path: Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)  # weights_only: a file asking for more is refused by name (--trust-checkpoint)
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

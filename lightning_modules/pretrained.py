@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from geometry.files import make_tree_readable
+from lightning_modules.artifacts import pickled_weights
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +250,14 @@ def load_pipeline_components(folder: str | Path, unet_subfolder: str = "unet", i
     """Read a local pipeline folder (see module docstring); a UNet with fewer inputs is widened to ``in_channels``
     (default: 2 x the autoencoder's latent channels, noisy + reference latent). ``autoencoder="pixel"``: no
     ``vae/`` is read (a :class:`PixelAutoencoder` at ``image_size``, default the UNet's sample size) and the UNet
-    must predict 3 channels."""
-    folder = Path(folder)
+    must predict 3 channels. Pickled ``.bin`` weights that ask for more than tensors are refused naming the file and
+    the types (``lightning_modules.artifacts.pickled_weights``; ``--trust-checkpoint`` loads them)."""
+    with pickled_weights(folder):
+        return _read_pipeline_components(Path(folder), unet_subfolder, in_channels, autoencoder, image_size)
+
+
+def _read_pipeline_components(folder: Path, unet_subfolder: str, in_channels: int | None, autoencoder: str,
+                              image_size: int | None) -> PipelineComponents:
     check_autoencoder(autoencoder)
     _check_folder(folder, autoencoder)
     latent_channels = latent_channels_of(autoencoder)
@@ -505,7 +512,8 @@ def load_text_encoder(folder: str | Path) -> tuple[Any, Any]:
     if missing:
         raise FileNotFoundError(f"{folder}: no {' / '.join(m + '/' for m in missing)} — view embeddings from text "
                                 "need the pipeline's own text encoder and tokenizer (SD 2.1 unCLIP layout)")
-    text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), local_files_only=True).eval()
+    with pickled_weights(folder / "text_encoder"):  # a .bin asking for more than tensors: named, not a raw trace
+        text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
     return text_encoder, tokenizer
 

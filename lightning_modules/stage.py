@@ -31,12 +31,17 @@ import torch
 from torch import Tensor
 
 from lightning_modules.artifacts import (
+    EMA_HASH_KEY,
     EMA_WEIGHTS,
     FORMAT_VERSION,
+    HASH_KEY,
     MODEL_CARD_FILE,
     RIG_FILE,
+    check_state_sha256,
     export_metadata,
     has_ema_weights,
+    state_sha256,
+    verify_export_weights,
     write_export_metadata,
 )
 from lightning_modules.hparams import init_hparams
@@ -94,6 +99,7 @@ class StageModule(pl.LightningModule):
         meta = export_metadata(path, cls.stage)
         if ema and not has_ema_weights(path, cls.stage):
             raise FileNotFoundError(f"{path}: no {EMA_WEIGHTS[cls.stage]} (exported without EMA weights)")
+        verify_export_weights(path, meta, cls.stage, ema)  # the files are the ones exported (sha256), or an error
         hparams = cls.export_arguments(path, meta, init_hparams(meta.get("hparams") or {}), ema)
         if (path / RIG_FILE).is_file():
             hparams["rig"] = str(path / RIG_FILE)
@@ -227,8 +233,17 @@ class StageModule(pl.LightningModule):
         self.train_background.merge_ranks()  # every rank saves (rank 0 writes): the record covers all ranks
         checkpoint["mvlift"] = self.mvlift_metadata()
         checkpoint["train_loss_interval"] = self._train_loss.state_dict()
+        if self._trainer is None or self._trainer.is_global_zero:  # the rank that writes: sha256 of every tensor
+            checkpoint["mvlift"][HASH_KEY] = state_sha256(checkpoint.get("state_dict") or {})
+            shadows = [s["shadow"] for s in (checkpoint.get("callbacks") or {}).values()
+                       if isinstance(s, dict) and isinstance(s.get("shadow"), dict)]
+            if len(shadows) == 1:  # the EMA callback's weights (checkpoint_ema_state checks them)
+                checkpoint["mvlift"][EMA_HASH_KEY] = state_sha256(shadows[0])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # before anything is restored: weights that changed since they were written are an error, never other numbers
+        check_state_sha256(checkpoint.get("state_dict"), (checkpoint.get("mvlift") or {}).get(HASH_KEY),
+                           "the checkpoint's weights")
         self.train_background.load((checkpoint.get("mvlift") or {}).get("background"))
         self._train_loss.load_state_dict(checkpoint.get("train_loss_interval"))
 

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from geometry.files import make_readable
 from geometry.rig import Rig, load_rig
+from lightning_modules.artifacts import load_checkpoint
 
 FACELIFT_RIG = "facelift_6view"
 FACELIFT_EMBEDS_SHAPE = (6, 77, 1024)
@@ -96,7 +97,7 @@ def load_facelift_embeds(path: str | Path) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FaceLift view embeddings file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_checkpoint(path)  # weights_only: a file asking for more is refused by name (--trust-checkpoint)
     if isinstance(obj, dict):  # tolerate {"prompt_embeds": tensor}-style wrappers with a single tensor
         tensors = [v for v in obj.values() if isinstance(v, Tensor)]
         if len(tensors) != 1:

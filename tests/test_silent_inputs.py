@@ -51,3 +51,73 @@ def test_the_sampling_settings_refuse_a_non_finite_guidance_from_the_python_api(
     for bad in (float("nan"), float("inf"), -0.5):
         with pytest.raises(ValueError, match="--guidance"):
             Sampling(guidance=bad)
+
+
+# ---- a bit-flipped checkpoint or export is a named error, not other numbers ---------------------------------------
+def _flip_byte(path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+def _zip_member_data_offset(path, name_end: str) -> int:
+    """Offset in the file of the data of the largest zip member whose name ends with ``name_end`` (torch.save stores
+    tensors uncompressed, one member per storage)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = max((i for i in zf.infolist() if i.filename.endswith(name_end) or "/data/" in i.filename),
+                   key=lambda i: i.file_size)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+
+
+def test_a_bit_flipped_checkpoint_is_a_named_error(tmp_path):
+    from tiny_checkpoints import reconstruction_checkpoint
+
+    from lightning_modules.artifacts import CorruptWeightsError, load_checkpoint
+    from lightning_modules.loading import load_stage
+
+    ckpt = reconstruction_checkpoint(tmp_path / "rec.ckpt", "facelift_6view")
+    good = load_stage(ckpt, "reconstruction")
+    _flip_byte(ckpt, _zip_member_data_offset(ckpt, "/data/0"))
+    assert load_checkpoint(ckpt)["state_dict"], "the flipped file still loads as a torch file"
+    with pytest.raises(CorruptWeightsError, match=r"rec\.ckpt: the checkpoint's weights: 1 tensor \(net\.") as e:
+        load_stage(ckpt, "reconstruction")
+    assert "sha256" in str(e.value) and "corrupt" in str(e.value)
+    assert good is not None
+
+
+def test_a_bit_flipped_export_is_a_named_error_and_infer_says_so_in_one_line(tmp_path, capsys):
+    import json
+
+    from tiny_checkpoints import diffusion_export, reconstruction_export
+
+    from lightning_modules.artifacts import HASH_KEY, CorruptWeightsError
+    from lightning_modules.loading import load_stage
+    from tools.infer import main
+
+    export = reconstruction_export(tmp_path / "gslrm", "facelift_6view")
+    stored = json.loads((export / "mvlift.json").read_text())[HASH_KEY]
+    assert set(stored) == {"model.safetensors"} and len(stored["model.safetensors"]) == 64
+    weights = export / "model.safetensors"
+    _flip_byte(weights, weights.stat().st_size - 100)
+    with pytest.raises(CorruptWeightsError, match=r"model\.safetensors: its sha256 differs"):
+        load_stage(export, "reconstruction")
+    diffusion = diffusion_export(tmp_path / "diffusion", "facelift_6view")
+    assert "unet/diffusion_pytorch_model.safetensors" in json.loads((diffusion / "mvlift.json").read_text())[HASH_KEY]
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (90, 60, 30)).save(tmp_path / "p.png")
+    rc = main([str(tmp_path / "p.png"), "--diffusion", str(diffusion), "--reconstruction", str(export),
+               "--out", str(tmp_path / "out"), "--steps", "1"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("infer:")]  # (diffusers' save bars above)
+    assert rc == 2 and len(lines) == 1 and "model.safetensors: its sha256 differs" in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

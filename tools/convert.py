@@ -79,13 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="row order of a FaceLift .pt, comma-separated view names (default FaceLift's: "
                         "front,front_right,right,back,left,front_left)")
     d.add_argument("--image-size", type=int, default=None, help="generated view size (default the rig's: 512)")
+    d.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a view embeddings .pt or pipeline .bin weights that need more than plain tensors (can "
+                        "run code from the file: only for files you trust)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lightning_modules.artifacts import trusting
+
     try:
-        return SUBCOMMANDS[args.command](args)
+        with trusting(args.trust_checkpoint):  # also the files the modules read while they are built
+            return SUBCOMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

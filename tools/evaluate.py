@@ -77,6 +77,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.views import INPUT_VIEW_MODES
+from lightning_modules.artifacts import trusting
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import MAX_GUIDANCE
 from lightning_modules.evaluation import EvalSettings, run_evaluation
@@ -134,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr()
     try:
-        results = run_evaluation(EvalSettings(**vars(args)))
+        with trusting(args.trust_checkpoint):  # also LPIPS / VGG weights and files the models read when built
+            results = run_evaluation(EvalSettings(**vars(args)))
     except (ValueError, FileNotFoundError) as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -50,13 +50,18 @@ from callbacks.fit_cli import USER_ERRORS, FitCLI, RunConfigSaver, import_known_
 from callbacks.fit_config import check_resume_hparams
 from callbacks.paths import CheckpointPaths
 from datamodules.shared_settings import check_not_on_model
-from lightning_modules.artifacts import allowed_globals, check_loadable
+from lightning_modules.artifacts import CorruptWeightsError, allowed_globals, check_loadable, trusting
 
 log = logging.getLogger("mvlift.fit")
 
 
 def main(argv: list[str] | None = None) -> FitCLI:
     """Parse ``argv`` (default: sys.argv[1:]), build everything and fit; returns the CLI (model, trainer, ...)."""
+    with trusting():  # --trust-checkpoint (FitCLI sets it from the parsed config) ends with this call
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> FitCLI:
     import_known_modules()
     check_not_on_model(sys.argv[1:] if argv is None else argv)
     saved_argv = sys.argv
@@ -85,7 +90,10 @@ def main(argv: list[str] | None = None) -> FitCLI:
             check_loadable(ckpt_path, trust)  # the named refusal, before Lightning's own load
             check_resume_hparams(ckpt_path, cli.model.hparams, trust)  # a changed lr would be recorded, not used
         with contextlib.nullcontext() if trust else allowed_globals():
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=not trust)
+            try:
+                cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=not trust)
+            except CorruptWeightsError as e:  # raised while restoring: name the file
+                raise CorruptWeightsError(f"--resume {ckpt_path}: {e}") from None
     except BaseException:
         if cli.trainer.is_global_zero and isinstance(paths_cb, CheckpointPaths):  # nothing left that a re-run trips on
             for removed in paths_cb.discard_failed_invocation():

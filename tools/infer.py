@@ -60,6 +60,7 @@ from datamodules.prepare import center_photo
 from geometry.camera_files import contained_path
 from geometry.images import save_png
 from geometry.progress import progress
+from lightning_modules.artifacts import trusting
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import MAX_GUIDANCE, Sampling
 from lightning_modules.loading import load_stage, resolve_device
@@ -201,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr()
     try:
-        outputs = run(args)
+        with trusting(args.trust_checkpoint):  # also weights files the models read while they are built
+            outputs = run(args)
     except (ValueError, OSError) as e:
         print(f"infer: error: {e}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from datamodules.synthesis import (
 )
 from geometry.cameras import cameras_into_frame
 from geometry.rig import available_rigs
+from lightning_modules.artifacts import trusting
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import MAX_GUIDANCE, Sampling
 from lightning_modules.evaluation.runner import rig_to_data_frame
@@ -181,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _fill_mode_defaults(args)
         if args.from_diffusion is not None:
-            synthesize_from_diffusion(args)
+            with trusting(bool(args.trust_checkpoint)):  # also files the model reads while it is built
+                synthesize_from_diffusion(args)
         else:
             synthesize(args)
     except (ValueError, FileNotFoundError) as e:

@@ -28,11 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"per-view prompt template (default {DEFAULT_TEMPLATE!r})")
     p.add_argument("--print-prompts", action="store_true", help="only print the prompts (no encoder is loaded)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a text encoder .bin that needs more than plain tensors with the types it asks for "
+                        "allowed (can run code from the file: only for files you trust)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lightning_modules.artifacts import trusting
     from lightning_modules.view_conditioning import text_view_embeddings, view_prompts
 
     try:
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.out.endswith(".safetensors"):
             raise ValueError(f"--out {args.out}: view embeddings are written as .safetensors")
-        emb = text_view_embeddings(args.pipeline, args.rig, args.template)
+        with trusting(args.trust_checkpoint):
+            emb = text_view_embeddings(args.pipeline, args.rig, args.template)
         path = emb.save(args.out)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
