@@ -55,6 +55,7 @@ Example (tiny random components, CPU):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -105,6 +106,11 @@ log = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts: noise, velocity, clean latents
 FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.", "lpips.")
+# the UNet config keys that fix its layers and their attention heads (DiffusionModule.trained_with)
+UNET_ARCHITECTURE = ("in_channels", "out_channels", "block_out_channels", "down_block_types", "mid_block_type",
+                     "up_block_types", "layers_per_block", "attention_head_dim", "cross_attention_dim",
+                     "transformer_layers_per_block", "use_linear_projection", "class_embed_type",
+                     "projection_class_embeddings_input_dim", "norm_num_groups")
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -286,6 +292,8 @@ class DiffusionModule(MultiViewConditioning, StageModule):
                                       unet_channels=unet_channels, layers_per_block=unet_layers_per_block,
                                       attention_levels=unet_attention_levels, head_dim=unet_head_dim)
         self._set_components(c, prediction_type)
+        self.prediction_type_derived = prediction_type is None  # from the folder's scheduler / the autoencoder
+        self.hparams.prediction_type = self.prediction_type  # resolved once: checkpoints and exports record it
         upstream_sparse = c.upstream_unet_config.get("sparse_mv_attention")
         if upstream_sparse is not None and (attention == "sparse") != bool(upstream_sparse):
             log.warning("%s: the UNet was trained with %s multi-view attention; this module uses %r (as configured)",
@@ -320,12 +328,8 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         self.feature_extractor = c.feature_extractor
         self.image_noising_scheduler = c.image_noising_scheduler
         self.pipeline_notes = list(c.notes)
-        pt = prediction_type or c.scheduler_config.get("prediction_type", "epsilon")
-        if pt not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {pt!r}")
-        self.prediction_type = pt
-        self.scheduler_config = {**c.scheduler_config, "prediction_type": pt}
-        self.train_scheduler = DDPMScheduler.from_config(self.scheduler_config)
+        self.scheduler_config = dict(c.scheduler_config)
+        self._use_prediction_type(prediction_type or c.scheduler_config.get("prediction_type", "epsilon"))
         fe = c.feature_extractor
         self.clip_size = clip_input_size(fe)
         self.register_buffer("clip_mean", torch.tensor(fe.image_mean).view(1, 3, 1, 1), persistent=False)
@@ -342,6 +346,13 @@ class DiffusionModule(MultiViewConditioning, StageModule):
             raise ValueError(f"the UNet predicts {self.unet.config.out_channels} channels but the {self.autoencoder!r} "
                              f"autoencoder's latents have {self.latent_channels}")
         self._components = c
+
+    def _use_prediction_type(self, pt: str) -> None:
+        if pt not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {pt!r}")
+        self.prediction_type = pt
+        self.scheduler_config = {**self.scheduler_config, "prediction_type": pt}
+        self.train_scheduler = DDPMScheduler.from_config(self.scheduler_config)
 
     def train(self, mode: bool = True) -> DiffusionModule:
         """Frozen components (VAE, CLIP image encoder) stay in eval mode."""
@@ -528,9 +539,18 @@ class DiffusionModule(MultiViewConditioning, StageModule):
                 "noise_level": int(self.hparams.noise_level), "image_size": int(self.hparams.image_size),
                 "autoencoder": self.autoencoder}
 
+    def trained_with(self) -> dict[str, Any]:
+        """What a checkpoint's weights were trained with that its constructor arguments only imply (the UNet a
+        ``pretrained`` folder or the scratch defaults build, the folder's noise schedule): stored with every
+        ``.ckpt`` and compared on load (:meth:`on_load_checkpoint`)."""
+        return json.loads(json.dumps({"unet_architecture": {k: self.unet.config.get(k) for k in UNET_ARCHITECTURE},
+                                      "noise_schedule": {k: v for k, v in self.scheduler_config.items()
+                                                         if not k.startswith("_")}}, default=str))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["mvlift"]["noise_seed"] = self.noise_seed
+        checkpoint["mvlift"].update(self.trained_with())
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):  # frozen VAE / CLIP come from `pretrained`, not from every checkpoint
             for k in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
@@ -552,6 +572,19 @@ class DiffusionModule(MultiViewConditioning, StageModule):
             if stored.fingerprint != self.rig.fingerprint:
                 raise ValueError(f"checkpoint rig {stored.name!r} ({stored.fingerprint}) does not match the module's "
                                  f"rig {self.rig.name!r} ({self.rig.fingerprint})")
+        stored_pt = meta.get("prediction_type")
+        if stored_pt and stored_pt != self.prediction_type:  # the checkpoint's, unless given otherwise explicitly
+            if not self.prediction_type_derived:
+                raise ValueError(f"checkpoint was trained with prediction_type {stored_pt!r} but this module was built "
+                                 f"with {self.prediction_type!r}; leave prediction_type unset to use the checkpoint's")
+            self._use_prediction_type(stored_pt)
+            self.hparams.prediction_type = stored_pt
+        for key, now in self.trained_with().items():  # keys one diffusers version has and another lacks: no change
+            stored = meta.get(key) or {}
+            diff = {k: (stored[k], now[k]) for k in sorted(set(stored) & set(now)) if stored[k] != now[k]}
+            if diff:
+                raise ValueError(f"checkpoint's {key} differs from this module's (checkpoint, module): {diff}; the "
+                                 "module is built from its arguments and `pretrained` folder as they are now")
         super().on_load_checkpoint(checkpoint)
         if self._trainer is not None and meta.get("noise_seed") is not None:  # resuming: the run's own seed
             self._noise_seed = int(meta["noise_seed"])

@@ -5,7 +5,11 @@
   mvlift.json, rig.json). mvlift's GS-LRM keeps FaceLift's parameter names, so the mapping only strips wrappers that
   training frameworks add (DDP ``module.``, torch.compile ``_orig_mod.``, a ``model.`` prefix) and drops FaceLift's
   loss networks (LPIPS/VGG inside ``loss_calculator``); unknown, missing or mis-shaped tensors are an error listing
-  them. A .pt is read without unpickling code (``lightning_modules.artifacts``) unless ``trust``.
+  them. A .pt is read without unpickling code (``lightning_modules.artifacts``) unless ``trust``. The export's
+  constructor arguments hold the network's size and every activation constant of FaceLift's head (scale bias -2.3
+  and cap -1.2, opacity bias -2.0, depth range 1.8, depth pre-activation bias 0, clip_xyz 1.0: ``GSLRMConfig``'s
+  defaults), so ``from_export`` and ``init_from`` run FaceLift's activations, not ones derived from the rig
+  (tests/test_facelift_reference.py checks the Gaussians against FaceLift's own forward pass).
 - :func:`convert_facelift_mvdiffusion`: FaceLift's diffusion pipeline folder (``pipeckpts/``) + its fixed view
   embeddings -> a diffusion export, written by ``DiffusionModule.export`` (``StageModule.export``) from the module
   built exactly as ``tools.fit`` builds it from the folder (``pretrained: PIPECKPTS``, attention ``sparse`` as
@@ -34,6 +38,7 @@ from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import FORMAT_VERSION, METADATA_FILE, WEIGHTS, load_checkpoint, write_export_metadata
 from lightning_modules.gslrm import GSLRMConfig, check_state_dict, config_from_state_dict, gslrm_state_dict_shapes
 from lightning_modules.pretrained import text_context_tokens, unet_cross_attention_dim
+from lightning_modules.reconstruction import config_arguments
 from lightning_modules.view_conditioning import (
     FACELIFT_VIEW_ORDER,
     ViewEmbeddings,
@@ -117,10 +122,7 @@ def convert_facelift_gslrm(ckpt: str | Path, out: str | Path, rig: str = "faceli
     weights = out / WEIGHTS["reconstruction"]
     save_file(state, str(weights))
     make_readable(weights)  # safetensors writes 0600 whatever the umask
-    hparams = {"rig": rig_.name, "image_size": image_size, "width": config.width, "depth": config.depth,
-               "head_dim": config.head_dim, "patch_size": config.patch_size,
-               "num_global_tokens": config.num_global_tokens, "mlp_ratio": config.mlp_ratio,
-               "sh_degree": config.sh_degree, "clip_xyz": config.clip_xyz}
+    hparams = {"rig": rig_.name, **config_arguments(config)}  # FaceLift's activation constants included
     meta = {"stage": "reconstruction", "rig": rig_.to_dict(), "version": FORMAT_VERSION,
             "model_config": config.to_dict(),
             "converted_from": {"format": "facelift-gslrm", "path": str(ckpt.resolve())}}

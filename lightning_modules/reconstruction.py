@@ -63,9 +63,13 @@ log = logging.getLogger(__name__)
 # on_before_batch_transfer to the module: the checks below are the model's contract with any data)
 warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
 
-# what from_export takes from a converted export's model_config when it stores no constructor arguments
+# the GS-LRM head's activation constants (GSLRMConfig fields; constructor arguments that resolve None once: the
+# init_from weights' own, else the default_activation)
+ACTIVATION_ARGUMENTS = ("scale_bias", "scale_max_log", "opacity_bias", "depth_range", "depth_preact_bias")
+# the constructor arguments that are GSLRMConfig fields: what a converted export stores (config_arguments) and what
+# from_export takes from an export's model_config, the network the weights ran in
 MODEL_CONFIG_ARGUMENTS = ("image_size", "width", "depth", "head_dim", "patch_size", "num_global_tokens", "mlp_ratio",
-                          "sh_degree", "clip_xyz", "scale_bias", "opacity_bias", "depth_range")
+                          "sh_degree", "clip_xyz", *ACTIVATION_ARGUMENTS)
 
 
 def check_index(index: Tensor, where: str = "batch") -> None:
@@ -100,17 +104,32 @@ def pixel_scale_bias(rig: Rig, image_size: int, pixels: float = 0.7) -> float:
     return round(math.log(pixels * rig.radius / rig.focal(image_size)), 2)
 
 
-def stored_scale_bias(path: str | Path) -> float:
-    """The scale_bias an export folder's weights were trained with (its metadata's ``model_config``), FaceLift's
-    -2.3 when unrecorded (a bare ``.safetensors`` file, a folder without metadata)."""
+def default_activation(name: str, rig: Rig, image_size: int) -> float:
+    """The value of an activation constant (``ACTIVATION_ARGUMENTS``) for new weights: ``pixel_scale_bias`` for
+    ``scale_bias``, GSLRMConfig's (FaceLift's) for the others."""
+    return pixel_scale_bias(rig, image_size) if name == "scale_bias" else getattr(GSLRMConfig, name)
+
+
+def stored_activations(path: str | Path) -> dict[str, float]:
+    """The activation constants an export folder's weights were trained with, as its metadata's ``model_config``
+    records them; none for a bare ``.safetensors`` file or a folder without metadata."""
+    mc: dict[str, Any] = {}
     if Path(path).is_dir():
         try:
             mc = checkpoint_metadata(path).get("model_config") or {}
         except MissingMetadataError:
-            mc = {}
-        if "scale_bias" in mc:
-            return float(mc["scale_bias"])
-    return GSLRMConfig.scale_bias
+            pass
+    return {k: float(mc[k]) for k in ACTIVATION_ARGUMENTS if k in mc}
+
+
+def config_arguments(config: GSLRMConfig) -> dict[str, Any]:
+    """The constructor arguments (``MODEL_CONFIG_ARGUMENTS``) that rebuild the network ``config`` describes, its
+    activation constants included.
+
+    >>> config_arguments(GSLRMConfig(width=64))["width"], config_arguments(GSLRMConfig())["scale_bias"]
+    (64, -2.3)
+    """
+    return {k: getattr(config, k) for k in MODEL_CONFIG_ARGUMENTS}
 
 
 class ReconstructionModule(StageModule):
@@ -134,12 +153,16 @@ class ReconstructionModule(StageModule):
         mlp_ratio: int = 4,
         sh_degree: int = 0,
         clip_xyz: float | None = 1.0,
-        # Gaussian activations: start scale exp(scale_bias), opacity sigmoid(opacity_bias), depth interval half-width.
-        # scale_bias None: the weights' own when init_from names them, else pixel_scale_bias(rig, image_size) (a
-        # Gaussian of 0.7 px at the rig's radius; FaceLift's -2.3 is ~5 px at 128 px and trains to a haze)
+        # Gaussian activations (GSLRMConfig): scale exp(min(s + scale_bias, scale_max_log)), opacity
+        # sigmoid(a + opacity_bias), depth (2 sigmoid(z + depth_preact_bias) - 1) * depth_range about the ray's point
+        # nearest the origin. None: the init_from weights' own (FaceLift's when they record none), else
+        # default_activation: pixel_scale_bias(rig, image_size) (a Gaussian of 0.7 px at the rig's radius;
+        # FaceLift's -2.3 is ~5 px at 128 px and trains to a haze) and FaceLift's -1.2 / -2.0 / 1.8 / 0.0
         scale_bias: float | None = None,
-        opacity_bias: float = -2.0,
-        depth_range: float = 1.8,
+        scale_max_log: float | None = None,
+        opacity_bias: float | None = None,
+        depth_range: float | None = None,
+        depth_preact_bias: float | None = None,
         # losses
         mse_weight: float = 1.0,
         ssim_weight: float = 0.0,
@@ -176,9 +199,7 @@ class ReconstructionModule(StageModule):
         check_optimizer(optimizer)
         self.attention_backend = check_attention_backend(attention_backend)
         self.rig: Rig = load_rig(rig)
-        if scale_bias is None:  # resolved once, so checkpoints and exports record the value trained with
-            self.hparams.scale_bias = stored_scale_bias(init_from) if init_from else pixel_scale_bias(self.rig,
-                                                                                                      image_size)
+        self.resolve_activations(init_from)
         if not 1 <= num_input_views:
             raise ValueError(f"num_input_views must be >= 1, got {num_input_views}")
         self.net = GSLRM(self.model_config())
@@ -192,14 +213,26 @@ class ReconstructionModule(StageModule):
         self.val_metrics = KindMetrics()
 
     # ---- configuration ------------------------------------------------------------------------------------------
+    def resolve_activations(self, init_from: str | None) -> None:
+        """Resolve the activation constants left None, once, so that checkpoints and exports record the values the
+        weights run and train with: the ``init_from`` weights' own (FaceLift's, GSLRMConfig's, when they record
+        none), else :func:`default_activation`. ``self.derived_activations`` names the resolved ones (a checkpoint's
+        own values replace them on load: :meth:`on_load_checkpoint`). An explicit value that differs from what the
+        ``init_from`` weights were trained with is kept, with a warning."""
+        stored = stored_activations(init_from) if init_from else {}
+        self.derived_activations = {k for k in ACTIVATION_ARGUMENTS if self.hparams[k] is None}
+        for name in ACTIVATION_ARGUMENTS:
+            if name in self.derived_activations:
+                fallback = getattr(GSLRMConfig, name) if init_from else default_activation(name, self.rig,
+                                                                                         self.hparams.image_size)
+                self.hparams[name] = stored.get(name, fallback)
+            elif name in stored and float(self.hparams[name]) != stored[name]:
+                log.warning("init_from %s: its weights were trained with %s=%g; this module uses %g (as configured)",
+                            init_from, name, stored[name], self.hparams[name])
+
     def model_config(self) -> GSLRMConfig:
         h = self.hparams
-        return GSLRMConfig(
-            image_size=h.image_size, patch_size=h.patch_size, width=h.width, depth=h.depth, head_dim=h.head_dim,
-            mlp_ratio=h.mlp_ratio, num_global_tokens=h.num_global_tokens, sh_degree=h.sh_degree,
-            clip_xyz=h.clip_xyz, grad_checkpointing=h.grad_checkpointing, scale_bias=h.scale_bias,
-            opacity_bias=h.opacity_bias, depth_range=h.depth_range,
-        )
+        return GSLRMConfig(**{k: h[k] for k in MODEL_CONFIG_ARGUMENTS}, grad_checkpointing=h.grad_checkpointing)
 
     def load_weights(self, path: str | Path, ema: bool = False) -> None:
         """Load GS-LRM weights from an export folder (model.safetensors / model_ema.safetensors) or a .safetensors
@@ -409,6 +442,22 @@ class ReconstructionModule(StageModule):
         if isinstance(hp, dict):  # the checkpoint holds the weights; don't re-read init_from when restoring
             hp["init_from"] = None
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's activation constants (``checkpoint["mvlift"]["model_config"]``) are the ones its weights
+        were trained with: they replace values this module derived (arguments left None); a value given explicitly
+        that differs is an error naming both."""
+        super().on_load_checkpoint(checkpoint)
+        stored = (checkpoint.get("mvlift") or {}).get("model_config") or {}
+        for name in ACTIVATION_ARGUMENTS:
+            if name not in stored or stored[name] == getattr(self.net.config, name):
+                continue
+            if name not in self.derived_activations:
+                raise ValueError(f"the checkpoint's weights were trained with {name}={stored[name]}, this module was "
+                                 f"built with {name}={getattr(self.net.config, name)}; leave {name} unset to use "
+                                 "the checkpoint's")
+            setattr(self.net.config, name, stored[name])
+            self.hparams[name] = stored[name]
+
     def card_details(self) -> list[tuple[str, Any]]:
         h = self.hparams
         size = sum(p.numel() for p in self.net.parameters()) / 1e6
@@ -440,13 +489,15 @@ class ReconstructionModule(StageModule):
 
     @classmethod
     def export_arguments(cls, path: Path, meta: dict[str, Any], hparams: dict[str, Any], ema: bool) -> dict[str, Any]:
-        if not hparams:  # an export without constructor arguments: the size from model_config
-            mc = meta["model_config"]
-            hparams = {k: mc[k] for k in MODEL_CONFIG_ARGUMENTS if k in mc}
-        return hparams
+        """The stored constructor arguments, with the network's size and activation constants from the export's
+        ``model_config`` (the network the weights ran in): an export whose arguments leave one out (those of
+        converted FaceLift checkpoints before every constant was stored) never gets a re-derived value."""
+        mc = meta.get("model_config") or {}
+        return {**hparams, **{k: mc[k] for k in MODEL_CONFIG_ARGUMENTS if k in mc}}
 
     def load_export_weights(self, path: Path, meta: dict[str, Any], ema: bool) -> None:
         self.load_weights(path, ema=ema)
 
 
-__all__ = ["ReconstructionModule", "check_index"]
+__all__ = ["ACTIVATION_ARGUMENTS", "MODEL_CONFIG_ARGUMENTS", "ReconstructionModule", "check_index", "config_arguments",
+           "default_activation", "pixel_scale_bias", "stored_activations"]
