@@ -53,7 +53,7 @@ from geometry.cameras import (
 )
 from geometry.files import write_atomic
 from geometry.images import resize_images, save_png
-from geometry.visual_hull import hull_points, silhouette_iou_from
+from geometry.visual_hull import bound_from_masks, hull_points, silhouette_iou_from
 
 REPROJECTION_LIMIT_PX = 1.5  # the contract: an animal point's pixel, imported vs raw calibration, at 512 px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -291,21 +291,6 @@ def normalize_frame(c2w: Tensor, fxfycxcy: Tensor, masks: list[Tensor], s: Impor
     return FrameGeometry(center, float(scale), c2w_n, torch.stack(ks), boxes)
 
 
-def subject_bound(geo: FrameGeometry, masks: Tensor) -> float:
-    """A radius about the origin (the animal's centre) that holds the animal, from the imported views' masks
-    [V, 1, S, S]: 1.5 x the widest lateral extent any view sees (mask pixels' distance from the centre's pixel at
-    the centre's depth)."""
-    k = geo.fxfycxcy.double()
-    uv0, depth = project_points(torch.zeros(len(geo.c2w), 1, 3, dtype=torch.float64), geo.c2w.double(), k)
-    widest = 0.0
-    for m, u, kk, d in zip(masks, uv0[:, 0], k, depth[:, 0]):
-        ys, xs = torch.nonzero(m[0] > 0.5, as_tuple=True)
-        if len(xs):
-            r = ((xs + 0.5 - u[0]) ** 2 + (ys + 0.5 - u[1]) ** 2).sqrt().max() / kk[0] * d
-            widest = max(widest, float(r))
-    return 1.5 * widest if widest > 0 else 1.0
-
-
 def frame_checks(geo: FrameGeometry, raw_c2w: Tensor, raw_k: Tensor, alphas: Tensor, s: ImportSettings
                  ) -> tuple[float, list[float]]:
     """The import's two contracts for one frame, measured on what is written.
@@ -318,7 +303,7 @@ def frame_checks(geo: FrameGeometry, raw_c2w: Tensor, raw_k: Tensor, alphas: Ten
     hs = s.hull_size
     small = resize_images(alphas.float(), hs) if alphas.shape[-1] != hs else alphas.float()
     k_small = geo.fxfycxcy.double() * (hs / s.size)
-    bound = subject_bound(geo, alphas)
+    bound = bound_from_masks(geo.c2w, geo.fxfycxcy, alphas)
     points, inside = hull_points(geo.c2w, k_small, small, bound)
     iou = silhouette_iou_from(inside, small)
     pts = points[inside].double()

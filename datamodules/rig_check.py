@@ -4,7 +4,10 @@
 compared view by view (the rig's views first, in rig order: diffusion data), all scenes are summarised (camera
 distances, elevations, fields of view against the rig), and scenes written by ``tools.import_captures`` (with
 ``capture.json``) report each camera about the animal before and after normalization
-(``datamodules.captures.capture_camera_table``). :func:`check_report_lines` is its printed form. The DataModule's
+(``datamodules.captures.capture_camera_table``), and the first ``hull_scenes`` scenes with masks (images with
+alpha) report the visual hull's silhouette IoU per view (``geometry.visual_hull``): masks and cameras that disagree
+(wrong units or order, a view cropped without its intrinsics) are a problem below ``min_hull_iou``.
+:func:`check_report_lines` is its printed form. The DataModule's
 own refusal of a source that cannot match the diffusion stage's rig is ``SceneBuilder.check_source_rig``.
 """
 
@@ -15,21 +18,46 @@ from pathlib import Path
 import torch
 
 from datamodules.captures import capture_camera_table
-from geometry.camera_files import read_camera_file
-from geometry.cameras import fov_from_focal, spherical_from_c2w
+from datamodules.photos import read_image
+from geometry.camera_files import CameraFile, read_camera_file
+from geometry.cameras import fov_from_focal, scale_intrinsics, spherical_from_c2w
+from geometry.images import resize_images
 from geometry.rig import load_rig
+from geometry.visual_hull import bound_from_masks, silhouette_iou
+
+HULL_SIZE, HULL_SAMPLES = 48, 64  # the masks' size and the samples per ray of the hull check
 
 
-def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_tol: float = 0.05) -> dict:
+def scene_hull_iou(scene_dir: Path, cams: CameraFile) -> list[float] | None:
+    """Silhouette IoU of the visual hull per view of one scene (its images' alpha at HULL_SIZE px, about the world
+    origin: the animal's centre in imported and normalized data); None when a view has no alpha."""
+    masks, ks = [], []
+    for v, fp in enumerate(cams.file_paths):
+        path = scene_dir / (fp or f"images/cam_{v:03d}.png")
+        _, alpha = read_image(path)
+        if alpha is None:
+            return None
+        masks.append(resize_images(alpha.float(), HULL_SIZE))
+        ks.append(scale_intrinsics(cams.fxfycxcy[v].double(), cams.sizes[v], (HULL_SIZE, HULL_SIZE)))
+    m, k = torch.stack(masks), torch.stack(ks)
+    return [round(float(x), 4) for x in silhouette_iou(cams.c2w, k, m, bound_from_masks(cams.c2w, k, m),
+                                                       samples=HULL_SAMPLES)]
+
+
+def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_tol: float = 0.05,
+                  hull_scenes: int = 8, min_hull_iou: float = 0.8) -> dict:
     """Compare every scene's cameras under ``data_dir`` with the rig (its first rig-many views, in rig order; a scene
-    with fewer views is a problem); returns a JSON-able report."""
+    with fewer views is a problem) and check the first ``hull_scenes`` scenes' masks against their cameras; returns a
+    JSON-able report."""
     rig = load_rig(rig_name)
     files = sorted(data_dir.rglob("opencv_cameras.json"))
     if not files:
         raise FileNotFoundError(f"{data_dir}: no opencv_cameras.json found below it")
-    per_scene, dists, elevs, fovs, short = [], [], [], [], []
+    per_scene, dists, elevs, fovs, short, hulls = [], [], [], [], [], {}
     for f in files:
         cams = read_camera_file(f)
+        if len(hulls) < hull_scenes and (iou := scene_hull_iou(f.parent, cams)) is not None:
+            hulls[str(f.parent)] = iou
         _, el, d = spherical_from_c2w(cams.c2w.double(), up=rig.up_axis)
         dists.append(d)
         elevs.append(el)
@@ -68,6 +96,14 @@ def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_to
     if uncalibrated:  # a scene folder without its camera file: said, never silently left out
         problems.append(f"{len(uncalibrated)} scene folder(s) have images/ but no opencv_cameras.json, e.g. "
                         f"{uncalibrated[0]}")
+    bad_hull = {k: v for k, v in hulls.items() if min(v) < min_hull_iou}
+    if bad_hull:
+        scene, iou = next(iter(bad_hull.items()))
+        view = min(range(len(iou)), key=iou.__getitem__)
+        problems.append(f"{len(bad_hull)} scene(s)' masks and cameras disagree (visual hull silhouette IoU < "
+                        f"{min_hull_iou}), e.g. {scene} view {view}: {iou[view]:.2f} (an image moved without its "
+                        "intrinsics, cameras in another order or unit, a bad mask)")
+    report["hull_iou"], report["min_hull_iou"] = hulls, min_hull_iou
     report["short_scenes"], report["scenes_without_cameras"] = short, uncalibrated
     report["cameras_about_animal"] = {str(f.parent): t for f in files
                                       if (t := capture_camera_table(f.parent, rig.up_axis)) is not None}
@@ -83,6 +119,10 @@ def check_report_lines(report: dict, data_dir: str) -> list[str]:
         lines.append(f"  {key:<14} min {r['min']:8.3f}  max {r['max']:8.3f}  rig {r['rig']}")
     for s in report["rig_order_scenes"]:
         lines.append(f"  {'ok ' if s['ok'] else 'BAD'} {s['scene']}  worst angle {s['worst_angle_deg']:.2f} deg")
+    if report["hull_iou"]:
+        worst = min(min(v) for v in report["hull_iou"].values())
+        lines.append(f"  visual hull   silhouette IoU >= {worst:.3f} over {len(report['hull_iou'])} scene(s) "
+                     f"(threshold {report['min_hull_iou']})")
     for scene, table in list(report["cameras_about_animal"].items())[:1]:
         lines.append(f"  {scene}: azimuth / elevation / distance about the animal, before ({table[0]['units']}) -> "
                      "after")

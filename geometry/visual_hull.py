@@ -7,7 +7,8 @@ carves the hull away where the others see the animal, and the IoU of some views 
 ``tools.import_captures`` and ``tools.rig check`` report per view (``datamodules.captures``).
 
 The hull is sampled along every pixel's ray (``samples`` points across a sphere of radius ``bound`` about
-``center``); a point counts as inside a view when it projects inside that view's frame onto a mask pixel (> 0.5).
+``center``); a point counts as inside a view when it projects onto a mask pixel (> 0.5) or outside that view's
+frame (where the view cannot tell).
 
 Example:
     >>> import torch
@@ -29,12 +30,29 @@ from geometry.cameras import project_points
 
 
 def _lookup(masks: Tensor, uv: Tensor) -> Tensor:
-    """masks [V, H, W] bool, uv [V, N, 2] continuous pixels -> [V, N] bool (outside the frame: False)."""
+    """masks [V, H, W] bool, uv [V, N, 2] continuous pixels -> [V, N] bool; outside the frame: True (the view says
+    nothing there, so it carves nothing: subjects cut by a frame's border keep their hull)."""
     h, w = masks.shape[-2:]
     col, row = uv[..., 0].floor().long(), uv[..., 1].floor().long()
     inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
     flat = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1))
-    return inside & torch.gather(masks.flatten(1), 1, flat)
+    return ~inside | torch.gather(masks.flatten(1), 1, flat)
+
+
+def bound_from_masks(c2w: Tensor, fxfycxcy: Tensor, masks: Tensor, center: Tensor | None = None) -> float:
+    """A radius about ``center`` (default origin) that holds the subject: 1.5 x the widest lateral extent any view
+    of masks [V, 1, H, W] sees (mask pixels' distance from the centre's pixel, at the centre's depth); 1.0 when every
+    mask is empty."""
+    c2w, k = c2w.double(), fxfycxcy.double()
+    center = torch.zeros(3, dtype=c2w.dtype) if center is None else torch.as_tensor(center, dtype=c2w.dtype)
+    uv0, depth = project_points(center.expand(len(c2w), 1, 3), c2w, k)
+    widest = 0.0
+    for m, u, kk, d in zip(masks, uv0[:, 0], k, depth[:, 0]):
+        ys, xs = torch.nonzero(m[0] > 0.5, as_tuple=True)
+        if len(xs) and d > 0:
+            r = ((xs + 0.5 - u[0]) ** 2 + (ys + 0.5 - u[1]) ** 2).sqrt().max() / kk[0] * d
+            widest = max(widest, float(r))
+    return 1.5 * widest if widest > 0 else 1.0
 
 
 def hull_points(c2w: Tensor, fxfycxcy: Tensor, masks: Tensor, bound: float, center: Tensor | None = None,
@@ -62,10 +80,12 @@ def hull_points(c2w: Tensor, fxfycxcy: Tensor, masks: Tensor, bound: float, cent
     depth = (mid[:, None] + t[None]).clamp_min(1e-6)  # [V, S]
     points = (origin[:, :, None] + dirs[:, :, None] * depth[:, None, :, None]).float()  # [V, HW, S, 3]
     flat = points.reshape(-1, 3)
-    inside = torch.ones(len(flat), dtype=torch.bool)
-    for j in range(nv):  # one view at a time: memory stays at one projection of all samples
-        uv, z = project_points(flat, c2w[j].float(), k[j].float())
-        inside &= _lookup(m[j:j + 1], uv[None])[0] & (z > 0)
+    alive = torch.arange(len(flat))
+    for j in range(nv):  # one view at a time, projecting only the samples no view has carved yet
+        uv, z = project_points(flat[alive], c2w[j].float(), k[j].float())
+        alive = alive[_lookup(m[j:j + 1], uv[None])[0] & (z > 0)]
+    inside = torch.zeros(len(flat), dtype=torch.bool)
+    inside[alive] = True
     return points, inside.reshape(nv, h * w, samples)
 
 
@@ -86,4 +106,4 @@ def silhouette_iou_from(inside: Tensor, masks: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
 
 
-__all__ = ["hull_points", "silhouette_iou", "silhouette_iou_from"]
+__all__ = ["bound_from_masks", "hull_points", "silhouette_iou", "silhouette_iou_from"]

@@ -151,3 +151,38 @@ def test_inconsistent_recordings_are_rejected_by_name(two_frames, tmp_path, corr
     if corrupt is _mask_of_another_frame:
         assert [r["frame"] for r in report.kept] == [1]  # only the frame with the wrong mask
     assert "inconsistent_views" in report.summary()
+
+
+FACELIFT_SCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "facelift_sample" / "gslrm" / "sample_000"
+needs_facelift = pytest.mark.skipif(not FACELIFT_SCENE.is_dir(), reason="needs ../shared/data/facelift_sample")
+
+
+@needs_facelift
+def test_facelift_s_own_views_and_cameras_agree_and_a_centring_bug_is_caught(tmp_path):
+    """FaceLift's sample scene (32 posed RGBA renders, its camera file) read by mvlift: the visual hull of its
+    alphas projects back onto every one (IoU >= 0.95). Then one view centred the way the user's converter did it
+    (cropped around its alpha box and resized, intrinsics left as they were): ``tools.rig check`` names the scene."""
+    from datamodules.io import crop_views
+    from datamodules.photos import read_image
+    from datamodules.rig_check import check_dataset
+    from geometry.images import save_png
+    from tools.rig import main
+
+    report = check_dataset(FACELIFT_SCENE.parent, "facelift_6view")
+    (iou,) = report["hull_iou"].values()
+    assert len(iou) == 32 and min(iou) >= 0.95, iou
+    scene = tmp_path / "data" / "sample_000"
+    shutil.copytree(FACELIFT_SCENE, scene)
+    view = scene / "images" / "cam_005.png"
+    rgb, alpha = read_image(view)
+    ys, xs = torch.nonzero(alpha[0] > 0.5, as_tuple=True)
+    c = ((xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2)
+    half = 0.5 * float(max(xs.max() - xs.min(), ys.max() - ys.min())) / 0.6  # the object at 0.6 of the frame
+    box = (float(c[0]) - half, float(c[1]) - half, float(c[0]) + half, float(c[1]) + half)
+    moved = crop_views(torch.cat([rgb, alpha])[None], box, rgb.shape[-1])[0]
+    save_png(view, moved[:3].clamp(0, 1), moved[3:].clamp(0, 1))
+    report = check_dataset(tmp_path / "data", "facelift_6view")
+    (iou,) = report["hull_iou"].values()
+    assert min(iou) < 0.8, iou  # the hull is carved where view 5 disagrees: several views lose their silhouette
+    assert any("masks and cameras disagree" in p and "sample_000" in p for p in report["problems"])
+    assert main(["check", str(tmp_path / "data"), "--rig", "facelift_6view"]) == 1  # the exit code says it
