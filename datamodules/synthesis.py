@@ -264,6 +264,7 @@ class GeneratedViews:
     size: int | None
     with_truth: bool
     batch_size: int
+    precision: str
 
     def __post_init__(self) -> None:
         if self.inputs is None:
@@ -283,7 +284,7 @@ class GeneratedViews:
                 "scheduler": self.scheduler, "reference_view": self.reference_view, "size": size,
                 "inputs": str(Path(self.inputs).resolve()), "kind": self.kind, "limit": self.limit,
                 "matting": self.matting, "val_fraction": self.val_fraction, "with_truth": self.with_truth,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "precision": self.precision}
 
 
 def _view_alpha(views: torch.Tensor, matting: Any, spec: str, where: str) -> torch.Tensor:

@@ -132,18 +132,30 @@ def note_sampling(diffusion: Any, sampling: Sampling) -> None:
                  "%g (--steps / --guidance to match)", sampling.steps, sampling.guidance, *validated)
 
 
+SAMPLING_PRECISIONS = ("fp32", "bf16")
+
+
 def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int,
-                   cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
+                   cameras: tuple[Tensor, Tensor, Tensor] | None = None, precision: str = "fp32") -> dict[str, Any]:
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
     (the diffusion model's rig views, in rig order; a model conditioned on cameras takes the photo as rig view
-    ``sampling.reference_view``, or a batch's own ``cameras``). The first call for a model logs what it cannot take
-    or was not validated with (:func:`note_sampling`)."""
+    ``sampling.reference_view``, or a batch's own ``cameras``). ``precision`` ``bf16``: the UNet runs under bf16
+    autocast on a CUDA device (half the time; the pixel recipe's scores did not change, docs/results.md "Fourth
+    session"), the images come back as float32. The first call for a model logs what it cannot take or was not
+    validated with (:func:`note_sampling`)."""
+    if precision not in SAMPLING_PRECISIONS:
+        raise ValueError(f"--precision must be one of {SAMPLING_PRECISIONS}, got {precision!r}")
     if not getattr(diffusion, "_sampling_noted", False):
         diffusion._sampling_noted = True
         note_sampling(diffusion, sampling)
-    return diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
-                            scheduler=sampling.scheduler, show_progress=True, reference_view=sampling.reference_view,
-                            cameras=cameras)
+    device = torch.device(diffusion.device)
+    bf16 = precision == "bf16" and device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = diffusion.sample(ref, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, seed=seed,
+                               scheduler=sampling.scheduler, show_progress=True,
+                               reference_view=sampling.reference_view, cameras=cameras)
+    out["images"] = out["images"].float()
+    return out
 
 
 def lift_views(reconstruction: Any, views: Tensor, rig: Rig, input_views: list[int]) -> tuple[Any, int]:
@@ -212,5 +224,6 @@ def write_photo_outputs(scene_id: str, ref: Tensor, diffusion: Any, reconstructi
                         "total": round(time.time() - t0, 3)}}
 
 
-__all__ = ["Turntable", "check_stages_and_rigs", "choose_background", "generate_views", "lift_views",
-           "note_sampling", "parse_input_views", "render_views", "sampling_for_data_view", "write_photo_outputs"]
+__all__ = ["SAMPLING_PRECISIONS", "Turntable", "check_stages_and_rigs", "choose_background", "generate_views",
+           "lift_views", "note_sampling", "parse_input_views", "render_views", "sampling_for_data_view",
+           "write_photo_outputs"]

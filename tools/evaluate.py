@@ -3,8 +3,8 @@
     python -m tools.evaluate --ckpt [LABEL=]CKPT [--ckpt ...] --data [LABEL=]CONFIG [--data ...] [--rig NAME ...]
         --out DIR [--batches 4] [--batch-size 2] [--device cpu|cuda] [--split val|train] [--seed 0]
         [--diffusion CKPT] [--allow-rig-mismatch] [--steps 50] [--guidance 3.0] [--scheduler ddim]
-        [--reference-view 0] [--num-input-views N] [--input-views random|spread] [--chain-input-views all|0,1,...]
-        [--ema]
+        [--reference-view 0] [--num-input-views N] [--input-views random|spread|first] [--chain-input-views all|0,1,...]
+        [--heldout-views N] [--ema] [--diffusion-ema | --no-diffusion-ema] [--precision fp32|bf16]
         [--lpips-weights FILE --vgg-weights FILE] [--grid-scenes 4] [--num-workers 0] [--trust-checkpoint]
 
 A checkpoint is a Lightning ``.ckpt`` or an export folder; its stage comes from its metadata
@@ -81,6 +81,7 @@ from lightning_modules.artifacts import trusting
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import MAX_GUIDANCE
 from lightning_modules.evaluation import EvalSettings, run_evaluation
+from lightning_modules.pipeline import SAMPLING_PRECISIONS
 from tools import log_to_stderr, number
 
 
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-views", type=number(int, 0), default=0,
                    help="chained: also render and score the data's next N views after the rig's (held-out cameras, "
                         "the heldout/* columns)")
+    p.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
+                   help="diffusion sampling: fp32, or bf16 autocast on a GPU (about half the time)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of every checkpoint")
     p.add_argument("--diffusion-ema", action=argparse.BooleanOptionalAction, default=None,
                    help="chained: whether the diffusion checkpoint's EMA weights are used, apart from --ema (which "

@@ -68,6 +68,7 @@ class EvalSettings:
     input_views: str | None = None  # reconstruction: random | spread | first (None: the data config's)
     chain_input_views: str = "all"
     heldout_views: int = 0  # chained: also render the data's next N views after the rig's (held-out cameras)
+    precision: str = "fp32"  # diffusion sampling: fp32 | bf16 (autocast on CUDA)
     ema: bool = False
     diffusion_ema: bool | None = None  # chained: the diffusion checkpoint's EMA weights (None: as ``ema``)
     trust_checkpoint: bool = False
@@ -257,7 +258,8 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
     for i, batch in _batches(loader, opts, device, res):
         ref, _ = model_photo(batch)
         with torch.no_grad():
-            gen = generate_views(module, ref, opts.sampling, opts.seed + i, cameras=module.cameras_of(batch))["images"]
+            gen = generate_views(module, ref, opts.sampling, opts.seed + i, cameras=module.cameras_of(batch),
+                                 precision=opts.precision)["images"]
         target = resize_images(batch["images"].float(), gen.shape[-1])
         alpha = resize_images(batch["alpha"].float(), gen.shape[-1]) if batch.get("alpha") is not None else None
         v = min(gen.shape[1], target.shape[1])
@@ -346,7 +348,7 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
         m, scale = rig_to_data_frame(diffusion.rig, view, batch["ref_c2w"][:, 0])
         cams = cameras_into_frame(batch["c2w"].double(), m).to(batch["c2w"].dtype)
         with torch.no_grad():
-            gen = generate_views(diffusion, ref, opts.sampling, opts.seed + i)["images"]
+            gen = generate_views(diffusion, ref, opts.sampling, opts.seed + i, precision=opts.precision)["images"]
             gaussians, _ = lift_views(module, gen, diffusion.rig, input_views)
             out = module.render(gaussians, cams, batch["fxfycxcy"], h, w, batch.get("background"))
         rendered = out["rgb"]
@@ -557,6 +559,7 @@ def run_evaluation(opts: EvalSettings) -> dict[str, Any]:
                      "steps": opts.steps, "guidance": opts.guidance,
                      "scheduler": opts.scheduler, "chain_input_views": opts.chain_input_views,
                      "heldout_views": opts.heldout_views, "diffusion_ema": opts.use_diffusion_ema,
+                     "precision": opts.precision,
                      "diffusion": str(diffusion_info.path) if diffusion_info else None,
                      "diffusion_rig": diffusion_info.rig.name if diffusion_info else None,
                      "allow_rig_mismatch": opts.allow_rig_mismatch},
