@@ -180,6 +180,7 @@ class MultiViewDataModule(L.LightningDataModule):
         self._epoch: int | None = None
         self._counts: Counter = Counter()
         self._skips: Counter = Counter()
+        self._skip_reasons: Counter = Counter()  # SampleError.reason: bad_sample, empty_mask, ...
         self._skip_examples: list[dict[str, str]] = []
         self.history: list[dict[str, Any]] = []
         self._aug_step = 0
@@ -311,7 +312,7 @@ class MultiViewDataModule(L.LightningDataModule):
                 "batch_size": h.batch_size, "samples_per_epoch": h.samples_per_epoch, "seed": h.seed,
                 "aug_step": self._aug_step,
                 "report": {"epoch": self._epoch, "counts": dict(self._counts), "skips": dict(self._skips),
-                           "skip_examples": list(self._skip_examples)}}
+                           "skip_reasons": dict(self._skip_reasons), "skip_examples": list(self._skip_examples)}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -325,6 +326,7 @@ class MultiViewDataModule(L.LightningDataModule):
         report = state_dict.get("report") or {}
         self._epoch = report.get("epoch")
         self._counts, self._skips = Counter(report.get("counts", {})), Counter(report.get("skips", {}))
+        self._skip_reasons = Counter(report.get("skip_reasons", {}))
         self._skip_examples = list(report.get("skip_examples", []))
 
     # ---- accounting ---------------------------------------------------------------------------------------------
@@ -339,6 +341,7 @@ class MultiViewDataModule(L.LightningDataModule):
         self._counts.update(batch.get("source", []))
         for s in skipped:
             self._skips[s["source"]] += 1
+            self._skip_reasons[s.get("reason", "bad_sample")] += 1
             if len(self._skip_examples) < 100:
                 self._skip_examples.append(s)
             log.warning("skipped bad sample: source %s scene %s: %s", s["source"], s["scene"], s["problem"])
@@ -350,9 +353,11 @@ class MultiViewDataModule(L.LightningDataModule):
                          "fraction": (self._counts[s.name] / total) if total else 0.0} for s in self.train_sources}
 
     def skip_report(self) -> dict[str, Any]:
-        """Skipped bad samples this epoch so far (this rank): {"total", "per_source": {name: n}, "examples": [...]}."""
+        """Skipped bad samples this epoch so far (this rank): {"total", "per_source": {name: n}, "per_reason":
+        {reason: n} (``empty_mask``: every view fully transparent; ``bad_sample``: any other), "examples": [...]}."""
         return {"total": sum(self._skips.values()),
                 "per_source": {s.name: self._skips[s.name] for s in self.train_sources},
+                "per_reason": dict(sorted(self._skip_reasons.items())),
                 "examples": list(self._skip_examples)}
 
     def flush_epoch_report(self) -> dict[str, Any]:
@@ -364,12 +369,15 @@ class MultiViewDataModule(L.LightningDataModule):
             metrics[f"data/{name}/fraction"] = float(r["fraction"])
             metrics[f"data/{name}/count"] = float(r["count"])
             metrics[f"data/{name}/skipped"] = float(report["skipped"]["per_source"][name])
+        for reason, n in report["skipped"]["per_reason"].items():
+            metrics[f"data/skipped/{reason}"] = float(n)
         log.info("data epoch %s: %s", self._epoch, metrics)
         if self.trainer is not None:
             for logger in self.trainer.loggers:
                 logger.log_metrics(metrics, step=int(self.trainer.global_step))
         self.history.append(report)
         self._counts, self._skips, self._skip_examples = Counter(), Counter(), []
+        self._skip_reasons = Counter()
         return report
 
     def teardown(self, stage: str | None = None) -> None:

@@ -272,7 +272,8 @@ class MixedSceneDataset(Dataset):
             except SampleError as e:
                 if self.on_bad_sample == "raise":
                     raise SampleError(f"source {src.name!r} scene {scene}: {e}") from None
-                skipped.append({"source": src.name, "scene": str(scene), "problem": str(e).split("\n")[0]})
+                skipped.append({"source": src.name, "scene": str(scene), "problem": str(e).split("\n")[0],
+                                "reason": e.reason})
                 continue
             if self.augment is not None:
                 key = np.random.SeedSequence([self.seed, epoch, k, p, t]).generate_state(1)[0]

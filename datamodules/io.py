@@ -41,7 +41,16 @@ BACKGROUND_CHOICES = (*BACKGROUNDS, "random", "as_is")
 
 
 class SampleError(ValueError):
-    """A bad sample: the message names the file (or scene) and the problem."""
+    """A bad sample: the message names the file (or scene) and the problem; ``reason`` is how the skip report counts
+    it (``on_bad_sample: skip``)."""
+
+    reason = "bad_sample"
+
+
+class EmptyMaskError(SampleError):
+    """A scene whose views are all fully transparent: composited, it would be an all-background (white) input."""
+
+    reason = "empty_mask"
 
 
 # ---- PNG ---------------------------------------------------------------------------------------------------------
@@ -295,7 +304,7 @@ def validate_pixels(rgb: Tensor, alpha: Tensor | None, where: str, num_views: in
 
 
 __all__ = [
-    "BACKGROUND_CHOICES", "SampleError", "alpha_bbox", "background_color", "center_views", "centering_box",
+    "BACKGROUND_CHOICES", "EmptyMaskError", "SampleError", "alpha_bbox", "background_color", "center_views", "centering_box",
     "composite", "crop_views", "decode_png", "estimate_background", "load_png_views", "normalize_scene_cameras",
     "png_header", "png_to_float", "read_bytes", "resize_views", "validate_cameras", "validate_pixels",
 ]

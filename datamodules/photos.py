@@ -133,6 +133,13 @@ def mask_from_result(result: Any, size: tuple[int, int], where: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask))[None]
 
 
+def _check_not_empty(mask: Tensor, what: str) -> None:
+    """An all-transparent photo would be composited into the background alone: refused by name."""
+    if not bool((mask > 0.5 / 255).any()):
+        raise ImageInputError(f"{what} is fully transparent (alpha 0 everywhere): nothing but background would be "
+                              "lifted; use --background-removal none to take the pixels as they are")
+
+
 class BackgroundRemoval:
     """The ``--background-removal`` step (module docstring). ``__call__(rgb, alpha, where) -> (image, alpha, how)``
     with the image composited over ``background``; ``how`` says what was done (for logs and info files)."""
@@ -148,6 +155,7 @@ class BackgroundRemoval:
         if self.spec == "alpha":
             if alpha is None:
                 return rgb, None, "alpha: the image has no alpha channel, used as is"
+            _check_not_empty(alpha, f"{where}: its alpha channel")
             return composite_over(rgb, alpha, self.background), alpha, "alpha: composited over the background"
         pil = Image.fromarray(to_uint8(rgb))
         try:
@@ -155,6 +163,7 @@ class BackgroundRemoval:
         except Exception as e:  # the user's callable: report which file it failed on
             raise ImageInputError(f"{where}: background remover {self.spec} failed ({type(e).__name__}: {e})") from e
         mask = mask_from_result(result, tuple(rgb.shape[-2:]), f"{where} ({self.spec})")
+        _check_not_empty(mask, f"{where}: the mask of background remover {self.spec}")
         return composite_over(rgb, mask, self.background), mask, f"{self.spec}: mask composited over the background"
 
 

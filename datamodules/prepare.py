@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from datamodules.io import (
+    EmptyMaskError,
     background_color,
     center_views,
     centering_box,
@@ -33,6 +34,8 @@ from datamodules.io import (
     validate_pixels,
 )
 from datamodules.sources import SceneCameras, Source
+
+EMPTY_ALPHA = 0.5 / 255  # alpha at or below it is transparent (an 8-bit 0)
 
 
 @dataclasses.dataclass
@@ -56,15 +59,19 @@ class PreparedViews:
 def prepare_views(source: Source, scene: int, cams: SceneCameras, views: list[int], image_size: int, *,
                   rng: np.random.Generator, center_crop: bool = False, center_fill: float = 0.6) -> PreparedViews:
     """Views ``views`` of ``source``'s scene ``scene`` (cameras ``cams``), prepared as the DataModule does
-    (SampleError naming the scene for bad pixels). Backgrounds: straight color times alpha over the source's
-    ``background`` (``random``: drawn from ``rng``); ``as_is`` sources (and images without alpha) keep theirs,
-    estimated for the sample's ``background``."""
+    (SampleError naming the scene for bad pixels; :class:`~datamodules.io.EmptyMaskError`, counted as ``empty_mask``,
+    when every view is fully transparent and would be composited into a background-only image). Backgrounds:
+    straight color times alpha over the source's ``background`` (``random``: drawn from ``rng``); ``as_is`` sources
+    (and images without alpha) keep theirs, estimated for the sample's ``background``."""
     decode = sorted(set(views) | ({0} if center_crop else set()))
     rgb, alpha, _has_bg = source.pixels(scene, decode)
     sizes = None if cams.sizes is None else [cams.sizes[v] for v in decode]
     validate_pixels(rgb, alpha, cams.where, len(decode), sizes, views=decode)
     k = cams.fxfycxcy[decode]
     as_is = source.background == "as_is" or alpha is None
+    if not as_is and not bool((alpha > EMPTY_ALPHA).any()):  # composited, every view would be the background alone
+        raise EmptyMaskError(f"{cams.where}: views {decode} are fully transparent (empty_mask: alpha 0 everywhere), "
+                             "nothing but background to learn from")
     if alpha is None:
         alpha = torch.ones_like(rgb[:, :1])
     premult = rgb if as_is else rgb * alpha

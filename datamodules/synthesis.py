@@ -38,6 +38,8 @@ import dataclasses
 import json
 import logging
 import math
+import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,6 +110,49 @@ def write_list_files(out: Path, sample_dirs: Sequence[Path], train: Sequence[int
     for name, idx in (("data_train.txt", train), ("data_val.txt", val)):
         lines = [str(Path(sample_dirs[i]).resolve()) for i in idx]
         write_atomic(out / name, "".join(line + "\n" for line in lines))  # readable as the umask allows
+
+
+_SYNTHESIZED = re.compile(r"^(sample_\d{6}|data_train\.txt|data_val\.txt|dataset\.json|\.dataset\.json\..*\.tmp|"
+                          r"\.data_(train|val)\.txt\..*\.tmp)$")
+
+
+def check_output_folder(out: Path, overwrite: bool = False, keep_existing: bool = False) -> None:
+    """A data set is written into a new or empty ``out``: scenes written into a folder that holds others would mix
+    with them, and ``dataset.json`` would describe only the new ones. A non-empty ``out`` is refused (naming it and
+    its first entries) unless ``keep_existing`` (``--skip-existing``: an earlier run's finished samples are kept) or
+    ``overwrite`` (``--overwrite``: :func:`clear_output_folder` empties it before writing), which is itself refused
+    for a folder holding anything a data set of this module does not (``sample_NNNNNN/``, the list files,
+    ``dataset.json``): nothing else is ever deleted."""
+    if overwrite and keep_existing:
+        raise ValueError("--overwrite clears --out and --skip-existing keeps what it holds: give one of them")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries or keep_existing:
+        return
+    if not overwrite:
+        raise ValueError(f"--out {out} is not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}): "
+                         "new scenes would mix with what is there and dataset.json would describe only the new ones; "
+                         "choose a new folder, or pass --overwrite to replace an earlier tools.synthesize data set")
+    foreign = [n for n in entries if not _SYNTHESIZED.match(n) or (n.startswith("sample_") and not (out / n).is_dir())]
+    if foreign:
+        raise ValueError(f"--out {out}: --overwrite only replaces a tools.synthesize data set, and the folder also "
+                         f"holds {foreign[0]!r}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}; "
+                         "nothing was deleted")
+
+
+def clear_output_folder(out: Path) -> None:
+    """Empty ``out`` (``--overwrite``), after :func:`check_output_folder` agreed: an earlier data set only."""
+    check_output_folder(out, overwrite=True)
+    if out.is_dir():
+        for p in out.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        log.info("--overwrite: cleared the earlier data set in %s", out)
 
 
 def _progress(i: int, n: int, what: str, t0: float) -> None:
@@ -392,5 +437,6 @@ def write_generated_dataset(out: Path, g: GeneratedViews, items: Sequence[InputS
     return record_path
 
 
-__all__ = ["DATASET_VERSION", "GeneratedViews", "InputScene", "Procedural", "input_scenes", "reference_image", "split_scenes",
-           "write_facelift_scene", "write_generated_dataset", "write_list_files", "write_procedural_dataset"]
+__all__ = ["DATASET_VERSION", "GeneratedViews", "InputScene", "Procedural", "check_output_folder", "clear_output_folder",
+           "input_scenes", "reference_image", "split_scenes", "write_facelift_scene", "write_generated_dataset",
+           "write_list_files", "write_procedural_dataset"]

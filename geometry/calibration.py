@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ import numpy as np
 import torch
 import yaml
 from torch import Tensor
+
+log = logging.getLogger("mvlift.calibration")
 
 UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 FORMATS = ("auto", "opencv", "anipose", "pickle")
@@ -181,7 +184,8 @@ def read_pickle(path: str | Path, trust: bool = False) -> Any:
     """A pickle's content: restricted (module docstring) unless ``trust``; a refused type is a ValueError naming the
     file, the type and ``--trust-pickle``."""
     data = Path(path).read_bytes()
-    if trust:
+    if trust:  # said, as --trust-checkpoint's full unpickling is
+        log.warning("%s: unpickling fully (--trust-pickle): code in the file can run", path)
         return pickle.loads(data)
     try:
         return _RestrictedUnpickler(io.BytesIO(data)).load()

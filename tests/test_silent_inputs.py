@@ -121,3 +121,97 @@ def test_a_bit_flipped_export_is_a_named_error_and_infer_says_so_in_one_line(tmp
     lines = [line for line in err.splitlines() if line.startswith("infer:")]  # (diffusers' save bars above)
     assert rc == 2 and len(lines) == 1 and "model.safetensors: its sha256 differs" in lines[0], err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+# ---- tools.synthesize into a non-empty folder -------------------------------------------------------------------------
+def test_synthesize_refuses_a_non_empty_out_unless_overwrite_which_replaces_it(tmp_path, capsys):
+    import json
+
+    from tools.synthesize import main
+
+    out = tmp_path / "data"
+    base = ["--out", str(out), "--views", "2", "--size", "16"]
+    assert main([*base, "--scenes", "3"]) == 0
+    assert main([*base, "--scenes", "1", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err
+    assert len(list(out.glob("sample_*"))) == 3  # untouched
+    assert main([*base, "--scenes", "1", "--seed", "5", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("sample_*")) == ["sample_000000"]
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["scenes"] == 1 and meta["seed"] == 5
+    # --overwrite never deletes what a data set of tools.synthesize does not hold
+    (out / "notes.txt").write_text("mine")
+    assert main([*base, "--scenes", "1", "--overwrite"]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").is_file()
+    assert (out / "sample_000000").is_dir()
+
+
+# ---- all-transparent scenes and photos --------------------------------------------------------------------------------
+def _transparent(scene) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for png in (scene / "images").glob("*.png"):
+        rgba = np.asarray(Image.open(png).convert("RGBA")).copy()
+        rgba[..., 3] = 0
+        Image.fromarray(rgba).save(png)
+
+
+def test_an_all_transparent_scene_is_skipped_and_counted_as_empty_mask(tmp_path):
+    from test_data_sources import _write_scene
+
+    from datamodules.datamodule import MultiViewDataModule
+    from datamodules.io import SampleError
+
+    root = tmp_path / "data"
+    for name, seed in (("a", 0), ("empty", 1), ("c", 2)):
+        _write_scene(root / name, 4, 16, seed, 8)
+    _transparent(root / "empty")
+    kw = {"stage": "reconstruction", "rig": "facelift_6view", "image_size": 16, "num_views": 4, "num_input_views": 2,
+          "sources": [{"name": "f", "format": "facelift", "path": str(root)}], "num_workers": 0,
+          "samples_per_epoch": 6, "batch_size": 1, "val_fraction": 0}
+    dm = MultiViewDataModule(**kw, on_bad_sample="skip")
+    dm.setup("fit")
+    batches = [dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()]
+    assert len(batches) == 6 and not any("empty" in b["scene_id"][0] for b in batches)
+    report = dm.skip_report()
+    assert report["total"] >= 1 and report["per_reason"] == {"empty_mask": report["total"]}
+    assert all(e["reason"] == "empty_mask" and "fully transparent" in e["problem"] for e in report["examples"])
+    strict = MultiViewDataModule(**kw, on_bad_sample="raise")
+    strict.setup("fit")
+    with pytest.raises(SampleError, match="fully transparent"):
+        for _ in strict.train_dataloader():
+            pass
+
+
+def test_an_all_transparent_photo_is_refused_by_name(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from datamodules.photos import BackgroundRemoval, ImageInputError, read_image
+
+    path = tmp_path / "ghost.png"
+    Image.fromarray(np.zeros((24, 24, 4), np.uint8)).save(path)
+    rgb, alpha = read_image(path)
+    with pytest.raises(ImageInputError, match=r"ghost\.png: its alpha channel is fully transparent"):
+        BackgroundRemoval("alpha")(rgb, alpha, str(path))
+    image, mask, _ = BackgroundRemoval("none")(rgb, alpha, str(path))  # the way past it, said in the message
+    assert mask is None and image.shape == (3, 24, 24)
+
+
+# ---- --trust-pickle warns like --trust-checkpoint ---------------------------------------------------------------------
+def test_trust_pickle_warns(tmp_path, caplog):
+    import logging
+    import pickle
+
+    from geometry.calibration import read_pickle
+
+    path = tmp_path / "cal.pkl"
+    path.write_bytes(pickle.dumps([{"K": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}]))
+    with caplog.at_level(logging.WARNING):
+        read_pickle(path)
+        assert not caplog.records
+        read_pickle(path, trust=True)
+    assert any("--trust-pickle" in r.getMessage() and str(path) in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 for _name, _value in {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
@@ -65,3 +65,14 @@ def number(kind: type = float, minimum: float | None = None, maximum: float | No
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """``parser.parse_args(argv)``, or None when argparse refused an argument (its one-line usage error is printed):
+    ``main`` then returns 2, as for its other errors, instead of raising SystemExit. ``--help`` still exits."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        return None

@@ -82,7 +82,7 @@ from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import MAX_GUIDANCE
 from lightning_modules.evaluation import EvalSettings, run_evaluation
 from lightning_modules.pipeline import SAMPLING_PRECISIONS
-from tools import log_to_stderr, number
+from tools import log_to_stderr, number, parse_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    if args is None:  # a refused option (named on stderr)
+        return 2
     log_to_stderr()
     try:
         with trusting(args.trust_checkpoint):  # also LPIPS / VGG weights and files the models read when built

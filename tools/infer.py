@@ -71,7 +71,7 @@ from lightning_modules.pipeline import (
     parse_input_views,
     write_photo_outputs,
 )
-from tools import log_to_stderr, number
+from tools import log_to_stderr, number, parse_args
 
 log = logging.getLogger("mvlift.infer")
 
@@ -199,7 +199,9 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    if args is None:  # a refused option (named on stderr)
+        return 2
     log_to_stderr()
     try:
         with trusting(args.trust_checkpoint):  # also weights files the models read while they are built

@@ -1,7 +1,7 @@
 """Write a FaceLift-layout data set: procedural mouse-like scenes, or a diffusion model's views of real inputs.
 
     python -m tools.synthesize --out DIR --scenes N --views V --size S --rig NAME [--realistic] [--seed K]
-        [--val-fraction 0.1] [--camera-jitter-deg J]
+        [--val-fraction 0.1] [--camera-jitter-deg J] [--overwrite]
     python -m tools.synthesize --from-diffusion CKPT --inputs DATA --out DIR [--steps 50] [--guidance 3.0]
         [--seed K] [--reference-view 0] [--kind real|synthetic|all] [--limit N] [--size S] [--scheduler ddim]
         [--matting opaque|MODULE:FUNCTION] [--val-fraction 0.1] [--ema] [--device cpu|cuda] [--skip-existing]
@@ -16,6 +16,9 @@ mismatch: exit code 2, nothing written, unless ``--allow-rig-mismatch``; recorde
 ones, its cameras placed in the rig's frame as chained ``tools.evaluate`` places them; a GS-LRM fit with
 ``input_views: first`` takes the generated views in and is supervised by the true ones.
 ``--batch-size N`` generates N references at once (one seed per batch: seed + its first sample's number).
+``--out`` must be new or empty: scenes written among others would mix with them and ``dataset.json`` would describe
+only the new ones. ``--overwrite`` replaces an earlier tools.synthesize data set there (cleared just before writing;
+a folder holding anything else is refused, nothing deleted); ``--skip-existing`` keeps its finished samples.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import torch
 from datamodules.synthesis import (
     GeneratedViews,
     Procedural,
+    check_output_folder,
+    clear_output_folder,
     input_scenes,
     matting_callable,
     write_generated_dataset,
@@ -49,7 +54,7 @@ from lightning_modules.pipeline import (
     generate_views,
     sampling_for_data_view,
 )
-from tools import log_to_stderr, number
+from tools import log_to_stderr, number, parse_args
 
 log = logging.getLogger("mvlift.synthesize")
 
@@ -57,7 +62,10 @@ log = logging.getLogger("mvlift.synthesize")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.synthesize", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (created; must be new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier tools.synthesize data set in --out (cleared before writing; a folder "
+                        "holding anything else is refused)")
     p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0)
     p.add_argument("--val-fraction", type=number(float, 0, 0.99), default=0.1,
                    help="fraction of the scenes in data_val.txt, in [0, 0.99]")
@@ -143,6 +151,8 @@ def synthesize(args: argparse.Namespace) -> Path:
     """The procedural data set of parsed ``args``; returns the dataset.json path."""
     p = Procedural(args.scenes, args.views, args.rig, args.size, args.seed, bool(args.realistic),
                    args.camera_jitter_deg, args.val_fraction)
+    if args.overwrite:
+        clear_output_folder(Path(args.out))
     return write_procedural_dataset(Path(args.out), p)
 
 
@@ -179,15 +189,20 @@ def synthesize_from_diffusion(args: argparse.Namespace) -> Path:
         m, _ = rig_to_data_frame(model.rig, args.reference_view, c2w[args.reference_view][None].double())
         return cameras_into_frame(c2w.double(), m[0])
 
+    if args.overwrite:  # only now: a refusal or failure above leaves the earlier data set alone
+        clear_output_folder(Path(args.out))
     return write_generated_dataset(Path(args.out), g, items, generate, model.rig, model_size,
                                    bool(args.skip_existing), rig_check, to_rig_frame)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    if args is None:  # a refused option (named on stderr)
+        return 2
     log_to_stderr("%(message)s")
     try:
         _fill_mode_defaults(args)
+        check_output_folder(Path(args.out), args.overwrite, bool(args.skip_existing))  # before any model is loaded
         if args.from_diffusion is not None:
             with trusting(bool(args.trust_checkpoint)):  # also files the model reads while it is built
                 synthesize_from_diffusion(args)
