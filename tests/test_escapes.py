@@ -193,3 +193,22 @@ def test_rig_derive_refuses_a_name_that_leaves_the_rig_folder(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "--name" in err and repr(name) in err
     assert _files(RIGS_DIR.parent.parent) == before and not (tmp_path / "x.yaml").exists()
+
+
+# ---- tools.synthesize --overwrite: clears only its own data set, never through a symlink ------------------------------
+def test_synthesize_overwrite_never_deletes_through_a_symlink(tmp_path, capsys):
+    from tools.synthesize import main
+
+    out = tmp_path / "data"
+    base = ["--out", str(out), "--views", "2", "--size", "16"]
+    assert main([*base, "--scenes", "1"]) == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the data set's")
+    (out / "sample_000009").symlink_to(outside, target_is_directory=True)  # looks like a sample, leads outside
+    assert main([*base, "--scenes", "1", "--overwrite"]) == 0, capsys.readouterr().err
+    assert (outside / "keep.txt").read_text() == "not the data set's"
+    assert sorted(p.name for p in out.iterdir()) == ["data_train.txt", "data_val.txt", "dataset.json", "sample_000000"]
+    (out / "elsewhere").symlink_to(outside / "keep.txt")
+    assert main([*base, "--scenes", "1", "--overwrite"]) == 2
+    assert "'elsewhere'" in capsys.readouterr().err and (outside / "keep.txt").is_file()

@@ -18,6 +18,11 @@ A LightningCLI over any LightningModule (``model.class_path``: ``lightning_modul
   hyper-parameters that differ, stored -> this run), checkpoints already there without ``--resume``, a
   ``--run.root`` that already contains the run's own ``<experiment>/<run>`` path or lies inside a run folder; these
   refusals, a rig mismatch and an untrusted checkpoint print one line (``tools.fit: error: ...``), exit code 2;
+- checks the config's values first and names the key of a bad one in that one line (``data.init_args.batch_size:
+  must be an integer >= 1, got 0``; :mod:`callbacks.fit_config`), a constructor's own error naming its section and
+  class; refuses ``--resume PATH`` with another ``lr`` / ``lr_groups`` / ``weight_decay`` / ``betas`` than the
+  checkpoint's optimizer (which would keep its own); a fit that fails before its first checkpoint or export removes
+  what it wrote (a new run folder whole), so the fixed re-run is not refused;
 - has no ``--optimizer`` / ``--lr_scheduler`` arguments: the modules build their own optimizer and schedule (frozen
   parts, per-group learning rates, warm-up; their ``optimizer`` / ``lr`` / ``warmup_steps`` arguments);
 - stops at a step whose loss or gradients are not finite, before the update, naming the step, the batch's scenes and
