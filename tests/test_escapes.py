@@ -188,11 +188,12 @@ def test_rig_derive_refuses_a_name_that_leaves_the_rig_folder(tmp_path, capsys, 
 
     if name == "ABS":
         name = str(tmp_path / "x")
-    before = _files(RIGS_DIR.parent.parent)
+    before = _files(RIGS_DIR)
     assert main(["derive", str(tmp_path / "missing.json"), "--name", name]) == 2
     err = capsys.readouterr().err
     assert "--name" in err and repr(name) in err
-    assert _files(RIGS_DIR.parent.parent) == before and not (tmp_path / "x.yaml").exists()
+    assert _files(RIGS_DIR) == before and not (tmp_path / "x.yaml").exists()
+    assert not (RIGS_DIR / f"{name}.yaml").resolve().exists() and not (RIGS_DIR.parent / "a").exists()
 
 
 # ---- tools.synthesize --overwrite: clears only its own data set, never through a symlink ------------------------------
