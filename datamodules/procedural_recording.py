@@ -31,11 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from datamodules.procedural import plan_scene
+from datamodules.procedural import plan_scene, rotmat_to_quat
+from geometry.camera_files import read_camera_file
 from geometry.cameras import camera_position, invert_rigid, look_at
 from geometry.files import write_atomic
-from geometry.images import save_png
-from geometry.render import rasterize
+from geometry.images import resize_images, save_png
+from geometry.render import Gaussians, rasterize
+from geometry.render.gaussians import quat_to_rotmat
 
 PROC_UNIT_IN = {"mm": 150.0, "cm": 15.0, "m": 0.15}  # one procedural unit (the rig's 2.7 = 405 mm) in each unit
 LAB_YAW_DEG = 30.0  # the lab world's axes against the mouse's
@@ -145,4 +147,36 @@ def write_procedural_recording(out: str | Path, indices: Sequence[int], units: s
     return truth
 
 
-__all__ = ["LAB_CAMERAS", "PROC_UNIT_IN", "LabCamera", "camera_truth", "lab_from_proc", "write_procedural_recording"]
+def truth_in_import(recording: str | Path, scene: str | Path) -> Gaussians:
+    """The mouse of an imported frame (``scene``: a ``frame_NNNNNN`` folder of ``tools.import_captures`` run on
+    ``recording``) as Gaussians in the import's world: the procedural mouse moved by the lab's known similarity
+    (truth.json), then by the import's recorded centre and scale (capture.json)."""
+    truth = json.loads((Path(recording) / "truth.json").read_text())
+    meta = json.loads((Path(scene) / "capture.json").read_text())
+    g = plan_scene(truth["frames"][meta["frame"]], "mouse_oblique20_6view", num_views=1, size=64,
+                   seed=truth["seed"]).gaussians
+    lab = torch.tensor(truth["lab_from_proc"], dtype=torch.float64)
+    unit, s = float(truth["proc_unit_in_units"]), float(meta["scale"])
+    means = (g.means[0].double() @ lab[:3, :3].T + lab[:3, 3] - torch.tensor(meta["center"])) * s
+    rot = lab[:3, :3] / unit  # the lab's yaw turns each Gaussian too
+    quats = torch.from_numpy(rotmat_to_quat((rot @ quat_to_rotmat(g.quats[0]).double()).numpy())).float()
+    return Gaussians.unbatched(means=means.float(), quats=quats, scales=g.scales[0] * unit * s,
+                               opacities=g.opacities[0], colors=g.colors[0])
+
+
+def render_truth(recording: str | Path, scene: str | Path, supersample: int = 8) -> tuple[Tensor, Tensor]:
+    """The imported frame's views rendered directly from the truth (:func:`truth_in_import` through the imported
+    cameras), at ``supersample`` x the imported size and area-averaged down, as a camera integrates light (a render
+    at the small size itself is fatter: the rasterizer's 0.3 px low-pass): (images [V, 3, S, S] straight colour,
+    alpha [V, 1, S, S]) — what a perfect import of a perfect recording writes."""
+    cams = read_camera_file(Path(scene) / "opencv_cameras.json")
+    h, w = cams.sizes[0]
+    k = cams.fxfycxcy.double() * supersample
+    out = rasterize(truth_in_import(recording, scene), cams.c2w[None].float(), k[None].float(), h * supersample,
+                    w * supersample, torch.zeros(3), backend="torch")
+    premult, alpha = (resize_images(out[key][0].clamp(0, 1), (h, w)) for key in ("rgb", "alpha"))
+    return torch.where(alpha > 1e-3, premult / alpha.clamp_min(1e-3), torch.zeros_like(premult)).clamp(0, 1), alpha
+
+
+__all__ = ["LAB_CAMERAS", "PROC_UNIT_IN", "LabCamera", "camera_truth", "lab_from_proc", "render_truth",
+           "truth_in_import", "write_procedural_recording"]
