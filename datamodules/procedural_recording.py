@@ -110,12 +110,14 @@ def _distort(x: Tensor, k: Tensor, dist: Sequence[float]) -> Tensor:
 
 def write_procedural_recording(out: str | Path, indices: Sequence[int], units: str = "mm", seed: int = 0,
                                cameras: Sequence[LabCamera] = LAB_CAMERAS, size_scale: float = 1.0,
-                               background: float = 0.35) -> dict[str, Any]:
+                               background: float = 0.35, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Write the recording (module docstring) of procedural scenes ``indices`` under ``out``; returns the truth.
 
     ``size_scale`` scales every camera's frame (and focal length). Images: the mouse over a plain ``background``
-    grey; masks: the rendered alpha > 0.5.
+    grey; masks: the rendered alpha > 0.5. ``device``: where to rasterize (CUDA: gsplat).
     """
+    device = torch.device(device)
+    backend = "torch" if device.type == "cpu" else "auto"
     out = Path(out)
     m = lab_from_proc(units)
     truths = [camera_truth(c, size_scale) for c in cameras]
@@ -131,9 +133,9 @@ def write_procedural_recording(out: str | Path, indices: Sequence[int], units: s
     for f, index in enumerate(indices):
         plan = plan_scene(int(index), "mouse_oblique20_6view", num_views=1, size=64, seed=seed)
         for i, ((c2w, k, (h, w)), cam) in enumerate(zip(truths, cameras)):
-            r = rasterize(plan.gaussians, c2w[None, None].float(), k[None, None].float(), h, w, torch.zeros(3),
-                          backend="torch")
-            premult, alpha = r["rgb"][0, 0].clamp(0, 1), r["alpha"][0, 0].clamp(0, 1)
+            r = rasterize(plan.gaussians.to(device), c2w[None, None].float().to(device),
+                          k[None, None].float().to(device), h, w, torch.zeros(3, device=device), backend=backend)
+            premult, alpha = r["rgb"][0, 0].clamp(0, 1).cpu(), r["alpha"][0, 0].clamp(0, 1).cpu()
             rgb = (premult + (1 - alpha) * background).clamp(0, 1)
             if cam.dist:
                 rgb, alpha = _distort(rgb, k, cam.dist), _distort(alpha, k, cam.dist)
