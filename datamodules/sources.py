@@ -110,6 +110,35 @@ class Source:
 _PRERENDERED: dict[tuple, dict[str, Tensor]] = {}  # this process's last 4 GPU pre-renderings, by their settings
 
 
+class _SceneCache:
+    """Scenes rendered on the CPU, by (rig, views, size, realistic, seed, jitter, index), least recently used dropped
+    beyond ``max_mb``: a scene is the same whichever source object asks (``tools.evaluate`` builds its sources anew
+    for every row; a realistic source with ``truth: clean`` shares its clean twin with the clean source)."""
+
+    def __init__(self, max_mb: float = 128.0) -> None:
+        self.max_bytes, self.bytes = int(max_mb * 2**20), 0
+        self._scenes: collections.OrderedDict[tuple, tuple[dict[str, Any], int]] = collections.OrderedDict()
+
+    def get(self, key: tuple) -> dict[str, Any] | None:
+        if key not in self._scenes:
+            return None
+        self._scenes.move_to_end(key)
+        return self._scenes[key][0]
+
+    def put(self, key: tuple, scene: dict[str, Any]) -> None:
+        size = sum(v.numel() * v.element_size() for v in scene.values() if isinstance(v, Tensor))
+        if size > self.max_bytes:
+            return
+        self._scenes[key] = (scene, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, old) = self._scenes.popitem(last=False)
+            self.bytes -= old
+
+
+_RENDERED_SCENES = _SceneCache()
+
+
 class ProceduralSource(Source):
     """Scenes from ``datamodules.procedural`` at the stage's image size, deterministic per index.
 
@@ -185,8 +214,12 @@ class ProceduralSource(Source):
 
     def _scene(self, i: int) -> dict[str, Any]:
         if i not in self._cache:
-
-            self._cache = {i: make_scene(i + self.index_offset, *self._args())}
+            key = (self.rig.fingerprint, *self._args()[1:], i + self.index_offset)
+            scene = _RENDERED_SCENES.get(key)
+            if scene is None:
+                scene = make_scene(i + self.index_offset, *self._args())
+                _RENDERED_SCENES.put(key, scene)
+            self._cache = {i: scene}
         return self._cache[i]
 
     def cameras(self, i: int) -> SceneCameras:

@@ -1,0 +1,426 @@
+"""The user's experiment plan (issue 29) as one reproducible study: Phases 1-3 and the domain-gap remedies measured
+on one chain, photo -> six views -> Gaussians -> renders at held-out cameras.
+
+    python -m bench.phases STEP [--profile gpu|toy] [--root runs] [--out OUT] [--inprocess] [--dry-run]
+
+STEP (each a list of groups; the jobs of a group run at once, on one GPU, a group after the one before):
+    train     Phase 1's shared start (the pixel diffusion recipe on synthetic mice) beside Phase 2's GS-LRM
+    finetune  the three Phase-1 rows x seeds, fine-tuned from the start's EMA weights (all at once); then Phase 3's
+              data (tools.synthesize --from-diffusion --with-truth, one set per row of the Phase-3 seeds)
+    phase3    Phase 3's GS-LRMs (the Phase-2 GS-LRM fine-tuned on each row's data) beside the Phase-2 chained
+              evaluations; then the Phase-3 chained evaluations and the baseline (the captured rig views straight
+              into the Phase-2 GS-LRM); then the report
+    eval      every evaluation again (Phase 2, Phase 3, baseline); report  the report alone (bench/phases_report.py)
+    all       train, finetune, phase3 (one machine without a call limit, or the toy profile)
+    commands  print every command of the study (the plan; nothing runs)
+
+Rows (docs/results.md, "The user's experiment plan (Phases 1-3)"): diffusion (i) synthetic only, (ii) 70/30
+synthetic/realistic, (iii) 70/30 with the domain-gap augmentation of the reference; each chained with the Phase-2
+GS-LRM (trained on synthetic views) and with its own Phase-3 GS-LRM; baselines in the same table: the captured views
+-> the Phase-2 GS-LRM, copying the photo to every view, the generated views themselves. Every row is scored on the
+held-out scenes (seed 7) at two held-out cameras, once with clean photos and once with realistic captures of the same
+scenes against the same clean truth (configs/studies/phases/heldout_*.yaml): the difference is the row's domain gap.
+
+Profiles: ``gpu`` (one H100 / H200: the configs as they are, each training bounded by ``--trainer.max_time``; the
+times below, overridable by the environment: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME,
+PHASES_PHASE3_TIME, and PHASES_SEEDS / PHASES_PHASE3_SEEDS, e.g. "0 1"); ``toy`` (the same commands on a CPU with
+tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs in OUT/logs/) or, with
+``--inprocess``, one after the other in this process (the toy test). A training whose run already has an export is
+not run again (a step can be repeated after a failure); a job whose inputs are missing is skipped and said so.
+Every job's outcome: OUT/phases_status.jsonl. Device calls: bench/phases_device.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIGS = Path("configs/studies/phases")
+DIFFUSION_RECIPE = "configs/recipes/diffusion_pixel_procedural64.yaml"
+GSLRM_RECIPE = "configs/recipes/gslrm_procedural_128.yaml"
+ROWS = {  # Phase 1's rows: data config, what it is
+    "i": ("data_synthetic.yaml", "synthetic only"),
+    "ii": ("data_mixed.yaml", "70/30 synthetic/realistic"),
+    "iii": ("data_mixed_aug.yaml", "70/30 + domain-gap augmentation of the reference"),
+}
+HELDOUT = {"realistic": CONFIGS / "heldout_realistic.yaml", "clean": CONFIGS / "heldout_clean.yaml"}
+HELDOUT_VIEWS = 2  # cameras beyond the rig's in the held-out scenes (heldout_*.yaml: 8 views)
+STEPS = ("train", "finetune", "phase3", "eval", "report", "all", "commands")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How big and where: the trainings' time limits, seeds and the overrides every job of a kind gets."""
+
+    name: str
+    seeds: tuple[int, ...]
+    phase3_seeds: tuple[int, ...]
+    times: dict[str, str | None]  # base, gslrm, finetune, phase3: --trainer.max_time (None: the steps decide)
+    diffusion: tuple[str, ...]  # every diffusion fit
+    gslrm: tuple[str, ...]  # every GS-LRM fit
+    synthesize: tuple[str, ...]
+    evaluate: tuple[str, ...]
+    workers: dict[str, int]  # num_workers of the loaders: base, gslrm, finetune, phase3
+    timeout_s: float  # a job's wall-clock limit beyond its max_time (startup, validation, export)
+
+
+def _seeds(name: str, default: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in os.environ.get(name, default).split())
+
+
+def gpu_profile() -> Profile:
+    env = os.environ.get
+    return Profile(
+        "gpu", _seeds("PHASES_SEEDS", "0 1"), _seeds("PHASES_PHASE3_SEEDS", "0"),
+        {"base": env("PHASES_BASE_TIME", "00:00:05:00"), "gslrm": env("PHASES_GSLRM_TIME", "00:00:05:00"),
+         "finetune": env("PHASES_FINETUNE_TIME", "00:00:03:45"), "phase3": env("PHASES_PHASE3_TIME", "00:00:03:00")},
+        diffusion=(), gslrm=(),
+        synthesize=("--steps", "25", "--guidance", "1.5", "--batch-size", "64", "--precision", "bf16", "--device",
+                    "cuda"),
+        evaluate=("--device", "cuda", "--batches", "4", "--batch-size", "16", "--steps", "25", "--guidance", "1.5",
+                  "--precision", "bf16", "--num-workers", "2", "--grid-scenes", "3"),
+        workers={"base": 6, "gslrm": 4, "finetune": 2, "phase3": 3}, timeout_s=240.0)
+
+
+TOY_STEPS = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+             "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_time", "null",
+             "--checkpoint.every_n_train_steps", "2", "--data.init_args.batch_size", "2",
+             "--data.init_args.val_samples", "2", "--data.init_args.image_size", "16",
+             "--data.init_args.persistent_workers", "false", "--trainer.log_every_n_steps", "1",
+             "--trainer.num_sanity_val_steps", "0")
+
+
+def toy_profile() -> Profile:
+    return Profile(
+        "toy", (0,), (0,), {"base": None, "gslrm": None, "finetune": None, "phase3": None},
+        diffusion=(*TOY_STEPS, "--model.init_args.max_steps", "2", "--model.init_args.unet_channels", "[8, 16]",
+                   "--model.init_args.unet_attention_levels", "[false, true]",
+                   "--model.init_args.unet_layers_per_block", "1", "--model.init_args.unet_head_dim", "8",
+                   "--model.init_args.cross_attention_dim", "16", "--model.init_args.image_embed_dim", "8",
+                   "--model.init_args.view_tokens", "2", "--model.init_args.val_inference_steps", "1",
+                   "--model.init_args.val_sample_every_n_steps", "2", "--model.init_args.val_sample_batches", "1"),
+        gslrm=(*TOY_STEPS, "--model.init_args.max_steps", "2", "--model.init_args.width", "32",
+               "--model.init_args.depth", "1", "--model.init_args.head_dim", "16", "--model.init_args.rasterizer",
+               "torch", "--data.init_args.batch_size", "1"),
+        synthesize=("--steps", "1", "--guidance", "1.5", "--batch-size", "4", "--limit", "1", "--device", "cpu"),
+        evaluate=("--device", "cpu", "--batches", "1", "--batch-size", "1", "--steps", "1", "--guidance", "1.5",
+                  "--grid-scenes", "1"),
+        workers={"base": 0, "gslrm": 0, "finetune": 0, "phase3": 0}, timeout_s=600.0)
+
+
+PROFILES: dict[str, Callable[[], Profile]] = {"gpu": gpu_profile, "toy": toy_profile}
+
+
+@dataclasses.dataclass
+class Job:
+    """One tool invocation: ``python -m TOOL ARGV``. ``needs``: paths that must exist (else skipped, said why);
+    ``done``: when it exists the job is not run again; ``prepare``: run first (e.g. write a data config)."""
+
+    name: str
+    tool: str
+    argv: list[str]
+    needs: list[Path] = dataclasses.field(default_factory=list)
+    done: Path | None = None
+    max_time: str | None = None
+    prepare: Callable[[], None] | None = None
+
+    def command(self) -> str:
+        return shlex.join(["python", "-m", self.tool, *self.argv])
+
+
+# ---- the plan --------------------------------------------------------------------------------------------------------
+class Study:
+    """The study's runs, data sets and evaluations under ``root``/phases (names in the module docstring)."""
+
+    def __init__(self, profile: Profile, root: Path = Path("runs"), out: Path = Path("out")) -> None:
+        self.p, self.root, self.out = profile, Path(root), Path(out)
+        self.dir = self.root / "phases"
+
+    # paths
+    def run(self, name: str) -> Path:
+        return self.dir / name
+
+    def export(self, name: str) -> Path:
+        """The run's last export folder (export/step_N with the largest N), or a placeholder naming it."""
+        found = sorted(self.run(name).glob("export/step_*"), key=lambda p: int(p.name.split("_")[-1]))
+        return found[-1] if found else self.run(name) / "export" / "step_LAST"
+
+    def has_export(self, name: str) -> bool:
+        return self.export(name).is_dir()
+
+    @staticmethod
+    def diffusion_run(row: str, seed: int) -> str:
+        return f"diffusion_{row}_s{seed}"
+
+    @staticmethod
+    def phase3_run(row: str, seed: int) -> str:
+        return f"gslrm_phase3_{row}_s{seed}"
+
+    def phase3_data(self, row: str, seed: int) -> Path:
+        return self.dir / "phase3_data" / f"{row}_s{seed}"
+
+    def eval_dir(self, name: str) -> Path:
+        return self.dir / "eval" / name
+
+    # jobs
+    def _fit(self, name: str, configs: list[str], extra: list[str], kind: str, time_key: str,
+             needs: list[Path] | None = None) -> Job:
+        argv = [a for c in configs for a in ("-c", c)] + extra  # a --data file first: the overrides after it win
+        argv += ["--run.root", str(self.root), "--run.experiment", "phases", "--run.run", name,
+                 "--data.init_args.num_workers", str(self.p.workers[time_key])]
+        argv += list(self.p.diffusion if kind == "diffusion" else self.p.gslrm)
+        max_time = self.p.times[time_key]
+        if max_time:
+            argv += ["--trainer.max_time", max_time]
+        return Job(name, "tools.fit", argv, needs or [], done=self.export(name) if self.has_export(name) else None,
+                   max_time=max_time)
+
+    def base(self) -> Job:
+        return self._fit("diffusion_base", [DIFFUSION_RECIPE, str(CONFIGS / "diffusion_base.yaml")], [],
+                         "diffusion", "base")
+
+    def phase2_gslrm(self) -> Job:
+        return self._fit("gslrm_phase2", [GSLRM_RECIPE, str(CONFIGS / "gslrm_phase2.yaml")], [], "gslrm", "gslrm")
+
+    def finetune(self, row: str, seed: int) -> Job:
+        base = self.export("diffusion_base")
+        configs = [DIFFUSION_RECIPE, str(CONFIGS / "diffusion_base.yaml"), str(CONFIGS / "diffusion_finetune.yaml")]
+        extra = ["--data", str(CONFIGS / ROWS[row][0]), "--model.init_args.pretrained", str(base),
+                 "--model.init_args.unet_subfolder", "unet_ema",
+                 "--model.init_args.view_embeddings_path", str(base / "view_embeddings.safetensors"),
+                 "--seed_everything", str(seed)]
+        return self._fit(self.diffusion_run(row, seed), configs, extra, "diffusion", "finetune", needs=[base])
+
+    def synthesize(self, row: str, seed: int) -> Job:
+        diff, out = self.export(self.diffusion_run(row, seed)), self.phase3_data(row, seed)
+        argv = ["--from-diffusion", str(diff), "--ema", "--inputs", str(CONFIGS / "phase3_inputs.yaml"), "--kind",
+                "all", "--with-truth", "--out", str(out), "--seed", str(seed), *self.p.synthesize]
+        return Job(f"phase3_data_{row}_s{seed}", "tools.synthesize", argv, [diff],
+                   done=out / "dataset.json" if (out / "dataset.json").is_file() else None)
+
+    def phase3_config(self, row: str, seed: int) -> Path:
+        return self.dir / "phase3_data" / f"{row}_s{seed}.yaml"
+
+    def write_phase3_config(self, row: str, seed: int) -> None:
+        """data_phase3.yaml with its generated source pointed at this row's data set."""
+        text = (CONFIGS / "data_phase3.yaml").read_text()
+        cfg = yaml.safe_load(text.replace("PHASE3_DIR", str(self.phase3_data(row, seed).resolve())))
+        path = self.phase3_config(row, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# written by bench/phases.py from {CONFIGS / 'data_phase3.yaml'} for diffusion row {row} "
+                        f"seed {seed}\n" + yaml.safe_dump(cfg, sort_keys=False))
+
+    def phase3(self, row: str, seed: int) -> Job:
+        configs = [GSLRM_RECIPE, str(CONFIGS / "gslrm_phase2.yaml"), str(CONFIGS / "gslrm_phase3.yaml")]
+        phase2 = self.export("gslrm_phase2")
+        extra = ["--data", str(self.phase3_config(row, seed)), "--model.init_args.init_from", str(phase2),
+                 "--seed_everything", str(seed)]
+        job = self._fit(self.phase3_run(row, seed), configs, extra, "gslrm", "phase3",
+                        needs=[phase2, self.phase3_data(row, seed) / "dataset.json"])
+        job.prepare = lambda: self.write_phase3_config(row, seed)
+        return job
+
+    def _evaluate(self, name: str, argv: list[str], needs: list[Path]) -> Job:
+        data = [a for label, path in HELDOUT.items() for a in ("--data", f"{label}={path}")]
+        out = self.eval_dir(name)
+        return Job(f"eval_{name}", "tools.evaluate", [*argv, *data, "--out", str(out), *self.p.evaluate], needs)
+
+    def chain_eval(self, row: str, seed: int, gslrm: str) -> Job:
+        """Phase 2 (``gslrm`` = "phase2") or Phase 3 of diffusion row ``row`` seed ``seed``, both held-out sets."""
+        diff = self.export(self.diffusion_run(row, seed))
+        g = self.export("gslrm_phase2" if gslrm == "phase2" else self.phase3_run(row, seed))
+        argv = ["--diffusion", f"{row}_s{seed}={diff}", "--diffusion-ema", "--ckpt", f"{gslrm}={g}",
+                "--heldout-views", str(HELDOUT_VIEWS)]
+        return self._evaluate(f"{row}_s{seed}_{gslrm}", argv, [diff, g])
+
+    def baseline_eval(self) -> Job:
+        """The captured (or clean) rig views straight into the Phase-2 GS-LRM, scored at the same held-out cameras."""
+        g = self.export("gslrm_phase2")
+        return self._evaluate("views_phase2", ["--ckpt", f"views_phase2={g}", "--input-views", "first",
+                                               "--num-input-views", "6"], [g])
+
+    def report(self) -> Job:
+        return Job("report", "bench.phases_report", ["--root", str(self.root), "--out", str(self.out / "report"),
+                                                     "--profile", self.p.name])
+
+    # steps: lists of groups, built when they are reached (a group's paths come from the runs before it)
+    def steps(self, step: str) -> list[Callable[[], list[Job]]]:
+        rows_seeds = [(r, s) for r in ROWS for s in self.p.seeds]
+        p3 = [(r, s) for r in ROWS for s in self.p.phase3_seeds]
+        train = [lambda: [self.base(), self.phase2_gslrm()]]
+        finetune = [lambda: [self.finetune(r, s) for r, s in rows_seeds],
+                    lambda: [self.synthesize(r, s) for r, s in p3]]
+        phase3 = [lambda: [self.phase3(r, s) for r, s in p3] + [self.chain_eval(r, s, "phase2") for r, s in rows_seeds],
+                  lambda: [self.chain_eval(r, s, "phase3") for r, s in p3] + [self.baseline_eval()],
+                  lambda: [self.report()]]
+        evaluate = [lambda: [self.chain_eval(r, s, "phase2") for r, s in rows_seeds]
+                    + [self.chain_eval(r, s, "phase3") for r, s in p3] + [self.baseline_eval()],
+                    lambda: [self.report()]]
+        return {"train": train, "finetune": finetune, "phase3": phase3, "eval": evaluate,
+                "report": [lambda: [self.report()]], "all": train + finetune + phase3}[step]
+
+    def plan(self) -> list[Job]:
+        """Every job of the study in order (``commands``; the report names the commands of rows not run)."""
+        return [job for step in ("train", "finetune", "phase3") for group in self.steps(step) for job in group()]
+
+
+# ---- running ---------------------------------------------------------------------------------------------------------
+def _seconds(max_time: str | None) -> float:
+    if not max_time:
+        return 0.0
+    d, h, m, s = (int(x) for x in max_time.split(":"))
+    return ((d * 24 + h) * 60 + m) * 60 + s
+
+
+def _entry(tool: str) -> Callable[[list[str]], int]:
+    module = importlib.import_module(tool)
+    return module.cli_main if tool == "tools.fit" else module.main
+
+
+def _log_name(job: Job) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", job.name)
+
+
+class Stopped(Exception):
+    """SIGTERM (the device script's own deadline, before the call's): the running jobs are ended and recorded."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(f"signal {signum}")
+
+
+def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float) -> list[dict[str, Any]]:
+    """Run one group's jobs (at once as subprocesses, or one by one here); returns their status records. A SIGTERM
+    ends the group's processes, records the unfinished ones as ``stopped`` and raises :class:`Stopped` carrying the
+    records (``.records``)."""
+    records: list[dict[str, Any]] = []
+    procs: list[tuple[subprocess.Popen, dict[str, Any], Any, float]] = []
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        for job in jobs:
+            rec: dict[str, Any] = {"job": job.name, "command": job.command()}
+            records.append(rec)
+            missing = [str(p) for p in job.needs if not p.exists()]
+            if job.done is not None:
+                rec.update(status="done before", output=str(job.done))
+                continue
+            if missing:
+                rec.update(status="skipped", reason=f"missing {', '.join(missing)}")
+                continue
+            if job.prepare is not None:
+                job.prepare()
+            rec["start"] = time.time()
+            print(f"[phases] start {job.name}: {job.command()}", flush=True)
+            if inprocess:
+                try:
+                    rc = int(_entry(job.tool)(list(job.argv)) or 0)
+                except SystemExit as e:  # argparse errors
+                    rc = int(e.code or 0) if not isinstance(e.code, str) else 2
+                rec.update(status="ok" if rc == 0 else "failed", rc=rc, seconds=round(time.time() - rec["start"], 1))
+                continue
+            log = (out / "logs" / f"{_log_name(job)}.log").open("w")
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.Popen([sys.executable, "-m", job.tool, *job.argv], stdout=log, stderr=subprocess.STDOUT,
+                                    env=env)
+            procs.append((proc, rec, log, _seconds(job.max_time) + timeout_s))
+        for proc, rec, log, limit in procs:
+            left = max(1.0, rec["start"] + limit - time.time())
+            try:
+                rc = proc.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+                rec["reason"] = f"killed after {limit:.0f} s"
+            log.close()
+            rec.update(status="ok" if rc == 0 else "failed", rc=rc, seconds=round(time.time() - rec["start"], 1))
+    except Stopped as e:
+        for proc, rec, _, _ in procs:
+            if proc.poll() is None:
+                proc.terminate()
+            elif "status" not in rec:  # it had finished
+                rec.update(status="ok" if proc.returncode == 0 else "failed", rc=proc.returncode,
+                           seconds=round(time.time() - rec["start"], 1))
+        for proc, _, log, _ in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        for rec in records:
+            if "status" not in rec:
+                rec.update(status="stopped", reason=str(e),
+                           seconds=round(time.time() - rec.get("start", time.time()), 1))
+        e.records = records  # type: ignore[attr-defined]
+        raise
+    for rec in records:
+        print(f"[phases] {rec['job']}: {rec['status']}" + (f" ({rec.get('seconds')} s)" if "seconds" in rec else "")
+              + (f": {rec['reason']}" if rec.get("reason") else ""), flush=True)
+    return records
+
+
+def run_step(study: Study, step: str, inprocess: bool = False, dry_run: bool = False) -> int:
+    """Run ``step``'s groups in order; every record goes to OUT/phases_status.jsonl. Exit code 1 when a job failed."""
+    study.out.mkdir(parents=True, exist_ok=True)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _run_groups(study, step, inprocess, dry_run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_groups(study: Study, step: str, inprocess: bool, dry_run: bool) -> int:
+    failed = 0
+    for make in study.steps(step):
+        jobs = make()
+        if dry_run:
+            for job in jobs:
+                print(job.command())
+            continue
+        try:
+            records, stopped = run_group(jobs, study.out, inprocess, study.p.timeout_s), False
+        except Stopped as e:
+            records, stopped = e.records, True  # type: ignore[attr-defined]
+        with (study.out / "phases_status.jsonl").open("a") as f:
+            for rec in records:
+                f.write(json.dumps({"step": step, "profile": study.p.name, **rec}) + "\n")
+        failed += sum(r["status"] in ("failed", "stopped") for r in records)
+        if stopped:
+            print(f"[phases] {step}: stopped (SIGTERM); the later groups were not started", flush=True)
+            break
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.phases", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("step", choices=STEPS)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
+    p.add_argument("--root", type=Path, default=Path("runs"), help="run root (the study writes ROOT/phases/)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")), help="logs, status, report")
+    p.add_argument("--inprocess", action="store_true", help="run the jobs one by one in this process")
+    p.add_argument("--dry-run", action="store_true", help="print the step's commands (paths as they are now)")
+    args = p.parse_args(argv)
+    study = Study(PROFILES[args.profile](), args.root, args.out)
+    if args.step == "commands":
+        for job in study.plan():
+            print(job.command())
+        return 0
+    return run_step(study, args.step, args.inprocess, args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

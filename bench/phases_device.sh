@@ -1,0 +1,57 @@
+# The user's experiment plan (issue 29), Phases 1-3 on one GPU: bash bench/phases_device.sh STEP
+# (run from the checkout root on the device machine; docs/results.md, "The user's experiment plan (Phases 1-3)").
+#   train     diffusion start (5 min) beside the Phase-2 GS-LRM (5 min)                        ~8 min a call
+#   finetune  rows (i) (ii) (iii) x seeds 0 1, all at once from the start (3.75 min); Phase-3 data  ~8 min
+#   phase3    Phase-3 GS-LRMs (3 min) beside the Phase-2 evaluations; Phase-3 evaluations,
+#             the baseline, the report                                                          ~6.5 min
+#   eval | report    every evaluation again / the report alone; all = train finetune phase3 (no call limit)
+# The steps hand each other their runs in runs/ (checkpoints stay on the machine): call them one after the other on
+# the same warm machine (it is given back 30 s after a call). Each step packs what it made, without checkpoints, into
+# $OUT/phases_STEP.tgz: the runs' logs, the evaluations, the Phase-3 data records, the jobs' logs and status and the
+# report (runs/phases/out/); paths from the checkout root: tar xzf it there, then
+#   python -m bench.phases_report --root runs --out docs/results/phases
+# $OUT also gets phases_status.jsonl (every job: command, exit code, seconds), the report's phases.md (phase3, eval,
+# report) and gsplat_cuda.so: 4 files (the device tool brings back at most 8).
+# Needs the wheels in .whl/ (README "GPU machines without internet"), as bench/learning_device.sh; gsplat's kernels
+# compile once (~90 s) unless .carry/gsplat_cuda.so is carried (copied to $OUT for the next call).
+# Times and seeds: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss),
+# PHASES_SEEDS ("0 1"), PHASES_PHASE3_SEEDS ("0") (bench/phases.py).
+set -u
+STEP=${1:-}
+case "$STEP" in
+train|finetune|phase3|eval|report|all) ;;
+*) echo "usage: bash bench/phases_device.sh train|finetune|phase3|eval|report|all" >&2; exit 2 ;;
+esac
+source bench/device_env.sh || exit 1
+export PYTHONUNBUFFERED=1 DIFFUSERS_VERBOSITY=error TRANSFORMERS_VERBOSITY=error
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # six runs share one GPU
+DEADLINE=${PHASES_DEADLINE:-570}  # s after the start: the jobs are stopped then, so that packing runs inside a call
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+T0=$SECONDS
+python - <<'PY' || exit 1   # compile gsplat's kernels once, before the runs start in parallel
+import torch
+from datamodules.procedural import make_scenes
+make_scenes([0], "mouse_oblique20_6view", 8, 64, device="cuda")
+print("gsplat ready", torch.cuda.device_count(), "GPU:", torch.cuda.get_device_name(0))
+PY
+so=$TORCH_EXTENSIONS_DIR/gsplat_cuda/gsplat_cuda.so
+[ -f "$so" ] && cp "$so" "$OUT/" && ls -la "$OUT/gsplat_cuda.so"   # carry it as .carry/gsplat_cuda.so next time
+PHASES_OUT=runs/phases/out   # the jobs' logs, status and the report (kept on the machine between the steps)
+pack() {  # run logs (csv, images, throughput), evaluations, Phase-3 data records, PHASES_OUT; no checkpoints
+  tar czf "$OUT/phases_$1.tgz" $(find runs/phases -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o \
+      -name '*.json' \) -not -name 'samples_rank*' 2>/dev/null) $(find runs/phases -maxdepth 2 -path '*/eval/*' \
+      -type d 2>/dev/null) $(find runs/phases/phase3_data -maxdepth 2 \( -name 'dataset.json' -o -name '*.yaml' \) \
+      2>/dev/null) $(find runs/phases -maxdepth 2 -name 'config.yaml' 2>/dev/null) "$PHASES_OUT" 2>/dev/null
+  ls -la "$OUT/phases_$1.tgz"
+  cp "$PHASES_OUT/phases_status.jsonl" "$OUT/" 2>/dev/null
+  cp "$PHASES_OUT/report/phases.md" "$OUT/" 2>/dev/null
+  return 0
+}
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+timeout $((DEADLINE - (SECONDS - T0))) python -m bench.phases "$STEP" --profile gpu --root runs --out "$PHASES_OUT"
+rc=$?
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+pack "$STEP"
+echo "phases_device.sh $STEP: exit $rc after $((SECONDS - T0)) s"
+exit $rc

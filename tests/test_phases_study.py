@@ -1,0 +1,96 @@
+"""The user's experiment plan (issue 29) at toy size on a CPU: bench/phases.py's every job (the diffusion start and
+its three rows, the Phase-2 GS-LRM, the Phase-3 data and GS-LRMs, every chained and baseline evaluation at the
+held-out cameras with realistic and clean photos) through the same commands the GPU runs, with tiny models at 16 px
+for two steps, and the report with its domain-gap column. It checks the plumbing, not the numbers (docs/results.md,
+"The user's experiment plan (Phases 1-3)")."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import phases
+from bench.phases_report import DATAS, METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phases")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and spins on no core another process holds
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(ROOT)  # the study's configs are paths from the checkout root, as on the device
+            mp.delenv("MVLIFT_RUN", raising=False)  # tools.fit exports the run's name: restored afterwards
+            rc = phases.main(["all", "--profile", "toy", "--inprocess", "--root", str(out / "runs"), "--out",
+                              str(out / "out")])
+    finally:
+        torch.set_num_threads(threads)
+    return out, rc
+
+
+def test_every_job_of_the_plan_runs_and_every_row_is_evaluated(toy):
+    out, rc = toy
+    status = [json.loads(line) for line in (out / "out" / "phases_status.jsonl").read_text().splitlines()]
+    assert rc == 0, [s for s in status if s["status"] != "ok"]
+    assert [s["status"] for s in status] == ["ok"] * len(status)
+    study = phases.Study(phases.toy_profile(), out / "runs", out / "out")
+    assert [s["job"] for s in status] == [job.name for job in study.plan()]
+    evals = sorted(p.parent.name for p in (out / "runs" / "phases" / "eval").glob("*/results.json"))
+    assert evals == sorted([f"{r}_s0_{g}" for r in phases.ROWS for g in ("phase2", "phase3")] + ["views_phase2"])
+    for name in evals:
+        rows = json.loads((out / "runs" / "phases" / "eval" / name / "results.json").read_text())["rows"]
+        assert sorted(r["data"] for r in rows) == ["clean", "realistic"] and not any(r.get("error") for r in rows)
+        for r in rows:  # scored at the two held-out cameras against the clean truth
+            assert set(r["heldout_metrics"]["view"]) == {"view_006", "view_007"}
+            assert all(m in r["heldout_metrics"]["all"] for m in METRICS)
+            if name != "views_phase2":
+                assert r["mode"] == "chained" and "generated_novel_metrics" in r and "heldout_copy_ref_metrics" in r
+    # Phase 3's data: the generated views and the scene's true views, a source the Phase-3 fit mixed in
+    data = json.loads((out / "runs" / "phases" / "phase3_data" / "ii_s0" / "dataset.json").read_text())
+    assert data["truth_views"] == [10] and data["settings"]["with_truth"]
+    cfg = (out / "runs" / "phases" / "gslrm_phase3_ii_s0" / "config.yaml").read_text()
+    assert "phase3_data/ii_s0/data_train.txt" in cfg and "input_views: first" in cfg
+
+
+def test_the_report_has_every_row_the_gap_column_and_its_figures(toy):
+    out, _ = toy
+    report = out / "out" / "report"
+    text = (report / "phases.md").read_text()
+    assert "gap (PSNR fg)" in text and "not run" not in text
+    for d in DATAS:
+        assert f"{d}: PSNR fg" in text and f"{d}: IoU" in text
+    numbers = json.loads((report / "phases.json").read_text())
+    keys = [t["key"] for t in numbers["rows"]]
+    assert keys == [f"{r}_{g}" for r in phases.ROWS for g in ("phase2", "phase3")] + [
+        "views_phase2", "copy"] + [f"{r}_generated" for r in phases.ROWS]
+    assert all(not t["not_run"] and t["gap_mean"] is not None for t in numbers["rows"])
+    for png in ("chain.png", "curves_diffusion.png", "curves_gslrm.png", "grid_realistic.png"):
+        assert (report / png).stat().st_size > 1000, png
+
+
+def test_the_gpu_plan_is_the_toy_plan_at_full_size():
+    """The device's commands: the same jobs, each training bounded by max_time, two seeds of the Phase-1 rows, the
+    configs they name present."""
+    study = phases.Study(phases.gpu_profile())
+    plan = study.plan()
+    toy = phases.Study(phases.toy_profile()).plan()
+    assert {j.name for j in toy} <= {j.name for j in plan}
+    fits = [j for j in plan if j.tool == "tools.fit"]
+    assert len(fits) == 2 + 3 * 2 + 3 and all("--trainer.max_time" in j.argv for j in fits)
+    total = sum(phases._seconds(j.max_time) for j in fits if j.name in ("diffusion_base", "diffusion_i_s0",
+                                                                         "gslrm_phase3_i_s0"))
+    assert 10 * 60 <= total <= 15 * 60  # the study's training time on the GPU (groups run at once)
+    for job in plan:
+        for arg in job.argv:
+            if arg.startswith("configs/") or arg.split("=")[-1].startswith("configs/"):
+                assert (ROOT / arg.split("=")[-1]).is_file(), arg
+        assert shlex.split(job.command())[:3] == ["python", "-m", job.tool]
+    evals = [j for j in plan if j.tool == "tools.evaluate"]
+    assert all("--precision" in j.argv and "cuda" in j.argv for j in evals)
