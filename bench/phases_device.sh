@@ -17,6 +17,7 @@
 # Times and seeds: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss),
 # PHASES_SEEDS ("0 1"), PHASES_PHASE3_SEEDS ("0") (bench/phases.py).
 set -u
+T0=$SECONDS
 STEP=${1:-}
 case "$STEP" in
 train|finetune|phase3|eval|report|all) ;;
@@ -25,10 +26,10 @@ esac
 source bench/device_env.sh || exit 1
 export PYTHONUNBUFFERED=1 DIFFUSERS_VERBOSITY=error TRANSFORMERS_VERBOSITY=error
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # six runs share one GPU
-DEADLINE=${PHASES_DEADLINE:-570}  # s after the start: the jobs are stopped then, so that packing runs inside a call
+DEADLINE=${PHASES_DEADLINE:-570}  # s after the script's start: the jobs are stopped then (SIGTERM: bench/phases.py
+                                  # ends and records them), so that packing still runs inside a 600 s call
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-T0=$SECONDS
 python - <<'PY' || exit 1   # compile gsplat's kernels once, before the runs start in parallel
 import torch
 from datamodules.procedural import make_scenes
@@ -49,7 +50,9 @@ pack() {  # run logs (csv, images, throughput), evaluations, Phase-3 data record
   return 0
 }
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
-timeout $((DEADLINE - (SECONDS - T0))) python -m bench.phases "$STEP" --profile gpu --root runs --out "$PHASES_OUT"
+LEFT=$((DEADLINE - (SECONDS - T0)))
+[ "$LEFT" -lt 60 ] && LEFT=60
+timeout "$LEFT" python -m bench.phases "$STEP" --profile gpu --root runs --out "$PHASES_OUT"
 rc=$?
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 pack "$STEP"
