@@ -27,7 +27,8 @@ PHASES_PHASE3_TIME, and PHASES_SEEDS / PHASES_PHASE3_SEEDS, e.g. "0 1"); ``toy``
 tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs in OUT/logs/) or, with
 ``--inprocess``, one after the other in this process (the toy test). A training whose run already has an export is
 not run again (a step can be repeated after a failure); a job whose inputs are missing is skipped and said so.
-Every job's outcome: OUT/phases_status.jsonl. Device calls: bench/phases_device.sh.
+Every job's outcome: OUT/phases_status.jsonl. Device calls: bench/phases_device.sh. Trainings run with
+``--resume auto``: repeated after a failure, one that left a checkpoint continues for the time it had left.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class Study:
              needs: list[Path] | None = None) -> Job:
         argv = [a for c in configs for a in ("-c", c)] + extra  # a --data file first: the overrides after it win
         argv += ["--run.root", str(self.root), "--run.experiment", "phases", "--run.run", name,
-                 "--data.init_args.num_workers", str(self.p.workers[time_key])]
+                 "--data.init_args.num_workers", str(self.p.workers[time_key]),
+                 "--resume", "auto"]  # a step repeated after a failure continues a run cut short (time left)
         argv += list(self.p.diffusion if kind == "diffusion" else self.p.gslrm)
         max_time = self.p.times[time_key]
         if max_time:
