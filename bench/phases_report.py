@@ -76,8 +76,7 @@ def collect(study: Study) -> dict[str, Any]:
         table.append({"key": key, "row": label, "group": group, "where": where, "seeds": per_seed,
                       "mean": {d: {m: _mean([s.get(d, {}).get(m, math.nan) for s in per_seed.values()])
                                    for m in METRICS} for d in DATAS}, "not_run": not per_seed})
-        if not per_seed:
-            missing.extend({"row": label, "command": c} for c in commands)
+        missing.extend({"row": label, "command": c} for c in commands)  # a whole row or a seed of it
 
     copy: dict[str, dict[str, float]] = {}
     for row, (_, what) in ROWS.items():
@@ -89,7 +88,7 @@ def collect(study: Study) -> dict[str, Any]:
                 if rows:
                     per_seed[seed] = {d: v for d, v in _by_data(rows, "heldout_metrics").items()}
                     copy = copy or _by_data(rows, "heldout_copy_ref_metrics")
-                elif name in evals:
+                elif name in evals:  # not evaluated: its evaluation's command (and the runs it needs)
                     commands.append(evals[name].command())
             gslrm = "Phase-2 GS-LRM (synthetic views)" if phase == "phase2" else "its Phase-3 GS-LRM"
             add(f"{row}_{phase}", f"({row}) {what} -> {gslrm}", "chain", per_seed, "held-out cameras", commands)
@@ -139,12 +138,13 @@ def markdown(study: Study, data: dict[str, Any]) -> str:
             cells += [fmt(t["mean"][d][m], DIGITS[m]) for d in DATAS for m in METRICS]
             cells += [fmt(t["gap_mean"], 2), t["where"]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per seed (realistic-photo PSNR fg; gap):", ""]
-    for t in table:
-        if len(t["seeds"]) > 1:
-            lines.append(f"- {t['row']}: " + "; ".join(
-                f"seed {s}: {fmt(v.get('realistic', {}).get(GAP, math.nan))} dB, gap {fmt(t['gap'][s])}"
-                for s, v in sorted(t["seeds"].items())))
+    seeded = [t for t in table if len(t["seeds"]) > 1]
+    if seeded:
+        lines += ["", "Per seed (realistic-photo PSNR fg; gap):", ""]
+    for t in seeded:
+        lines.append(f"- {t['row']}: " + "; ".join(
+            f"seed {s}: {fmt(v.get('realistic', {}).get(GAP, math.nan))} dB, gap {fmt(t['gap'][s])}"
+            for s, v in sorted(t["seeds"].items())))
     best = best_chain(table)
     copy = next((t for t in table if t["key"] == "copy" and not t["not_run"]), None)
     lines += ["", "## Targets (held-out realistic photos)", ""]
