@@ -7,9 +7,9 @@ STEP (each a list of groups; the jobs of a group run at once, on one GPU, a grou
     train     Phase 1's shared start (the pixel diffusion recipe on synthetic mice) beside Phase 2's GS-LRM
     finetune  the three Phase-1 rows x seeds, fine-tuned from the start's EMA weights (all at once); then Phase 3's
               data (tools.synthesize --from-diffusion --with-truth, one set per row of the Phase-3 seeds)
-    phase3    Phase 3's GS-LRMs (the Phase-2 GS-LRM fine-tuned on each row's data) beside the Phase-2 chained
-              evaluations; then the Phase-3 chained evaluations and the baseline (the captured rig views straight
-              into the Phase-2 GS-LRM); then the report
+    phase3    (Phase 3's data where finetune left it unwritten;) Phase 3's GS-LRMs (the Phase-2 GS-LRM fine-tuned on
+              each row's data) beside the Phase-2 chained evaluations; then the Phase-3 chained evaluations and the
+              baseline (the captured rig views straight into the Phase-2 GS-LRM); then the report
     eval      every evaluation again (Phase 2, Phase 3, baseline); report  the report alone (bench/phases_report.py)
     all       train, finetune, phase3 (one machine without a call limit, or the toy profile)
     commands  print every command of the study (the plan; nothing runs)
@@ -266,7 +266,8 @@ class Study:
         train = [lambda: [self.base(), self.phase2_gslrm()]]
         finetune = [lambda: [self.finetune(r, s) for r, s in rows_seeds],
                     lambda: [self.synthesize(r, s) for r, s in p3]]
-        phase3 = [lambda: [self.phase3(r, s) for r, s in p3] + [self.chain_eval(r, s, "phase2") for r, s in rows_seeds],
+        phase3 = [lambda: [self.synthesize(r, s) for r, s in p3],  # done before, unless finetune ran out of time
+                  lambda: [self.phase3(r, s) for r, s in p3] + [self.chain_eval(r, s, "phase2") for r, s in rows_seeds],
                   lambda: [self.chain_eval(r, s, "phase3") for r, s in p3] + [self.baseline_eval()],
                   lambda: [self.report()]]
         evaluate = [lambda: [self.chain_eval(r, s, "phase2") for r, s in rows_seeds]

@@ -2,8 +2,8 @@
 # (run from the checkout root on the device machine; docs/results.md, "The user's experiment plan (Phases 1-3)").
 #   train     diffusion start (5 min) beside the Phase-2 GS-LRM (5 min)                        ~8 min a call
 #   finetune  rows (i) (ii) (iii) x seeds 0 1, all at once from the start (3.75 min); Phase-3 data  ~8 min
-#   phase3    Phase-3 GS-LRMs (3 min) beside the Phase-2 evaluations; Phase-3 evaluations,
-#             the baseline, the report                                                          ~6.5 min
+#   phase3    (Phase-3 data not yet written;) Phase-3 GS-LRMs (3 min) beside the Phase-2 evaluations;
+#             Phase-3 evaluations, the baseline, the report                                     ~6.5 min
 #   eval | report    every evaluation again / the report alone; all = train finetune phase3 (no call limit)
 # The steps hand each other their runs in runs/ (checkpoints stay on the machine): call them one after the other on
 # the same warm machine (it is given back 30 s after a call). Each step packs what it made, without checkpoints, into

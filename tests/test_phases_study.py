@@ -39,9 +39,11 @@ def test_every_job_of_the_plan_runs_and_every_row_is_evaluated(toy):
     out, rc = toy
     status = [json.loads(line) for line in (out / "out" / "phases_status.jsonl").read_text().splitlines()]
     assert rc == 0, [s for s in status if s["status"] != "ok"]
-    assert [s["status"] for s in status] == ["ok"] * len(status)
     study = phases.Study(phases.toy_profile(), out / "runs", out / "out")
     assert [s["job"] for s in status] == [job.name for job in study.plan()]
+    # each job ran once; the Phase-3 data, planned again in step phase3 for a finetune cut short, were there
+    assert {s["status"] for s in status if not s["job"].startswith("phase3_data")} == {"ok"}
+    assert [s["status"] for s in status if s["job"].startswith("phase3_data")] == ["ok"] * 3 + ["done before"] * 3
     evals = sorted(p.parent.name for p in (out / "runs" / "phases" / "eval").glob("*/results.json"))
     assert evals == sorted([f"{r}_s0_{g}" for r in phases.ROWS for g in ("phase2", "phase3")] + ["views_phase2"])
     for name in evals:
