@@ -306,5 +306,6 @@ def plot_curves(runs: Sequence[RunCurves], out: str | Path, panels: Sequence[Pan
     return out
 
 
-__all__ = ["GEN_PANEL", "NOT_METRICS", "PSNR_PANEL", "TIME_COLUMNS", "CurveError", "Panel", "RunCurves", "default_label",
-           "default_panels", "load_curves", "metric_files", "plot_curves", "read_part", "select_panels"]
+__all__ = ["GEN_PANEL", "NOT_METRICS", "PSNR_PANEL", "TIME_COLUMNS", "CurveError", "Panel", "RunCurves",
+           "default_label", "default_panels", "load_curves", "metric_files", "plot_curves", "read_part",
+           "select_panels"]

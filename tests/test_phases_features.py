@@ -80,7 +80,8 @@ def test_collate_fills_the_model_input_of_samples_without_observed_views_and_aug
     b = {"ref_images": torch.ones(1, 3, 4, 4), "ref_alpha": torch.ones(1, 1, 4, 4),
          "input_images": torch.full((1, 3, 4, 4), 0.5), "input_alpha": torch.zeros(1, 1, 4, 4)}
     out = collate_samples([a, b])
-    assert torch.equal(out["input_images"][0], a["ref_images"]) and torch.equal(out["input_images"][1], b["input_images"])
+    assert torch.equal(out["input_images"][0], a["ref_images"])
+    assert torch.equal(out["input_images"][1], b["input_images"])
     aug = DomainGapAugment({"real": {"noise": {"p": 0.0, "std": 0.1}}}, seed=0)  # no op: the input passes through
     batch = {"ref_images": torch.zeros(1, 1, 3, 4, 4), "input_images": torch.full((1, 1, 3, 4, 4), 0.5),
              "kind": ["real"]}
