@@ -67,6 +67,34 @@ def number(kind: type = float, minimum: float | None = None, maximum: float | No
     return parse
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def find_configs(argv: Sequence[str], options: Sequence[str] = ("-c", "--config")) -> list[str]:
+    """``argv`` with the config file of each of ``options`` (``-c X``, ``--config=X``) that is not there relative to
+    the working directory replaced by the shipped config of that name, when there is one
+    (:func:`datamodules.data_config.find_config`: ``recipes/X.yaml`` or ``configs/recipes/X.yaml`` from any folder).
+    Values that are not file names (inline YAML, class names) pass unchanged."""
+    from datamodules.data_config import find_config
+
+    def resolve(value: str) -> str:
+        if not value.endswith(CONFIG_SUFFIXES) or "\n" in value:
+            return value
+        found = find_config(value)
+        return value if str(found) == value else str(found)
+
+    out, args = [], list(argv)
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if eq and name in options:
+            out.append(f"{name}={resolve(value)}")
+        elif i > 0 and args[i - 1] in options:
+            out.append(resolve(arg))
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:
     """``parser.parse_args(argv)``, or None when argparse refused an argument (its one-line usage error is printed):
     ``main`` then returns 2, as for its other errors, instead of raising SystemExit. ``--help`` still exits."""

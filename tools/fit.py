@@ -56,6 +56,7 @@ from callbacks.fit_config import check_resume_hparams
 from callbacks.paths import CheckpointPaths
 from datamodules.shared_settings import check_not_on_model
 from lightning_modules.artifacts import CorruptWeightsError, allowed_globals, check_loadable, trusting
+from tools import find_configs
 
 log = logging.getLogger("mvlift.fit")
 
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> FitCLI:
 
 def _main(argv: list[str] | None) -> FitCLI:
     import_known_modules()
-    check_not_on_model(sys.argv[1:] if argv is None else argv)
+    # -c / --data / --model files not found from here are read from the shipped configs (configs/ is package data)
+    argv = find_configs(sys.argv[1:] if argv is None else argv, ("-c", "--config", "--data", "--model"))
+    check_not_on_model(argv)
     saved_argv = sys.argv
-    if argv is not None:  # LightningCLI warns when it sees both args and a command line (e.g. pytest's)
-        sys.argv = sys.argv[:1]
+    sys.argv = sys.argv[:1]  # LightningCLI warns when it sees both args and a command line (e.g. pytest's)
     try:
         cli = FitCLI(
             LightningModule,
