@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datamodules.data_config import load_data_config
+from datamodules.data_config import find_config, load_data_config
 from datamodules.datamodule import DEMO_SOURCES, held_out_split
 from datamodules.photos import load_callable, mask_from_result
 from datamodules.prepare import prepare_views
@@ -233,7 +233,7 @@ def input_scenes(inputs: Path, kind: str, limit: int | None, val_fraction: float
     per source, its train scenes then its validation scenes."""
 
     num_views = max(rig.num_views, reference_view + 1)  # procedural sources render this many views
-    if inputs.is_file() and inputs.suffix in (".yaml", ".yml"):
+    if inputs.suffix in (".yaml", ".yml") and find_config(inputs).is_file():  # a shipped config from any folder
         cfg = load_data_config(inputs)
         data_rig = load_rig(cfg.get("rig", "facelift_6view"))
         crop = {"center_crop": bool(cfg.get("center_crop", False)), "center_fill": float(cfg.get("center_fill", 0.6))}

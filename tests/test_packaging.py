@@ -107,7 +107,8 @@ def _build_install_and_run_mvlift(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([str(site / "bin" / "mvlift"), "fit", "-c", "recipes/gslrm_procedural_128.yaml",
-                          "--print_config"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=180)
+                          "--print_config"], check=False, cwd=elsewhere, env=env, capture_output=True, text=True,
+                         timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ReconstructionModule" in out.stdout and "gslrm_procedural_128" in out.stdout
     where = subprocess.run([sys.executable, "-c", "import datamodules.data_config as d; print(d.CONFIGS_DIR)"],
