@@ -454,20 +454,23 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- sampling (lightning_modules.diffusion_sampling) -----------------------------------------------------------
-    def make_sampler(self, name: str = SAMPLING.scheduler):
-        """A diffusers scheduler for sampling from the model's noise schedule and prediction type."""
+    def make_sampler(self, name: Any = SAMPLING.scheduler):
+        """A diffusers scheduler for sampling from the model's noise schedule and prediction type (``name``: one of
+        ``diffusion_sampling.SAMPLERS`` or a scheduler object, copied)."""
         return make_sampler(self.scheduler_config, name)
 
     def sample(self, ref_images: Tensor, num_inference_steps: int = SAMPLING.steps,
-               guidance_scale: float = SAMPLING.guidance, seed: int = 0, scheduler: str = SAMPLING.scheduler,
+               guidance_scale: float = SAMPLING.guidance, seed: int = 0, scheduler: Any = SAMPLING.scheduler,
                noise_level: int | None = None, eta: float = 0.0,
                show_progress: bool = False, reference_view: int = 0,
-               cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
+               cameras: tuple[Tensor, Tensor, Tensor] | None = None,
+               generator: torch.Generator | None = None) -> dict[str, Any]:
         """Generate the rig's views from reference images: :func:`lightning_modules.diffusion_sampling.sample_views`
-        (ref_images [B, 3, H, W] in [0, 1] -> {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", "rig"}; seeded; with
-        ``camera_rays`` the photo is rig view ``reference_view`` unless ``cameras`` gives a batch's own)."""
+        (ref_images [B, 3, H, W] in [0, 1] -> {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", "rig"}; seeded, or drawn
+        from ``generator``; ``scheduler`` a name or a diffusers scheduler; with ``camera_rays`` the photo is rig view
+        ``reference_view`` unless ``cameras`` gives a batch's own)."""
         return sample_views(self, ref_images, num_inference_steps, guidance_scale, seed, scheduler, noise_level, eta,
-                            show_progress, reference_view, cameras)
+                            show_progress, reference_view, cameras, generator)
 
     # ---- validation ---------------------------------------------------------------------------------------------
     def _should_sample(self) -> bool:

@@ -71,10 +71,33 @@ def seeded_randn(shape: tuple[int, ...], generator: torch.Generator | None, devi
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def make_sampler(scheduler_config: Any, name: str = DEFAULT.scheduler) -> Any:
-    """A diffusers scheduler ``name`` for a model's noise schedule and prediction type (``scheduler_config``)."""
+def make_sampler(scheduler_config: Any, name: Any = DEFAULT.scheduler) -> Any:
+    """A diffusers scheduler for a model's noise schedule and prediction type (``scheduler_config``): ``name`` is one
+    of :data:`SAMPLERS`, or a diffusers scheduler object (``pipe.scheduler = EulerDiscreteScheduler.from_config(...)``)
+    of which a fresh copy is made from its own config (its class and settings; sampling never changes the caller's
+    object, so a scheduler's step state cannot leak from one call into the next)."""
+    if not isinstance(name, str):
+        if not (hasattr(name, "set_timesteps") and hasattr(name, "step") and hasattr(name, "config")):
+            raise TypeError(f"scheduler must be a name ({', '.join(sorted(SAMPLERS))}) or a diffusers scheduler, "
+                            f"got {type(name).__name__}")
+        return type(name).from_config(name.config)
     check_sampler(name)
     return SAMPLERS[name].from_config(scheduler_config)
+
+
+def sampling_generator(seed: int, generator: Any = None) -> torch.Generator:
+    """The noise source of one sampling call: ``generator`` (diffusers' argument; a list of one generator is taken
+    as that one) or, without it, a CPU generator seeded by ``seed``."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != 1:
+            raise ValueError("generator: give one torch.Generator (a list of one per image is not supported; the "
+                             f"views of all images are drawn from one), got a list of {len(generator)}")
+        generator = generator[0]
+    if generator is None:
+        return torch.Generator("cpu").manual_seed(int(seed))
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return generator
 
 
 @torch.no_grad()
@@ -82,9 +105,11 @@ def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = DEFA
                  guidance_scale: float = DEFAULT.guidance, seed: int = 0, scheduler: str = DEFAULT.scheduler,
                  noise_level: int | None = None, eta: float = 0.0,
                  show_progress: bool = False, reference_view: int = 0,
-                 cameras: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
+                 cameras: tuple[Tensor, Tensor, Tensor] | None = None,
+                 generator: torch.Generator | None = None) -> dict[str, Any]:
     """Generate ``model``'s rig views from reference images (``show_progress``: a bar over the denoising steps on a
-    terminal, ``geometry.progress``). A model with ``camera_rays`` is given the rays of ``cameras`` (target c2w
+    terminal, ``geometry.progress``). ``scheduler``: a name of :data:`SAMPLERS` or a diffusers scheduler object
+    (:func:`make_sampler`); ``generator``: the noise source instead of a CPU generator seeded by ``seed``. A model with ``camera_rays`` is given the rays of ``cameras`` (target c2w
     [B, V, 4, 4], fxfycxcy [B, V, 4] at its image size, reference c2w [B, 4, 4]: a batch's own) or, by default, of
     the rig's cameras with the photo taken as rig view ``reference_view``.
 
@@ -100,7 +125,7 @@ def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = DEFA
     if tuple(ref.shape[-2:]) != (size, size):
         ref = F.interpolate(ref, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     b, v = ref.shape[0], model.rig.num_views
-    gen = torch.Generator("cpu").manual_seed(int(seed))
+    gen = sampling_generator(seed, generator)
     level = model.hparams.noise_level if noise_level is None else noise_level
     ref_lat, img_emb = model.conditions(ref, level, None, gen)
     context = model.view_embeddings.for_batch(b)
@@ -140,4 +165,5 @@ def sample_views(model: Any, ref_images: Tensor, num_inference_steps: int = DEFA
     return {"images": images, "c2w": c2w, "fxfycxcy": k, "rig": model.rig.to_dict()}
 
 
-__all__ = ["DEFAULT", "MAX_GUIDANCE", "SAMPLERS", "Sampling", "check_sampler", "make_sampler", "sample_views", "seeded_randn"]
+__all__ = ["DEFAULT", "MAX_GUIDANCE", "SAMPLERS", "Sampling", "check_sampler", "make_sampler", "sample_views", "sampling_generator",
+           "seeded_randn"]

@@ -9,6 +9,11 @@ needs mvlift installed where it is opened). Either entry point gives the same pi
     pipe = DiffusionPipeline.from_pretrained(EXPORT, custom_pipeline=EXPORT, trust_remote_code=True)  # diffusers'
     out = pipe(image, num_inference_steps=50, guidance_scale=3.0, seed=0)          # out.images: per image, V views
 
+As in every diffusers pipeline, ``pipe.scheduler`` is the sampler (DDIM from the model's noise schedule, the
+default): ``pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)`` makes later calls sample
+with Euler (``scheduler="euler"`` for one call does the same by name), and ``generator=torch.Generator(...)``
+draws the noise instead of ``seed``.
+
 What makes the model multi-view — the rig, its view embeddings, the multi-view attention mode, the autoencoder —
 is read from the export by :meth:`DiffusionModule.from_export` (through :mod:`lightning_modules.artifacts`), never
 here: the pipeline holds that module and samples with :meth:`DiffusionModule.sample`, so the same seed gives the
@@ -106,7 +111,10 @@ class MVLiftPipeline(DiffusionPipeline):
                                  "custom_pipeline=EXPORT, trust_remote_code=True)")
             device = self.device
             module = DiffusionModule.from_export(path).eval().to(device)
-            self.register_modules(**_components_of(module))  # the multi-view UNet replaces diffusers' plain one
+            components = _components_of(module)
+            if getattr(self, "scheduler", None) is not None:  # the folder's (or the user's swap) stays
+                components.pop("scheduler")
+            self.register_modules(**components)  # the multi-view UNet replaces diffusers' plain one
             self._module = module
         return self._module
 
@@ -117,24 +125,30 @@ class MVLiftPipeline(DiffusionPipeline):
     # ---- generating -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, image: Any, num_inference_steps: int = SAMPLING.steps, guidance_scale: float = SAMPLING.guidance,
-                 seed: int = 0, scheduler: str = SAMPLING.scheduler, noise_level: int | None = None, eta: float = 0.0,
+                 seed: int = 0, scheduler: str | None = None, noise_level: int | None = None, eta: float = 0.0,
                  output_type: str = "pil",
-                 return_dict: bool = True, show_progress: bool = False, reference_view: int = 0
+                 return_dict: bool = True, show_progress: bool = False, reference_view: int = 0,
+                 generator: torch.Generator | list[torch.Generator] | None = None
                  ) -> MVLiftPipelineOutput | tuple:
         """Generate the rig's views of each reference ``image`` (a PIL image, a list of them, an [H, W, 3] /
         [B, H, W, 3] array (uint8, or float in [0, 1]) or a [3, H, W] / [B, 3, H, W] tensor in [0, 1]; an alpha
         channel is dropped: composite a cut-out over the background the model trained on, its model card says
         which) with :meth:`DiffusionModule.sample` (same arguments, same seed -> same views). ``output_type``:
         ``pil`` (a list of V images per input), ``np`` or ``pt``. ``reference_view``: the rig view the photo is
-        taken as, for a model conditioned on cameras (``camera_rays``)."""
+        taken as, for a model conditioned on cameras (``camera_rays``). The sampler is ``pipe.scheduler`` (swap it as
+        in any diffusers pipeline) unless ``scheduler`` names one (ddim | ddpm | euler | dpm) for this call; the noise
+        comes from ``generator`` when given, else from a CPU generator seeded by ``seed``."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         module = self.module
         module.to(self.device)
         ref = reference_images(image, int(module.hparams.image_size))
+        sampler = scheduler if scheduler is not None else self.scheduler
+        if sampler is None:
+            sampler = SAMPLING.scheduler
         out = module.sample(ref, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                            scheduler=scheduler, noise_level=noise_level, eta=eta, show_progress=show_progress,
-                            reference_view=reference_view)
+                            scheduler=sampler, noise_level=noise_level, eta=eta, show_progress=show_progress,
+                            reference_view=reference_view, generator=generator)
         images = out["images"].clamp(0, 1)
         if output_type == "np":
             images = images.permute(0, 1, 3, 4, 2).float().cpu().numpy()

@@ -94,3 +94,24 @@ def test_pixel_space_export_has_no_vae_component_and_samples_the_same(tmp_path):
     assert pipe.vae is None
     assert torch.equal(pipe(image, num_inference_steps=2, output_type="pt").images,
                        DiffusionModule.from_export(out).sample(image, num_inference_steps=2, guidance_scale=3.0)["images"])
+
+
+def test_a_scheduler_swap_and_a_generator_work_as_in_any_diffusers_pipeline(export):
+    """issue 27: ``pipe.scheduler = ...`` was ignored (same output), and ``generator=`` was not taken."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    kw = {"num_inference_steps": 3, "guidance_scale": 2.0, "output_type": "pt"}
+    pipe = MVLiftPipeline.from_pretrained(export)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    ddim = pipe(image, seed=3, **kw).images
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    euler = pipe(image, seed=3, **kw).images
+    assert not torch.allclose(euler, ddim, atol=1e-4), "the scheduler swap was ignored"
+    assert torch.equal(euler, pipe(image, seed=3, scheduler="euler", **kw).images)  # the same sampler by name
+    assert torch.equal(euler, pipe(image, seed=3, **kw).images)  # the caller's scheduler keeps no state between calls
+    # generator= draws the noise: same generator state -> same views as the same seed; another -> other views
+    by_generator = pipe(image, generator=torch.Generator().manual_seed(3), **kw).images
+    assert torch.equal(by_generator, euler)
+    assert not torch.allclose(pipe(image, generator=torch.Generator().manual_seed(4), **kw).images, euler, atol=1e-4)
+    assert torch.equal(pipe(image, generator=[torch.Generator().manual_seed(3)], **kw).images, euler)
