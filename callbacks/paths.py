@@ -7,7 +7,8 @@
 - identity (:mod:`callbacks.run_identity`): the config hash in ``run.json``, ``--resume auto``'s matching run, the
   refusal of a folder of another config (naming the differing keys) or with checkpoints when not resuming;
 - exports (:mod:`callbacks.run_exports`): ``export/step_<N>/`` every ``export_every_n_steps`` and at the end of fit,
-  and ``last.ckpt`` at the step where training stopped.
+  each written after step N's validation when one runs at N (so the model card carries its metrics), and
+  ``last.ckpt`` at the step where training stopped.
 
 It points every ModelCheckpoint at ``checkpoints/`` and writes ``run.json``. Only rank 0 writes; the run name is
 decided once (argument, ``$MVLIFT_RUN``, or a timestamp exported to ``$MVLIFT_RUN`` for the DDP children) and
@@ -95,6 +96,7 @@ class CheckpointPaths(Callback):
         self.save_last = save_last
         self.exports = RunExports(export_every_n_steps, export_on_fit_end)
         self.final_checkpoint = FinalCheckpoint()
+        self._pending_export: int | None = None  # an export due at this step, written after its validation
         self._paths: RunPaths | None = None
         self._identity: dict[str, Any] | None = None
         self._before: dict[str, Any] | None = None  # the run folder before this invocation (note_invocation_start)
@@ -239,14 +241,34 @@ class CheckpointPaths(Callback):
         if trainer.fast_dev_run:  # a smoke run: no checkpoint, no export (Lightning's own ModelCheckpoint agrees)
             return
         step = trainer.global_step
-        if self.exports.due(step):
-            self.export(trainer, pl_module)
+        self._export_pending(trainer, pl_module)  # a step without validation after it
+        if self.exports.due(step):  # written after this step's validation, if one runs, so its card has the metrics
+            self._pending_export = step
         if 0 < trainer.max_steps <= step:
             self.save_final_checkpoint(trainer)
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._export_pending(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._export_pending(trainer, pl_module)
+
+    def _export_pending(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The export due at the step just trained (``on_train_batch_end``), written once that step's validation (if
+        any) has run: at its end, or at the next batch's start, or at the end of training."""
+        if self._pending_export is not None and self._pending_export == trainer.global_step:
+            self._pending_export = None
+            self.export(trainer, pl_module)
+        self._pending_export = None
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A run stopped before ``max_steps`` (``max_time``, early stopping, ``should_stop``) keeps its last steps too:
-        ``last.ckpt`` is the step training stopped at, not the last periodic checkpoint before it."""
+        ``last.ckpt`` is the step training stopped at, not the last periodic checkpoint before it. An export still
+        due is written (:meth:`_export_pending`)."""
+        if not trainer.fast_dev_run:
+            self._export_pending(trainer, pl_module)
         if trainer.global_step > 0 and trainer.global_step != self.final_checkpoint.step and not trainer.fast_dev_run:
             self.save_final_checkpoint(trainer)
 
@@ -263,7 +285,8 @@ class CheckpointPaths(Callback):
         return self.exports.export(trainer, pl_module, self.paths)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run": self._paths.run if self._paths else self.run, "last_export_step": self.exports.last_step}
+        last = self._pending_export if self._pending_export is not None else self.exports.last_step  # written next
+        return {"run": self._paths.run if self._paths else self.run, "last_export_step": last}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.exports.last_step = state_dict.get("last_export_step")

@@ -476,6 +476,24 @@ def write_export_metadata(out: str | os.PathLike, metadata: Mapping[str, Any], h
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
 
 
+# ---- sharing an export ----------------------------------------------------------------------------------------------
+def push_to_hub(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                commit_message: str | None = None, create_pr: bool = False) -> str:
+    """Upload the export folder ``folder`` as the Hugging Face Hub model repository ``repo_id`` (created when
+    missing): the files as they are, the model card (:data:`MODEL_CARD_FILE`, with its metadata) included. Returns
+    the commit's URL. ``snapshot_download(repo_id)`` gives the export folder back."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / METADATA_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: not an export folder (no {METADATA_FILE})")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", create_pr=create_pr,
+                             commit_message=commit_message or f"Upload mvlift export {folder.name}")
+    return str(getattr(info, "commit_url", info))
+
+
 __all__ = [
     "CKPT_KEY",
     "EMA_HASH_KEY",
@@ -510,6 +528,7 @@ __all__ = [
     "load_checkpoint",
     "load_lightning_module",
     "pickled_weights",
+    "push_to_hub",
     "refusal",
     "set_trust",
     "state_sha256",

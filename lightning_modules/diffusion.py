@@ -216,6 +216,8 @@ class DiffusionModule(MultiViewConditioning, StageModule):
     """Multi-view diffusion training, sampling and export. Constructor arguments are plain types (LightningCLI)."""
 
     stage = "diffusion"
+    pipeline_tag = "image-to-image"  # one photo -> the rig's views (model card metadata)
+    card_tags = ("diffusers", "multi-view-diffusion", "novel-view-synthesis")
     ema_target = "unet"  # the EMA callback keeps a shadow of self.unet and calls export(..., ema_weights=...)
     export_drops = ("pretrained", "view_embeddings_path", "facelift_embeds", "unet_subfolder")  # the export is all
 

@@ -122,6 +122,19 @@ class MVLiftPipeline(DiffusionPipeline):
         """Write the module's export folder (``DiffusionModule.export``)."""
         self.module.export(save_directory)
 
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,  # type: ignore[override]
+                    token: str | None = None, create_pr: bool = False, **_: Any) -> str:
+        """Upload the pipeline's export folder (:meth:`save_pretrained`, mvlift's model card kept, not diffusers'
+        generic one) as the Hub model repository ``repo_id`` (:func:`lightning_modules.artifacts.push_to_hub`)."""
+        import tempfile
+
+        from lightning_modules.artifacts import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return push_to_hub(tmp, repo_id, token=token, private=private, create_pr=create_pr,
+                               commit_message=commit_message or "Upload mvlift diffusion export")
+
     # ---- generating -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, image: Any, num_inference_steps: int = SAMPLING.steps, guidance_scale: float = SAMPLING.guidance,

@@ -136,6 +136,8 @@ class ReconstructionModule(StageModule):
     """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML)."""
 
     stage = "reconstruction"
+    pipeline_tag = "image-to-3d"  # posed views -> 3D Gaussians (model card metadata)
+    card_tags = ("gaussian-splatting", "gs-lrm", "3d-reconstruction")
     ema_target = "net"  # the EMA callback keeps a shadow of self.net and calls export(..., ema_weights=...)
     export_drops = ("init_from",)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from huggingface_hub import ModelCard, ModelCardData
 from torch import Tensor
 
 from lightning_modules.artifacts import (
@@ -55,6 +56,8 @@ class StageModule(pl.LightningModule):
     :class:`~lightning_modules.reconstruction.ReconstructionModule` (module docstring)."""
 
     stage: str  # "diffusion" | "reconstruction" (lightning_modules.artifacts.STAGES)
+    pipeline_tag: str  # the Hugging Face Hub task of the model card's metadata (the subclass's)
+    card_tags: tuple[str, ...] = ()  # the subclass's tags of the model card's metadata
     ema_target: str  # the attribute the EMA callback keeps a shadow of (and export(..., ema_weights=...) holds)
     export_drops: tuple[str, ...] = ()  # constructor arguments an export leaves out (paths of the training machine)
     rig: Any
@@ -63,6 +66,11 @@ class StageModule(pl.LightningModule):
         super().__init__()
         self.train_background = TrainingBackground()
         self._train_loss = IntervalMean()
+        self._last_val_step: int | None = None  # the optimizer step of the last validation (the model card's metrics)
+
+    def on_validation_start(self) -> None:  # (callbacks' on_validation_end, e.g. an export, runs before the module's)
+        if not self.trainer.sanity_checking:
+            self._last_val_step = int(self.global_step)
 
     # ---- metadata ---------------------------------------------------------------------------------------------
     def mvlift_metadata(self) -> dict[str, Any]:
@@ -88,7 +96,7 @@ class StageModule(pl.LightningModule):
             self.save_ema_weights(out, ema_weights)
         meta = {**self.mvlift_metadata(), **self.export_extras(), **(metadata or {})}
         write_export_metadata(out, meta, init_hparams(self.hparams, drop=self.export_drops), self.rig)
-        (out / MODEL_CARD_FILE).write_text(self.model_card(meta, ema=ema_weights is not None))
+        self.model_card(meta, ema=ema_weights is not None).save(out / MODEL_CARD_FILE)
         return out
 
     @classmethod
@@ -110,10 +118,25 @@ class StageModule(pl.LightningModule):
         return module
 
     # ---- model card --------------------------------------------------------------------------------------------
-    def model_card(self, metadata: dict[str, Any], ema: bool = False) -> str:
-        """An export's ``README.md`` (Markdown): the stage and the subclass's :meth:`card_details`, the rig with its
+    def card_data(self, metadata: dict[str, Any]) -> ModelCardData:
+        """The model card's metadata (the YAML front matter the Hugging Face Hub reads): ``library_name`` mvlift, the
+        stage's ``pipeline_tag``, tags (mvlift, the stage, the rig, the subclass's), the license: Apache-2.0 (mvlift's)
+        for weights mvlift trained, ``other`` for a conversion (``converted_from``: the original weights' terms
+        apply) unless ``metadata["license"]`` says otherwise."""
+        license_ = metadata.get("license") or ("other" if metadata.get("converted_from") else "apache-2.0")
+        tags = ["mvlift", self.stage, f"rig:{self.rig.name}", "multi-view", "lab-animals", *self.card_tags]
+        return ModelCardData(library_name="mvlift", pipeline_tag=self.pipeline_tag, license=license_, tags=tags)
+
+    def model_card(self, metadata: dict[str, Any], ema: bool = False) -> ModelCard:
+        """An export's ``README.md`` as a huggingface_hub ``ModelCard`` (``card.save(path)``, ``card.push_to_hub``):
+        metadata (:meth:`card_data`) and Markdown: the stage and the subclass's :meth:`card_details`, the rig with its
         cameras, the training data and steps (from the trainer when exported during a run; ``converted_from`` of a
         conversion), the last validation metrics when known, and how to load it (:meth:`card_loading`)."""
+        front = self.card_data(metadata).to_yaml()
+        return ModelCard(f"---\n{front}\n---\n\n{self.card_text(metadata, ema)}")
+
+    def card_text(self, metadata: dict[str, Any], ema: bool = False) -> str:
+        """The model card's Markdown body (:meth:`model_card`)."""
         rig = self.rig
         lines = [f"# mvlift {self.stage} model: rig `{rig.name}` ({rig.num_views} views)", "",
                  f"An export folder of mvlift's {self.stage} stage (written by `{type(self).__name__}.export`).", "",
@@ -153,7 +176,8 @@ class StageModule(pl.LightningModule):
                    if k.startswith("val/")}
         if not metrics:
             return ["None recorded (no validation before this export)."]
-        return ["Last validation values:", "", "| metric | value |", "|---|---|",
+        at = f" (validation at step {self._last_val_step})" if self._last_val_step is not None else ""
+        return [f"Last validation values{at}:", "", "| metric | value |", "|---|---|",
                 *(f"| {k} | {float(v):.4g} |" for k, v in sorted(metrics.items()))]
 
     def card_details(self) -> list[tuple[str, Any]]:
