@@ -1,4 +1,6 @@
-# Device calls behind docs/results.md: bash bench/learning_device.sh PHASE (run from the checkout root on a GPU host).
+# Device calls behind docs/results.md: bash bench/learning_device.sh PHASE, PHASE one of recipes | gslrm256 | ddp |
+# diffusion | overfit (below), run from the checkout root on a host with two GPUs (gslrm256, and overfit without OV2,
+# need one).
 # Needs the wheels in .whl/ (README "GPU machines without internet") and, for the FaceLift overfit, FaceLift's
 # sample data in .carry/facelift_sample (copied from ../shared/data/); results go to $OUT (default: ./out).
 set -u
@@ -31,28 +33,8 @@ eval_overfit() {  # eval_overfit GPU RUN NAME [tools.evaluate options]: the Face
 }
 PHASE=${1:-}
 case "$PHASE" in
-sweep)
-  python bench/procedural_throughput.py --scenes 1024 --batch 128 | tee "$OUT/procedural_throughput.jsonl"
-  O=configs/recipes/overfit_facelift_sample.yaml P=configs/recipes/gslrm_procedural_128.yaml
-  fit 0 overfit_old -c $O --model.init_args.scale_bias -2.3 --model.init_args.warmup_steps 0 --trainer.max_time 00:00:04:00
-  fit 0 overfit_new -c $O --trainer.max_time 00:00:04:00
-  fit 1 proc128_lr4 -c $P --trainer.max_time 00:00:04:00
-  fit 1 proc128_lr2 -c $P --model.init_args.lr 2.0e-4 --trainer.max_time 00:00:04:00
-  wait
-  pack sweep ;;
-sweep2)
-  O=configs/recipes/overfit_facelift_sample.yaml P=configs/recipes/gslrm_procedural_128.yaml T=00:00:04:00
-  fit 0 p_alpha -c $P --model.init_args.opacity_weight 1.0 --trainer.max_time $T
-  fit 0 p_alpha_d1 -c $P --model.init_args.opacity_weight 1.0 --model.init_args.depth_range 1.0 --trainer.max_time $T
-  fit 0 p_fp32_lr1 -c $P --model.init_args.lr 1.0e-4 --model.init_args.weight_decay 0 --trainer.precision 32-true \
-      --trainer.max_time $T
-  fit 1 p_alpha_lr1 -c $P --model.init_args.opacity_weight 1.0 --model.init_args.lr 1.0e-4 \
-      --model.init_args.weight_decay 0 --trainer.max_time $T
-  fit 1 p_alpha_s33 -c $P --model.init_args.opacity_weight 1.0 --model.init_args.scale_bias -3.3 --trainer.max_time $T
-  fit 1 o_alpha -c $O --model.init_args.opacity_weight 1.0 --data.init_args.num_workers 10 --trainer.max_time $T
-  wait
-  pack sweep2 ;;
-final)  # the recipes, the domain-gap experiment and the pixel-space diffusion recipe, then one evaluation table
+recipes)  # the 128 px GS-LRM recipe, its lr 1e-4 variant, the domain-gap pair (70/30 mixed, with and without the
+  # augmentation), the FaceLift overfit and pixel diffusion: three trainings a GPU, 4.5 min; then the domain-gap table
   P=configs/recipes/gslrm_procedural_128.yaml T=00:00:04:30
   fit 0 gslrm_procedural_128 -c $P --trainer.max_time $T
   fit 0 domain_mixed -c $P --data configs/data/procedural_mixed_128.yaml --trainer.max_time $T
@@ -71,25 +53,18 @@ final)  # the recipes, the domain-gap experiment and the pixel-space diffusion r
       --data clean=configs/data/procedural_clean_128.yaml --data realistic=configs/data/procedural_realistic_128.yaml \
       --out runs/eval_domain_gap --device cuda --batches 8 --batch-size 8 --grid-scenes 4 > "$OUT/eval.log" 2>&1
   cp "$OUT"/*.log runs/ 2>/dev/null
-  tar czf "$OUT/final.tgz" runs/*.log $(find runs -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o \
+  tar czf "$OUT/recipes.tgz" runs/*.log $(find runs -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o \
       -name 'throughput.json' \)) runs/eval_domain_gap
   ls -la "$OUT" ;;
-targets)  # pixel diffusion alone on GPU 0; 256 px GS-LRM alone on GPU 1, then the gpu-marked tests there
-  fit 0 diffusion_pixel_procedural64 -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time 00:00:05:00
-  PX64=$!
-  fit 1 gslrm_procedural_256 -c configs/recipes/gslrm_procedural_256.yaml --trainer.max_time 00:00:04:00
+gslrm256)  # the 256 px GS-LRM recipe alone on a GPU and its evaluation, then the gpu-marked tests there
   R=runs/recipes
-  wait $!; pack px256
-  CUDA_VISIBLE_DEVICES=1 timeout 60 python -m tools.evaluate --ckpt px256=$R/gslrm_procedural_256/checkpoints/last.ckpt \
+  fit 0 gslrm_procedural_256 -c configs/recipes/gslrm_procedural_256.yaml --trainer.max_time 00:00:04:00
+  wait; pack px256
+  CUDA_VISIBLE_DEVICES=0 timeout 60 python -m tools.evaluate --ckpt px256=$R/gslrm_procedural_256/checkpoints/last.ckpt \
       --data configs/recipes/gslrm_procedural_256.yaml --out runs/eval_256 --device cuda --batches 8 \
       --batch-size 8 --grid-scenes 4 > "$OUT/eval_256.log" 2>&1
-  CUDA_VISIBLE_DEVICES=1 timeout 150 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1 &
-  wait $PX64; pack px64
-  X=$(ls -d $R/diffusion_pixel_procedural64/export/step_* | sort -t_ -k3 -n | tail -1)
-  CUDA_VISIBLE_DEVICES=0 timeout 90 python -m tools.evaluate --ckpt px64=$X --ema --data configs/data/procedural_heldout_64.yaml \
-      --out runs/eval_px64 --device cuda --steps 50 --guidance 2.0 --batches 4 --batch-size 16 > "$OUT/eval_px64.log" 2>&1
-  wait
-  pack targets ;;
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python -m pytest -q -m gpu tests > "$OUT/pytest_gpu.log" 2>&1
+  pack gslrm256 ;;
 ddp)  # the 128 px recipe on 2 GPUs (same global batch), then its evaluation
   P=configs/recipes/gslrm_procedural_128.yaml
   python -m tools.fit -c $P --trainer.devices 2 --trainer.strategy ddp --data.init_args.batch_size 4 \
@@ -99,15 +74,11 @@ ddp)  # the 128 px recipe on 2 GPUs (same global batch), then its evaluation
       --data clean=configs/data/procedural_clean_128.yaml --out runs/eval_ddp2 --device cuda --batches 8 \
       --batch-size 8 --grid-scenes 4 > "$OUT/eval_ddp2.log" 2>&1
   pack ddp ;;
-session3)  # the third session's calls: session4 with a 7 min diffusion run evaluated at 50 DDIM steps, guidance 2,
-  # the gpu tests, no sweep. PX / OV: run names; PX_TIME, PX_ARGS / OVERFIT_ARGS as for session4
-  PX=${PX:-diffusion_pixel_procedural64} OV=${OV:-overfit_facelift_sample} PX_TIME=${PX_TIME:-00:00:07:00}
-  PX_EVAL=${PX_EVAL:-50 2.0} GPU_TESTS=1 SWEEP=0
-  ;&
-session4)  # pixel diffusion on GPU 0, its evaluation (PX_EVAL: "DDIM_STEPS GUIDANCE") and a sampling sweep (SWEEP_ARGS;
-  # SWEEP=0: none); the FaceLift overfit on GPU 1 (OVERFIT_ARGS, OVERFIT_EVAL_ARGS) and its evaluation; the gpu tests
-  # with GPU_TESTS=1. PX / OV: new run names
-  R=runs/recipes PX=${PX:-px64_s4} OV=${OV:-overfit_s4}
+diffusion)  # the pixel-diffusion recipe on GPU 0 (PX: run name, PX_TIME: its max_time, PX_ARGS: overrides), its
+  # evaluation (PX_EVAL: "DDIM_STEPS GUIDANCE") and a sampling sweep (SWEEP_ARGS, SWEEP_TIME; SWEEP=0: none); beside it
+  # a FaceLift overfit variant on GPU 1 (OV: run name, OVERFIT_ARGS, OVERFIT_EVAL_ARGS) and its evaluation; the
+  # gpu-marked tests on GPU 1 with GPU_TESTS=1
+  R=runs/recipes PX=${PX:-px64} OV=${OV:-overfit_variant}
   fit 0 $PX -c configs/recipes/diffusion_pixel_procedural64.yaml --trainer.max_time ${PX_TIME:-00:00:06:30} ${PX_ARGS:-}
   PX64=$!
   fit 1 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
@@ -125,10 +96,10 @@ session4)  # pixel diffusion on GPU 0, its evaluation (PX_EVAL: "DDIM_STEPS GUID
       --ckpt $R/$PX/checkpoints/last.ckpt --data configs/data/procedural_heldout_64.yaml --device cuda ${SWEEP_ARGS:-} \
       > "$OUT/sweep_$PX.jsonl" 2> "$OUT/sweep_$PX.err"
   wait
-  pack $PHASE ;;
-overfit)  # the FaceLift overfit alone on GPU 0 (OV: a new run name, OVERFIT_ARGS) and, with OV2 set, a second
-  # variant alone on GPU 1 (OVERFIT_ARGS2); then each one's evaluation with the recipe's inputs and with random inputs
-  OV=${OV:-overfit_s4}
+  pack diffusion ;;
+overfit)  # the FaceLift overfit alone on GPU 0 (OV: run name, OVERFIT_ARGS) and, with OV2 set, a second variant
+  # alone on GPU 1 (OVERFIT_ARGS2); then each one's evaluation with the recipe's inputs and with random inputs
+  OV=${OV:-overfit_run}
   fit 0 $OV -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS:-}
   [ -n "${OV2:-}" ] && fit 1 $OV2 -c configs/recipes/overfit_facelift_sample.yaml ${OVERFIT_ARGS2:-}
   wait; pack overfit
@@ -139,5 +110,5 @@ overfit)  # the FaceLift overfit alone on GPU 0 (OV: a new run name, OVERFIT_ARG
   done
   wait
   pack overfit ;;
-*) echo "usage: bash bench/learning_device.sh sweep|sweep2|final|targets|ddp|session3|session4|overfit" ; exit 2 ;;
+*) echo "usage: bash bench/learning_device.sh recipes|gslrm256|ddp|diffusion|overfit" ; exit 2 ;;
 esac
