@@ -1,6 +1,7 @@
 """``tools.fit``'s machinery: a LightningCLI (:class:`FitCLI`) with mvlift's run folder (the path resolver
-``run:``), checkpointing (``checkpoint:``, atomic writes), loggers (TensorBoard without the hp_metric placeholder, CSV,
-optional W&B, the learning rate of every parameter group), the shared settings linked from the data into the model,
+``run:``), checkpointing (``checkpoint:``, atomic writes), loggers (TensorBoard with the hyper-parameters but without
+the hp_metric placeholder, CSV with a wall-time column, optional W&B, the learning rate of every parameter group,
+throughput by default), the shared settings linked from the data into the model,
 the stage / rig check and every refusal before a file is written; the one-line end-of-fit summary and the user-error
 formatting. ``tools/fit.py`` is the command line over it (its docstring says what a run does).
 """
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.atomic import AtomicCheckpointIO
 from callbacks.fit_config import ConfigError, check_fit_config, constructor_error
@@ -51,13 +53,13 @@ def default_loggers(paths: RunPaths, wandb_project: str | None = None) -> list[L
     """TensorBoard (``logs/tensorboard``, when installed) + CSV (``logs/csv/version_<k>``) [+ W&B] in the run folder."""
     loggers: list[Logger] = []
     if tensorboard_available():
-        loggers.append(TensorBoardLogger(save_dir=str(paths.log_dir), name="tensorboard", version="",
-                                         default_hp_metric=False))  # no "hp_metric = -1" placeholder
+        loggers.append(HParamsTensorBoardLogger(save_dir=str(paths.log_dir), name="tensorboard", version="",
+                                                default_hp_metric=False))  # no "hp_metric = -1" placeholder
     else:
         log.warning("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
     # one version_<k> folder per invocation: Lightning's CSV writer deletes a metrics.csv it finds, which would
     # lose the history of a resumed run (RunPaths.metric_files reads the parts back in order)
-    loggers.append(CSVLogger(save_dir=str(paths.log_dir), name="csv"))
+    loggers.append(TimedCSVLogger(save_dir=str(paths.log_dir), name="csv"))
     if wandb_project:
         if importlib.util.find_spec("wandb") is None:
             raise SystemExit("--wandb needs the wandb package (pip install wandb)")
@@ -82,13 +84,51 @@ def _with_atomic_io(plugins: Any) -> list[Any]:
     return plugins
 
 
-def _with_lr_monitor(callbacks: Any) -> list[Any]:
-    """The trainer's callbacks plus a LearningRateMonitor (every logged step, one curve per parameter group, named by
-    the group: ``lr-AdamW/base``, ``lr-AdamW/unet/no_decay``, ...) unless the config has one."""
+def _with_default_callbacks(callbacks: Any, lr_monitor: bool = True) -> list[Any]:
+    """The trainer's callbacks plus, unless the config has one of its kind, a LearningRateMonitor (with loggers: every
+    logged step, one curve per parameter group, named by the group: ``lr-AdamW/base``, ``lr-AdamW/unet/no_decay``,
+    ...) and a :class:`callbacks.throughput.StepTimer` (throughput on by default: ``perf/step_s``,
+    ``perf/samples_per_s``, ``perf/data_wait_s`` every logged step after 10 warm-up steps, ``logs/throughput.json``
+    at the end; no CUDA synchronisation per step, so it costs the run nothing)."""
+    from callbacks.throughput import StepTimer
+
     callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
-    if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+    if lr_monitor and not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if not any(isinstance(cb, StepTimer) for cb in callbacks):
+        callbacks.append(StepTimer(warmup_steps=10, sync_cuda=False))
     return callbacks
+
+
+class HParamsTensorBoardLogger(TensorBoardLogger):
+    """TensorBoard with the run's hyper-parameters in its HPARAMS tab, without Lightning's ``hp_metric = -1``
+    placeholder: the hparams summary declares :attr:`METRICS` (their values are the run's own scalars of those
+    names) instead of logging a made-up value."""
+
+    METRICS = ("train/loss", "val/loss")
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, metrics: Any = None, step: int | None = None) -> None:
+        super().log_hyperparams(params, metrics, step)  # hparams.yaml; the summary only with metrics
+        if metrics is not None:
+            return
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = self._sanitize_params(_flatten_dict(_convert_params(params)))
+        flat = {k: v if isinstance(v, (bool, int, float, str)) or v is None else str(v) for k, v in flat.items()}
+        flat = {k: "None" if v is None else v for k, v in flat.items()}
+        writer = self.experiment._get_file_writer()
+        for summary in hparams(flat, dict.fromkeys(self.METRICS, 0.0)):  # declares the metric tags, logs no value
+            writer.add_summary(summary, step)
+
+
+class TimedCSVLogger(CSVLogger):
+    """Lightning's CSV logger with the wall time (``time``: seconds since the epoch) on every row, so curves can be
+    drawn against time (``tools.plot --x time``)."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        super().log_metrics({**metrics, "time": time.time()}, step)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -167,8 +207,8 @@ class FitCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(paths, self._get(self.config, "wandb"))
         kwargs["plugins"] = _with_atomic_io(trainer_cfg.get("plugins"))
-        if trainer_cfg.get("logger") is not False:
-            kwargs["callbacks"] = _with_lr_monitor(trainer_cfg.get("callbacks"))
+        kwargs["callbacks"] = _with_default_callbacks(trainer_cfg.get("callbacks"),
+                                                      lr_monitor=trainer_cfg.get("logger") is not False)
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(paths.run_dir)
         return super().instantiate_trainer(**kwargs)

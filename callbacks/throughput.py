@@ -105,7 +105,7 @@ class StepTimer(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._window is not None and self._window_end is None:
             self._window_end = (trainer.global_step, self._now(pl_module, sync=True))
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not trainer.fast_dev_run:  # a smoke run writes nothing
             path = run_log_file(trainer, "throughput.json")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.summary(trainer)) + "\n")

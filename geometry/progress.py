@@ -37,4 +37,22 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     yield from tqdm(items, desc=desc, total=total, unit=unit, leave=leave, dynamic_ncols=True)
 
 
-__all__ = ["bars_on", "progress"]
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def counter(total: int, desc: str, unit: str = "it", leave: bool = False):
+    """A bar to ``update(n)`` by hand (work done in chunks: e.g. turntable frames rendered 8 at a time) when
+    :func:`bars_on`, else an object whose ``update`` / ``close`` do nothing; ``close()`` it at the end."""
+    if not bars_on():
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
+
+
+__all__ = ["bars_on", "counter", "progress"]

@@ -197,7 +197,10 @@ def test_wandb_logger_only_on_request_and_named_after_the_run(tmp_path, monkeypa
     from callbacks.fit_cli import default_loggers
 
     paths = RunPaths(tmp_path / "runs", "exp", "r1")
-    assert [type(lg).__name__ for lg in default_loggers(paths)] == ["TensorBoardLogger", "CSVLogger"]
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    tensorboard, csv_logger = default_loggers(paths)  # mvlift's subclasses: hparams summary, a wall-time column
+    assert isinstance(tensorboard, TensorBoardLogger) and isinstance(csv_logger, CSVLogger)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "wandb" else object())
     with pytest.raises(SystemExit, match="pip install wandb"):
         default_loggers(paths, "proj")

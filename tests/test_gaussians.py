@@ -368,3 +368,16 @@ def test_render_imports_only_geometry_of_this_code_base():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.split(".")[0] in ours], f"{path.name} imports {names}"
+
+
+def test_the_turntable_render_shows_a_progress_bar_on_a_terminal_only(monkeypatch, capsys):
+    """issue 27: the turntable is most of a CPU inference's time and drew no bar."""
+    g = Gaussians(means=torch.randn(1, 16, 3) * 0.3, quats=torch.tensor([1.0, 0, 0, 0]).expand(1, 16, 4),
+                  scales=torch.full((1, 16, 3), 0.05), opacities=torch.full((1, 16), 0.8), colors=torch.rand(1, 16, 3))
+    monkeypatch.setenv("MVLIFT_PROGRESS", "1")  # as on a terminal
+    frames = render_turntable(g, "facelift_6view", num_frames=5, size=16, backend="torch", chunk=2)
+    err = capsys.readouterr().err
+    assert frames.shape[0] == 5 and "turntable" in err and "/5 " in err and "frame" in err
+    monkeypatch.setenv("MVLIFT_PROGRESS", "0")  # logs, pipes, CI
+    render_turntable(g, "facelift_6view", num_frames=5, size=16, backend="torch", chunk=2)
+    assert capsys.readouterr().err == ""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geometry.progress import counter
 from geometry.render.gaussians import Gaussians
 from geometry.render.rasterizer import rasterize
 from geometry.rig import Rig, load_rig
@@ -35,16 +36,22 @@ def turntable_cameras(rig: Rig, num_frames: int, size: int, device: torch.device
 @torch.no_grad()
 def render_turntable(gaussians: Gaussians, rig: Rig | str, num_frames: int = 36, size: int = 256,
                      background: Tensor | None = None, backend: str = "auto", chunk: int = 8) -> np.ndarray:
-    """Frames [T, size, size, 3] uint8 of the first scene of ``gaussians`` seen from a turntable around the rig."""
+    """Frames [T, size, size, 3] uint8 of the first scene of ``gaussians`` seen from a turntable around the rig (a
+    progress bar over the frames on a terminal: ``geometry.progress``; on a CPU it is most of an inference's time)."""
     rig = load_rig(rig)
     scene = gaussians.select(0)
     device = scene.means.device
     c2w, k = turntable_cameras(rig, num_frames, size, device=device)
     bg = background if background is not None else torch.ones(3, device=device)
     frames = []
-    for s in range(0, num_frames, chunk):
-        out = rasterize(scene, c2w[None, s: s + chunk], k[None, s: s + chunk], size, size, bg, backend=backend)
-        frames.append(out["rgb"][0])
+    bar = counter(num_frames, "turntable", unit="frame")
+    try:
+        for s in range(0, num_frames, chunk):
+            out = rasterize(scene, c2w[None, s: s + chunk], k[None, s: s + chunk], size, size, bg, backend=backend)
+            frames.append(out["rgb"][0])
+            bar.update(out["rgb"].shape[1])
+    finally:
+        bar.close()
     rgb = torch.cat(frames).clamp(0, 1).permute(0, 2, 3, 1)
     return (rgb * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
