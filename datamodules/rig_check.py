@@ -30,10 +30,13 @@ HULL_SIZE, HULL_SAMPLES = 48, 64  # the masks' size and the samples per ray of t
 
 def scene_hull_iou(scene_dir: Path, cams: CameraFile) -> list[float] | None:
     """Silhouette IoU of the visual hull per view of one scene (its images' alpha at HULL_SIZE px, about the world
-    origin: the animal's centre in imported and normalized data); None when a view has no alpha."""
+    origin: the animal's centre in imported and normalized data); None when a view's image is missing or has no
+    alpha."""
     masks, ks = [], []
     for v, fp in enumerate(cams.file_paths):
         path = scene_dir / (fp or f"images/cam_{v:03d}.png")
+        if not path.is_file():  # cameras without their images: nothing to carve
+            return None
         _, alpha = read_image(path)
         if alpha is None:
             return None
