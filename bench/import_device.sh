@@ -1,4 +1,4 @@
-# Device call behind docs/results.md "GS-LRM on imported recordings": bash bench/import_device.sh (checkout root, GPU
+# Device call behind docs/results.md "Geometry from real inputs": bash bench/import_device.sh (checkout root, GPU
 # host, wheels in .whl/). Records and imports procedural mice through six lab cameras calibrated in mm
 # (bench.import_recordings), trains the 128 px GS-LRM recipe on the imported frames and, beside it on the same GPU for
 # the same time, on native procedural scenes; evaluates both on held-out mice (imported: the 2 cameras that are not

@@ -1,4 +1,4 @@
-"""Imported recordings of procedural mice for the learning check of docs/results.md ("GS-LRM on imported recordings").
+"""Imported recordings of procedural mice for the learning check of docs/results.md ("Geometry from real inputs").
 
     python -m bench.import_recordings --out DIR [--train 600] [--heldout 40] [--units mm] [--size 128]
         [--device cuda] [--workers 12]

@@ -140,8 +140,8 @@ def generate_views(diffusion: Any, ref: Tensor, sampling: Sampling, seed: int,
     """References [B, 3, H, W] -> ``DiffusionModule.sample``'s {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", ...}
     (the diffusion model's rig views, in rig order; a model conditioned on cameras takes the photo as rig view
     ``sampling.reference_view``, or a batch's own ``cameras``). ``precision`` ``bf16``: the UNet runs under bf16
-    autocast on a CUDA device (half the time; the pixel recipe's scores did not change, docs/results.md "Fourth
-    session"), the images come back as float32. The first call for a model logs what it cannot take or was not
+    autocast on a CUDA device (half the time; the pixel recipe's scores did not change, docs/results.md "The pixel
+    recipe and its sampling"), the images come back as float32. The first call for a model logs what it cannot take or was not
     validated with (:func:`note_sampling`)."""
     if precision not in SAMPLING_PRECISIONS:
         raise ValueError(f"--precision must be one of {SAMPLING_PRECISIONS}, got {precision!r}")
