@@ -17,6 +17,7 @@ from datamodules.procedural_recording import LAB_CAMERAS, LabCamera, render_trut
 from geometry.calibration import load_calibration
 from geometry.camera_files import read_camera_file
 from geometry.cameras import fov_from_focal
+from geometry.rig import load_rig
 
 SIZE, FOV = 64, 50.0  # the imported view size; the mouse rig's field of view (--fov 50 / --rig)
 
@@ -176,3 +177,18 @@ def test_facelift_s_own_views_and_cameras_agree_and_a_centring_bug_is_caught(tmp
     assert min(iou) < 0.8, iou  # the hull is carved where view 5 disagrees: several views lose their silhouette
     assert any("masks and cameras disagree" in p and "sample_000" in p for p in report["problems"])
     assert main(["check", str(tmp_path / "data"), "--rig", "facelift_6view"]) == 1  # the exit code says it
+
+
+@pytest.mark.parametrize("units", ["mm", "m"])
+def test_a_rig_derived_from_a_calibration_alone_recovers_the_lab_cameras(tmp_path, units):
+    """``tools.rig derive CALIBRATION``: centred where the optical axes meet and scaled as one similarity, the lab's
+    cameras come back at their own distances (mean 2.7) and elevations, with the calibrated field of view."""
+    from tools.rig import main
+
+    write_procedural_recording(tmp_path, [], units=units)  # the calibration only: no frames
+    assert main(["derive", str(tmp_path / "calibration.json"), "--name", "lab", "--out", str(tmp_path / "lab.yaml")]) == 0
+    rig = load_rig(tmp_path / "lab.yaml")
+    assert rig.radius == pytest.approx(2.7, abs=1e-3)
+    assert list(rig.view_distances) == pytest.approx([c.distance for c in LAB_CAMERAS], abs=0.06)
+    assert list(rig.elevations_deg) == pytest.approx([c.elevation for c in LAB_CAMERAS], abs=1.5)
+    assert 40 < rig.fov_deg < 56  # the cameras' own (40-55 deg across their widths), not 178
