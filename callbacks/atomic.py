@@ -4,7 +4,7 @@ Every file is written to a hidden temporary sibling (``.NAME.tmp-<pid>``), flush
 target with ``os.replace`` (atomic on POSIX file systems), and the directory entry is fsync'ed. A reader therefore
 sees either the old complete file or the new complete file, never a prefix of the new one. Temporary files left by a
 killed writer never end in ``.ckpt`` and are ignored by :func:`is_complete_checkpoint` and removed by
-:func:`remove_stale_temporaries`.
+``geometry.files.remove_stale_temporaries`` (the atomic writes themselves live there, the file-system floor).
 
 Example:
     >>> from lightning.pytorch import Trainer
@@ -13,89 +13,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import zipfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from geometry.files import make_tree_readable
-
-TMP_MARKER = ".tmp-"
-
-
-def temporary_sibling(path: str | Path) -> Path:
-    """Hidden temporary name next to ``path`` for this process: ``.NAME.tmp-<pid>``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}")
-
-
-def is_temporary(path: str | Path) -> bool:
-    """True for a temporary file or folder made by this module (possibly left by a killed writer)."""
-    name = Path(path).name
-    return name.startswith(".") and TMP_MARKER in name
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a directory entry to disk (after a rename in it); a no-op where directories can't be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(str(path), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write a file through ``write(fileobj)`` atomically (temp + fsync + ``os.replace``); returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name and move it to ``path`` when the block succeeds.
-
-    An existing ``path`` is replaced only after the new folder is complete (it is renamed aside, the new folder
-    renamed in, then the old one deleted), so a crash leaves either the old or the new folder under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    make_tree_readable(tmp)  # files of writers that ignore the umask (safetensors: 0600) as the umask allows
-    old = path.with_name(f".{path.name}{TMP_MARKER}old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+from geometry.files import atomic_write, is_temporary
 
 
 def is_complete_checkpoint(path: str | Path) -> bool:
@@ -112,23 +37,6 @@ def is_complete_checkpoint(path: str | Path) -> bool:
             return any(name.endswith("data.pkl") for name in zf.namelist())
     except (zipfile.BadZipFile, OSError, EOFError):
         return False
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporaries left in ``folder`` by killed writers; returns what was removed."""
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for p in folder.iterdir():
-        if is_temporary(p):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            removed.append(p)
-    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -151,7 +59,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, fileobj)
 
 
-__all__ = [
-    "AtomicCheckpointIO", "atomic_directory", "atomic_write", "is_complete_checkpoint", "is_temporary",
-    "remove_stale_temporaries", "temporary_sibling",
-]
+__all__ = ["AtomicCheckpointIO", "is_complete_checkpoint"]

@@ -33,7 +33,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from callbacks.atomic import remove_stale_temporaries
 from callbacks.run_exports import FinalCheckpoint, RunExports
 from callbacks.run_identity import (
     check_identity,
@@ -43,6 +42,7 @@ from callbacks.run_identity import (
     run_record,
 )
 from callbacks.run_layout import RunPaths, check_checkpoint_filename, check_name, check_root, new_run_name
+from geometry.files import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

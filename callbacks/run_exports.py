@@ -2,7 +2,7 @@
 
 :class:`RunExports` decides when a run exports (every ``export_every_n_steps`` optimizer steps and at the end of fit)
 and writes ``export/step_<N>/`` through ``pl_module.export(dir, ema_weights=...)`` on rank 0, built under a temporary
-name and renamed into place when complete (``callbacks.atomic.atomic_directory``); the EMA callback's weights go
+name and renamed into place when complete (``geometry.files.atomic_directory``); the EMA callback's weights go
 with it. :class:`FinalCheckpoint` writes ``last.ckpt`` for the step where training stopped when no ModelCheckpoint
 saves that step itself. Both are driven by the path resolver (``callbacks.paths.CheckpointPaths``).
 """
@@ -17,9 +17,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks.atomic import atomic_directory
 from callbacks.ema import EMA
 from callbacks.run_layout import RunPaths
+from geometry.files import atomic_directory
 
 log = logging.getLogger(__name__)
 

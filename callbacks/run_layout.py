@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from callbacks.atomic import atomic_write, is_complete_checkpoint
+from callbacks.atomic import is_complete_checkpoint
+from geometry.files import atomic_write
 
 RUN_JSON = "run.json"
 CONFIG_FILE = "config.yaml"

@@ -2,7 +2,8 @@
 
 ``tempfile.mkstemp`` / ``mkdtemp`` (atomic writes) and safetensors' writer create files 0600 / folders 0700 whatever
 the umask, so collaborators on a shared server could not read camera files, PLYs, synthesized datasets or exports.
-:func:`write_atomic` writes a file atomically with the umask's mode; :func:`make_readable` widens a file (or, with
+:func:`write_atomic` writes a file atomically with the umask's mode (:func:`atomic_write` through a writer function,
+:func:`atomic_directory` a whole folder: temporary sibling, fsync, ``os.replace``); :func:`make_readable` widens a file (or, with
 :func:`make_tree_readable`, a folder tree) to it after a writer that does not honour the umask. Permissions are only
 ever added, up to what the umask allows, never removed.
 
@@ -21,8 +22,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 
 def current_umask() -> int:
@@ -73,4 +77,94 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
-__all__ = ["current_umask", "make_readable", "make_tree_readable", "write_atomic"]
+TMP_MARKER = ".tmp-"
+
+
+def temporary_sibling(path: str | Path) -> Path:
+    """Hidden temporary name next to ``path`` for this process: ``.NAME.tmp-<pid>``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}")
+
+
+def is_temporary(path: str | Path) -> bool:
+    """True for a temporary file or folder made by this module (possibly left by a killed writer)."""
+    name = Path(path).name
+    return name.startswith(".") and TMP_MARKER in name
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory entry to disk (after a rename in it); a no-op where directories can't be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(str(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file through ``write(fileobj)`` atomically (temp + fsync + ``os.replace``); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name and move it to ``path`` when the block succeeds.
+
+    An existing ``path`` is replaced only after the new folder is complete (it is renamed aside, the new folder
+    renamed in, then the old one deleted), so a crash leaves either the old or the new folder under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    make_tree_readable(tmp)  # files of writers that ignore the umask (safetensors: 0600) as the umask allows
+    old = path.with_name(f".{path.name}{TMP_MARKER}old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporaries left in ``folder`` by killed writers; returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if is_temporary(p):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            removed.append(p)
+    return removed
+
+
+__all__ = ["TMP_MARKER", "atomic_directory", "atomic_write", "current_umask", "fsync_dir", "is_temporary",
+           "make_readable", "make_tree_readable", "remove_stale_temporaries", "temporary_sibling", "write_atomic"]

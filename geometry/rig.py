@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from geometry.cameras import (
     spherical_from_c2w,
 )
 
+log = logging.getLogger(__name__)
 RIGS_DIR = Path(__file__).resolve().parent / "rigs"  # package data; configs/rigs links here
 
 
@@ -281,6 +283,51 @@ class Rig:
         return RigDiff(self.name, name, per_view, angle_tol_deg, dist_tol, problems)
 
 
+class RigMismatchError(ValueError):
+    """Two chained stages use different camera rigs. ``diff`` holds the per-view comparison."""
+
+    def __init__(self, message: str, diff: RigDiff | None = None):
+        super().__init__(message)
+        self.diff = diff
+
+
+def _as_rig(rig: dict | Rig | str, role: str) -> Rig:
+    try:
+        return load_rig(rig)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        raise ValueError(f"{role} rig: {e}") from e
+
+
+def check_rigs(
+    diffusion_rig: dict | Rig | str,
+    reconstruction_rig: dict | Rig | str,
+    allow_mismatch: bool = False,
+    angle_tol_deg: float = 1.0,
+    dist_tol: float = 0.05,
+) -> RigDiff:
+    """Compare the diffusion model's rig with the reconstruction model's; returns the RigDiff.
+
+    Raises RigMismatchError (naming both rigs, with the per-view table) when they differ beyond the tolerances,
+    unless ``allow_mismatch``, which logs the same text as a warning instead.
+    """
+    a = _as_rig(diffusion_rig, "diffusion")
+    b = _as_rig(reconstruction_rig, "reconstruction")
+    diff = a.compare(b, angle_tol_deg=angle_tol_deg, dist_tol=dist_tol)
+    if diff.ok:
+        return diff
+    message = (
+        f"rig mismatch: the diffusion model generates views with rig {a.name!r} ({a.fingerprint}) but the "
+        f"reconstruction model was trained on rig {b.name!r} ({b.fingerprint}); its Gaussians would be lifted with "
+        f"the wrong cameras.\n{diff}\n"
+        "Use a reconstruction checkpoint trained on the diffusion rig (or the reverse); pass --allow-rig-mismatch "
+        "to go on anyway."
+    )
+    if allow_mismatch:
+        log.warning("%s", message.replace("pass --allow-rig-mismatch to go on anyway.", "continuing (allowed)."))
+        return diff
+    raise RigMismatchError(message, diff)
+
+
 def available_rigs() -> list[str]:
     """Names of the rigs shipped in configs/rigs/."""
     return sorted(p.stem for p in RIGS_DIR.glob("*.yaml"))
@@ -356,4 +403,5 @@ def rig_yaml(rig: Rig, description: str = "") -> str:
     return yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
 
 
-__all__ = ["Rig", "RigDiff", "ViewDiff", "available_rigs", "derive_rig", "load_rig", "rig_from_views", "rig_yaml"]
+__all__ = ["Rig", "RigDiff", "RigMismatchError", "ViewDiff", "available_rigs", "check_rigs", "derive_rig", "load_rig",
+           "rig_from_views", "rig_yaml"]

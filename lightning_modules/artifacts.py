@@ -468,7 +468,7 @@ def write_export_metadata(out: str | os.PathLike, metadata: Mapping[str, Any], h
                           rig: Rig) -> None:
     """Write :data:`RIG_FILE` and :data:`METADATA_FILE` (``metadata``, the sha256 of the weight files already in
     ``out`` under :data:`HASH_KEY`, ``hparams``) into the export folder ``out`` (the weights are the module's, written
-    first; ``callbacks.atomic.atomic_directory`` makes the folder appear whole)."""
+    first; ``geometry.files.atomic_directory`` makes the folder appear whole)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / RIG_FILE).write_text(json.dumps(rig.to_dict(), indent=2))

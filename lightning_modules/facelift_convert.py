@@ -32,8 +32,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from callbacks.atomic import atomic_directory
-from geometry.files import make_readable
+from geometry.files import atomic_directory, make_readable
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import FORMAT_VERSION, METADATA_FILE, WEIGHTS, load_checkpoint, write_export_metadata
 from lightning_modules.gslrm import GSLRMConfig, check_state_dict, config_from_state_dict, gslrm_state_dict_shapes

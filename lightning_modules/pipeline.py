@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from callbacks.rig_guard import check_rigs
 from geometry.camera_files import CameraFile, write_camera_file
 from geometry.images import resize_images, save_png
 from geometry.render import check_video_formats, render_turntable, save_scene_ply, write_turntable
-from geometry.rig import Rig
+from geometry.rig import Rig, check_rigs
 from lightning_modules.artifacts import checkpoint_background, checkpoint_rig, checkpoint_stage
 from lightning_modules.diffusion_sampling import Sampling
 from lightning_modules.training_background import TOLERANCE, describe

@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks.atomic import (
-    AtomicCheckpointIO,
-    atomic_directory,
-    is_complete_checkpoint,
-    is_temporary,
-    remove_stale_temporaries,
-)
+from callbacks.atomic import AtomicCheckpointIO, is_complete_checkpoint
 from callbacks.run_layout import RunPaths
+from geometry.files import atomic_directory, is_temporary, remove_stale_temporaries
 
 REPO = Path(__file__).resolve().parent.parent
 

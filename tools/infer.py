@@ -53,11 +53,11 @@ from pathlib import Path
 
 import torch
 
-from callbacks.atomic import atomic_directory
 from datamodules.io import background_color
 from datamodules.photos import BackgroundRemoval, ImageInputError, read_image
 from datamodules.prepare import center_photo
 from geometry.camera_files import contained_path
+from geometry.files import atomic_directory
 from geometry.images import save_png
 from geometry.progress import progress
 from lightning_modules.artifacts import trusting

@@ -34,9 +34,9 @@ from typing import Any
 
 import webdataset as wds
 
-from callbacks.atomic import atomic_directory
 from datamodules.sources import CAMERA_FILE, ShardSource, sample_dirs
 from geometry.camera_files import contained_path, frame_image_path
+from geometry.files import atomic_directory
 from geometry.progress import progress
 
 

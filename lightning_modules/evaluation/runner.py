@@ -20,7 +20,6 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from callbacks.rig_guard import check_rigs
 from datamodules.data_config import load_data_config
 from datamodules.datamodule import MultiViewDataModule
 from datamodules.shared_settings import SHARED_SETTINGS, differences
@@ -28,7 +27,7 @@ from datamodules.sources import MVDiffusionFolderSource, ProceduralSource
 from geometry.cameras import cameras_into_frame, reference_similarity
 from geometry.images import resize_images
 from geometry.progress import progress
-from geometry.rig import Rig, load_rig
+from geometry.rig import Rig, check_rigs, load_rig
 from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
 from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion_sampling import Sampling
