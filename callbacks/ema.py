@@ -1,5 +1,9 @@
 """Exponential moving average of a module's weights, kept by a callback and saved in its checkpoints.
 
+Why not Lightning's ``WeightAveraging`` / diffusers' ``EMAModel``: this one averages only the trained sub-module
+(``ema_target``: not the frozen VAE / image encoder), checkpoints and resumes with the run, and hands its shadow to
+the exports (``ema_weights``, the ``*_ema`` weight files) that tools.infer / evaluate load with ``--ema``.
+
 The target is ``getattr(pl_module, pl_module.ema_target)`` (DiffusionModule: ``"unet"``; ReconstructionModule:
 ``"net"``). After every optimizer step ``t`` with ``t >= start_step`` and ``t % every_n_steps == 0``, the ``n``-th update (n = 0, 1, ...) is::
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from kornia.geometry.conversions import rotation_matrix_to_quaternion
 from torch import Tensor
 
 from geometry.cameras import up_change_matrix
@@ -86,27 +87,10 @@ def _rot(axis: str, angle: float) -> np.ndarray:
 
 
 def rotmat_to_quat(r: np.ndarray) -> np.ndarray:
-    """Rotation matrices [..., 3, 3] -> unit quaternions [..., 4] (w, x, y, z), robust in every branch."""
-    r = np.asarray(r, dtype=np.float64)
-    m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
-    cand = np.stack([  # 4*q_i^2 for i = w, x, y, z; use the largest one to divide by
-        1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22,
-    ], -1)
-    best = cand.argmax(-1)
-    q = np.empty(r.shape[:-2] + (4,))
-    s = np.sqrt(np.maximum(np.take_along_axis(cand, best[..., None], -1)[..., 0], 1e-12)) * 2  # 4 * q_best
-    d21, d02, d10 = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]
-    a01, a02, a12 = r[..., 0, 1] + r[..., 1, 0], r[..., 0, 2] + r[..., 2, 0], r[..., 1, 2] + r[..., 2, 1]
-    rows = {
-        0: (s / 4, d21 / s, d02 / s, d10 / s),
-        1: (d21 / s, s / 4, a01 / s, a02 / s),
-        2: (d02 / s, a01 / s, s / 4, a12 / s),
-        3: (d10 / s, a02 / s, a12 / s, s / 4),
-    }
-    for k, vals in rows.items():
-        sel = best == k
-        q[sel] = np.stack(vals, -1)[sel]
-    q *= np.where(q[..., :1] < 0, -1.0, 1.0)
+    """Rotation matrices [..., 3, 3] -> unit quaternions [..., 4] (w, x, y, z; w >= 0), in float64
+    (``kornia.geometry.conversions.rotation_matrix_to_quaternion``)."""
+    q = rotation_matrix_to_quaternion(torch.from_numpy(np.asarray(r, dtype=np.float64))).numpy()
+    q = q * np.where(q[..., :1] < 0, -1.0, 1.0)
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 from torch import Tensor
 
 log = logging.getLogger("mvlift.calibration")
@@ -75,25 +76,17 @@ class Camera:
 
 
 def rodrigues(rvec: Tensor) -> Tensor:
-    """Rotation matrix [3, 3] of a Rodrigues (axis * angle) vector [3]."""
-    r = torch.as_tensor(rvec, dtype=torch.float64).reshape(3)
-    theta = r.norm()
-    if theta < 1e-12:
-        return torch.eye(3, dtype=torch.float64)
-    k = r / theta
-    kx = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], dtype=torch.float64)
-    return torch.eye(3, dtype=torch.float64) + torch.sin(theta) * kx + (1 - torch.cos(theta)) * kx @ kx
+    """Rotation matrix [3, 3] (float64) of a Rodrigues (axis * angle) vector [3]
+    (``kornia.geometry.conversions.axis_angle_to_rotation_matrix``)."""
+    r = torch.as_tensor(rvec, dtype=torch.float64).reshape(1, 3)
+    return axis_angle_to_rotation_matrix(r)[0]
 
 
 def rodrigues_vector(rot: Tensor) -> Tensor:
-    """Rodrigues vector [3] of a rotation matrix [3, 3] (inverse of :func:`rodrigues`, angles below 180 deg)."""
-    r = torch.as_tensor(rot, dtype=torch.float64)
-    cos = ((r.trace() - 1) / 2).clamp(-1, 1)
-    theta = torch.acos(cos)
-    if theta < 1e-12:
-        return torch.zeros(3, dtype=torch.float64)
-    axis = torch.stack([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2 * torch.sin(theta))
-    return axis * theta
+    """Rodrigues vector [3] (float64) of a rotation matrix [3, 3] (inverse of :func:`rodrigues`, angles below 180 deg;
+    ``kornia.geometry.conversions.rotation_matrix_to_axis_angle``)."""
+    r = torch.as_tensor(rot, dtype=torch.float64).reshape(1, 3, 3)
+    return rotation_matrix_to_axis_angle(r)[0]
 
 
 def _matrix(value: Any, shape: tuple[int, ...], where: str) -> Tensor:

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load .ckpt files that need more than plain tensors and values with full unpickling (can "
                         "run code from the file: only for files you trust)")
-    p.add_argument("--lpips-weights", type=Path, default=None, help="local LPIPS linear heads (lpips' vgg.pth)")
+    p.add_argument("--lpips-weights", type=Path, default=None,
+                   help="local LPIPS linear heads (lpips' vgg.pth); default: the ones torchmetrics ships")
     p.add_argument("--vgg-weights", type=Path, default=None, help="local torchvision VGG16 weights for LPIPS")
     p.add_argument("--grid-scenes", type=number(int, 0), default=4, help="scenes per image grid")
     p.add_argument("--num-workers", type=number(int, 0), default=0, help="data loading workers")

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+from kornia.geometry.conversions import quaternion_to_rotation_matrix
 from torch import Tensor
 
 SH_C0 = 0.28209479177387814  # degree-0 spherical harmonic; 3DGS stores f_dc = (rgb - 0.5) / SH_C0
@@ -104,14 +105,9 @@ class Gaussians:
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] of quaternions [..., 4] (w, x, y, z), normalized first."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    rows = [
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ]
-    return torch.stack(rows, dim=-2)
+    """Rotation matrices [..., 3, 3] of quaternions [..., 4] (w, x, y, z), normalized first
+    (``kornia.geometry.conversions.quaternion_to_rotation_matrix``)."""
+    return quaternion_to_rotation_matrix(torch.nn.functional.normalize(quats, dim=-1))
 
 
 def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ from lightning_modules.diffusion_sampling import Sampling
 from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid, write_results
 from lightning_modules.evaluation.summary import NOVEL_METRICS, score_views, summarize
 from lightning_modules.loading import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
-from lightning_modules.losses import load_lpips
+from lightning_modules.losses import load_lpips, torchmetrics_lpips_heads
 from lightning_modules.metrics import per_view_iou, per_view_ssim_fg
 from lightning_modules.pipeline import generate_views, lift_views, parse_input_views
 
@@ -531,17 +531,18 @@ def evaluate_row(ckpt: CheckpointInfo, module: Any, diffusion: Any, data: Labell
 
 def load_lpips_metric(opts: EvalSettings, device: torch.device) -> tuple[Any, dict[str, Any]]:
     """(LPIPS module or None, a JSON note): only from local weight files, never downloaded nor estimated."""
-    if not (opts.lpips_weights and opts.vgg_weights):
-        note = "left out (no local weights: pass --lpips-weights and --vgg-weights)"
+    heads = opts.lpips_weights or torchmetrics_lpips_heads()  # torchmetrics ships LPIPS' VGG heads
+    if not (heads and opts.vgg_weights):
+        note = "left out (no local weights: pass --vgg-weights, and --lpips-weights without torchmetrics' heads)"
         log.warning("LPIPS %s", note)
         return None, {"computed": False, "note": note}
-    missing = [str(p) for p in (opts.lpips_weights, opts.vgg_weights) if not Path(p).is_file()]
+    missing = [str(p) for p in (heads, opts.vgg_weights) if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"LPIPS weights not found: {', '.join(missing)}")
 
-    lp = load_lpips(str(opts.vgg_weights), str(opts.lpips_weights))
-    return lp.to(device), {"computed": True, "note": f"VGG LPIPS from {opts.lpips_weights} + {opts.vgg_weights}",
-                           "lpips_weights": str(opts.lpips_weights), "vgg_weights": str(opts.vgg_weights)}
+    lp = load_lpips(str(opts.vgg_weights), str(heads))
+    return lp.to(device), {"computed": True, "note": f"VGG LPIPS from {heads} + {opts.vgg_weights}",
+                           "lpips_weights": str(heads), "vgg_weights": str(opts.vgg_weights)}
 
 
 def run_evaluation(opts: EvalSettings) -> dict[str, Any]:
