@@ -45,8 +45,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from bench.kernels import DIFFUSION_KINDS, kernel_times_us, top_kernels
-from lightning_modules.mv_attention import install_multiview_attention
-from lightning_modules.pretrained import scratch_unet_config, sd21_unclip_unet_config
+from lightning_modules.diffusion.mv_attention import install_multiview_attention
+from lightning_modules.diffusion.pretrained import scratch_unet_config, sd21_unclip_unet_config
 from lightning_modules.sdpa import NAMES, attention_backend, check_attention_backend
 
 PEAK_FLOPS = 989e12

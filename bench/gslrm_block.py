@@ -2,7 +2,7 @@
 
 For each SDPA backend (one JSON line each) at [batch, heads, tokens, head_dim] = [2, 16, 16386, 64] (4 input views
 at 512 px in 8 px patches + 2 global tokens): attention forward and forward+backward time and their TFLOP/s, then
-one bias-free pre-LN block (``lightning_modules.gslrm.TransformerBlock``) forward+backward, eager and compiled.
+one bias-free pre-LN block (``lightning_modules.reconstruction.gslrm.TransformerBlock``) forward+backward, eager and compiled.
 ``depth x block`` is the transformer's share of a step, so it bounds how fast ``bench/reconstruction_step.py`` can be
 with that kernel, whatever else is optimised:
 
@@ -29,7 +29,7 @@ from torch.nn.attention import sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reconstruction_step import PEAK_FLOPS, time_ms
-from lightning_modules.gslrm import TransformerBlock
+from lightning_modules.reconstruction.gslrm import TransformerBlock
 from lightning_modules.sdpa import BACKENDS
 
 

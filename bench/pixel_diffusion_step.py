@@ -25,7 +25,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodules.shared_settings import model_args
-from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.diffusion.module import DiffusionModule
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "recipes" / "diffusion_pixel_procedural64.yaml"
 VARIANTS = {  # name -> (overrides of the recipe's model arguments, batch)

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     size_kw = {"width": 64, "depth": 2, "head_dim": 16} if args.tiny else {}
     module = ReconstructionModule(

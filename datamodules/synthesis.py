@@ -292,7 +292,7 @@ def reference_image(item: InputScene, view: int, size: int, seed: int) -> tuple[
 @dataclasses.dataclass(frozen=True)
 class GeneratedViews:
     """What decides a generated data set (``tools.synthesize --from-diffusion``'s options, whose defaults are the
-    tool's: the sampling ones ``lightning_modules.diffusion_sampling.Sampling``'s), checked on creation."""
+    tool's: the sampling ones ``lightning_modules.diffusion.sampling.Sampling``'s), checked on creation."""
 
     checkpoint: Path
     inputs: Path | None

@@ -10,12 +10,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 
@@ -45,4 +46,85 @@ def resize_images(images: Tensor, size: int | tuple[int, int]) -> Tensor:
     return x.view(*lead, images.shape[-3], *hw)
 
 
-__all__ = ["resize_images", "save_png", "to_uint8"]
+HEADER_PX = 14
+ROW_LABEL_PX = 34
+
+
+CHAR_PX, LINE_PX = 6, 11  # PIL's default bitmap font
+
+
+def wrap_label(text: str, width_px: int) -> list[str]:
+    """``text`` in lines that fit ``width_px`` (PIL's default font), broken after ``_`` / ``-`` / spaces where it can,
+    inside a word only when a word alone is too wide: a label is never cut off."""
+    per_line = max(1, width_px // CHAR_PX)
+    words, lines, line = [w for w in _split_keep(str(text)) if w], [], ""
+    for word in words:
+        while len(word) > per_line:  # a word wider than the tile: break it
+            if line:
+                lines.append(line.rstrip())
+                line = ""
+            lines.append(word[:per_line])
+            word = word[per_line:]
+        if len(line) + len(word.rstrip()) > per_line:
+            lines.append(line.rstrip())
+            line = ""
+        line += word
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return lines
+
+
+def _split_keep(text: str) -> list[str]:
+    out, cur = [], ""
+    for ch in text:
+        cur += ch
+        if ch in "_- ":
+            out.append(cur)
+            cur = ""
+    return [*out, cur]
+
+
+def labelled_grid(images: Tensor, column_labels: Sequence[str], row_labels: Sequence[str] | None = None,
+                  tile_labels: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+    """images [R, C, 3, H, W] in [0, 1] -> one uint8 image with a header of ``column_labels`` (C names, wrapped onto
+    as many lines as the longest needs, never cut), ``row_labels`` (R names) down the left when given, and
+    ``tile_labels`` (R x C names, e.g. each tile's view when the views differ between rows) in each tile's corner.
+
+    Example:
+        >>> grid = labelled_grid(torch.rand(2, 3, 3, 16, 16), ["front", "right", "back"], ["pred", "gt"])
+        >>> grid.shape[2], grid.dtype
+        (3, dtype('uint8'))
+    """
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"labelled_grid wants [R, C, 3, H, W], got {tuple(images.shape)}")
+    r, c, _, h, w = images.shape
+    if len(column_labels) != c or (row_labels is not None and len(row_labels) != r):
+        raise ValueError(f"labelled_grid: {c} columns / {r} rows but {len(column_labels)} column labels and "
+                         f"{None if row_labels is None else len(row_labels)} row labels")
+    if tile_labels is not None and (len(tile_labels) != r or any(len(t) != c for t in tile_labels)):
+        raise ValueError(f"labelled_grid: tile_labels must be {r} x {c}")
+    tiles = to_uint8(images)  # [R, C, H, W, 3]
+    body = tiles.transpose(0, 2, 1, 3, 4).reshape(r * h, c * w, 3)
+    heads = [wrap_label(name, w - 2) for name in column_labels]
+    header = HEADER_PX + LINE_PX * (max(len(x) for x in heads) - 1)
+    rows_wrapped = [wrap_label(name, ROW_LABEL_PX - 2) for name in (row_labels or [])]
+    left = ROW_LABEL_PX if row_labels is not None else 0
+    canvas = Image.new("RGB", (left + c * w, header + r * h), (255, 255, 255))
+    canvas.paste(Image.fromarray(body), (left, header))
+    draw = ImageDraw.Draw(canvas)
+    for j, lines in enumerate(heads):
+        draw.multiline_text((left + j * w + 2, 1), "\n".join(lines), fill=(0, 0, 0), spacing=0)
+    for i, lines in enumerate(rows_wrapped):
+        draw.multiline_text((2, header + i * h + max(0, h // 2 - LINE_PX * len(lines) // 2)), "\n".join(lines),
+                            fill=(0, 0, 0), spacing=0)
+    for i, names in enumerate(tile_labels or []):
+        for j, name in enumerate(names):
+            lines = wrap_label(name, w - 2)
+            x, y = left + j * w + 1, header + (i + 1) * h - LINE_PX * len(lines) - 1
+            box = (x, y, x + CHAR_PX * max(len(s) for s in lines) + 2, header + (i + 1) * h - 1)
+            draw.rectangle(box, fill=(255, 255, 255))
+            draw.multiline_text((x + 1, y), "\n".join(lines), fill=(0, 0, 0), spacing=0)
+    return np.asarray(canvas)
+
+
+__all__ = ["CHAR_PX", "LINE_PX", "labelled_grid", "resize_images", "save_png", "to_uint8", "wrap_label"]

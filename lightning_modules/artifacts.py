@@ -7,13 +7,13 @@ stage's own keys, in ``checkpoint["mvlift"]`` of a ``.ckpt`` and in :data:`METAD
 the constructor arguments under ``hparams``; a ``.ckpt`` keeps them in Lightning's ``hyper_parameters``). An export
 folder also holds :data:`RIG_FILE`, a model card :data:`MODEL_CARD_FILE` and the stage's weights, :data:`WEIGHTS`
 and, when it was exported with them, :data:`EMA_WEIGHTS` (a diffusion export is also a diffusers pipeline folder:
-:data:`MODEL_INDEX_FILE` and :data:`PIPELINE_FILE`, ``lightning_modules.mv_pipeline``); a ``.ckpt`` holds the EMA
+:data:`MODEL_INDEX_FILE` and :data:`PIPELINE_FILE`, ``lightning_modules.diffusion.mv_pipeline``); a ``.ckpt`` holds the EMA
 callback's shadow in its callback state. The readers
 (:func:`checkpoint_metadata`, :func:`checkpoint_stage`, :func:`checkpoint_rig`, :func:`checkpoint_hparams`,
 :func:`checkpoint_background`, :func:`checkpoint_ema_state`, :func:`has_ema_weights`) take either kind; the one
 writer of an export's metadata is :func:`write_export_metadata` (``StageModule.export``, ``tools.convert``). Nothing
 else knows these names. The diffusion export's diffusers sub-folders (``unet/``, ``vae/``, ...) keep their own
-``config.json`` files (``lightning_modules.pretrained``).
+``config.json`` files (``lightning_modules.diffusion.pretrained``).
 
 Content hashes. A stored copy can rot (a flipped bit, a bad copy) and still load, giving other numbers. Every export's
 metadata lists the sha256 of each of its weight files (:data:`HASH_KEY`: ``{relative path: hex}``, written by
@@ -90,7 +90,7 @@ RIG_FILE = "rig.json"               # an export folder's rig (Rig.to_dict())
 WEIGHTS = {"diffusion": "unet", "reconstruction": "model.safetensors"}  # an export's weights (diffusion: a folder)
 EMA_WEIGHTS = {"diffusion": "unet_ema", "reconstruction": "model_ema.safetensors"}  # its EMA weights, when exported
 MODEL_CARD_FILE = "README.md"      # an export's model card (both stages; StageModule.export)
-MODEL_INDEX_FILE = "model_index.json"  # a diffusion export's diffusers pipeline index (lightning_modules.mv_pipeline)
+MODEL_INDEX_FILE = "model_index.json"  # a diffusion export's diffusers pipeline index (lightning_modules.diffusion.mv_pipeline)
 PIPELINE_FILE = "pipeline.py"       # ... and its custom-pipeline file, importing mvlift's MVLiftPipeline
 
 HASH_KEY = "weights_sha256"          # metadata: sha256 of an export's weight files / a .ckpt's state_dict tensors
@@ -381,7 +381,7 @@ def checkpoint_stage(path: str | os.PathLike, trust: bool = False) -> str:
 
 def checkpoint_rig(path: str | os.PathLike, trust: bool = False) -> Rig:
     """The rig stored with a ``.ckpt`` (``checkpoint["mvlift"]["rig"]``), an export folder (:data:`RIG_FILE`), a
-    view embeddings ``.safetensors`` (``lightning_modules.view_conditioning``: the rig in its metadata; embeddings are
+    view embeddings ``.safetensors`` (``lightning_modules.diffusion.view_conditioning``: the rig in its metadata; embeddings are
     bound to the rig they were made for) or a rig file itself."""
     path = Path(path)
     if path.is_dir():

@@ -86,10 +86,10 @@ def unique_labels(items: list[Labelled]) -> list[Labelled]:
 
 def _module_class(stage: str) -> type:
     if stage == "diffusion":
-        from lightning_modules.diffusion import DiffusionModule
+        from lightning_modules.diffusion.module import DiffusionModule
 
         return DiffusionModule
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     return ReconstructionModule
 

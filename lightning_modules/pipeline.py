@@ -33,7 +33,7 @@ from geometry.images import resize_images, save_png
 from geometry.render import check_video_formats, render_turntable, save_scene_ply, write_turntable
 from geometry.rig import Rig, check_rigs
 from lightning_modules.artifacts import checkpoint_background, checkpoint_rig, checkpoint_stage
-from lightning_modules.diffusion_sampling import Sampling
+from lightning_modules.diffusion.sampling import Sampling
 from lightning_modules.training_background import TOLERANCE, describe
 
 log = logging.getLogger("mvlift.infer")  # its notes are tools.infer's (the name users filter on)

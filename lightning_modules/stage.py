@@ -88,7 +88,7 @@ class StageModule(pl.LightningModule):
         """Write an export folder: the weights, the EMA weights (``ema_weights``: the EMA callback's shadow of
         ``ema_target``, names with or without its prefix), the rig and the metadata with the constructor arguments
         (:func:`lightning_modules.artifacts.write_export_metadata`); ``metadata``: keys added to it (e.g.
-        ``converted_from`` of ``lightning_modules.facelift_convert``)."""
+        ``converted_from`` of ``lightning_modules.facelift.convert``)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.save_weights(out)

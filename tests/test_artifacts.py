@@ -117,7 +117,7 @@ def test_an_export_without_its_metadata_file_is_an_error_naming_the_folder(tmp_p
 
 
 def test_an_export_of_the_other_stage_is_refused_naming_both(tmp_path):
-    from lightning_modules.diffusion import DiffusionModule
+    from lightning_modules.diffusion.module import DiffusionModule
 
     out = reconstruction_module(RIG).export(tmp_path / "rec")
     with pytest.raises(ValueError, match="stage is 'reconstruction', expected 'diffusion'"):

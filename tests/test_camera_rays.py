@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from geometry.rig import load_rig
-from lightning_modules.diffusion import DiffusionModule, batch_cameras
+from lightning_modules.diffusion.module import DiffusionModule, batch_cameras
 from tests.test_diffusion_pixel import RIG, SIZE, make_batch, pixel_module, train_on
 
 
@@ -101,7 +101,7 @@ def test_camera_rays_survive_export_a_plain_unet_is_widened_and_a_ray_unet_is_no
 
 
 def test_tools_take_the_photos_rig_view_from_sampling_settings():
-    from lightning_modules.diffusion_sampling import Sampling
+    from lightning_modules.diffusion.sampling import Sampling
     from lightning_modules.pipeline import generate_views
 
     m = pixel_module(camera_rays=True).eval()
@@ -117,7 +117,7 @@ def test_tools_take_the_photos_rig_view_from_sampling_settings():
 
 
 def test_a_data_view_becomes_the_photos_rig_view_and_a_model_without_rays_says_it_ignores_one(caplog):
-    from lightning_modules.diffusion_sampling import Sampling
+    from lightning_modules.diffusion.sampling import Sampling
     from lightning_modules.pipeline import generate_views, sampling_for_data_view
 
     rays = pixel_module(camera_rays=True).eval()

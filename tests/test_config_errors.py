@@ -54,7 +54,7 @@ def _tree(folder: Path) -> set[str]:
 
 def test_a_run_that_crashes_before_its_first_checkpoint_leaves_nothing_and_the_rerun_is_not_refused(
         tmp_path, monkeypatch):
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
     from tools.fit import main
 
     def crash(self, batch, batch_idx):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.facelift_convert import convert_facelift_gslrm_state
-from lightning_modules.gslrm import GSLRM, GSLRMConfig, gslrm_state_dict_shapes
+from lightning_modules.facelift.convert import convert_facelift_gslrm_state
+from lightning_modules.reconstruction.gslrm import GSLRM, GSLRMConfig, gslrm_state_dict_shapes
 from tools.convert import main
 
 SHAPES = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "facelift_gslrm_state_dict_shapes.json"
@@ -53,7 +53,7 @@ def test_full_size_facelift_checkpoint_converts_and_loads_strictly(tmp_path):
 
 
 def test_converted_tiny_checkpoint_builds_a_module_with_identical_weights(tmp_path):
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     src = GSLRM(TINY).state_dict()
     ckpt = tmp_path / "tiny.pt"

@@ -229,7 +229,7 @@ def test_reference_view_fixed_and_random_rig(mode, index):
 
 
 def test_supervise_inputs_puts_the_inputs_in_training_supervision_only():
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     kw = {**TINY, "stage": "reconstruction", "num_views": 4, "num_input_views": 4, "val_fraction": 0.5,
           "sources": [{"name": "syn", "num_scenes": 8}], "augment": {"enabled": False}}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from datamodules.datamodule import MultiViewDataModule
-from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.diffusion.module import DiffusionModule
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "tools" / "demo_assets" / "diffusion_pixel32"
@@ -92,7 +92,7 @@ def test_demo_gslrm_init_is_safetensors_and_json_and_matches_the_demo_config():
 
 @pytest.mark.slow
 def test_demo_gslrm_init_renders_held_out_scenes_far_better_than_an_untrained_one():
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     cfg = yaml.safe_load(GSLRM_DEMO.read_text())
     data = {**cfg["data"]["init_args"], "num_workers": 0, "persistent_workers": False, "val_samples": 8}

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DEMO = ROOT / "tools" / "demo.sh"
-SUBCOMMANDS = {"tools.rig", "tools.convert", "lightning_modules.pretrained"}
+SUBCOMMANDS = {"tools.rig", "tools.convert", "lightning_modules.diffusion.pretrained"}
 COMMAND = re.compile(r"-m\s+(tools\.\w+|lightning_modules\.pretrained)\b([^`\n]*)")
 
 

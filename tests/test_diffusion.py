@@ -13,9 +13,9 @@ from diffusers import UNet2DConditionModel
 from torch.utils.data import DataLoader
 
 from geometry.rig import load_rig
-from lightning_modules.diffusion import DiffusionModule, min_snr_weights, step_seed
-from lightning_modules.mv_attention import multiview_attention_mode
-from lightning_modules.pretrained import (
+from lightning_modules.diffusion.module import DiffusionModule, min_snr_weights, step_seed
+from lightning_modules.diffusion.mv_attention import multiview_attention_mode
+from lightning_modules.diffusion.pretrained import (
     build_scratch_components,
     expand_conv_in,
     load_pipeline_components,
@@ -23,7 +23,7 @@ from lightning_modules.pretrained import (
     make_tiny_pipeline_folder,
     sd21_unclip_unet_config,
 )
-from lightning_modules.view_conditioning import ViewEmbeddings
+from lightning_modules.diffusion.view_conditioning import ViewEmbeddings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "compat"
 UNET_SHAPES = SHARED / "facelift_mvdiffusion_unet_state_dict_shapes.json"
@@ -262,7 +262,7 @@ def test_gradient_checkpointing_recomputes_the_unet_and_gives_the_same_loss_and_
 
 def _random_lpips_weights(root: Path) -> tuple[str, str]:
     """Local VGG16 + LPIPS head files with random values (plumbing only, as tests/test_evaluate.py)."""
-    from lightning_modules.losses import _vgg16_features
+    from lightning_modules.reconstruction.losses import _vgg16_features
 
     torch.manual_seed(0)
     torch.save({f"features.{k}": v for k, v in _vgg16_features().state_dict().items()}, root / "vgg16.pth")
@@ -445,7 +445,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 @needs_cuda
 @pytest.mark.parametrize("mode", ["sparse", "joint"])
 def test_gpu_multiview_sdpa_in_bf16_matches_the_fp32_reference(mode):
-    from lightning_modules.mv_attention import multiview_sdpa
+    from lightning_modules.diffusion.mv_attention import multiview_sdpa
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(12, 5, 1024, 64, generator=g) for _ in range(3))  # 2 scenes x 6 views, 32x32 tokens
@@ -457,7 +457,7 @@ def test_gpu_multiview_sdpa_in_bf16_matches_the_fp32_reference(mode):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_full_size_unet_trains_a_step_on_six_512px_views_in_bf16():
-    from lightning_modules.mv_attention import install_multiview_attention
+    from lightning_modules.diffusion.mv_attention import install_multiview_attention
 
     with torch.device("cuda"):
         unet = UNet2DConditionModel(**sd21_unclip_unet_config(in_channels=8, sample_size=64))

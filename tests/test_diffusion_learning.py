@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from datamodules.datamodule import MultiViewDataModule
-from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.diffusion.module import DiffusionModule
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_diffusion.yaml"
 SIZE, STEPS = 16, 60

@@ -15,8 +15,13 @@ from torch.utils.data import DataLoader
 
 from datamodules.shared_settings import model_args
 from geometry.rig import load_rig
-from lightning_modules.diffusion import DiffusionModule, copy_reference_views, novel_view_means, reference_view_mask
-from lightning_modules.pretrained import PixelAutoencoder, load_pipeline_components, make_tiny_pipeline_folder
+from lightning_modules.diffusion.module import (
+    DiffusionModule,
+    copy_reference_views,
+    novel_view_means,
+    reference_view_mask,
+)
+from lightning_modules.diffusion.pretrained import PixelAutoencoder, load_pipeline_components, make_tiny_pipeline_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "recipes" / "diffusion_pixel_procedural64.yaml"
@@ -270,8 +275,8 @@ def test_sampling_sweep_scores_what_tools_evaluate_scores(tmp_path, capsys):
 def test_sample_prediction_learns_the_clean_images_and_samples_through_every_sampler():
     """prediction_type "sample": the UNet's target is the clean image itself (at any noise level), the loss falls on
     a repeated batch, and each sampler takes the prediction (diffusers' "sample" type)."""
-    from lightning_modules.diffusion import min_snr_weights
-    from lightning_modules.diffusion_sampling import SAMPLERS
+    from lightning_modules.diffusion.module import min_snr_weights
+    from lightning_modules.diffusion.sampling import SAMPLERS
 
     torch.manual_seed(0)
     m = pixel_module(prediction_type="sample")
@@ -304,7 +309,7 @@ def test_sample_prediction_learns_the_clean_images_and_samples_through_every_sam
 
 
 def test_tools_say_when_they_sample_otherwise_than_the_model_was_validated(caplog):
-    from lightning_modules.diffusion_sampling import Sampling
+    from lightning_modules.diffusion.sampling import Sampling
     from lightning_modules.pipeline import generate_views
 
     ref = torch.rand(1, 3, SIZE, SIZE)

@@ -213,7 +213,7 @@ def test_load_stage_reads_ckpt_and_export_and_the_ema_shadow(tmp_path):
 
 
 def test_lpips_is_a_column_only_with_local_weights(ckpts, tmp_path, capsys):
-    from lightning_modules.losses import _vgg16_features
+    from lightning_modules.reconstruction.losses import _vgg16_features
 
     torch.manual_seed(0)
     vgg = {f"features.{k}": v.half() for k, v in _vgg16_features().state_dict().items()}  # random: plumbing only

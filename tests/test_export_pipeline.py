@@ -1,5 +1,5 @@
 """Exports the ecosystem opens (issue 18): a model card in every export folder, and a diffusion export that diffusers
-opens as a pipeline (``model_index.json`` + ``pipeline.py`` -> ``lightning_modules.mv_pipeline.MVLiftPipeline``)
+opens as a pipeline (``model_index.json`` + ``pipeline.py`` -> ``lightning_modules.diffusion.mv_pipeline.MVLiftPipeline``)
 generating exactly what ``DiffusionModule.from_export(...).sample(...)`` generates."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from tiny_checkpoints import SIZE, diffusion_export, reconstruction_export
 
 from geometry.rig import load_rig
 from lightning_modules.artifacts import MODEL_CARD_FILE, MODEL_INDEX_FILE, PIPELINE_FILE
-from lightning_modules.diffusion import DiffusionModule
-from lightning_modules.mv_pipeline import COMPONENTS, MVLiftPipeline
+from lightning_modules.diffusion.module import DiffusionModule
+from lightning_modules.diffusion.mv_pipeline import COMPONENTS, MVLiftPipeline
 
 RIG = "facelift_6view"
 
@@ -46,7 +46,7 @@ def test_diffusion_export_has_a_model_card_and_a_diffusers_model_index(export):
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["vae"] == ["diffusers", "AutoencoderKL"]
     assert index["image_encoder"] == ["transformers", "CLIPVisionModelWithProjection"]
     assert all((export / name).is_dir() for name in COMPONENTS)
-    assert "from lightning_modules.mv_pipeline import MVLiftPipeline" in (export / PIPELINE_FILE).read_text()
+    assert "from lightning_modules.diffusion.mv_pipeline import MVLiftPipeline" in (export / PIPELINE_FILE).read_text()
 
 
 def test_reconstruction_export_has_a_model_card(tmp_path):

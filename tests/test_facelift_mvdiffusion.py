@@ -16,9 +16,9 @@ from tiny_checkpoints import reconstruction_export
 from callbacks.rig_guard import RigMismatchError, check_checkpoint_rigs
 from geometry.rig import load_rig
 from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
-from lightning_modules.diffusion import DiffusionModule
-from lightning_modules.pretrained import build_tiny_text_encoder, make_tiny_pipeline_folder
-from lightning_modules.view_conditioning import (
+from lightning_modules.diffusion.module import DiffusionModule
+from lightning_modules.diffusion.pretrained import build_tiny_text_encoder, make_tiny_pipeline_folder
+from lightning_modules.diffusion.view_conditioning import (
     FACELIFT_VIEW_ORDER,
     ViewEmbeddings,
     ViewEmbeddingShapeError,
@@ -118,7 +118,7 @@ def test_embeddings_that_do_not_fit_the_unet_are_a_named_error(made, tmp_path, c
     short = tmp_path / "short.pt"
     torch.save(torch.randn(6, 20, DIM), short)
     with pytest.raises(ViewEmbeddingShapeError, match="20 tokens where the pipeline's text context has 77"):
-        from lightning_modules.facelift_convert import convert_facelift_mvdiffusion
+        from lightning_modules.facelift.convert import convert_facelift_mvdiffusion
 
         convert_facelift_mvdiffusion(made["pipe"], tmp_path / "o2", view_embeddings=short, image_size=SIZE)
     # a text encoder of another width than the UNet's cross-attention (768 vs 1024 in the user's case)
@@ -146,7 +146,7 @@ def test_facelifts_real_embedding_file_is_in_facelift_view_order_and_too_wide_fo
     # rows 1 and 5 go on together ("front_") one token further: front, front_right, ..., front_left
     assert first_difference(1, 5) > first_difference(0, 1) == first_difference(0, 5) > first_difference(0, 2)
     with pytest.raises(ViewEmbeddingShapeError, match="1024-dim embeddings for a UNet whose cross-attention is 32"):
-        from lightning_modules.facelift_convert import convert_facelift_mvdiffusion
+        from lightning_modules.facelift.convert import convert_facelift_mvdiffusion
 
         convert_facelift_mvdiffusion(made["pipe"], tmp_path / "o", view_embeddings=real, image_size=SIZE)
 

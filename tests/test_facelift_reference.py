@@ -22,8 +22,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from geometry.render import load_ply
-from lightning_modules.diffusion import DiffusionModule
-from lightning_modules.reconstruction import ACTIVATION_ARGUMENTS, ReconstructionModule
+from lightning_modules.diffusion.module import DiffusionModule
+from lightning_modules.reconstruction.module import ACTIVATION_ARGUMENTS, ReconstructionModule
 from tools.convert import main as convert
 from tools.infer import main as infer
 

@@ -68,8 +68,8 @@ def test_synthesize_writes_a_dataset_others_can_read(tmp_path, umask022):
 
 
 def test_safetensors_exports_and_folders_are_readable(tmp_path, umask022):
-    from lightning_modules.reconstruction import ReconstructionModule
-    from lightning_modules.view_conditioning import ViewEmbeddings
+    from lightning_modules.diffusion.view_conditioning import ViewEmbeddings
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     m = ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32, depth=1, head_dim=16,
                              rasterizer="torch")

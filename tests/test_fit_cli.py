@@ -118,7 +118,7 @@ def test_fit_with_ema_exports_ema_weights(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
     from tools.evaluate import main as evaluate
 
     config = json.loads((paths.export_dir(3) / "mvlift.json").read_text())

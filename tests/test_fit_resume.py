@@ -345,7 +345,7 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
 # ---- DiffusionModule: seeded training draws ------------------------------------------------------------------------
 def _recording_diffusion(**kw):
     """A tiny in-memory DiffusionModule (random tiny UNet / VAE / CLIP) that records (global_step, loss) per step."""
-    from lightning_modules.diffusion import DiffusionModule
+    from lightning_modules.diffusion.module import DiffusionModule
 
     class RecordingDiffusion(DiffusionModule):
         def training_step(self, batch, batch_idx):
@@ -415,7 +415,7 @@ def test_diffusion_resume_draws_the_same_timesteps_noise_and_condition_dropout(t
     assert meta["background"]["color"] is None and meta["background"]["sources"] == {"syn": "white", "real": "as_is"}
 
     # control: with the global RNG (the old behaviour) the resumed steps draw other noise -> other losses
-    from lightning_modules.diffusion import DiffusionModule
+    from lightning_modules.diffusion.module import DiffusionModule
 
     monkeypatch.setattr(DiffusionModule, "training_generator", lambda self, batch_idx: None)
     blind_full, blind_paths = fit_diffusion(tmp_path, "global_rng", total)
@@ -430,7 +430,7 @@ def test_diffusion_resume_draws_the_same_timesteps_noise_and_condition_dropout(t
 def test_training_steps_leave_the_global_torch_rng_alone():
     """Neither stage's training_step may draw from the global RNG (Lightning does not checkpoint it)."""
     from datamodules.datamodule import MultiViewDataModule
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     for stage, module in (
         ("diffusion", _recording_diffusion()),
@@ -477,7 +477,7 @@ def test_the_schedule_spans_the_trainers_max_steps_and_an_extension_continues_it
     """`--resume auto --trainer.max_steps 110` on a run that ended at 100 used to train 10 steps at learning rate 0
     (the schedule read the model's own max_steps)."""
     from lightning_modules.optim import lr_factor
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     def scheduler(trainer_steps: int):
         m = ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32, depth=1, head_dim=16,
@@ -500,7 +500,7 @@ def test_the_schedule_spans_the_trainers_max_steps_and_an_extension_continues_it
 
 def test_a_longer_run_is_the_same_run():
     from callbacks.run_identity import run_identity
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     def ident(max_steps: int):
         return run_identity(ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32,

@@ -39,7 +39,7 @@ def test_scalar_reads_finds_item_bool_and_mask_indexing_with_their_line():
 
 
 def test_reconstruction_training_step_reads_nothing_back_after_the_transfer():
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     dm, batch = _batch("reconstruction")
     assert {"synthetic", "real"} <= set(batch["kind"]), "both kinds: the augmenter's per-group path runs"
@@ -70,7 +70,7 @@ def test_diffusion_training_step_reads_nothing_back_after_the_transfer():
 
 @pytest.mark.parametrize("bad", ["swapped"])
 def test_the_index_order_is_still_checked_on_the_host(bad):
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     _, batch = _batch("reconstruction")
     batch["index"] = batch["index"].flip(-1)

@@ -62,7 +62,7 @@ def test_one_labelled_grid_per_validation_from_the_diffusion_modules_validation_
 def test_labels_wrap_instead_of_being_cut_and_tiles_name_their_own_view():
     import torch
 
-    from callbacks.image_log import CHAR_PX, labelled_grid, wrap_label
+    from geometry.images import CHAR_PX, labelled_grid, wrap_label
 
     assert wrap_label("gt front_right", 60) == ["gt front_", "right"]  # the evaluation grids once said "gtfront_r"
     assert "".join(wrap_label("a_very_long_view_name_indeed", 30)) == "a_very_long_view_name_indeed"

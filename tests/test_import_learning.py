@@ -16,7 +16,7 @@ from datamodules.photos import read_image
 from datamodules.procedural_recording import LAB_CAMERAS, LabCamera, render_truth, write_procedural_recording
 from geometry.calibration import load_calibration
 from geometry.camera_files import read_camera_file
-from lightning_modules.reconstruction import ReconstructionModule
+from lightning_modules.reconstruction.module import ReconstructionModule
 
 SIZE, INPUTS, SUPERVISED, STEPS = 64, 2, 6, 40
 HELD_OUT = (LabCamera(150, 10, 2.7, (256, 288), 50), LabCamera(330, 30, 2.5, (256, 288), 50))

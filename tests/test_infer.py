@@ -197,7 +197,7 @@ def test_background_defaults_to_the_trained_one_and_an_explicit_choice_wins(ckpt
     rec_export = rec.export(tmp_path / "rec_black")
     info = run(ckpts["diff_facelift"], tmp_path / "rec", rec=rec_export)
     assert (_corner(tmp_path / "rec") == 0).all() and info["background_from"] == "reconstruction checkpoint"
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     assert ReconstructionModule.from_export(rec_export).mvlift_metadata()["background"]["color"] == [0.0, 0.0, 0.0]
 

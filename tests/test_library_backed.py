@@ -13,8 +13,8 @@ from callbacks import ema
 from datamodules import procedural
 from geometry import calibration
 from geometry.render import gaussians
-from lightning_modules import losses
-from lightning_modules.losses import ssim_loss, ssim_map
+from lightning_modules.reconstruction import losses
+from lightning_modules.reconstruction.losses import ssim_loss, ssim_map
 
 
 def _reference_ssim(x, y, window=11, sigma=1.5):  # the hand-written SSIM that kornia replaced
@@ -67,7 +67,7 @@ def test_the_ema_callback_says_why_it_exists_beside_lightnings_and_diffusers():
 
 
 def test_lpips_takes_torchmetrics_heads_when_none_are_given(tmp_path):
-    from lightning_modules.losses import LPIPS, load_lpips, torchmetrics_lpips_heads
+    from lightning_modules.reconstruction.losses import LPIPS, load_lpips, torchmetrics_lpips_heads
 
     heads = torchmetrics_lpips_heads()
     assert heads is not None and heads.name == "vgg.pth"
@@ -80,7 +80,7 @@ def test_lpips_takes_torchmetrics_heads_when_none_are_given(tmp_path):
 
 
 def _vgg_state():
-    from lightning_modules.losses import _VGG16_CFG
+    from lightning_modules.reconstruction.losses import _VGG16_CFG
 
     state, c_in, i = {}, 3, 0
     for v in _VGG16_CFG:

@@ -6,16 +6,6 @@ import types
 import pytest
 import torch
 
-from lightning_modules.losses import (
-    alpha_loss,
-    load_lpips,
-    load_perceptual,
-    masked_mse_loss,
-    masked_ssim_loss,
-    mse_loss,
-    ssim_loss,
-    ssim_map,
-)
 from lightning_modules.optim import (
     build_adamw,
     build_optimizer,
@@ -24,6 +14,16 @@ from lightning_modules.optim import (
     lr_factor,
     name_matches,
     total_grad_norm,
+)
+from lightning_modules.reconstruction.losses import (
+    alpha_loss,
+    load_lpips,
+    load_perceptual,
+    masked_mse_loss,
+    masked_ssim_loss,
+    mse_loss,
+    ssim_loss,
+    ssim_map,
 )
 
 
@@ -226,8 +226,8 @@ def test_ssim_loss_and_metric_are_fp32_under_bf16_autocast():
     """Under bf16 autocast, conv2d runs in bf16 and SSIM's variances (E[x^2] - E[x]^2) become noise: GS-LRM training
     stalled at a grey haze until the loss and the metric opted out of autocast."""
     from datamodules.procedural import make_scene
-    from lightning_modules.losses import ssim_loss
     from lightning_modules.metrics import per_view_ssim
+    from lightning_modules.reconstruction.losses import ssim_loss
 
     s = make_scene(0, "mouse_oblique20_6view", 2, 32)  # a mouse on white: smooth regions, where bf16 hurts most
     target = s["images"] * s["alpha"] + 1 - s["alpha"]

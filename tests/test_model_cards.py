@@ -47,7 +47,7 @@ def test_push_to_hub_uploads_the_export_folder_with_its_card(tmp_path, monkeypat
     from tiny_checkpoints import diffusion_export
 
     from lightning_modules.artifacts import push_to_hub
-    from lightning_modules.mv_pipeline import MVLiftPipeline
+    from lightning_modules.diffusion.mv_pipeline import MVLiftPipeline
 
     calls = []
 

@@ -7,13 +7,13 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from lightning_modules.mv_attention import (
+from lightning_modules.diffusion.mv_attention import (
     MultiViewAttnProcessor,
     install_multiview_attention,
     multiview_attention_mode,
     remove_multiview_attention,
 )
-from lightning_modules.pretrained import scratch_unet_config
+from lightning_modules.diffusion.pretrained import scratch_unet_config
 
 V, N, C = 4, 5, 16  # views, tokens per view, channels
 
@@ -122,7 +122,7 @@ def test_install_replaces_only_self_attention_of_the_unet_and_views_talk_through
 
 
 def test_sparse_keys_are_the_first_view_then_the_own_view_of_each_scene():
-    from lightning_modules.mv_attention import sparse_keys
+    from lightning_modules.diffusion.mv_attention import sparse_keys
 
     v, n = 3, 4
     x = torch.randn(2 * v, n, 2, 5).transpose(1, 2)  # [(B V), H, N, d] as the processor makes it (not contiguous)

@@ -11,7 +11,7 @@ from test_fit_cli import _config
 
 from callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from callbacks.run_layout import RunPaths
-from lightning_modules.reconstruction import ReconstructionModule
+from lightning_modules.reconstruction.module import ReconstructionModule
 from tools.fit import main
 
 

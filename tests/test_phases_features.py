@@ -93,7 +93,7 @@ def test_collate_fills_the_model_input_of_samples_without_observed_views_and_aug
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("phases_exports")
     torch.manual_seed(0)
-    from lightning_modules.diffusion import DiffusionModule
+    from lightning_modules.diffusion.module import DiffusionModule
 
     diff = DiffusionModule(rig=RIG, view_embeddings="learned", view_init="scratch", image_size=16, view_tokens=4,
                            autoencoder="pixel", unet_channels=[8, 16], unet_attention_levels=[False, True],

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lightning_modules.reconstruction import ReconstructionModule, check_index
+from lightning_modules.reconstruction.module import ReconstructionModule, check_index
 
 S = 16
 
@@ -236,7 +236,7 @@ def test_reconstruction_configs_name_real_arguments_rigs_and_parameters(name):
 
 def test_block_bench_smoke_and_its_flops_agree_with_the_network_count(capsys):
     from bench import gslrm_block
-    from lightning_modules.gslrm import GSLRM, GSLRMConfig
+    from lightning_modules.reconstruction.gslrm import GSLRM, GSLRMConfig
 
     rows = gslrm_block.main(["--device", "cpu", "--tokens", "18", "--width", "32", "--heads", "2", "--depth", "2",
                              "--steps", "1", "--warmup", "0", "--no-compile"])
@@ -279,7 +279,7 @@ def test_compile_option_compiles_each_block_in_place_and_keeps_parameter_names(t
 
 
 def test_sh_bands_that_no_render_would_show_are_refused():
-    from lightning_modules.gslrm import GSLRMConfig
+    from lightning_modules.reconstruction.gslrm import GSLRMConfig
 
     assert GSLRMConfig().gaussian_dim == 14  # FaceLift's: xyz 3 + RGB 3 + scale 3 + rotation 4 + opacity 1
     with pytest.raises(ValueError, match="GS-LRM sh_degree 1: only 0 is supported"):

@@ -15,7 +15,7 @@ import torch
 
 from datamodules.procedural import make_scene
 from lightning_modules.metrics import per_view_psnr
-from lightning_modules.reconstruction import ReconstructionModule
+from lightning_modules.reconstruction.module import ReconstructionModule
 
 RIG = "mouse_oblique20_6view"
 SIZE, NUM_INPUTS, RIG_VIEWS, STEPS = 24, 4, 6, 60

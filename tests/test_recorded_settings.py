@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.gslrm import GSLRMConfig
 from lightning_modules.loading import load_stage
-from lightning_modules.reconstruction import (
+from lightning_modules.reconstruction.gslrm import GSLRMConfig
+from lightning_modules.reconstruction.module import (
     ACTIVATION_ARGUMENTS,
     MODEL_CONFIG_ARGUMENTS,
     ReconstructionModule,

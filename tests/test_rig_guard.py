@@ -20,8 +20,8 @@ from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
 
 @pytest.fixture(scope="module")
 def modules():
-    from lightning_modules.diffusion import DiffusionModule
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.diffusion.module import DiffusionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     def diffusion(rig):
         return DiffusionModule(rig=rig, view_embeddings="learned", view_init="scratch", image_size=32,

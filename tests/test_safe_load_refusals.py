@@ -21,7 +21,7 @@ def _assert_named(e: pytest.ExceptionInfo, path: Path) -> None:
 
 
 def test_view_embeddings_pt(tmp_path):
-    from lightning_modules.view_conditioning import load_facelift_embeds
+    from lightning_modules.diffusion.view_conditioning import load_facelift_embeds
 
     path = tmp_path / "fixed_prompt_embeds_6view.pt"
     torch.save({"embeds": torch.zeros(6, 4, 8), "note": NOTE}, path)
@@ -38,7 +38,7 @@ def test_view_embeddings_pt(tmp_path):
 def test_pipeline_bin_weights(tmp_path, component):
     from safetensors.torch import load_file
 
-    from lightning_modules.pretrained import load_pipeline_components, make_tiny_pipeline_folder
+    from lightning_modules.diffusion.pretrained import load_pipeline_components, make_tiny_pipeline_folder
 
     folder = make_tiny_pipeline_folder(tmp_path / "pipe", image_size=16)
     st = next((folder / component).glob("*.safetensors"))
@@ -56,7 +56,7 @@ def test_pipeline_bin_weights(tmp_path, component):
 
 
 def _weights(tmp_path: Path, note: bool) -> tuple[Path, Path]:
-    from lightning_modules.losses import _vgg16_features
+    from lightning_modules.reconstruction.losses import _vgg16_features
 
     vgg = {f"features.{k}": v for k, v in _vgg16_features().state_dict().items()}
     heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
@@ -68,7 +68,7 @@ def _weights(tmp_path: Path, note: bool) -> tuple[Path, Path]:
 
 
 def test_lpips_and_vgg_weights(tmp_path):
-    from lightning_modules.losses import LPIPS, VGGFeatures
+    from lightning_modules.reconstruction.losses import LPIPS, VGGFeatures
 
     vgg, heads = _weights(tmp_path, note=True)
     with pytest.raises(UntrustedCheckpointError) as e:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from callbacks.run_identity import EXECUTION_ONLY, run_identity
 from lightning_modules.hparams import RUNTIME
-from lightning_modules.reconstruction import ReconstructionModule
+from lightning_modules.reconstruction.module import ReconstructionModule
 from lightning_modules.sdpa import BACKENDS, attention_backend, check_attention_backend
 from tests.test_diffusion import make_batch, tiny_module
 

@@ -46,7 +46,7 @@ def test_good_numbers_still_parse():
 
 
 def test_the_sampling_settings_refuse_a_non_finite_guidance_from_the_python_api():
-    from lightning_modules.diffusion_sampling import Sampling
+    from lightning_modules.diffusion.sampling import Sampling
 
     for bad in (float("nan"), float("inf"), -0.5):
         with pytest.raises(ValueError, match="--guidance"):

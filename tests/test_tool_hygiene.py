@@ -29,7 +29,7 @@ def test_every_tools_help_description_is_a_whole_sentence(name, capsys):
 def test_a_tool_that_loads_a_diffusion_export_prints_no_third_party_advisories(tmp_path):
     """The tiny pipeline's CLIP image processor without torchvision and diffusers without accelerate each print an
     advisory, and their weight loaders draw progress bars; the tools print none of them."""
-    script = ("import tools; from lightning_modules.pretrained import make_tiny_pipeline_folder, "
+    script = ("import tools; from lightning_modules.diffusion.pretrained import make_tiny_pipeline_folder, "
               "load_pipeline_components; import sys; f = make_tiny_pipeline_folder(sys.argv[1], image_size=16); "
               "load_pipeline_components(f)")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "p")], check=False, cwd=ROOT, capture_output=True, text=True,
@@ -43,7 +43,7 @@ def test_a_tool_that_loads_a_diffusion_export_prints_no_third_party_advisories(t
 def test_the_sampling_tools_take_their_defaults_from_one_place():
     """--steps / --guidance / --scheduler / --reference-view default to diffusion_sampling.Sampling's values in every
     tool that samples, and a bad value is refused by name when the settings are built."""
-    from lightning_modules.diffusion_sampling import DEFAULT, Sampling
+    from lightning_modules.diffusion.sampling import DEFAULT, Sampling
     from lightning_modules.evaluation import EvalSettings
     from tools import evaluate, infer, synthesize
 

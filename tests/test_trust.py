@@ -147,7 +147,7 @@ def test_trust_checkpoint_gets_a_tool_past_the_refusal(ckpts, tmp_path, capsys, 
 
 
 def test_convert_refuses_a_payload_and_trust_checkpoint_converts_a_file_with_other_objects(tmp_path, capsys):
-    from lightning_modules.gslrm import GSLRM, GSLRMConfig
+    from lightning_modules.reconstruction.gslrm import GSLRM, GSLRMConfig
     from tools.convert import main
 
     state = GSLRM(GSLRMConfig(image_size=16, patch_size=8, width=32, depth=1, head_dim=16)).state_dict()

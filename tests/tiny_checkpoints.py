@@ -11,13 +11,13 @@ SIZE = 16  # px for both stages
 
 
 def diffusion_module(rig: str):
-    from lightning_modules.diffusion import DiffusionModule
+    from lightning_modules.diffusion.module import DiffusionModule
 
     return DiffusionModule(rig=rig, view_embeddings="learned", view_init="scratch", image_size=SIZE, view_tokens=4)
 
 
 def reconstruction_module(rig: str, **kw):
-    from lightning_modules.reconstruction import ReconstructionModule
+    from lightning_modules.reconstruction.module import ReconstructionModule
 
     args = {"rig": rig, "image_size": SIZE, "num_input_views": 2, "width": 32, "depth": 1, "head_dim": 16,
             "rasterizer": "torch"}

@@ -1,6 +1,6 @@
 """Convert FaceLift's released checkpoints into mvlift exports: ``python -m tools.convert SUBCOMMAND ...``.
 
-Subcommands (the conversions live in ``lightning_modules.facelift_convert``):
+Subcommands (the conversions live in ``lightning_modules.facelift.convert``):
     facelift-gslrm CKPT OUT        FaceLift's GS-LRM checkpoint (model state under ``model`` / ``model_state_dict`` /
                                    ``state_dict``, or bare; .pt/.pth/.ckpt or .safetensors) -> a reconstruction export
                                    (model.safetensors, mvlift.json, rig.json) that ``init_from:``, tools.evaluate and
@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 
 def cmd_facelift_gslrm(args: argparse.Namespace) -> int:
-    from lightning_modules.facelift_convert import convert_facelift_gslrm
+    from lightning_modules.facelift.convert import convert_facelift_gslrm
 
     s = convert_facelift_gslrm(args.ckpt, args.out, rig=args.rig, head_dim=args.head_dim,
                                image_size=args.image_size, trust=args.trust_checkpoint)
@@ -40,7 +40,7 @@ def cmd_facelift_gslrm(args: argparse.Namespace) -> int:
 
 
 def cmd_facelift_mvdiffusion(args: argparse.Namespace) -> int:
-    from lightning_modules.facelift_convert import convert_facelift_mvdiffusion
+    from lightning_modules.facelift.convert import convert_facelift_mvdiffusion
 
     order = args.file_view_order.split(",") if args.file_view_order else None
     s = convert_facelift_mvdiffusion(args.pipeckpts, args.out, view_embeddings=args.view_embeddings, rig=args.rig,

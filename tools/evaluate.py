@@ -20,7 +20,7 @@ What is measured (the "mode" of a row):
                     = front) generates the rig's views, compared with the ground-truth views in rig order. Whether
                     the model learned more than its input: over the novel views (the rig's views other than the
                     reference view itself), the generated views (``novel/*``) next to the baseline that copies the
-                    reference into every view (``copy_ref/*``; ``lightning_modules.diffusion.copy_reference_views``).
+                    reference into every view (``copy_ref/*``; ``lightning_modules.diffusion.module.copy_reference_views``).
     chained         ``--diffusion D`` with GS-LRM checkpoints: D's generated views, with D's rig cameras (the views'
                     true cameras), are lifted by the GS-LRM and the Gaussians rendered at the data's ground-truth
                     cameras placed through the reference camera (the data's cameras need not be the rig's: a real
@@ -78,8 +78,8 @@ from pathlib import Path
 
 from datamodules.views import INPUT_VIEW_MODES
 from lightning_modules.artifacts import trusting
-from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
-from lightning_modules.diffusion_sampling import MAX_GUIDANCE
+from lightning_modules.diffusion.sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion.sampling import MAX_GUIDANCE
 from lightning_modules.evaluation import EvalSettings, run_evaluation
 from lightning_modules.pipeline import SAMPLING_PRECISIONS
 from tools import log_to_stderr, number, parse_args

@@ -61,8 +61,8 @@ from geometry.files import atomic_directory
 from geometry.images import save_png
 from geometry.progress import progress
 from lightning_modules.artifacts import trusting
-from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
-from lightning_modules.diffusion_sampling import MAX_GUIDANCE, Sampling
+from lightning_modules.diffusion.sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion.sampling import MAX_GUIDANCE, Sampling
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import (
     Turntable,

@@ -44,8 +44,8 @@ from datamodules.synthesis import (
 from geometry.cameras import cameras_into_frame
 from geometry.rig import available_rigs
 from lightning_modules.artifacts import trusting
-from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
-from lightning_modules.diffusion_sampling import MAX_GUIDANCE, Sampling
+from lightning_modules.diffusion.sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion.sampling import MAX_GUIDANCE, Sampling
 from lightning_modules.evaluation.runner import rig_to_data_frame
 from lightning_modules.loading import load_stage, resolve_device
 from lightning_modules.pipeline import (

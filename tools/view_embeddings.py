@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lightning_modules.view_conditioning import DEFAULT_TEMPLATE
+from lightning_modules.diffusion.view_conditioning import DEFAULT_TEMPLATE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lightning_modules.artifacts import trusting
-    from lightning_modules.view_conditioning import text_view_embeddings, view_prompts
+    from lightning_modules.diffusion.view_conditioning import text_view_embeddings, view_prompts
 
     try:
         if args.print_prompts:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from callbacks.image_log import labelled_grid
+from geometry.images import labelled_grid
 from lightning_modules.metrics import KINDS
 
 RESULTS_VERSION = 1

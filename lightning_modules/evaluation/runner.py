@@ -29,14 +29,14 @@ from geometry.images import resize_images
 from geometry.progress import progress
 from geometry.rig import Rig, check_rigs, load_rig
 from lightning_modules.artifacts import checkpoint_rig, checkpoint_stage
-from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
-from lightning_modules.diffusion_sampling import Sampling
+from lightning_modules.diffusion.sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion.sampling import Sampling
 from lightning_modules.evaluation.report import RESULTS_VERSION, fmt, write_grid, write_results
 from lightning_modules.evaluation.summary import NOVEL_METRICS, score_views, summarize
 from lightning_modules.loading import Labelled, load_stage, parse_labelled, resolve_device, unique_labels
-from lightning_modules.losses import load_lpips, torchmetrics_lpips_heads
 from lightning_modules.metrics import per_view_iou, per_view_ssim_fg
 from lightning_modules.pipeline import generate_views, lift_views, parse_input_views
+from lightning_modules.reconstruction.losses import load_lpips, torchmetrics_lpips_heads
 
 log = logging.getLogger("mvlift.evaluate")
 PLACEMENT_RULE = ("the photo (data view K) is taken as the diffusion rig's view K, re-framed to the rig's focal length; "
@@ -250,7 +250,7 @@ def evaluate_diffusion(module: Any, loader: Any, rig: Rig, opts: EvalSettings, l
                        device: torch.device) -> RowResult:
     """Diffusion alone: generated rig views vs the ground-truth views in rig order (mode ``diffusion``), and on the
     novel views the generated views vs copying the reference (``RowResult.novel``)."""
-    from lightning_modules.diffusion import copy_reference_views, reference_view_mask
+    from lightning_modules.diffusion.module import copy_reference_views, reference_view_mask
 
     res = RowResult([], [], [], [], [])
     res.num_input_views = 1  # the reference view
@@ -329,7 +329,7 @@ def evaluate_chained(diffusion: Any, module: Any, loader: Any, rig: Rig, opts: E
     in the rig's frame are rendered at the data's cameras brought into that frame (:func:`rig_to_data_frame`).
     ``RowResult.novel``: the renders on the held-out views (every data view but the one the photo is) and copying
     the photo into them, as for diffusion rows."""
-    from lightning_modules.diffusion import copy_reference_views, reference_view_mask
+    from lightning_modules.diffusion.module import copy_reference_views, reference_view_mask
     res = RowResult([], [], [], [], [], generated=True)
     input_views = parse_input_views(opts.chain_input_views, diffusion.rig)
     res.num_input_views = len(input_views)

@@ -15,10 +15,10 @@
   built exactly as ``tools.fit`` builds it from the folder (``pretrained: PIPECKPTS``, attention ``sparse`` as
   FaceLift trained): the same UNet, VAE, image encoder, schedulers, the embeddings and the rig, self-contained, so
   tools.infer / evaluate / synthesize read it like a trained export. The embedding file's rows are mapped to the
-  rig's views by camera direction (:func:`lightning_modules.view_conditioning.views_by_direction`; FaceLift's file
+  rig's views by camera direction (:func:`lightning_modules.diffusion.view_conditioning.views_by_direction`; FaceLift's file
   is in ``FACELIFT_VIEW_ORDER``) and the mapping is stated in the export's ``mvlift.json``
   (``view_embeddings_info``) and in ``view_embeddings.safetensors``; a shape that does not fit the UNet (views,
-  tokens, cross-attention dim) is a :class:`~lightning_modules.view_conditioning.ViewEmbeddingShapeError`.
+  tokens, cross-attention dim) is a :class:`~lightning_modules.diffusion.view_conditioning.ViewEmbeddingShapeError`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ from torch import Tensor
 from geometry.files import atomic_directory, make_readable
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import FORMAT_VERSION, METADATA_FILE, WEIGHTS, load_checkpoint, write_export_metadata
-from lightning_modules.gslrm import GSLRMConfig, check_state_dict, config_from_state_dict, gslrm_state_dict_shapes
-from lightning_modules.pretrained import text_context_tokens, unet_cross_attention_dim
-from lightning_modules.reconstruction import config_arguments
-from lightning_modules.view_conditioning import (
+from lightning_modules.diffusion.pretrained import text_context_tokens, unet_cross_attention_dim
+from lightning_modules.diffusion.view_conditioning import (
     FACELIFT_VIEW_ORDER,
     ViewEmbeddings,
     check_embeddings_fit,
@@ -46,6 +44,13 @@ from lightning_modules.view_conditioning import (
     load_facelift_embeds,
     views_by_direction,
 )
+from lightning_modules.reconstruction.gslrm import (
+    GSLRMConfig,
+    check_state_dict,
+    config_from_state_dict,
+    gslrm_state_dict_shapes,
+)
+from lightning_modules.reconstruction.module import config_arguments
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 IGNORED_PREFIXES = ("loss_calculator.",)
@@ -183,7 +188,7 @@ def convert_facelift_mvdiffusion(pipeckpts: str | Path, out: str | Path, view_em
 
     ``image_size``: default the rig's (512 for ``facelift_6view``, FaceLift's). ``out`` is written whole (built
     beside it, renamed in); an existing ``out`` that is not an export folder is refused."""
-    from lightning_modules.diffusion import (
+    from lightning_modules.diffusion.module import (
         DiffusionModule,  # diffusers + transformers: only the diffusion converter pays
     )
 

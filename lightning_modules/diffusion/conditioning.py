@@ -31,10 +31,10 @@ from torch import Tensor
 
 from geometry.cameras import invert_rigid, scale_intrinsics
 from geometry.rays import pixel_rays, plucker
-from lightning_modules.diffusion_sampling import seeded_randn
+from lightning_modules.diffusion.sampling import seeded_randn
+from lightning_modules.diffusion.view_conditioning import SOURCES as VIEW_SOURCES
+from lightning_modules.diffusion.view_conditioning import ViewEmbeddings, check_embeddings_fit
 from lightning_modules.sdpa import attention_backend
-from lightning_modules.view_conditioning import SOURCES as VIEW_SOURCES
-from lightning_modules.view_conditioning import ViewEmbeddings, check_embeddings_fit
 
 
 def _batch_rigs(batch: dict) -> list[str]:

@@ -2,8 +2,8 @@
 
 A diffusion export folder (``DiffusionModule.export``) is also a diffusers pipeline folder: besides its components
 (``unet/``, ``vae/``, ``image_encoder/``, ...) it holds ``model_index.json`` naming this class and its components,
-and a two-line ``pipeline.py`` that imports it (:data:`lightning_modules.artifacts.PIPELINE_FILE`; the folder then
-needs mvlift installed where it is opened). Either entry point gives the same pipeline::
+and a two-line ``pipeline.py`` that imports it (written by ``lightning_modules.diffusion.pipeline_files``; the folder
+then needs mvlift installed where it is opened). Either entry point gives the same pipeline::
 
     pipe = MVLiftPipeline.from_pretrained(EXPORT)                                   # mvlift's own
     pipe = DiffusionPipeline.from_pretrained(EXPORT, custom_pipeline=EXPORT, trust_remote_code=True)  # diffusers'
@@ -25,13 +25,11 @@ read twice then; ``MVLiftPipeline.from_pretrained`` reads them once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,15 +37,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
-from lightning_modules.artifacts import MODEL_INDEX_FILE, PIPELINE_FILE
-from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion.module import DiffusionModule
+from lightning_modules.diffusion.pipeline_files import COMPONENTS, pipeline_components
+from lightning_modules.diffusion.sampling import DEFAULT as SAMPLING
 
-PIPELINE_SHIM = '''"""diffusers' custom-pipeline entry of this mvlift diffusion export (needs mvlift installed):
-DiffusionPipeline.from_pretrained(THIS_FOLDER, custom_pipeline=THIS_FOLDER, trust_remote_code=True)."""
-from lightning_modules.mv_pipeline import MVLiftPipeline  # noqa: F401
-'''
-COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler", "image_normalizer",
-              "image_noising_scheduler")
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -81,7 +74,7 @@ class MVLiftPipeline(DiffusionPipeline):
     @classmethod
     def from_module(cls, module: Any) -> MVLiftPipeline:
         """The pipeline over a :class:`~lightning_modules.diffusion.DiffusionModule` (its components, shared)."""
-        pipe = cls(**_components_of(module))
+        pipe = cls(**pipeline_components(module))
         pipe._module = module.eval()
         return pipe
 
@@ -90,8 +83,6 @@ class MVLiftPipeline(DiffusionPipeline):
                         **overrides: Any) -> MVLiftPipeline:
         """Open a diffusion export folder (``ema``: its EMA weights; ``overrides``: constructor arguments of
         ``DiffusionModule.from_export``)."""
-        from lightning_modules.diffusion import DiffusionModule
-
         path = Path(pretrained_model_name_or_path)
         pipe = cls.from_module(DiffusionModule.from_export(path, ema=ema, **overrides))
         pipe.register_to_config(_name_or_path=str(path))
@@ -102,8 +93,6 @@ class MVLiftPipeline(DiffusionPipeline):
         """The :class:`~lightning_modules.diffusion.DiffusionModule` the pipeline samples with; opened through
         diffusers, built from the export folder at first use, on the pipeline's device."""
         if self._module is None:
-            from lightning_modules.diffusion import DiffusionModule
-
             path = getattr(self.config, "_name_or_path", None)
             if not path or not Path(path).is_dir():
                 raise ValueError(f"MVLiftPipeline: opened from {path!r}, not a diffusion export folder; open one with "
@@ -111,7 +100,7 @@ class MVLiftPipeline(DiffusionPipeline):
                                  "custom_pipeline=EXPORT, trust_remote_code=True)")
             device = self.device
             module = DiffusionModule.from_export(path).eval().to(device)
-            components = _components_of(module)
+            components = pipeline_components(module)
             if getattr(self, "scheduler", None) is not None:  # the folder's (or the user's swap) stays
                 components.pop("scheduler")
             self.register_modules(**components)  # the multi-view UNet replaces diffusers' plain one
@@ -177,14 +166,6 @@ class MVLiftPipeline(DiffusionPipeline):
                                     rig=out["rig"])
 
 
-def _components_of(module: Any) -> dict[str, Any]:
-    """The pipeline components of a DiffusionModule (no ``vae`` for ``autoencoder: pixel``)."""
-    return {"unet": module.unet, "vae": module.vae if module.autoencoder == "vae" else None,
-            "image_encoder": module.image_encoder, "feature_extractor": module.feature_extractor,
-            "scheduler": module.make_sampler("ddim"), "image_normalizer": module.image_normalizer,
-            "image_noising_scheduler": module.image_noising_scheduler}
-
-
 def reference_images(image: Any, size: int) -> Tensor:
     """[B, 3, H, W] float in [0, 1] from the inputs :meth:`MVLiftPipeline.__call__` takes; images of different sizes
     are each resized to ``size`` as ``DiffusionModule.sample`` resizes them."""
@@ -213,20 +194,4 @@ def reference_images(image: Any, size: int) -> Tensor:
     return torch.stack(xs)
 
 
-def write_pipeline_files(module: Any, out: str | Path) -> None:
-    """Write :data:`~lightning_modules.artifacts.MODEL_INDEX_FILE` (this class and the components' libraries and
-    classes, as diffusers records them) and :data:`~lightning_modules.artifacts.PIPELINE_FILE` into the export
-    folder ``out`` of ``module`` (``DiffusionModule.save_weights``)."""
-    out = Path(out)
-    index = dict(MVLiftPipeline(**_components_of(module)).config)
-    index.pop("_name_or_path", None)
-    library, name = index["feature_extractor"]
-    if library == "transformers" and name.endswith("Pil"):  # transformers' fallback without torchvision: the
-        index["feature_extractor"] = [library, name.removesuffix("Pil")]  # class that picks a backend wherever opened
-    index["_diffusers_version"] = diffusers.__version__
-    index["_class_name"] = [Path(PIPELINE_FILE).stem, MVLiftPipeline.__name__]  # diffusers' custom-pipeline form
-    (out / MODEL_INDEX_FILE).write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
-    (out / PIPELINE_FILE).write_text(PIPELINE_SHIM)
-
-
-__all__ = ["COMPONENTS", "MVLiftPipeline", "MVLiftPipelineOutput", "reference_images", "write_pipeline_files"]
+__all__ = ["COMPONENTS", "MVLiftPipeline", "MVLiftPipelineOutput", "reference_images"]

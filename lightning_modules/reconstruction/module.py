@@ -31,16 +31,6 @@ from geometry.files import make_readable
 from geometry.render import Gaussians, rasterize
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS, MissingMetadataError, checkpoint_metadata
-from lightning_modules.gslrm import GSLRM, GSLRMConfig, check_state_dict
-from lightning_modules.losses import (
-    alpha_loss,
-    load_lpips,
-    load_perceptual,
-    masked_mse_loss,
-    masked_ssim_loss,
-    mse_loss,
-    ssim_loss,
-)
 from lightning_modules.metrics import (
     KINDS,
     KindMetrics,
@@ -54,6 +44,16 @@ from lightning_modules.optim import (
     build_scheduler,
     check_optimizer,
     trainer_clips_scaled_gradients,
+)
+from lightning_modules.reconstruction.gslrm import GSLRM, GSLRMConfig, check_state_dict
+from lightning_modules.reconstruction.losses import (
+    alpha_loss,
+    load_lpips,
+    load_perceptual,
+    masked_mse_loss,
+    masked_ssim_loss,
+    mse_loss,
+    ssim_loss,
 )
 from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
@@ -470,7 +470,7 @@ class ReconstructionModule(StageModule):
         return ["Photo -> views -> 3D Gaussians, with a diffusion export of the same rig:", "",
                 "    python -m tools.infer photo.png --diffusion DIFFUSION_EXPORT --reconstruction EXPORT --out out/",
                 "", "In Python:", "",
-                "    from lightning_modules.reconstruction import ReconstructionModule",
+                "    from lightning_modules.reconstruction.module import ReconstructionModule",
                 "    module = ReconstructionModule.from_export(EXPORT)  # ema=True: the EMA weights"]
 
     def save_weights(self, out: Path) -> None:

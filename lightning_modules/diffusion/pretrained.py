@@ -6,14 +6,14 @@ A pipeline folder has FaceLift's ``pipeckpts/`` (= Stable Diffusion 2.1 unCLIP) 
     [text_encoder/ tokenizer/]
 
 ``text_encoder/`` + ``tokenizer/`` (SD's CLIP text model) are read only to make view embeddings from text
-(:func:`load_text_encoder`, ``lightning_modules.view_conditioning.text_view_embeddings``); the diffusion stage itself
+(:func:`load_text_encoder`, ``lightning_modules.diffusion.view_conditioning.text_view_embeddings``); the diffusion stage itself
 conditions on per-view embeddings, not on text.
 
 Everything is read with ``from_pretrained(..., local_files_only=True)``: nothing is downloaded. FaceLift's
 ``unet/config.json`` names its own block classes (``CrossAttnDownBlockMV2D``, ``UNetMidBlockMV2DCrossAttn``,
 ``CrossAttnUpBlockMV2D``) and adds keys (``num_views``, ``sparse_mv_attention``, ...): the block names map to the
 plain diffusers blocks (same parameter names and shapes) and the extra keys are reported, not used — the
-multi-view behaviour comes from ``lightning_modules.mv_attention``.
+multi-view behaviour comes from ``lightning_modules.diffusion.mv_attention``.
 
 ``make_tiny_pipeline_folder(path)`` writes tiny random components in the same layout (tests and smoke runs);
 ``text_encoder=True`` adds a tiny CLIP text model and a tokenizer built offline (:func:`tiny_clip_tokenizer`).
@@ -543,10 +543,10 @@ def text_context_tokens(folder: str | Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m lightning_modules.pretrained make-tiny PATH [--image-size N] [--facelift-layout]``."""
+    """``python -m lightning_modules.diffusion.pretrained make-tiny PATH [--image-size N] [--facelift-layout]``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m lightning_modules.pretrained")
+    p = argparse.ArgumentParser(prog="python -m lightning_modules.diffusion.pretrained")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("make-tiny", help="write tiny random pipeline components (demo / tests)")
     t.add_argument("path")

@@ -1,11 +1,11 @@
 """DiffusionModule: one reference image -> the rig's views, with a multi-view diffusers UNet (FaceLift's MVDiffusion).
 
-Model (SD 2.1 unCLIP layout, see ``lightning_modules.pretrained``): the UNet sees [noisy latent, reference latent]
+Model (SD 2.1 unCLIP layout, see ``lightning_modules.diffusion.pretrained``): the UNet sees [noisy latent, reference latent]
 (8 channels), class labels = [CLIP image embedding of the reference (noised by the unCLIP image normalizer +
 noise schedule at ``noise_level``), sinusoidal embedding of the noise level] (2 x E), and the rig's per-view
-embeddings as cross-attention context (``lightning_modules.view_conditioning``). The views of a scene are folded
+embeddings as cross-attention context (``lightning_modules.diffusion.view_conditioning``). The views of a scene are folded
 into the batch in rig order, [(B V), ...], and the UNet's self-attention spans them
-(``lightning_modules.mv_attention``, mode ``sparse`` or ``joint``, stored in checkpoints and exports).
+(``lightning_modules.diffusion.mv_attention``, mode ``sparse`` or ``joint``, stored in checkpoints and exports).
 ``view_embeddings``: ``facelift`` (FaceLift's fixed file, ``facelift_embeds``), ``learned`` (``view_init``) or a
 file to start from (``view_embeddings: FILE``: e.g. ``python -m tools.view_embeddings``' text-built ones; bound to the
 rig stored in it).
@@ -24,7 +24,7 @@ Batches (diffusion stage, docs/ARCHITECTURE.md): ``images`` [B, V, 3, H, W] targ
 when present), ``kind`` list[str], ``rig`` list[str] (must name the module's rig).
 
 Autoencoder (``autoencoder``, stored in checkpoints and exports): ``vae`` — the pipeline's frozen SD VAE (latents
-[4, S/8, S/8] in SD; the tiny random one halves the size) —, or ``pixel`` — ``lightning_modules.pretrained.
+[4, S/8, S/8] in SD; the tiny random one halves the size) —, or ``pixel`` — ``lightning_modules.diffusion.pretrained.
 PixelAutoencoder``, the identity: the UNet denoises the image itself at ``image_size`` (RGB in [-1, 1], 3 channels;
 inputs = 2 x 3 for the noisy and the reference image). A pixel-space model needs no VAE weights: built from scratch
 (``pretrained`` unset) it learns from random initialisation (``unet_channels``, ``unet_layers_per_block``,
@@ -74,20 +74,10 @@ from torchmetrics import MeanMetric
 from geometry.files import make_tree_readable
 from geometry.rig import Rig, load_rig
 from lightning_modules.artifacts import EMA_WEIGHTS, WEIGHTS
-from lightning_modules.diffusion_conditioning import MultiViewConditioning
-from lightning_modules.diffusion_sampling import DEFAULT as SAMPLING
-from lightning_modules.diffusion_sampling import make_sampler, sample_views, seeded_randn
-from lightning_modules.losses import load_lpips
-from lightning_modules.metrics import KindMetrics, batch_kinds, view_metrics
-from lightning_modules.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
-from lightning_modules.optim import (
-    build_optimizer,
-    build_param_groups,
-    build_scheduler,
-    check_optimizer,
-    trainer_clips_scaled_gradients,
-)
-from lightning_modules.pretrained import (
+from lightning_modules.diffusion.conditioning import MultiViewConditioning
+from lightning_modules.diffusion.mv_attention import check_mode, install_multiview_attention, multiview_attention_mode
+from lightning_modules.diffusion.pipeline_files import write_pipeline_files
+from lightning_modules.diffusion.pretrained import (
     PipelineComponents,
     build_scratch_components,
     check_autoencoder,
@@ -96,11 +86,22 @@ from lightning_modules.pretrained import (
     save_pipeline_components,
     unet_in_channels,
 )
+from lightning_modules.diffusion.sampling import DEFAULT as SAMPLING
+from lightning_modules.diffusion.sampling import make_sampler, sample_views, seeded_randn
+from lightning_modules.diffusion.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
+from lightning_modules.diffusion.view_conditioning import SOURCES as VIEW_SOURCES
+from lightning_modules.diffusion.view_conditioning import is_embeddings_file
+from lightning_modules.metrics import KindMetrics, batch_kinds, view_metrics
+from lightning_modules.optim import (
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    check_optimizer,
+    trainer_clips_scaled_gradients,
+)
+from lightning_modules.reconstruction.losses import load_lpips
 from lightning_modules.sdpa import check_attention_backend
 from lightning_modules.stage import StageModule
-from lightning_modules.view_conditioning import EXPORT_NAME as VIEW_EMBEDDINGS_FILE
-from lightning_modules.view_conditioning import SOURCES as VIEW_SOURCES
-from lightning_modules.view_conditioning import is_embeddings_file
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +456,7 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         sched = build_scheduler(opt, h.warmup_steps, self.schedule_steps(), h.decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # ---- sampling (lightning_modules.diffusion_sampling) -----------------------------------------------------------
+    # ---- sampling (lightning_modules.diffusion.sampling) -----------------------------------------------------------
     def make_sampler(self, name: Any = SAMPLING.scheduler):
         """A diffusers scheduler for sampling from the model's noise schedule and prediction type (``name``: one of
         ``diffusion_sampling.SAMPLERS`` or a scheduler object, copied)."""
@@ -467,7 +468,7 @@ class DiffusionModule(MultiViewConditioning, StageModule):
                show_progress: bool = False, reference_view: int = 0,
                cameras: tuple[Tensor, Tensor, Tensor] | None = None,
                generator: torch.Generator | None = None) -> dict[str, Any]:
-        """Generate the rig's views from reference images: :func:`lightning_modules.diffusion_sampling.sample_views`
+        """Generate the rig's views from reference images: :func:`lightning_modules.diffusion.sampling.sample_views`
         (ref_images [B, 3, H, W] in [0, 1] -> {"images" [B, V, 3, S, S], "c2w", "fxfycxcy", "rig"}; seeded, or drawn
         from ``generator``; ``scheduler`` a name or a diffusers scheduler; with ``camera_rays`` the photo is rig view
         ``reference_view`` unless ``cameras`` gives a batch's own)."""
@@ -603,13 +604,11 @@ class DiffusionModule(MultiViewConditioning, StageModule):
     def save_weights(self, out: Path) -> None:
         """A self-contained pipeline folder: unet/, vae/ (not for ``autoencoder: pixel``), image_encoder/,
         feature_extractor/, scheduler/, image_normalizer/, image_noising_scheduler/, view_embeddings.safetensors, and
-        diffusers' model_index.json + pipeline.py (``lightning_modules.mv_pipeline``)."""
+        diffusers' model_index.json + pipeline.py (``lightning_modules.diffusion.mv_pipeline``)."""
         c = self._components
         c.scheduler_config = self.scheduler_config
         save_pipeline_components(c, out, unet=self.unet, unet_subfolder=WEIGHTS[self.stage])
         self.view_embeddings.save(out / VIEW_EMBEDDINGS_FILE)
-        from lightning_modules.mv_pipeline import write_pipeline_files  # imports this module
-
         write_pipeline_files(self, out)  # model_index.json + pipeline.py: diffusers opens the folder
 
     def save_ema_weights(self, out: Path, ema_weights: dict[str, Tensor]) -> None:
@@ -637,14 +636,14 @@ class DiffusionModule(MultiViewConditioning, StageModule):
         return ["Photo -> views -> 3D Gaussians, with a reconstruction export of the same rig:", "",
                 "    python -m tools.infer photo.png --diffusion EXPORT --reconstruction GSLRM_EXPORT --out out/", "",
                 "In Python:", "",
-                "    from lightning_modules.diffusion import DiffusionModule",
+                "    from lightning_modules.diffusion.module import DiffusionModule",
                 "    module = DiffusionModule.from_export(EXPORT)  # ema=True: the EMA weights",
                 "    views = module.sample(ref_images, num_inference_steps=50, guidance_scale=3.0, seed=0)", "",
                 "With diffusers (needs mvlift installed: `pipeline.py` here imports its `MVLiftPipeline`):", "",
                 "    from diffusers import DiffusionPipeline",
                 "    pipe = DiffusionPipeline.from_pretrained(EXPORT, custom_pipeline=EXPORT, trust_remote_code=True)",
                 "    out = pipe(image, num_inference_steps=50, guidance_scale=3.0, seed=0)  # out.images: the views",
-                "", "or `MVLiftPipeline.from_pretrained(EXPORT)` (`lightning_modules.mv_pipeline`)."]
+                "", "or `MVLiftPipeline.from_pretrained(EXPORT)` (`lightning_modules.diffusion.mv_pipeline`)."]
 
     def export_extras(self) -> dict[str, Any]:
         info = {"view_embeddings_info": self.view_embeddings.info} if self.view_embeddings.info else {}

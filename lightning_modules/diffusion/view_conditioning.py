@@ -208,7 +208,7 @@ def text_view_embeddings(pipeline: str | Path, rig: Rig | str, template: str = D
     """View embeddings for ``rig`` from text: :func:`view_prompts` encoded with the pipeline folder's own
     ``text_encoder/`` and ``tokenizer/`` (local files only), checked against its UNet's cross-attention dim
     (:class:`ViewEmbeddingShapeError`); source ``text``, learnable, the prompts and template in ``info``."""
-    from lightning_modules.pretrained import load_text_encoder, unet_cross_attention_dim
+    from lightning_modules.diffusion.pretrained import load_text_encoder, unet_cross_attention_dim
 
     rig = load_rig(rig)
     pipeline = Path(pipeline)

@@ -1,0 +1,1 @@
+"""FaceLift's released checkpoints for both stages -> mvlift exports (``convert``; ``python -m tools.convert``)."""
