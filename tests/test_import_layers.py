@@ -76,3 +76,17 @@ def test_each_stage_is_a_subpackage():
     assert not flat & {"diffusion", "reconstruction", "gslrm", "losses", "mv_pipeline", "pretrained",
                        "facelift_convert", "diffusion_sampling", "diffusion_conditioning", "view_conditioning",
                        "mv_attention"}, flat
+
+
+def test_every_class_path_in_the_shipped_configs_resolves():
+    """Each ``class_path`` of configs/**.yaml names a class that imports (the stages' public paths,
+    ``lightning_modules.diffusion.DiffusionModule`` / ``lightning_modules.reconstruction.ReconstructionModule``)."""
+    import importlib
+    import re
+
+    paths = {m for cfg in (ROOT / "configs").rglob("*.yaml")
+             for m in re.findall(r"class_path:\s*([\w.]+)", cfg.read_text())}
+    assert "lightning_modules.diffusion.DiffusionModule" in paths
+    for path in sorted(paths):
+        module, _, name = path.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type), path
