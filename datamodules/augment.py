@@ -11,8 +11,9 @@ or augmented input views (reconstruction, [B, Vin, 3, H, W]); optional ``input_c
 pose error (reconstruction). ``images`` / ``ref_images`` / ``c2w`` (the supervision) are never edited. A batch that
 already holds ``input_images`` (a source's observed captures, ``datamodules.dataset``) has those augmented instead.
 
-Config: ``{kind: {op: {p: probability, ...strength}}}`` per source kind (``synthetic`` / ``real``); ``None`` gives
-DEFAULTS (realism for synthetic, nothing for real); a kind given replaces that kind's defaults entirely.
+Config: ``{kind: {op: {p: probability, ...strength}}}`` per sample kind (``synthetic`` / ``realistic`` / ``real``,
+datamodules.sources.SAMPLE_KINDS); ``None`` gives DEFAULTS (realism for synthetic, nothing for realistic captures,
+which carry their capture effects already, nor for real); a kind given replaces that kind's defaults entirely.
 Per source: ``sources={name: {op: ...}}`` (a source config's ``augment:`` key, datamodules.sources) replaces its
 kind's ops for the scenes of that source (``batch["source"]``); ``{}`` or ``None``: no ops for it.
 Ops, applied in this order, each independently per image with its probability:
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "noise": {"p": 0.5, "std": 0.02},
         "jpeg": {"p": 0.3, "quality": [40, 95]},
     },
+    "realistic": {},
     "real": {},
 }
 IMAGE_OPS = ("background", "lighting", "gamma", "gaussian_blur", "motion_blur", "noise", "jpeg")

@@ -37,7 +37,7 @@ VAL_AUG_STEPS = 1 << 40  # validation augmentation steps live above every traini
 
 DEMO_SOURCES = [
     {"name": "synthetic", "kind": "synthetic", "format": "procedural", "weight": 0.7, "num_scenes": 1000},
-    {"name": "realistic", "kind": "real", "format": "procedural", "realistic": True, "weight": 0.3,
+    {"name": "realistic", "kind": "synthetic", "format": "procedural", "realistic": True, "weight": 0.3,
      "num_scenes": 1000, "seed": 1},
 ]
 
@@ -347,9 +347,9 @@ class MultiViewDataModule(L.LightningDataModule):
             log.warning("skipped bad sample: source %s scene %s: %s", s["source"], s["scene"], s["problem"])
 
     def source_report(self) -> dict[str, dict[str, Any]]:
-        """This epoch so far (this rank): {source: {"kind", "weight", "count", "fraction"}}."""
+        """This epoch so far (this rank): {source: {"kind" (the samples' kind), "weight", "count", "fraction"}}."""
         total = sum(self._counts.values())
-        return {s.name: {"kind": s.kind, "weight": s.weight, "count": self._counts[s.name],
+        return {s.name: {"kind": s.sample_kind, "weight": s.weight, "count": self._counts[s.name],
                          "fraction": (self._counts[s.name] / total) if total else 0.0} for s in self.train_sources}
 
     def skip_report(self) -> dict[str, Any]:

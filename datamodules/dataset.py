@@ -156,7 +156,7 @@ class SceneBuilder:
             "images": images[sel].contiguous(), "alpha": alpha[sel].contiguous(), "c2w": c2w[views].float(),
             "fxfycxcy": k[sel].float(),
             "index": torch.stack([torch.tensor(views), torch.full((len(views),), scene)], dim=-1).long(),
-            "background": bg.float(), "source": source.name, "kind": source.kind, "rig": self.rig.name,
+            "background": bg.float(), "source": source.name, "kind": source.sample_kind, "rig": self.rig.name,
             "rig_fingerprint": self.rig.fingerprint,
             "scene_id": cams.scene_id,
         }

@@ -5,7 +5,9 @@ A source is random-access: ``len(source)`` scenes; ``source.cameras(i)`` is chea
 [v, 1, H, W] (or None) in [0, 1]; ``has_background`` says the RGB already holds a real background.
 
 Source config (one dict of the DataModule's ``sources``):
-    name, kind (synthetic | real), format (procedural | facelift | facelift_mvdiffusion | shards), weight,
+    name, kind (synthetic | real; a procedural source is synthetic), format (procedural | facelift |
+    facelift_mvdiffusion | shards), weight, realistic (a synthetic source of captured-looking scenes: its samples'
+    ``kind`` is ``realistic``, shown as "synthetic (realistic)", never "real"; procedural: also how it renders),
     background (white | gray | black | random | as_is), up_axis (data world up, for normalization; default the rig's),
     augment (optional: domain-gap ops ``{op: {p, ...}}`` that replace its kind's ops for this source's scenes,
     datamodules.augment; ``{}`` or null: none)
@@ -53,7 +55,10 @@ from geometry.rig import Rig, load_rig
 
 log = logging.getLogger("mvlift.data")
 FORMATS = ("procedural", "facelift", "facelift_mvdiffusion", "shards")
-KINDS = ("synthetic", "real")
+KINDS = ("synthetic", "real")  # a source's kind, as configs write it
+# A sample's ``kind``: its source's kind, except that a synthetic source of realistic captures (``realistic: true``)
+# is "realistic": metrics and tables keep it apart from the clean synthetic scenes and never call it "real".
+SAMPLE_KINDS = ("synthetic", "realistic", "real")
 CAMERA_FILE = "opencv_cameras.json"
 SOURCE_KEYS = {
     "name", "kind", "format", "weight", "background", "up_axis", "path", "list_file", "urls", "num_scenes",
@@ -75,22 +80,26 @@ class SceneCameras:
 
 
 class Source:
-    """Base: name, kind, weight, background, augment (its own ops, None: its kind's); subclasses implement __len__,
-    cameras, pixels. ``observed``: None, or a source of the same scenes and cameras whose pixels are what the model
+    """Base: name, kind, weight, background, augment (its own ops, None: its kind's), realistic (synthetic captures:
+    ``sample_kind`` "realistic"); subclasses implement __len__, cameras, pixels. ``observed``: None, or a source of the same scenes and cameras whose pixels are what the model
     sees instead of this source's (the samples' ``input_images``; ``ProceduralSource(truth="clean")``)."""
 
     observed: Source | None = None
 
     def __init__(self, name: str, kind: str, weight: float = 1.0, background: str = "white",
-                 up_axis: str | None = None, augment: dict[str, Any] | None = None) -> None:
+                 up_axis: str | None = None, augment: dict[str, Any] | None = None, realistic: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"source {name!r}: kind must be one of {KINDS}, got {kind!r}")
+        if realistic and kind != "synthetic":
+            raise ValueError(f"source {name!r}: realistic: true marks synthetic captures; kind must be synthetic, "
+                             f"got {kind!r}")
         if background not in BACKGROUND_CHOICES:
             raise ValueError(f"source {name!r}: background must be one of {BACKGROUND_CHOICES}, got {background!r}")
         if not weight >= 0:
             raise ValueError(f"source {name!r}: weight must be >= 0, got {weight}")
         self.name, self.kind, self.weight, self.background, self.up_axis = name, kind, float(weight), background, up_axis
         self.augment = augment
+        self.sample_kind = "realistic" if realistic else kind  # the samples' kind (SAMPLE_KINDS)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -103,7 +112,7 @@ class Source:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, kind={self.kind}, scenes={len(self)}, weight={self.weight})"
+        return f"{type(self).__name__}({self.name!r}, kind={self.sample_kind}, scenes={len(self)}, weight={self.weight})"
 
 
 # ---- procedural ----------------------------------------------------------------------------------------------------
@@ -154,7 +163,10 @@ class ProceduralSource(Source):
     def __init__(self, name: str, kind: str, rig: Rig, num_scenes: int, num_views: int, size: int,
                  realistic: bool = False, seed: int = 0, camera_jitter_deg: float = 0.0, index_offset: int = 0,
                  device: str = "auto", truth: str = "capture", **kw: Any) -> None:
-        super().__init__(name, kind, **kw)
+        if kind != "synthetic":
+            raise ValueError(f"source {name!r}: a procedural source is synthetic (kind: synthetic; realistic: true for "
+                             f"captured-looking scenes), got kind {kind!r}")
+        super().__init__(name, kind, realistic=bool(realistic), **kw)
         if num_scenes < 1 or num_views < 1:
             raise ValueError(f"source {name!r}: num_scenes and num_views must be >= 1")
         if device not in ("auto", "cpu", "cuda"):
@@ -168,6 +180,7 @@ class ProceduralSource(Source):
         if truth == "clean":  # the captures are what the model sees; this source's own pixels are the clean render
             self.observed = ProceduralSource(name, kind, rig, num_scenes, num_views, size, True, seed,
                                              camera_jitter_deg, index_offset, device, **kw)
+            # its samples stay "realistic": the model sees the captures
             realistic = False
         self.rig, self.num_scenes, self.num_views, self.size = rig, int(num_scenes), int(num_views), int(size)
         self.realistic, self.seed, self.jitter = bool(realistic), int(seed), float(camera_jitter_deg)
@@ -622,6 +635,8 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
                          f"not {fmt!r}")
     kind = cfg.get("kind", "synthetic")
     base = {"weight": _number(cfg, "weight", 1.0, name, minimum=0.0), "up_axis": cfg.get("up_axis")}
+    if not isinstance(cfg.get("realistic", False), bool):
+        raise ValueError(f"source {name!r}: realistic must be true or false, got {cfg['realistic']!r}")  # noqa: TRY004
     if "augment" in cfg:
 
         base["augment"] = check_ops(cfg["augment"], f"source {name!r} augment")
@@ -634,6 +649,7 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
                                 _number(cfg, "index_offset", 0, name, int, 0), str(cfg.get("device", "auto")),
                                 str(cfg.get("truth", "capture")), background=cfg.get("background", "white"), **base)
     background = cfg.get("background", "white")
+    base["realistic"] = cfg.get("realistic", False)  # folders / shards of synthesized captures: labels only
     cache_mb = _number(cfg, "cache_mb", 0.0, name, minimum=0.0)
     if fmt == "facelift":
         return FaceLiftFolderSource(name, kind, cfg.get("path"), cfg.get("list_file"), cache_mb,
@@ -647,7 +663,19 @@ def build_source(cfg: dict[str, Any], rig: Rig, num_views: int, size: int) -> So
 
 
 __all__ = [
-    "DecodedViews", "FaceLiftFolderSource", "MVDiffusionFolderSource", "ProceduralSource", "SceneCameras", "ShardSource", "Source",
-    "build_source", "expand_urls", "index_shard", "parse_camera_json", "resolve_entry", "resolve_list_entries",
+    "SAMPLE_KINDS",
+    "DecodedViews",
+    "FaceLiftFolderSource",
+    "MVDiffusionFolderSource",
+    "ProceduralSource",
+    "SceneCameras",
+    "ShardSource",
+    "Source",
+    "build_source",
+    "expand_urls",
+    "index_shard",
+    "parse_camera_json",
+    "resolve_entry",
+    "resolve_list_entries",
     "sample_dirs",
 ]

@@ -240,12 +240,15 @@ def input_scenes(inputs: Path, kind: str, limit: int | None, val_fraction: float
         train_cfgs = list(cfg.get("sources") or DEMO_SOURCES)
         val_cfgs = list(cfg.get("val_sources") or [])
 
+        def sample_kind(c: dict[str, Any]) -> str:  # Source.sample_kind: realistic captures are synthetic
+            return "realistic" if c.get("realistic") is True else str(c.get("kind", "synthetic"))
+
         def keep(c: dict[str, Any]) -> bool:
-            return kind == "all" or c.get("kind", "synthetic") == kind
+            return kind == "all" or sample_kind(c) == kind
 
         chosen = [(c, "train") for c in train_cfgs if keep(c)] + [(c, "val") for c in val_cfgs if keep(c)]
         if not chosen:
-            kinds = sorted({c.get("kind", "synthetic") for c in train_cfgs + val_cfgs})
+            kinds = sorted({sample_kind(c) for c in train_cfgs + val_cfgs})
             raise ValueError(f"{inputs}: no source of kind {kind!r} (the config has {', '.join(kinds)}); "
                              "use --kind")
         scenes: list[InputScene] = []
@@ -414,7 +417,7 @@ def write_generated_dataset(out: Path, g: GeneratedViews, items: Sequence[InputS
         for (i, item), sample_dir, (_, scene_id) in zip(chunk, dirs, refs):
             sample_dirs.append(sample_dir)
             records.append({"sample": sample_dir.name, "split": item.split, "source": item.source.name,
-                            "kind": item.source.kind, "scene": item.scene, "scene_id": scene_id,
+                            "kind": item.source.sample_kind, "scene": item.scene, "scene_id": scene_id,
                             "seed": seed + start})
             _progress(i, len(items), "samples", t0)
     train = [i for i, r in enumerate(records) if r["split"] == "train"]

@@ -5,7 +5,8 @@
 the bounding box of the target's alpha > 0.5, given the target views' alpha [B, V, 1, H, W]: mouse renders are
 mostly white background, which whole-image PSNR rewards. A view whose mask is empty has no box: NaN, left out of
 means (``KindMetrics`` counts them as ``psnr_fg_empty``). ``KindMetrics`` accumulates the metrics over batches,
-split by the sample's ``kind`` ("synthetic" / "real") plus "all", for Lightning logging.
+split by the sample's ``kind`` ("synthetic" / "realistic" / "real") plus "all", for Lightning logging; "realistic" is a
+synthetic source's realistic captures (``KIND_LABELS``: what tables call each kind).
 
 Example:
     >>> import torch
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-KINDS = ("synthetic", "real")
+KINDS = ("synthetic", "realistic", "real")  # a sample's kind: datamodules.sources.SAMPLE_KINDS
+KIND_LABELS = {"synthetic": "synthetic", "realistic": "synthetic (realistic)", "real": "real"}
 FG_THRESHOLD = 0.5
 # Metrics that are NaN where they are undefined (a view without foreground): means leave those views out.
 UNDEFINED_AS_NAN = ("psnr_fg", "ssim_fg", "iou")
@@ -199,7 +201,7 @@ def view_metrics(pred: Tensor, target: Tensor, lpips: nn.Module | None = None,
 
 
 class KindMetrics(nn.Module):
-    """Running means of per-view metrics by source kind ("all", "synthetic", "real").
+    """Running means of per-view metrics by sample kind ("all", "synthetic", "realistic", "real").
 
     ``update(metrics {name: [B, V]}, kinds [B] strings)``; ``compute() -> {"name/kind": scalar}`` for kinds seen.
     A scene's value is the mean over its views, the logged value the mean over scenes. Metrics in
@@ -276,5 +278,5 @@ def batch_kinds(batch: dict, b: int) -> list[str]:
     return [kind] * b if isinstance(kind, str) else list(kind)
 
 
-__all__ = ["FG_THRESHOLD", "KINDS", "UNDEFINED_AS_NAN", "IntervalMean", "KindMetrics", "batch_kinds", "foreground_box",
-           "logs_this_step", "per_view_psnr", "per_view_psnr_fg", "per_view_ssim", "view_metrics"]
+__all__ = ["FG_THRESHOLD", "KINDS", "KIND_LABELS", "UNDEFINED_AS_NAN", "IntervalMean", "KindMetrics", "batch_kinds",
+           "foreground_box", "logs_this_step", "per_view_psnr", "per_view_psnr_fg", "per_view_ssim", "view_metrics"]

@@ -259,10 +259,10 @@ def test_inspect_data_prints_one_json_object(tmp_path, capsys):
     cfg.write_text(
         "stage: reconstruction\nimage_size: 16\nnum_views: 4\nnum_input_views: 2\nbatch_size: 2\n"
         "sources:\n  - {name: syn, kind: synthetic, num_scenes: 50, weight: 0.7}\n"
-        "  - {name: rl, kind: real, realistic: true, num_scenes: 20, weight: 0.3}\n")
+        "  - {name: rl, kind: synthetic, realistic: true, num_scenes: 20, weight: 0.3}\n")
     assert main(["-c", str(cfg), "--samples", "1000", "--json", "--stage", "diffusion"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["sources"] == {"syn": {"kind": "synthetic", "fraction": 0.7}, "rl": {"kind": "real", "fraction": 0.3}}
+    assert out["sources"] == {"syn": {"kind": "synthetic", "fraction": 0.7}, "rl": {"kind": "realistic", "fraction": 0.3}}
     assert out["skipped"] == 0 and out["batch"]["images"] == [2, 6, 3, 16, 16]
     assert out["batch"]["ref_images"] == [2, 1, 3, 16, 16] and out["batch"]["index"] == [2, 6, 2]
     assert out["batch"]["input_images"] == [2, 1, 3, 16, 16], "the loader's augmentation is in the batch"
@@ -293,7 +293,7 @@ def test_lightning_fit_logs_per_source_counts_each_epoch(tmp_path):
     dm = MultiViewDataModule(stage="reconstruction", image_size=16, num_views=3, num_input_views=2, batch_size=2,
                              num_workers=0, samples_per_epoch=4, val_fraction=0,
                              sources=[{"name": "a", "num_scenes": 4, "weight": 0.5},
-                                      {"name": "b", "kind": "real", "num_scenes": 4, "weight": 0.5, "seed": 2}])
+                                      {"name": "b", "realistic": True, "num_scenes": 4, "weight": 0.5, "seed": 2}])
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=Rec(str(tmp_path)), enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(Tiny(), datamodule=dm)

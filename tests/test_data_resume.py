@@ -19,7 +19,7 @@ def _dm(**kw) -> MultiViewDataModule:
         "stage": "reconstruction", "image_size": 16, "num_views": 3, "num_input_views": 2, "batch_size": BATCH,
         "samples_per_epoch": PER_EPOCH, "val_fraction": 0, "seed": 7, "num_workers": 0,
         "sources": [{"name": "syn", "num_scenes": 9, "weight": 0.6},
-                    {"name": "real", "kind": "real", "realistic": True, "num_scenes": 5, "weight": 0.4, "seed": 2}],
+                    {"name": "real", "kind": "synthetic", "realistic": True, "num_scenes": 5, "weight": 0.4, "seed": 2}],
         # synthetic inputs always get noise, so every synthetic sample shows the augmentation's random ops
         "augment": {"synthetic": {"noise": {"p": 1.0, "std": 0.05}, "lighting": {"p": 0.5, "brightness": 0.2}}},
         **kw})

@@ -54,7 +54,7 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     demo_sources = {src["name"]: src["kind"] for src in yaml.safe_load(DEMO.read_text())["sources"]}
-    assert sorted(demo_sources.values()) == ["real", "synthetic"]  # what this test relies on
+    assert sorted(demo_sources.values()) == ["synthetic", "synthetic"]  # a clean and a realistic source
     assert [(r["checkpoint"], r["data"], r["rig"]) for r in rows] == [
         ("pretrained", "demo", FACELIFT), ("pretrained", "demo", MOUSE),
         ("finetuned", "demo", FACELIFT), ("finetuned", "demo", MOUSE)]
@@ -69,7 +69,7 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
         assert _finite(m["all"]["psnr"]) and _finite(m["all"]["ssim"]) and -1 <= m["all"]["ssim"] <= 1
         assert _finite(m["all"]["psnr_fg"]) and isinstance(m["all"]["psnr_fg_empty"], int)  # views without fg
         assert all(len(s["psnr_fg"]) == 2 for s in r["per_scene"])
-        assert set(m["kind"]) == {"synthetic", "real"}  # demo data: 0.7 synthetic / 0.3 "realistic" (real)
+        assert set(m["kind"]) == {"synthetic", "realistic"}  # demo data: 0.7 clean / 0.3 realistic, both synthetic
         assert set(m["source"]) == set(demo_sources)
         assert set(m["view"]) <= {"front", "front_right", "right", "back", "left", "front_left"} and m["view"]
         assert all(len(s["psnr"]) == len(s["views"]) == 2 for s in r["per_scene"])  # 6 views, 4 inputs
@@ -88,7 +88,7 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
         ("finetuned", MOUSE, "True")]
     for x, r in zip(lines, rows):
         assert float(x["psnr"]) == pytest.approx(r["metrics"]["all"]["psnr"])
-        assert float(x["ssim/real"]) == pytest.approx(r["metrics"]["kind"]["real"]["ssim"])
+        assert float(x["ssim/realistic"]) == pytest.approx(r["metrics"]["kind"]["realistic"]["ssim"])
         assert float(x["psnr_fg"]) == pytest.approx(r["metrics"]["all"]["psnr_fg"])
         assert float(x["psnr_fg/synthetic"]) == pytest.approx(r["metrics"]["kind"]["synthetic"]["psnr_fg"])
         assert int(x["psnr_fg_empty"]) == r["metrics"]["all"]["psnr_fg_empty"]
@@ -99,8 +99,9 @@ def test_two_checkpoints_x_demo_data_x_two_rigs_write_json_csv_md_and_grids(ckpt
     table = [ln for ln in md.splitlines() if ln.startswith(("| pretrained", "| finetuned"))]
     assert len(table) == 8  # main table + per-view table
     head = next(ln for ln in md.splitlines() if ln.startswith("| checkpoint | data | rig | checkpoint rig"))
-    assert "PSNR synthetic" in head and "SSIM real" in head and "LPIPS" not in head
-    assert "| PSNR | PSNR fg | SSIM |" in head and "PSNR fg real" in head and "- PSNR fg: PSNR over the pixels" in md
+    assert "PSNR synthetic" in head and "SSIM synthetic (realistic)" in head and "LPIPS" not in head
+    assert "SSIM real" not in head  # the realistic procedural source is synthetic
+    assert "| PSNR | PSNR fg | SSIM |" in head and "PSNR fg synthetic (realistic)" in head and "- PSNR fg: PSNR over the pixels" in md
     assert "| finetuned | demo | facelift_6view | mouse_oblique20_6view | **no** (20.0°) | 2 |" in md
     assert "LPIPS: left out" in md
 
@@ -266,6 +267,6 @@ def test_the_report_has_a_per_view_chart_of_every_row(ckpts, tmp_path):
     assert main(["--ckpt", f"a={ckpts['rec_mouse_export']}", "--ckpt", f"b={ckpts['rec_facelift_ckpt']}",
                  "--data", str(DEMO), "--out", str(out), "--batches", "1", "--batch-size", "2"]) == 0
     with Image.open(out / "chart.png") as im:
-        assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 500  # two panels: PSNR, SSIM
+        assert im.format == "PNG" and im.size[0] >= 500 and im.size[1] >= 500  # two panels: PSNR, SSIM (trimmed)
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 16) or range(300)) > 50  # bars, labels: not blank
     assert "![PSNR and SSIM per view](chart.png)" in (out / "results.md").read_text()

@@ -241,7 +241,7 @@ def multiview_data(num_workers: int = 0, persistent_workers: bool = False, augme
                                samples_per_epoch=10, val_fraction=0, seed=3, num_workers=num_workers,
                                persistent_workers=persistent_workers, augment_on=augment_on,
                                sources=[{"name": "syn", "num_scenes": 12, "weight": 0.6},
-                                        {"name": "real", "kind": "real", "realistic": True, "num_scenes": 8,
+                                        {"name": "real", "kind": "synthetic", "realistic": True, "num_scenes": 8,
                                          "weight": 0.4, "seed": 1}])
 
 
@@ -368,7 +368,7 @@ def diffusion_data():
     return MultiViewDataModule(stage="diffusion", image_size=16, batch_size=1, samples_per_epoch=4, val_fraction=0,
                                seed=3, num_workers=0,
                                sources=[{"name": "syn", "num_scenes": 6, "weight": 0.6},
-                                        {"name": "real", "kind": "real", "realistic": True, "num_scenes": 4,
+                                        {"name": "real", "kind": "synthetic", "realistic": True, "num_scenes": 4,
                                          "weight": 0.4, "seed": 1, "background": "as_is"}])
 
 

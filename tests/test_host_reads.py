@@ -21,7 +21,7 @@ REFERENCE_RASTERIZER = ("geometry/render/torch_rasterizer.py",)
 def _batch(stage: str, **kw):
     dm = MultiViewDataModule(stage=stage, image_size=16, num_views=3, num_input_views=2, batch_size=6,
                              num_workers=0, samples_per_epoch=12, val_fraction=0, augment_on="device",
-                             **kw)  # demo sources: synthetic + real; augmentation after the transfer is what we audit
+                             **kw)  # demo sources: synthetic + realistic; augmentation after the transfer is what we audit
     dm.setup("fit")
     return dm, next(iter(dm.train_dataloader()))
 
@@ -42,7 +42,7 @@ def test_reconstruction_training_step_reads_nothing_back_after_the_transfer():
     from lightning_modules.reconstruction.module import ReconstructionModule
 
     dm, batch = _batch("reconstruction")
-    assert {"synthetic", "real"} <= set(batch["kind"]), "both kinds: the augmenter's per-group path runs"
+    assert {"synthetic", "realistic"} <= set(batch["kind"]), "both kinds: the augmenter's per-group path runs"
     m = ReconstructionModule(rig="facelift_6view", image_size=16, num_input_views=2, width=32, depth=1, head_dim=16,
                              patch_size=8, rasterizer="torch")
     batch = m.on_before_batch_transfer(batch, 0)  # host side: index order, num_input_views as an int

@@ -26,7 +26,7 @@ RIG = "mouse_oblique20_6view"
 
 
 def _source(realistic: bool, truth: str | None = None, seed: int = 7) -> dict:
-    cfg = {"name": "mice", "kind": "real" if realistic else "synthetic", "format": "procedural", "num_scenes": 3,
+    cfg = {"name": "mice", "kind": "synthetic", "format": "procedural", "num_scenes": 3,
            "num_views": 8, "seed": seed, "device": "cpu", "realistic": realistic}
     if truth:
         cfg["truth"] = truth

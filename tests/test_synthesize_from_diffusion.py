@@ -46,18 +46,18 @@ def test_views_of_a_data_configs_real_sources_form_a_rig_dataset_the_datamodule_
     cfg.write_text(yaml.safe_dump({
         "stage": "reconstruction", "rig": FACELIFT, "image_size": 64, "val_fraction": 0.1, "center_crop": True,
         "sources": [{"name": "synthetic", "kind": "synthetic", "format": "procedural", "num_scenes": 4},
-                    {"name": "realistic", "kind": "real", "format": "procedural", "realistic": True,
+                    {"name": "realistic", "kind": "synthetic", "format": "procedural", "realistic": True,
                      "num_scenes": 20, "seed": 1, "background": "as_is"}]}))
     out = tmp_path / "phase3"
     code = main(["--from-diffusion", str(models["mouse_export"]), "--inputs", str(cfg), "--out", str(out),
-                 "--steps", "2", "--limit", "1", "--seed", "3"])
+                 "--steps", "2", "--limit", "1", "--seed", "3", "--kind", "realistic"])
     assert code == 0, capsys.readouterr().err
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["generator"] == "diffusion" and meta["rig"] == MOUSE
     assert meta["rig_fingerprint"] == load_rig(MOUSE).fingerprint and meta["views"] == 6 and meta["size"] == SIZE
-    # only the real source (--kind real by default); its held-out tail (val_fraction 0.1 of 20) stays held out
+    # only the realistic source (--kind realistic: synthetic captures); its held-out tail (val_fraction 0.1 of 20) stays held out
     assert [(s["source"], s["kind"], s["split"]) for s in meta["samples"]] == [
-        ("realistic", "real", "train"), ("realistic", "real", "val")]
+        ("realistic", "realistic", "train"), ("realistic", "realistic", "val")]
     assert [s["scene"] for s in meta["samples"]] == [0, 18]
     assert (meta["train"], meta["val"], meta["has_background"]) == (1, 1, True)
     assert (out / "data_train.txt").read_text().split() == [str((out / "sample_000000").resolve())]

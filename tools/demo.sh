@@ -93,8 +93,8 @@ image_size: 64
 sources:
   - {name: mouse_synth_shards, kind: synthetic, format: shards, urls: "$DATA/mouse_synth_shards", weight: 0.7,
      background: white}
-  - {name: mouse_realistic, kind: real, format: facelift, list_file: "$DATA/mouse_realistic/data_train.txt",
-     weight: 0.3, background: white}
+  - {name: mouse_realistic, kind: synthetic, realistic: true, format: facelift,
+     list_file: "$DATA/mouse_realistic/data_train.txt", weight: 0.3, background: white}
 reference_view: random_rig
 batch_size: 2
 num_workers: 0

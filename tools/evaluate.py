@@ -52,7 +52,7 @@ the mean over its other views; a scene without any is left out of the group mean
 ``psnr_fg_empty``. LPIPS only with local weights (``--lpips-weights`` = the lpips package's vgg.pth and
 ``--vgg-weights`` = torchvision's VGG16 state dict), otherwise left out and said once — never estimated. Each scene's
 score is the mean over its evaluated views; a group's score is the mean over its scenes (PSNR averaged in dB).
-Groups: all, per kind (synthetic / real), per source name, per view name. The data are the split's draws of the
+Groups: all, per kind (synthetic / realistic / real), per source name, per view name. The data are the split's draws of the
 DataModule (seeded: the same scenes for every checkpoint and rig), ``batches x batch_size`` per row, images at the
 checkpoint's image size; no augmentation. Diffusion sampling is seeded (``--seed`` + batch index).
 

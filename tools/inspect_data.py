@@ -54,7 +54,7 @@ def inspect(cfg: dict[str, Any], samples: int, stage: str | None = None) -> dict
     draws = ds.plan.draws(0, samples)  # sources and indices only
     counts = Counter(int(k) for k in draws[:, 0])
     total = max(1, len(draws))
-    sources = {s.name: {"kind": s.kind, "fraction": round(counts[k] / total, 6)}
+    sources = {s.name: {"kind": s.sample_kind, "fraction": round(counts[k] / total, 6)}
                for k, s in enumerate(dm.train_sources)}
     t0 = time.perf_counter()
     batch = next(iter(dm.train_dataloader()))

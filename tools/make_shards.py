@@ -9,8 +9,12 @@ Lossless: each scene becomes one webdataset sample whose members are the scene's
 16-bit PNGs keep every bit. Shards are ``OUT/PREFIX-000000.tar`` ...; read them with a source of ``format: shards``,
 ``urls: OUT`` (or a brace pattern). Prints one JSON line: {"scenes", "shards", "out"}.
 
-``--to-folders`` writes the shards' scenes back as ``OUT/<sample dir name>/`` with the camera file and the images
-at the paths it names, byte for byte, plus ``OUT/data_list.txt`` (one sample dir per line, shard order).
+The train / validation split travels with the scenes: when SRC is a folder with FaceLift's list files
+(``data_train.txt`` / ``data_val.txt``, as ``tools.synthesize`` writes them), each scene they list gets a member
+``KEY.split.txt`` (``train`` or ``val``). ``--to-folders`` writes the shards' scenes back as ``OUT/<sample dir name>/``
+with the camera file and the images at the paths it names, byte for byte, plus ``OUT/data_list.txt`` (one sample dir
+per line, shard order) and, when the shards carry the split, ``OUT/data_train.txt`` / ``OUT/data_val.txt`` (FaceLift's
+list files, absolute sample dirs).
 
 Both ways write into a temporary folder next to OUT (``.OUT.tmp-<pid>``) renamed to OUT when every scene is in: a
 failure (a bad scene, a full disk, a kill) leaves no partial, valid-looking output. OUT must be new or empty, or
@@ -34,7 +38,7 @@ from typing import Any
 
 import webdataset as wds
 
-from datamodules.sources import CAMERA_FILE, ShardSource, sample_dirs
+from datamodules.sources import CAMERA_FILE, ShardSource, resolve_list_entries, sample_dirs
 from geometry.camera_files import contained_path, frame_image_path
 from geometry.files import atomic_directory
 from geometry.progress import progress
@@ -82,6 +86,25 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+SPLIT_LISTS = {"train": "data_train.txt", "val": "data_val.txt"}  # FaceLift's list files, by split
+SPLIT_MEMBER = "split.txt"
+
+
+def source_splits(src: str | Path) -> dict[Path, str]:
+    """{resolved sample dir: "train" | "val"} from the list files beside the scenes of ``src`` (a folder holding
+    ``data_train.txt`` / ``data_val.txt``); empty when it has none. A scene in both lists is an error naming it."""
+    src = Path(src)
+    out: dict[Path, str] = {}
+    if not src.is_dir():
+        return out
+    for split, name in SPLIT_LISTS.items():
+        if (src / name).is_file():
+            for d in resolve_list_entries(src / name):
+                if out.setdefault(d.resolve(), split) != split:
+                    raise ValueError(f"{d}: listed in both {src / SPLIT_LISTS['train']} and {src / name}")
+    return out
+
+
 def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix: str = "shard") -> dict:
     """Write every sample of ``src`` into tar shards of ``shard_size`` scenes under ``out``; returns a summary.
 
@@ -92,6 +115,7 @@ def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     check_prefix(prefix)  # before anything is written: shards are always files directly in OUT
     dirs = sample_dirs(src)
+    splits = source_splits(src)
     out = Path(out)
     shard_re = re.compile(rf"^{re.escape(prefix)}-\d{{6}}\.tar$")
     _replaceable(out, lambda p: p.is_file() and bool(shard_re.match(p.name)), f"{prefix}-NNNNNN.tar shards")
@@ -100,9 +124,11 @@ def make_shards(src: str | Path, out: str | Path, shard_size: int = 100, prefix:
         with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
             for n, d in enumerate(progress(dirs, "scenes -> shards", unit="scene")):
                 key = f"{n:08d}_" + re.sub(r"[^A-Za-z0-9_-]", "_", d.name)
-                sink.write({"__key__": key, **scene_members(d)})
+                split = splits.get(d.resolve())
+                sink.write({"__key__": key, **scene_members(d), **({SPLIT_MEMBER: split} if split else {})})
         shards = sorted(str(p) for p in tmp.glob(f"{prefix}-*.tar"))
-    return {"scenes": len(dirs), "shards": len(shards), "out": str(out)}
+    counts = {k: sum(1 for d in dirs if splits.get(d.resolve()) == k) for k in SPLIT_LISTS}
+    return {"scenes": len(dirs), "shards": len(shards), "out": str(out), **({"splits": counts} if splits else {})}
 
 
 _KEY_RE = re.compile(r"^\d{8}_(.+)$")
@@ -116,13 +142,21 @@ def shards_to_folders(src: str | Path, out: str | Path) -> dict:
     out = Path(out)
     _replaceable(out, lambda p: False, "nothing")  # sample folders are never merged into another output
     with atomic_directory(out) as tmp:
-        dirs = _write_folders(shards, tmp)
+        dirs, splits = _write_folders(shards, tmp)
         (tmp / "data_list.txt").write_text("".join(f"{(out / d.name).resolve()}\n" for d in dirs))
-    return {"scenes": len(dirs), "shards": len(shards.shards), "out": str(out)}
+        if any(splits):  # the split the shards carry, as FaceLift's list files
+            for split, name in SPLIT_LISTS.items():
+                (tmp / name).write_text("".join(f"{(out / d.name).resolve()}\n" for d, k in zip(dirs, splits)
+                                                if k == split))
+    counts = {k: splits.count(k) for k in SPLIT_LISTS}
+    return {"scenes": len(dirs), "shards": len(shards.shards), "out": str(out),
+            **({"splits": counts} if any(splits) else {})}
 
 
-def _write_folders(shards: Any, out: Path) -> list[Path]:
+def _write_folders(shards: Any, out: Path) -> tuple[list[Path], list[str | None]]:
+    """The scenes written as sample folders under ``out`` and each one's split (its ``split.txt`` member, or None)."""
     dirs: list[Path] = []
+    splits: list[str | None] = []
     for i, (_, key, _) in enumerate(progress(shards.entries, "shards -> scenes", unit="scene")):
         m = _KEY_RE.match(os.path.basename(key))
         target = contained_path(out, m.group(1) if m else os.path.basename(key), f"{shards.where(i)}: sample folder")
@@ -140,7 +174,18 @@ def _write_folders(shards: Any, out: Path) -> list[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(shards._read(i, ext))
         dirs.append(target)
-    return dirs
+        splits.append(_split_of(shards, i))
+    return dirs, splits
+
+
+def _split_of(shards: Any, i: int) -> str | None:
+    if SPLIT_MEMBER not in shards.entries[i][2]:
+        return None
+    split = shards._read(i, SPLIT_MEMBER).decode("utf-8", "replace").strip()
+    if split not in SPLIT_LISTS:
+        raise ValueError(f"{shards.where(i)}: member {SPLIT_MEMBER} says {split!r}, not one of {sorted(SPLIT_LISTS)}")
+    return split
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.make_shards", description=__doc__.split("\n\n")[0])

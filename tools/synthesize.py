@@ -3,7 +3,7 @@
     python -m tools.synthesize --out DIR --scenes N --views V --size S --rig NAME [--realistic] [--seed K]
         [--val-fraction 0.1] [--camera-jitter-deg J] [--overwrite]
     python -m tools.synthesize --from-diffusion CKPT --inputs DATA --out DIR [--steps 50] [--guidance 3.0]
-        [--seed K] [--reference-view 0] [--kind real|synthetic|all] [--limit N] [--size S] [--scheduler ddim]
+        [--seed K] [--reference-view 0] [--kind real|realistic|synthetic|all] [--limit N] [--size S] [--scheduler ddim]
         [--matting opaque|MODULE:FUNCTION] [--val-fraction 0.1] [--ema] [--device cpu|cuda] [--skip-existing]
         [--reconstruction CKPT [--allow-rig-mismatch]] [--trust-checkpoint] [--with-truth] [--batch-size 1]
 
@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--reference-view", type=number(int, 0), default=None,
                       help="which view of each input scene is the reference (default 0); a diffusion model with "
                            "camera rays is told the photo is that rig view (it must be one of the rig's)")
-    diff.add_argument("--kind", choices=("real", "synthetic", "all"), default=None,
-                      help="data config: sources of this kind (default real)")
+    diff.add_argument("--kind", choices=("real", "realistic", "synthetic", "all"), default=None,
+                      help="data config: sources of this kind (default real; realistic: synthetic sources with "
+                           "realistic: true)")
     diff.add_argument("--limit", type=number(int, 1), default=None, help="at most N scenes per source and split")
     diff.add_argument("--matting", default=None,
                       help="alpha of the generated views: opaque (default) or a local MODULE:FUNCTION")

@@ -9,16 +9,19 @@ import csv
 import io
 import json
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from geometry.images import labelled_grid
-from lightning_modules.metrics import KINDS
+from geometry.images import CHAR_PX, labelled_grid
+from lightning_modules.metrics import KIND_LABELS, KINDS
 
 RESULTS_VERSION = 1
 BASE_METRICS = ("psnr", "psnr_fg", "ssim", "ssim_fg", "iou", "lpips")
@@ -41,12 +44,36 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+GRID_TILE_PX = 128  # the grids' tiles are at least this wide: 16-64 px renders stay readable
+
+
+def label_words(text: str) -> list[str]:
+    """The pieces ``wrap_label`` may put on separate lines: ``text`` broken after ``_``, ``-`` and spaces."""
+    return [w for w in re.split(r"(?<=[_\- ])", str(text)) if w]
+
+
+def grid_tile_px(size: int, labels: Sequence[str], minimum: int = GRID_TILE_PX) -> int:
+    """The tile width of an evaluation grid of ``size`` px images: ``size`` times the smallest whole factor that
+    reaches ``minimum`` px and fits the longest word of ``labels`` on one line (so a label breaks between words,
+    never inside one)."""
+    longest = max((len(w) for text in labels for w in label_words(text)), default=0)
+    need = max(minimum, CHAR_PX * longest + 2 + 2)  # wrap_label's width is the tile's less 2 px
+    return size * max(1, math.ceil(need / size))
+
+
 def write_grid(path: Path, rows: list[Tensor], labels: list[str], row_labels: list[str],
                tile_labels: list[list[str]] | None = None) -> Path | None:
-    """One PNG: a line per scene (labelled), columns ``labels``, each tile's own name when given."""
+    """One PNG: a line per scene (labelled), columns ``labels``, each tile's own name when given. Tiles are upscaled
+    by a whole factor with nearest-neighbour sampling (each pixel a block, nothing smoothed) to
+    :func:`grid_tile_px`."""
     if not rows:
         return None
-    grid = labelled_grid(torch.stack(rows).clamp(0, 1), labels, row_labels, tile_labels)
+    images = torch.stack(rows).clamp(0, 1)  # [R, C, 3, H, W]
+    r, c, _, h, w = images.shape
+    factor = grid_tile_px(max(h, w), [*labels, *(x for t in tile_labels or [] for x in t)]) // max(h, w)
+    if factor > 1:
+        images = F.interpolate(images.flatten(0, 1), scale_factor=factor, mode="nearest").unflatten(0, (r, c))
+    grid = labelled_grid(images, labels, row_labels, tile_labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     return path
@@ -63,6 +90,8 @@ def fmt(x: Any, digits: int) -> str:
 DIGITS = {"psnr": 2, "psnr_fg": 2, "ssim": 4, "ssim_fg": 4, "iou": 4, "lpips": 4}
 TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim": "SSIM", "ssim_fg": "SSIM fg", "iou": "IoU",
           "lpips": "LPIPS"}
+AXIS_LABELS = {"psnr": "PSNR (dB)", "psnr_fg": "PSNR fg (dB)", "ssim": "SSIM (0-1)", "ssim_fg": "SSIM fg (0-1)",
+               "iou": "IoU (0-1)", "lpips": "LPIPS (lower is better)"}  # the charts' y axes, with units
 
 
 def csv_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +162,7 @@ def markdown(results: dict[str, Any]) -> str:
     head += ["diffusion rig match"] if chained else []
     head += ["scenes"]
     head += [TITLES[m] for m in metrics]
-    head += [f"{TITLES[m]} {k}" for k in kinds for m in metrics]
+    head += [f"{TITLES[m]} {KIND_LABELS.get(k, k)}" for k in kinds for m in metrics]
     if any(r.get("generated_metrics") for r in ok_rows):
         head += [f"generated {TITLES[m]}" for m in metrics]
     compared = [m for m in ("psnr", "psnr_fg") if any(m in (r.get("copy_ref_metrics") or {}).get("all", {})
@@ -222,7 +251,21 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write_chart(path: Path, rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("psnr", "ssim")) -> Path | None:
     """PSNR and SSIM per view of every evaluated row as grouped bars (views in rig order; a view a row's rig lacks is
-    left empty); None when no row has per-view scores."""
+    left empty), axes with their units, the rows' legend below the panels; None when no row has per-view scores."""
+    fig = chart_figure(rows, metrics)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def chart_figure(rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("psnr", "ssim")) -> Any:
+    """:func:`write_chart`'s matplotlib figure (None when no row has per-view scores): one panel per metric, y in
+    ``AXIS_LABELS``' units, the legend a figure legend under the panels, never over the bars."""
     ok = [r for r in rows if (r.get("metrics") or {}).get("view")]
     if not ok:
         return None
@@ -247,15 +290,15 @@ def write_chart(path: Path, rows: list[dict[str, Any]], metrics: tuple[str, ...]
             ax.bar([i + (k - (len(ok) - 1) / 2) * width for i in range(len(views))], ys, width,
                    label=f"{r['checkpoint']} x {r['data']} x {r['rig']}")
         ax.set_xticks(range(len(views)), views, rotation=30, ha="right")
-        ax.set_ylabel(TITLES.get(m, m))
+        ax.set_ylabel(AXIS_LABELS.get(m, TITLES.get(m, m)))
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=8, loc="lower right")
+    axes[-1, 0].set_xlabel("view")
     axes[0, 0].set_title("per view: checkpoint x data x rig")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(2, len(names)), frameon=False)  # below the panels (saved with bbox_inches="tight")
+    return fig
 
 
 CHAIN_METRICS = ("psnr", "psnr_fg", "ssim_fg", "iou")
@@ -301,13 +344,15 @@ def write_chain_chart(rows: list[dict[str, Any]], path: Path, metrics: tuple[str
             ys = [y if isinstance(y, (int, float)) and math.isfinite(y) else math.nan for y in ys]
             ax.bar([i + (k - (len(datas) - 1) / 2) * width for i in range(len(models))], ys, width, label=d)
         ax.set_xticks(range(len(models)), models, rotation=25, ha="right", fontsize=8)
-        ax.set_ylabel(TITLES.get(m, m))
+        ax.set_ylabel(AXIS_LABELS.get(m, TITLES.get(m, m)))
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=8, title="data", title_fontsize=8)
     axes[0, 0].set_title(title or f"the chain's metrics ({' / '.join(where)})")
     fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, title="data", title_fontsize=8, loc="upper center",
+               bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(names)), frameon=False)  # below the panels
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -320,6 +365,6 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     write_chart(out / "chart.png", results["rows"])
 
 
-__all__ = ["BASE_METRICS", "CHAIN_METRICS", "CSV_FIXED", "RESULTS_VERSION", "chain_scores", "csv_row", "fmt",
-           "jsonable", "markdown", "row_label", "write_chain_chart", "write_chart", "write_csv", "write_grid",
-           "write_results"]
+__all__ = ["AXIS_LABELS", "BASE_METRICS", "CHAIN_METRICS", "CSV_FIXED", "GRID_TILE_PX", "RESULTS_VERSION",
+           "chain_scores", "chart_figure", "csv_row", "fmt", "grid_tile_px", "jsonable", "label_words", "markdown",
+           "row_label", "write_chain_chart", "write_chart", "write_csv", "write_grid", "write_results"]
