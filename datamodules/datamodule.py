@@ -67,23 +67,33 @@ def held_out_split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 class MultiViewDataModule(L.LightningDataModule):
     """Mixed real + synthetic multi-view scenes for the ``diffusion`` or ``reconstruction`` stage.
 
-    Args (plain types for LightningCLI):
-        stage: "diffusion" | "reconstruction".  rig: rig name or path (the stage's cameras).
+    Constructor arguments are plain types (LightningCLI / YAML; ``python -m tools.fit --data.help
+    datamodules.MultiViewDataModule`` prints these descriptions).
+
+    Args:
+        stage: "diffusion" | "reconstruction".
+        rig: rig name or path (the stage's cameras).
         sources: list of source dicts (datamodules.sources docstring); default: the procedural demo 0.7 / 0.3.
         val_sources: same shape; default: a held-out tail (``val_fraction``) of each training source.
-        image_size: square output size.  num_views / num_input_views: reconstruction views per scene / inputs.
+        image_size: square output size.
+        num_views: reconstruction views per scene.
+        num_input_views: reconstruction input views per scene.
         supervise_inputs: reconstruction's view overlap: training supervision views include the inputs (FaceLift's
             GS-LRM trains so; the samples carry ``supervise_all_views``), validation still scores only the views
             that are not inputs. False: num_views must exceed num_input_views.
         input_views: reconstruction's inputs: "random" (any ``num_input_views`` of the scene's views) or "spread"
             (farthest-point sampling of the cameras' viewing directions from a random first view, so the inputs see
             the subject from all round, like a rig's views; ``datamodules.views``); the supervision views are random.
-        reference_view: "fixed" | "random" | "random_rig" (+ reference_index) for diffusion.
-        rig_tolerance_deg / rig_distance_tolerance: diffusion's data-vs-rig camera check: at ``setup`` a source whose
+        reference_view: "fixed" | "random" | "random_rig" for diffusion.
+        reference_index: the reference view with ``reference_view: fixed``.
+        rig_tolerance_deg: diffusion's data-vs-rig camera check (degrees): at ``setup`` a source whose
             cameras cannot match the rig is refused (``SourceRigError``, naming the source, view and angle;
             ``SceneBuilder.check_source_rig``), and each drawn scene is checked again (a bad sample).
-        normalize_cameras / target_radius: centre at the rays' intersection, mean distance to target_radius.
-        center_crop / center_fill: crop every view with view 0's alpha box so the object is ~center_fill of the frame.
+        rig_distance_tolerance: the same check's tolerance on camera distances (world units).
+        normalize_cameras: centre at the rays' intersection, mean distance to target_radius.
+        target_radius: the mean camera distance normalize_cameras makes.
+        center_crop: crop every view with view 0's alpha box so the object is ~center_fill of the frame.
+        center_fill: the object's share of the frame after center_crop.
         on_bad_sample: "raise" | "skip" (skips are counted per source: ``skip_report()``).
         augment: per-kind domain-gap ops (datamodules.augment docstring); None = defaults; {"enabled": False} = off.
             A source's own ``augment:`` ops replace its kind's for its scenes.
@@ -92,7 +102,11 @@ class MultiViewDataModule(L.LightningDataModule):
         augment_on: "loader" (default): each sample in the DataLoader's workers, seeded by its draw (a draw gets
             the same ops whatever the world size, batch size or worker count); "device": each batch after its copy
             to the device, seeded by the training step and rank (datamodules.augment docstring: which costs what).
-        batch_size, num_workers, samples_per_epoch (draws per epoch, all ranks), val_samples, seed.
+        batch_size: scenes per batch (per rank).
+        num_workers: DataLoader worker processes.
+        samples_per_epoch: draws per epoch, all ranks.
+        val_samples: validation draws.
+        seed: the draws' seed.
         persistent_workers: keep the loader's worker processes between epochs (with num_workers > 0). Safe: the
             sampler runs in the main process and every key it hands the workers carries its epoch, so no per-epoch
             state has to reach the workers.

@@ -95,9 +95,82 @@ def find_configs(argv: Sequence[str], options: Sequence[str] = ("-c", "--config"
     return out
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The tools' help: the module docstring as written, and each option's default."""
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a YAML mapping of the parser's long options (``guidance: 2.0``, ``ckpt: [a=PATH, ...]``,
+    ``ema: true``), read as if typed before the command line, so every value is checked as typed and the command
+    line's own options win (list options such as ``--ckpt`` add to the file's)."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML of these options (long names, - or _); the command line's options win")
+
+
+def config_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``argv`` with its ``--config FILE`` replaced by the options the file holds (:func:`add_config_option`);
+    ValueError naming the file and the key for a key that is no option or a value of the wrong shape."""
+    import yaml
+
+    args, path = [], None
+    it = iter(argv)
+    for a in it:
+        if a == "--config":
+            path = next(it, None)
+        elif a.startswith("--config="):
+            path = a.partition("=")[2]
+        else:
+            args.append(a)
+    if path is None:
+        return list(argv)
+    try:
+        data = yaml.safe_load(open(path).read())  # noqa: SIM115 - read at once
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: must hold a mapping of option: value")  # noqa: TRY004 - bad file content, not a bad argument type
+    tokens: list[str] = []
+    for key, value in data.items():
+        opt = "--" + str(key).replace("_", "-")
+        action = parser._option_string_actions.get(opt) or parser._option_string_actions.get("--" + str(key))
+        if action is None or opt == "--config":
+            raise ValueError(f"--config {path}: unknown option {key!r} (see --help)")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            tokens.append(opt if value else "--no-" + opt[2:])
+        elif action.nargs == 0:  # store_true / store_false flags
+            if not isinstance(value, bool):
+                raise ValueError(f"--config {path}: {key!r} is a flag: true or false, got {value!r}")  # noqa: TRY004
+            if value == isinstance(action, argparse._StoreTrueAction):
+                tokens.append(opt)
+        elif isinstance(value, list):
+            if isinstance(action, argparse._AppendAction):
+                for v in value:
+                    tokens += [opt, str(v)]
+            elif action.nargs in ("+", "*"):
+                tokens += [opt, *map(str, value)]
+            else:
+                raise ValueError(f"--config {path}: {key!r} takes one value, got a list")
+        else:
+            tokens += [opt, str(value)]
+    return tokens + args
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:
     """``parser.parse_args(argv)``, or None when argparse refused an argument (its one-line usage error is printed):
-    ``main`` then returns 2, as for its other errors, instead of raising SystemExit. ``--help`` still exits."""
+    ``main`` then returns 2, as for its other errors, instead of raising SystemExit. ``--help`` still exits. A
+    ``--config FILE`` (:func:`add_config_option`) is read first."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--config" in parser._option_string_actions:
+        try:
+            argv = config_argv(parser, argv)
+        except ValueError as e:
+            parser.print_usage(sys.stderr)
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return None
     try:
         return parser.parse_args(argv)
     except SystemExit as e:

@@ -82,12 +82,12 @@ from lightning_modules.diffusion.sampling import DEFAULT as SAMPLING
 from lightning_modules.diffusion.sampling import MAX_GUIDANCE
 from lightning_modules.evaluation import EvalSettings, run_evaluation
 from lightning_modules.pipeline import SAMPLING_PRECISIONS
-from tools import log_to_stderr, number, parse_args
+from tools import HelpFormatter, add_config_option, log_to_stderr, number, parse_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=HelpFormatter, epilog=__doc__)
     p.add_argument("--ckpt", action="append", required=True,
                    help="[LABEL=]PATH of a .ckpt or export folder (repeat for several)")
     p.add_argument("--data", action="append", required=True, help="[LABEL=]data config YAML (repeat for several)")
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vgg-weights", type=Path, default=None, help="local torchvision VGG16 weights for LPIPS")
     p.add_argument("--grid-scenes", type=number(int, 0), default=4, help="scenes per image grid")
     p.add_argument("--num-workers", type=number(int, 0), default=0, help="data loading workers")
+    add_config_option(p)
     return p
 
 

@@ -111,12 +111,28 @@ def _main(argv: list[str] | None) -> FitCLI:
     return cli
 
 
+# LightningCLI's other subcommands, and why tools.fit has none of them: a run folder (its identity, config copy,
+# run.json, loggers) belongs to a training run and refuses another config, so a validate / test / predict pass lives
+# in tools.evaluate (any checkpoint or export x data x rig, one table), which writes into its own --out.
+SUBCOMMANDS = {name: f"tools.fit only trains (its run folder is a training run's); {what}: python -m tools.evaluate "
+                     "--ckpt RUN/checkpoints/last.ckpt --data CONFIG --out DIR"
+               for name, what in (("validate", "to score a checkpoint on its validation data"),
+                                  ("test", "to score a checkpoint on held-out data"),
+                                  ("predict", "to run a checkpoint on inputs (or python -m tools.infer)"))}
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     """``python -m tools.fit``: :func:`main`, with the run's refusals (``USER_ERRORS``: rig or stage mismatch, a run
     folder of another config, a bad run root, an untrusted checkpoint) as an error without a traceback (its first
     line names the problem, details follow indented) and exit code 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in SUBCOMMANDS:
+        print(f"tools.fit: error: {args[0]!r}: {SUBCOMMANDS[args[0]]}", file=sys.stderr)
+        return 2
+    if args and args[0] == "fit":  # LightningCLI's own form: `fit -c CONFIG` is the same run
+        args = args[1:]
     try:
-        main(argv)
+        main(args)
     except USER_ERRORS as e:
         print(f"tools.fit: error: {user_error(e)}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ from lightning_modules.pipeline import (
     parse_input_views,
     write_photo_outputs,
 )
-from tools import log_to_stderr, number, parse_args
+from tools import HelpFormatter, add_config_option, log_to_stderr, number, parse_args
 
 log = logging.getLogger("mvlift.infer")
 
@@ -93,7 +93,7 @@ class OutputError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.infer", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=HelpFormatter, epilog=__doc__)
     p.add_argument("images", nargs="+", type=Path, help="input photos (PNG with or without alpha, JPEG, ...)")
     p.add_argument("--diffusion", required=True, type=Path, help="diffusion .ckpt or export folder")
     p.add_argument("--reconstruction", required=True, type=Path, help="reconstruction (GS-LRM) .ckpt or export")
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", action="store_true",
                    help="at the end, serve the results in the browser viewer (tools.view; Ctrl-C stops it)")
     p.add_argument("--view-port", type=number(int, 0, 65535), default=8080, help="port of --view's page")
+    add_config_option(p)
     return p
 
 
