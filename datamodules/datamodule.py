@@ -75,6 +75,7 @@ class MultiViewDataModule(L.LightningDataModule):
         rig: rig name or path (the stage's cameras).
         sources: list of source dicts (datamodules.sources docstring); default: the procedural demo 0.7 / 0.3.
         val_sources: same shape; default: a held-out tail (``val_fraction``) of each training source.
+        val_fraction: the share of each training source's scenes held out for validation when val_sources is None.
         image_size: square output size.
         num_views: reconstruction views per scene.
         num_input_views: reconstruction input views per scene.

@@ -50,3 +50,26 @@ def test_data_arguments_are_described_from_the_docstring(capsys):
         fit.main(["--data.help", "datamodules.MultiViewDataModule"])
     out = capsys.readouterr().out
     assert "square output size." in out and "scenes per batch (per rank)." in out
+
+
+@pytest.mark.parametrize("cls_path", ["lightning_modules.diffusion.DiffusionModule",
+                                      "lightning_modules.reconstruction.ReconstructionModule",
+                                      "datamodules.MultiViewDataModule"])
+def test_every_constructor_argument_is_described_in_the_docstring(cls_path):
+    """What ``--model.help`` / ``--data.help`` print: jsonargparse reads the class's ``Args:`` section."""
+    import importlib
+    import inspect
+
+    import docstring_parser
+
+    module, _, name = cls_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    described = {p.arg_name for p in docstring_parser.parse(cls.__doc__).params if p.description}
+    args = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    assert args <= described, sorted(args - described)
+
+
+def test_model_help_prints_the_descriptions(capsys):
+    with pytest.raises(SystemExit):
+        fit.main(["--model.help", "lightning_modules.reconstruction.ReconstructionModule"])
+    assert "peak learning rate." in capsys.readouterr().out

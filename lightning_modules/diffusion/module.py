@@ -214,7 +214,56 @@ def _resize_views(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 class DiffusionModule(MultiViewConditioning, StageModule):
-    """Multi-view diffusion training, sampling and export. Constructor arguments are plain types (LightningCLI)."""
+    """Multi-view diffusion training, sampling and export. Constructor arguments are plain types (LightningCLI;
+    ``python -m tools.fit --model.help lightning_modules.diffusion.DiffusionModule`` prints them).
+
+    Args:
+        rig: the rig (name or path) whose views the model generates; set in the data section (shared setting).
+        pretrained: a diffusers pipeline folder (FaceLift's pipeckpts/, SD 2.1 unCLIP) read with local files only;
+            None builds the components from scratch (the unet_* arguments).
+        unet_subfolder: the pipeline folder's UNet subfolder (e.g. unet_ema).
+        attention: multi-view self-attention: "sparse" (each view attends to itself and the first; FaceLift's) or
+            "joint" (all views).
+        attention_backend: the SDPA kernel tried first ("auto": torch's own order).
+        view_embeddings: "facelift" (FaceLift's fixed file), "learned" (from view_init) or a file to start from.
+        facelift_embeds: FaceLift's per-view prompt embeddings file (view_embeddings: facelift).
+        view_embeddings_path: a view-embeddings file to start from (e.g. an export's).
+        view_init: learned embeddings' start: "nearest_facelift" (FaceLift's row nearest each view) or "scratch".
+        view_tokens: tokens per view embedding (FaceLift: 77).
+        train_view_embeddings: train the view embeddings with the UNet.
+        image_size: square view size in pixels; set in the data section.
+        prediction_type: "epsilon" | "v_prediction" | "sample"; None: the pipeline scheduler's (or the
+            autoencoder's default), recorded once resolved.
+        noise_level: unCLIP noise level of the reference's CLIP image embedding.
+        autoencoder: "vae" (the pipeline's frozen SD VAE) or "pixel" (denoise the image itself).
+        camera_rays: give the UNet each view's Plücker rays in the reference camera's frame (6 more inputs).
+        unet_width: from-scratch UNet base width.
+        cross_attention_dim: from-scratch view-embedding width.
+        image_embed_dim: from-scratch CLIP image-embedding width.
+        unet_channels: from-scratch UNet channels per level (default unet_width, 2 x unet_width).
+        unet_layers_per_block: from-scratch UNet layers per level.
+        unet_attention_levels: from-scratch UNet levels with attention.
+        unet_head_dim: from-scratch UNet attention head size.
+        snr_gamma: min-SNR loss weighting gamma; None for plain MSE.
+        cond_drop_prob: probability of dropping the conditioning (classifier-free guidance training).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        max_steps: schedule length when the trainer sets none.
+        decay: "constant" | "cosine" after warm-up.
+        freeze: parameter-name patterns whose parameters are frozen (an unknown pattern is an error).
+        lr_groups: parameter-name pattern -> learning rate for the matching parameters.
+        optimizer: "adamw" | "adamw8bit" | "auto".
+        grad_checkpointing: recompute UNet activations in the backward pass (less memory).
+        compile: torch.compile the UNet.
+        val_inference_steps: sampling steps of validation samples.
+        val_guidance_scale: guidance of validation samples.
+        val_sample_batches: validation batches sampled.
+        val_sample_every_n_steps: fewest training steps between two sampled validations.
+        vgg_weights: local VGG-16 weights for val/lpips.
+        lpips_weights: local LPIPS head weights for val/lpips.
+    """
 
     stage = "diffusion"
     pipeline_tag = "image-to-image"  # one photo -> the rig's views (model card metadata)

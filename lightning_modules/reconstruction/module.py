@@ -133,7 +133,52 @@ def config_arguments(config: GSLRMConfig) -> dict[str, Any]:
 
 
 class ReconstructionModule(StageModule):
-    """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML)."""
+    """GS-LRM training, evaluation and export. Constructor arguments are plain types (LightningCLI / YAML;
+    ``python -m tools.fit --model.help lightning_modules.reconstruction.ReconstructionModule`` prints them).
+
+    Args:
+        rig: the rig (name or path) the model is trained on; set in the data section (shared setting).
+        image_size: square view size in pixels; set in the data section.
+        num_input_views: posed input views per scene; set in the data section.
+        width: transformer width (FaceLift: 1024).
+        depth: transformer layers (FaceLift: 24).
+        head_dim: attention head size (FaceLift: 64).
+        patch_size: image patch side in pixels (FaceLift: 8).
+        num_global_tokens: learned tokens shared by all views (FaceLift: 2).
+        mlp_ratio: MLP hidden size over width.
+        sh_degree: colour spherical-harmonics degree; only 0 (one RGB colour per Gaussian, as FaceLift renders).
+        clip_xyz: clamp of Gaussian centres (world units); None for none.
+        scale_bias: added to the scale pre-activation, exp(min(s + scale_bias, scale_max_log)); None: the
+            init_from weights' own, else a Gaussian of 0.7 px at the rig's radius (pixel_scale_bias).
+        scale_max_log: cap of the log scale; None: the weights' own, else FaceLift's.
+        opacity_bias: opacity = sigmoid(a + opacity_bias); None: the weights' own, else FaceLift's -2.0.
+        depth_range: depth = (2 sigmoid(z + depth_preact_bias) - 1) * depth_range about each ray's point nearest
+            the origin; None: the weights' own, else FaceLift's 1.8.
+        depth_preact_bias: see depth_range; None: the weights' own, else 0.
+        mse_weight: weight of the pixel MSE loss.
+        ssim_weight: weight of the (1 - SSIM) loss.
+        perceptual_weight: weight of the VGG perceptual loss (needs vgg_weights).
+        lpips_weight: weight of the LPIPS loss (needs vgg_weights).
+        opacity_weight: weight of the rendered-alpha loss against the masks.
+        masked: compute the image losses inside the masks only.
+        vgg_weights: local VGG-16 weights file for the perceptual / LPIPS losses.
+        lpips_weights: local LPIPS head weights (default: torchmetrics' shipped heads).
+        supervise_inputs: supervise the input views too (FaceLift's GS-LRM trains so); set in the data section.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (none on norms, biases, embeddings).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        max_steps: schedule length when the trainer sets none.
+        decay: "cosine" | "constant" after warm-up.
+        freeze: parameter-name patterns whose parameters are frozen (an unknown pattern is an error).
+        lr_groups: parameter-name pattern -> learning rate for the matching parameters.
+        optimizer: "adamw" | "adamw8bit" | "auto".
+        rasterizer: "auto" (gsplat on CUDA, else torch) | "torch" | "gsplat".
+        attention_backend: the SDPA kernel tried first ("auto", "flash", "cudnn", "efficient", "math").
+        grad_checkpointing: recompute transformer activations in the backward pass (less memory).
+        compile: torch.compile each transformer block.
+        init_from: an export folder (or converted FaceLift GS-LRM) whose weights start the model.
+    """
 
     stage = "reconstruction"
     pipeline_tag = "image-to-3d"  # posed views -> 3D Gaussians (model card metadata)
