@@ -172,7 +172,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
             return None
     try:
-        return parser.parse_args(argv)
+        args = parser.parse_args(argv)
+        if "--config" in parser._option_string_actions:
+            del args.config  # read already: the tools see the options it held
+        return args
     except SystemExit as e:
         if e.code in (0, None):
             raise
