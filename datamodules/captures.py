@@ -5,19 +5,26 @@ Per frame (all cameras of the frame or none): read each camera's image and mask 
 the image border), undistort image and mask when the calibration has distortion (kornia), then
 
 1. centre on the animal: ``geometry.cameras.subject_center`` — the point nearest all rays through the masks'
-   centroids;
-2. ``geometry.cameras.normalize_about_subject``: every camera at ``radius`` (2.7) from that centre along its own line
-   to it, its focal length scaled so the animal keeps its pixel size, the centre's pixel unchanged;
+   centroids (rays that miss it by more than ``max_ray_miss_deg``: ``inconsistent_views``);
+2. one similarity of the world (``geometry.cameras.normalize_cameras``): that centre to the origin, one scale so the
+   cameras sit at ``radius`` (2.7) on average; rotations and intrinsics unchanged, so the calibration's units drop
+   out and every camera keeps its own distance. ``snap_radius`` then moves each camera along its line to exactly
+   ``radius`` with its focal length scaled (``normalize_about_subject``): an approximation, measured below;
 3. crop each view to a square centred on the centre's pixel and resize to ``size``, the crop chosen so every view
    ends with the same focal length (``fov_deg``, or the widest that keeps every mask within ``fill`` of the frame):
    ``datamodules.io.crop_views`` with ``geometry.cameras.crop_intrinsics`` (the DataModule's own centring code), so
    the intrinsics move with the pixels;
-4. write ``OUT/frame_NNNNNN/images/cam_VVV.png`` (RGBA, mask as alpha), ``opencv_cameras.json`` and ``capture.json``
-   (frame, centre, units, the raw cameras in world units: ``tools.rig check`` reports before / after from it).
+4. check what would be written (:func:`frame_checks`): the reprojection of the animal's points (imported camera vs
+   raw calibration through the crop, px at 512 px; contract ``REPROJECTION_LIMIT_PX``) and the visual hull's
+   silhouette IoU per view (``geometry.visual_hull``); below ``min_hull_iou``: ``inconsistent_views``;
+5. write ``OUT/frame_NNNNNN/images/cam_VVV.png`` (RGBA, mask as alpha), ``opencv_cameras.json`` and ``capture.json``
+   (frame, centre, scale, units, both checks, the raw cameras in world units: ``tools.rig check`` reports before /
+   after from it).
 
 A rejected frame is counted under one reason per frame (the first found), with the camera and a detail:
 ``skipped`` (``skip`` ranges), ``outside_range`` (a camera has no such frame), ``unreadable_frame``, ``no_mask``,
-``empty_mask``, ``mask_touches_border``, ``no_center`` (the rays do not meet). Nothing is dropped silently.
+``empty_mask``, ``mask_touches_border``, ``no_center`` (the centre lies behind a camera), ``inconsistent_views``
+(masks and cameras disagree). Nothing is dropped silently.
 """
 
 from __future__ import annotations
