@@ -52,15 +52,15 @@ from geometry.cameras import (
     focal_from_fov,
     normalize_about_subject,
     normalize_cameras,
+    point_nearest_rays,
     project_points,
     rays_through_pixels,
     scene_center_from_rays,
     spherical_from_c2w,
-    subject_center,
 )
 from geometry.files import write_atomic
-from geometry.images import resize_images, save_png
-from geometry.visual_hull import bound_from_masks, hull_points, silhouette_iou_from
+from geometry.images import save_png
+from geometry.visual_hull import hull_at_size
 
 REPROJECTION_LIMIT_PX = 1.5  # the contract: an animal point's pixel, imported vs raw calibration, at 512 px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -260,8 +260,8 @@ def normalize_frame(c2w: Tensor, fxfycxcy: Tensor, masks: list[Tensor], s: Impor
     """Steps 1-3 of the module docstring for one frame (raw cameras c2w [V, 4, 4], fxfycxcy [V, 4], masks [1, H, W]
     per view in the source pixels)."""
     uv = torch.stack([mask_centroid(m) for m in masks])
-    center = subject_center(c2w, fxfycxcy, uv)
     origins, dirs = rays_through_pixels(c2w.double(), fxfycxcy.double(), uv)
+    center = point_nearest_rays(origins, dirs).to(c2w.dtype)  # geometry.cameras.subject_center, rays kept
     miss = torch.rad2deg(torch.acos((torch.nn.functional.normalize(center.double() - origins, dim=-1) * dirs)
                                     .sum(-1).clamp(-1, 1)))
     if float(miss.max()) > s.max_ray_miss_deg:
@@ -307,12 +307,7 @@ def frame_checks(geo: FrameGeometry, raw_c2w: Tensor, raw_k: Tensor, alphas: Ten
     the view's crop; silhouette IoU of the visual hull per view, ``geometry.visual_hull``, at ``s.hull_size`` px).
     alphas: [V, 1, size, size] the imported views' masks.
     """
-    hs = s.hull_size
-    small = resize_images(alphas.float(), hs) if alphas.shape[-1] != hs else alphas.float()
-    k_small = geo.fxfycxcy.double() * (hs / s.size)
-    bound = bound_from_masks(geo.c2w, geo.fxfycxcy, alphas)
-    points, inside = hull_points(geo.c2w, k_small, small, bound)
-    iou = silhouette_iou_from(inside, small)
+    points, inside, iou = hull_at_size(geo.c2w, geo.fxfycxcy, list(alphas), s.hull_size)
     pts = points[inside].double()
     if len(pts) == 0:
         pts = torch.zeros(1, 3, dtype=torch.float64)

@@ -367,6 +367,12 @@ def _pad_gaussians(items: list[Gaussians], device: torch.device) -> Gaussians:
     return Gaussians(**out)
 
 
+def straight_colour(premult: Tensor, alpha: Tensor) -> Tensor:
+    """Premultiplied colour [..., 3, H, W] over alpha [..., 1, H, W] -> straight colour in [0, 1] (0 where
+    alpha <= 1e-3)."""
+    return torch.where(alpha > 1e-3, premult / alpha.clamp_min(1e-3), torch.zeros_like(premult)).clamp(0, 1)
+
+
 @torch.no_grad()
 def render_plans(plans: list[ScenePlan], size: int, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
     """Rasterize scene plans (views of a batch must agree in count) on ``device`` in one call and apply the
@@ -388,7 +394,7 @@ def render_plans(plans: list[ScenePlan], size: int, device: torch.device | str =
             images, mask, effects = _capture(premult, alpha, p.capture_rng)
             meta.update(effects)
         else:
-            images = torch.where(alpha > 1e-3, premult / alpha.clamp_min(1e-3), torch.zeros_like(premult)).clamp(0, 1)
+            images = straight_colour(premult, alpha)
             mask = alpha
         results.append({
             "images": images.contiguous(), "alpha": mask.contiguous(), "object_alpha": alpha.contiguous(),
@@ -498,5 +504,15 @@ def make_scene(index: int, rig: Rig | str | dict, num_views: int, size: int, rea
     return make_scenes([index], rig, num_views, size, realistic, seed, camera_jitter_deg)[0]
 
 
-__all__ = ["ScenePlan", "ScenePlanner", "make_scene", "make_scenes", "plan_scene", "render_plans", "rotmat_to_quat",
-           "scene_cameras", "scene_id"]
+__all__ = [
+    "ScenePlan",
+    "ScenePlanner",
+    "make_scene",
+    "make_scenes",
+    "plan_scene",
+    "render_plans",
+    "rotmat_to_quat",
+    "scene_cameras",
+    "scene_id",
+    "straight_colour",
+]

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from datamodules.procedural import plan_scene, rotmat_to_quat
+from datamodules.procedural import plan_scene, rotmat_to_quat, straight_colour
 from geometry.camera_files import read_camera_file
 from geometry.cameras import camera_position, invert_rigid, look_at
 from geometry.files import write_atomic
@@ -177,7 +177,7 @@ def render_truth(recording: str | Path, scene: str | Path, supersample: int = 8)
     out = rasterize(truth_in_import(recording, scene), cams.c2w[None].float(), k[None].float(), h * supersample,
                     w * supersample, torch.zeros(3), backend="torch")
     premult, alpha = (resize_images(out[key][0].clamp(0, 1), (h, w)) for key in ("rgb", "alpha"))
-    return torch.where(alpha > 1e-3, premult / alpha.clamp_min(1e-3), torch.zeros_like(premult)).clamp(0, 1), alpha
+    return straight_colour(premult, alpha), alpha
 
 
 __all__ = ["LAB_CAMERAS", "PROC_UNIT_IN", "LabCamera", "camera_truth", "lab_from_proc", "render_truth",

@@ -20,10 +20,9 @@ import torch
 from datamodules.captures import capture_camera_table
 from datamodules.photos import read_image
 from geometry.camera_files import CameraFile, read_camera_file
-from geometry.cameras import fov_from_focal, scale_intrinsics, spherical_from_c2w
-from geometry.images import resize_images
+from geometry.cameras import fov_from_focal, spherical_from_c2w
 from geometry.rig import load_rig
-from geometry.visual_hull import bound_from_masks, silhouette_iou
+from geometry.visual_hull import hull_at_size
 
 HULL_SIZE, HULL_SAMPLES = 48, 64  # the masks' size and the samples per ray of the hull check
 
@@ -32,7 +31,7 @@ def scene_hull_iou(scene_dir: Path, cams: CameraFile) -> list[float] | None:
     """Silhouette IoU of the visual hull per view of one scene (its images' alpha at HULL_SIZE px, about the world
     origin: the animal's centre in imported and normalized data); None when a view's image is missing or has no
     alpha."""
-    masks, ks = [], []
+    masks = []
     for v, fp in enumerate(cams.file_paths):
         path = scene_dir / (fp or f"images/cam_{v:03d}.png")
         if not path.is_file():  # cameras without their images: nothing to carve
@@ -40,11 +39,9 @@ def scene_hull_iou(scene_dir: Path, cams: CameraFile) -> list[float] | None:
         _, alpha = read_image(path)
         if alpha is None:
             return None
-        masks.append(resize_images(alpha.float(), HULL_SIZE))
-        ks.append(scale_intrinsics(cams.fxfycxcy[v].double(), cams.sizes[v], (HULL_SIZE, HULL_SIZE)))
-    m, k = torch.stack(masks), torch.stack(ks)
-    return [round(float(x), 4) for x in silhouette_iou(cams.c2w, k, m, bound_from_masks(cams.c2w, k, m),
-                                                       samples=HULL_SAMPLES)]
+        masks.append(alpha)
+    _, _, iou = hull_at_size(cams.c2w, cams.fxfycxcy, masks, HULL_SIZE, HULL_SAMPLES)
+    return [round(float(x), 4) for x in iou]
 
 
 def check_dataset(data_dir: Path, rig_name: str, angle_tol: float = 1.0, dist_tol: float = 0.05,

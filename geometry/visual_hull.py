@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from geometry.cameras import project_points
+from geometry.cameras import project_points, scale_intrinsics
+from geometry.images import resize_images
 
 
 def _lookup(masks: Tensor, uv: Tensor) -> Tensor:
@@ -98,6 +99,17 @@ def silhouette_iou(c2w: Tensor, fxfycxcy: Tensor, masks: Tensor, bound: float, c
     return silhouette_iou_from(hull_points(c2w, fxfycxcy, masks, bound, center, samples)[1], masks)
 
 
+def hull_at_size(c2w: Tensor, fxfycxcy: Tensor, masks: list[Tensor], size: int = 64, samples: int = 96
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """The hull check of one scene: masks [1, H_v, W_v] per view (any sizes, with their intrinsics fxfycxcy [V, 4])
+    resized to ``size`` px, the subject bounded by :func:`bound_from_masks`, the hull sampled (:func:`hull_points`
+    about the origin). Returns (points [V, size², S, 3], inside [V, size², S], silhouette IoU [V])."""
+    small = torch.stack([resize_images(m.float(), size) for m in masks])
+    k = torch.stack([scale_intrinsics(kv.double(), m.shape[-2:], (size, size)) for kv, m in zip(fxfycxcy, masks)])
+    points, inside = hull_points(c2w, k, small, bound_from_masks(c2w, k, small), samples=samples)
+    return points, inside, silhouette_iou_from(inside, small)
+
+
 def silhouette_iou_from(inside: Tensor, masks: Tensor) -> Tensor:
     """IoU [V] of the hull's silhouettes (``inside`` [V, H*W, S] of :func:`hull_points`) with masks [V, 1, H, W]."""
     sil = inside.any(-1)
@@ -106,4 +118,4 @@ def silhouette_iou_from(inside: Tensor, masks: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
 
 
-__all__ = ["bound_from_masks", "hull_points", "silhouette_iou", "silhouette_iou_from"]
+__all__ = ["bound_from_masks", "hull_at_size", "hull_points", "silhouette_iou", "silhouette_iou_from"]
