@@ -10,7 +10,8 @@ STEP (each a list of groups; the jobs of a group run at once, on one GPU, a grou
     phase3    (Phase 3's data where finetune left it unwritten;) Phase 3's GS-LRMs (the Phase-2 GS-LRM fine-tuned on
               each row's data) beside the Phase-2 chained evaluations; then the Phase-3 chained evaluations and the
               baseline (the captured rig views straight into the Phase-2 GS-LRM); then the report
-    eval      every evaluation again (Phase 2, Phase 3, baseline); report  the report alone (bench/phases_report.py)
+    eval      every evaluation again (Phase 2, Phase 3, baseline; the other steps skip an evaluation that has its
+              results.json, as a training that has its export); report  the report alone (bench/phases_report.py)
     all       train, finetune, phase3 (one machine without a call limit, or the toy profile)
     commands  print every command of the study (the plan; nothing runs)
 
@@ -21,9 +22,11 @@ GS-LRM (trained on synthetic views) and with its own Phase-3 GS-LRM; baselines i
 held-out scenes (seed 7) at two held-out cameras, once with clean photos and once with realistic captures of the same
 scenes against the same clean truth (configs/studies/phases/heldout_*.yaml): the difference is the row's domain gap.
 
-Profiles: ``gpu`` (one H100 / H200: the configs as they are, each training bounded by ``--trainer.max_time``; the
-times below, overridable by the environment: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME,
-PHASES_PHASE3_TIME, and PHASES_SEEDS / PHASES_PHASE3_SEEDS, e.g. "0 1"); ``toy`` (the same commands on a CPU with
+Profiles: ``gpu`` (one H100 / H200: the configs as they are; the shared trainings (the diffusion start, the Phase-2
+GS-LRM) bounded by ``--trainer.max_time``, the rows' (fine-tunes, Phase-3 GS-LRMs) by ``--trainer.max_steps`` so that
+rows sharing the GPU unevenly are compared at equal training, with a time as a safety bound; overridable by the
+environment: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss),
+PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, and PHASES_SEEDS / PHASES_PHASE3_SEEDS, e.g. "0 1"); ``toy`` (the same commands on a CPU with
 tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs in OUT/logs/) or, with
 ``--inprocess``, one after the other in this process (the toy test). A training whose run already has an export is
 not run again (a step can be repeated after a failure); a job whose inputs are missing is skipped and said so.
@@ -71,6 +74,7 @@ class Profile:
     seeds: tuple[int, ...]
     phase3_seeds: tuple[int, ...]
     times: dict[str, str | None]  # base, gslrm, finetune, phase3: --trainer.max_time (None: the steps decide)
+    steps: dict[str, int | None]  # finetune, phase3: --trainer.max_steps (None: the time decides)
     diffusion: tuple[str, ...]  # every diffusion fit
     gslrm: tuple[str, ...]  # every GS-LRM fit
     synthesize: tuple[str, ...]
@@ -88,7 +92,10 @@ def gpu_profile() -> Profile:
     return Profile(
         "gpu", _seeds("PHASES_SEEDS", "0 1"), _seeds("PHASES_PHASE3_SEEDS", "0"),
         {"base": env("PHASES_BASE_TIME", "00:00:05:00"), "gslrm": env("PHASES_GSLRM_TIME", "00:00:05:00"),
-         "finetune": env("PHASES_FINETUNE_TIME", "00:00:03:45"), "phase3": env("PHASES_PHASE3_TIME", "00:00:03:00")},
+         "finetune": env("PHASES_FINETUNE_TIME", "00:00:06:00"), "phase3": env("PHASES_PHASE3_TIME", "00:00:04:00")},
+        # the rows' trainings stop at a number of steps, so rows and seeds sharing one GPU unevenly (a mixed source
+        # renders longer at start-up) are compared at equal training; their times above are only a safety bound
+        {"finetune": int(env("PHASES_FINETUNE_STEPS", "500")), "phase3": int(env("PHASES_PHASE3_STEPS", "1000"))},
         diffusion=(), gslrm=(),
         synthesize=("--steps", "25", "--guidance", "1.5", "--batch-size", "64", "--precision", "bf16", "--device",
                     "cuda"),
@@ -107,7 +114,7 @@ TOY_STEPS = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "-
 
 def toy_profile() -> Profile:
     return Profile(
-        "toy", (0,), (0,), {"base": None, "gslrm": None, "finetune": None, "phase3": None},
+        "toy", (0,), (0,), {"base": None, "gslrm": None, "finetune": None, "phase3": None}, {},
         diffusion=(*TOY_STEPS, "--model.init_args.max_steps", "2", "--model.init_args.unet_channels", "[8, 16]",
                    "--model.init_args.unet_attention_levels", "[false, true]",
                    "--model.init_args.unet_layers_per_block", "1", "--model.init_args.unet_head_dim", "8",
@@ -150,6 +157,7 @@ class Study:
     def __init__(self, profile: Profile, root: Path = Path("runs"), out: Path = Path("out")) -> None:
         self.p, self.root, self.out = profile, Path(root), Path(out)
         self.dir = self.root / "phases"
+        self.redo_evaluations = False  # step eval: every evaluation again (else one with results is not repeated)
 
     # paths
     def run(self, name: str) -> Path:
@@ -185,9 +193,11 @@ class Study:
                  "--data.init_args.num_workers", str(self.p.workers[time_key]),
                  "--resume", "auto"]  # a step repeated after a failure continues a run cut short (time left)
         argv += list(self.p.diffusion if kind == "diffusion" else self.p.gslrm)
-        max_time = self.p.times[time_key]
+        max_time, max_steps = self.p.times[time_key], self.p.steps.get(time_key)
         if max_time:
             argv += ["--trainer.max_time", max_time]
+        if max_steps:
+            argv += ["--trainer.max_steps", str(max_steps)]
         return Job(name, "tools.fit", argv, needs or [], done=self.export(name) if self.has_export(name) else None,
                    max_time=max_time)
 
@@ -239,7 +249,9 @@ class Study:
     def _evaluate(self, name: str, argv: list[str], needs: list[Path]) -> Job:
         data = [a for label, path in HELDOUT.items() for a in ("--data", f"{label}={path}")]
         out = self.eval_dir(name)
-        return Job(f"eval_{name}", "tools.evaluate", [*argv, *data, "--out", str(out), *self.p.evaluate], needs)
+        done = out / "results.json" if (out / "results.json").is_file() and not self.redo_evaluations else None
+        return Job(f"eval_{name}", "tools.evaluate", [*argv, *data, "--out", str(out), *self.p.evaluate], needs,
+                   done=done)
 
     def chain_eval(self, row: str, seed: int, gslrm: str) -> Job:
         """Phase 2 (``gslrm`` = "phase2") or Phase 3 of diffusion row ``row`` seed ``seed``, both held-out sets."""
@@ -418,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the step's commands (paths as they are now)")
     args = p.parse_args(argv)
     study = Study(PROFILES[args.profile](), args.root, args.out)
+    study.redo_evaluations = args.step == "eval"
     if args.step == "commands":
         for job in study.plan():
             print(job.command())

@@ -1,9 +1,10 @@
 # The user's experiment plan (issue 29), Phases 1-3 on one GPU: bash bench/phases_device.sh STEP
 # (run from the checkout root on the device machine; docs/results.md, "The user's experiment plan (Phases 1-3)").
 #   train     diffusion start (5 min) beside the Phase-2 GS-LRM (5 min)                        ~8 min a call
-#   finetune  rows (i) (ii) (iii) x seeds 0 1, all at once from the start (3.75 min); Phase-3 data  ~8 min
-#   phase3    (Phase-3 data not yet written;) Phase-3 GS-LRMs (3 min) beside the Phase-2 evaluations;
-#             Phase-3 evaluations, the baseline, the report                                     ~6.5 min
+#   finetune  rows (i) (ii) (iii) x seeds 0 1, all at once from the start (500 steps each); Phase-3 data
+#                                                                                               ~8-9 min
+#   phase3    (Phase-3 data not yet written;) Phase-3 GS-LRMs (1000 steps) beside the Phase-2 evaluations;
+#             Phase-3 evaluations, the baseline, the report                                     ~5-6 min
 #   eval | report    every evaluation again / the report alone; all = train finetune phase3 (no call limit)
 # The steps hand each other their runs in runs/ (checkpoints stay on the machine): call them one after the other on
 # the same warm machine (it is given back 30 s after a call). Each step packs what it made, without checkpoints, into
@@ -14,8 +15,10 @@
 # report) and gsplat_cuda.so: 4 files (the device tool brings back at most 8).
 # Needs the wheels in .whl/ (README "GPU machines without internet"), as bench/learning_device.sh; gsplat's kernels
 # compile once (~90 s) unless .carry/gsplat_cuda.so is carried (copied to $OUT for the next call).
-# Times and seeds: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss),
-# PHASES_SEEDS ("0 1"), PHASES_PHASE3_SEEDS ("0") (bench/phases.py).
+# Times, steps and seeds: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss;
+# the rows' times only bound their steps), PHASES_FINETUNE_STEPS (500), PHASES_PHASE3_STEPS (1000), PHASES_SEEDS
+# ("0 1"), PHASES_PHASE3_SEEDS ("0") (bench/phases.py). A step repeated skips trainings with an export and
+# evaluations with results: e.g. PHASES_PHASE3_SEEDS=1 ... phase3 adds Phase 3's second seed.
 set -u
 T0=$SECONDS
 STEP=${1:-}

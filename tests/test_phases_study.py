@@ -61,6 +61,15 @@ def test_every_job_of_the_plan_runs_and_every_row_is_evaluated(toy):
     assert "phase3_data/ii_s0/data_train.txt" in cfg and "input_views: first" in cfg
 
 
+def test_a_repeated_step_skips_evaluations_that_have_results_and_step_eval_redoes_them(toy):
+    out, _ = toy
+    study = phases.Study(phases.toy_profile(), out / "runs", out / "out")
+    evals = [job for group in study.steps("phase3") for job in group() if job.tool == "tools.evaluate"]
+    assert len(evals) == 7 and all(job.done is not None and job.done.name == "results.json" for job in evals)
+    study.redo_evaluations = True
+    assert all(job.done is None for group in study.steps("eval") for job in group() if job.tool == "tools.evaluate")
+
+
 def test_the_report_has_every_row_the_gap_column_and_its_figures(toy):
     out, _ = toy
     report = out / "out" / "report"
@@ -78,14 +87,21 @@ def test_the_report_has_every_row_the_gap_column_and_its_figures(toy):
 
 
 def test_the_gpu_plan_is_the_toy_plan_at_full_size():
-    """The device's commands: the same jobs, each training bounded by max_time, two seeds of the Phase-1 rows, the
-    configs they name present."""
+    """The device's commands: the same jobs, each training bounded by max_time, the rows' trainings (fine-tunes,
+    Phase-3 GS-LRMs) also by a number of steps (rows sharing the GPU unevenly compared at equal training), two seeds
+    of the Phase-1 rows, the configs they name present."""
     study = phases.Study(phases.gpu_profile())
     plan = study.plan()
     toy = phases.Study(phases.toy_profile()).plan()
     assert {j.name for j in toy} <= {j.name for j in plan}
     fits = [j for j in plan if j.tool == "tools.fit"]
     assert len(fits) == 2 + 3 * 2 + 3 and all("--trainer.max_time" in j.argv for j in fits)
+    for j in fits:
+        shared = j.name in ("diffusion_base", "gslrm_phase2")
+        assert ("--trainer.max_steps" in j.argv) != shared, j.name
+        if not shared:  # one step count for every row of a phase
+            steps = j.argv[j.argv.index("--trainer.max_steps") + 1]
+            assert steps == str(study.p.steps["finetune" if j.name.startswith("diffusion") else "phase3"])
     total = sum(phases._seconds(j.max_time) for j in fits if j.name in ("diffusion_base", "diffusion_i_s0",
                                                                          "gslrm_phase3_i_s0"))
     assert 10 * 60 <= total <= 15 * 60  # the study's training time on the GPU (groups run at once)
