@@ -188,8 +188,9 @@ def findings(table: list[dict[str, Any]]) -> list[str]:
     for row in ROWS:
         a, b = f"{row}_phase3", f"{row}_phase2"
         if a in by and b in by:
+            n = len(by[a]["seeds"])
             out.append(f"- ({row}) Phase 3 vs Phase 2: {fmt(value(a)[0] - value(b)[0], sign=True)} dB "
-                       f"(one seed); gap {fmt(by[a]['gap_mean'])} vs {fmt(by[b]['gap_mean'])} dB.")
+                       f"({n} seed{'s' if n > 1 else ''} of Phase 3); gap {fmt(by[a]['gap_mean'])} vs {fmt(by[b]['gap_mean'])} dB.")
     if "views_phase2" in by and "i_phase2" in by:
         out.append(f"- the photographed rig views into the Phase-2 GS-LRM (the user's Phase-2 baseline): "
                    f"{fmt(value('views_phase2')[0])} dB; chain (i): {fmt(value('i_phase2')[0])} dB.")
