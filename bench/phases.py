@@ -26,7 +26,8 @@ Profiles: ``gpu`` (one H100 / H200: the configs as they are; the shared training
 GS-LRM) bounded by ``--trainer.max_time``, the rows' (fine-tunes, Phase-3 GS-LRMs) by ``--trainer.max_steps`` so that
 rows sharing the GPU unevenly are compared at equal training, with a time as a safety bound; overridable by the
 environment: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss),
-PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, and PHASES_SEEDS / PHASES_PHASE3_SEEDS, e.g. "0 1"); ``toy`` (the same commands on a CPU with
+PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, PHASES_EVAL_BATCHES (of 16 held-out scenes, 4), and PHASES_SEEDS /
+PHASES_PHASE3_SEEDS, e.g. "0 1"); ``toy`` (the same commands on a CPU with
 tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs in OUT/logs/) or, with
 ``--inprocess``, one after the other in this process (the toy test). A training whose run already has an export is
 not run again (a step can be repeated after a failure); a job whose inputs are missing is skipped and said so.
@@ -99,7 +100,7 @@ def gpu_profile() -> Profile:
         diffusion=(), gslrm=(),
         synthesize=("--steps", "25", "--guidance", "1.5", "--batch-size", "64", "--precision", "bf16", "--device",
                     "cuda"),
-        evaluate=("--device", "cuda", "--batches", "4", "--batch-size", "16", "--steps", "25", "--guidance", "1.5",
+        evaluate=("--device", "cuda", "--batches", env("PHASES_EVAL_BATCHES", "4"), "--batch-size", "16", "--steps", "25", "--guidance", "1.5",
                   "--precision", "bf16", "--num-workers", "2", "--grid-scenes", "3"),
         workers={"base": 6, "gslrm": 4, "finetune": 2, "phase3": 3}, timeout_s=240.0)
 
