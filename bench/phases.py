@@ -101,8 +101,7 @@ def gpu_profile() -> Profile:
         synthesize=("--steps", "25", "--guidance", "1.5", "--batch-size", "64", "--precision", "bf16", "--device",
                     "cuda"),
         evaluate=("--device", "cuda", "--batches", env("PHASES_EVAL_BATCHES", "4"), "--batch-size", "16", "--steps",
-                  "25", "--guidance", "1.5",
-                  "--precision", "bf16", "--num-workers", "2", "--grid-scenes", "3"),
+                  "25", "--guidance", "1.5", "--precision", "bf16", "--num-workers", "2", "--grid-scenes", "3"),
         workers={"base": 6, "gslrm": 4, "finetune": 2, "phase3": 3}, timeout_s=240.0)
 
 
