@@ -256,19 +256,27 @@ def _generator(rng: np.random.Generator, device: torch.device) -> torch.Generato
     return torch.Generator(device).manual_seed(int(rng.integers(2**62)))
 
 
+def _upload(x: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A small numpy draw on ``device`` without waiting for the GPU: a plain copy would wait for every kernel this
+    process queued, and on a GPU that other processes share each wait costs a time slice (thousands of scenes
+    rendered at a training's start-up beside other trainings spent minutes waiting)."""
+    t = torch.from_numpy(np.asarray(x)).to(dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def _textured_backgrounds(rng: np.random.Generator, views: int, size: int, device: torch.device) -> Tensor:
     """Cluttered, colored backgrounds [V, 3, H, W], one per view: smooth color field, floor gradient, up to 8
     random ellipses and boxes, fine texture."""
     gen = _generator(rng, device)
-    base = torch.from_numpy(rng.uniform(0.15, 0.85, (views, 3, 1, 1))).float().to(device)
+    base = _upload(rng.uniform(0.15, 0.85, (views, 3, 1, 1)), device)
     coarse = base + 0.12 * torch.randn(views, 3, 4, 4, generator=gen, device=device)
     bg = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
     ys = torch.linspace(0, 1, size, device=device)[:, None].expand(size, size)
     xs = torch.linspace(0, 1, size, device=device)[None, :].expand(size, size)
-    floor = torch.from_numpy(rng.uniform(0.0, 0.35, (views, 1, 1, 1))).float().to(device)
+    floor = _upload(rng.uniform(0.0, 0.35, (views, 1, 1, 1)), device)
     bg = bg * (1.0 - floor * ys)  # darker towards one edge (floor / vignetting)
-    shapes = torch.from_numpy(rng.uniform(0, 1, (views, 8, 8))).float().to(device)  # cx cy rx ry kind rgb
-    count = torch.from_numpy(rng.integers(3, 9, views)).to(device)
+    shapes = _upload(rng.uniform(0, 1, (views, 8, 8)), device)  # cx cy rx ry kind rgb
+    count = _upload(rng.integers(3, 9, views), device, torch.int64)
     for j in range(8):
         cx, cy, rx, ry, kind = (shapes[:, j, i, None, None] for i in range(5))
         rx, ry = 0.03 + 0.22 * rx, 0.03 + 0.22 * ry
@@ -301,7 +309,7 @@ def _segmentation(alpha: Tensor, rng: np.random.Generator) -> Tensor:
     wobble = torch.nn.functional.interpolate(torch.randn(v, 1, 6, 6, generator=gen, device=alpha.device),
                                              size=(size, size), mode="bicubic", align_corners=False)
     soft = _gaussian_blur(alpha, max(0.5, size / 128))  # a band around the edge to move the threshold in
-    level = torch.from_numpy(rng.uniform(0.3, 0.7, (v, 1, 1, 1))).float().to(alpha.device)
+    level = _upload(rng.uniform(0.3, 0.7, (v, 1, 1, 1)), alpha.device)
     return (soft + 0.12 * wobble > level).to(alpha.dtype)
 
 

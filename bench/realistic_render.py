@@ -1,0 +1,87 @@
+"""Seconds to pre-render a realistic procedural source on the GPU, alone and beside busy processes: what a
+training whose data mix a realistic source (configs/studies/phases/data_mixed*.yaml) spends at start-up when other
+trainings share its GPU (bench/phases.py runs six at once). One JSON line per run.
+
+    python -m bench.realistic_render [--scenes 500] [--size 64] [--views 6] [--busy 0 4] [--clean] [--sync-uploads]
+
+``--busy K``: K processes keep the GPU busy meanwhile with a training-like loop (small kernels, a host sync every
+step). ``--sync-uploads``: the capture effects' small random draws copied to the GPU with a plain (waiting) copy, as
+before ``datamodules.procedural._upload``: the comparison that shows what the non-waiting upload saves. Needs CUDA
+and gsplat (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+from datetime import date
+
+import numpy as np
+import torch
+
+
+def _busy(stop: mp.Event, ready: mp.Barrier) -> None:
+    """A stand-in for a training sharing the GPU: small matmuls and convolutions, a host sync every step."""
+    x = torch.randn(16, 64, 64, 64, device="cuda")
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).cuda()
+    ready.wait()
+    while not stop.is_set():
+        for _ in range(20):
+            x = torch.tanh(conv(x))
+        float(x.mean())
+
+
+def render_seconds(scenes: int, size: int, views: int, realistic: bool) -> float:
+    from datamodules import sources
+    from geometry.rig import load_rig
+
+    sources._PRERENDERED.clear()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    sources.ProceduralSource("bench", "synthetic", load_rig("mouse_oblique20_6view"), scenes, views, size,
+                             realistic=realistic, device="cuda")
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.realistic_render", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenes", type=int, default=500)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--views", type=int, default=6)
+    p.add_argument("--busy", type=int, nargs="+", default=[0, 4], help="busy processes beside the render")
+    p.add_argument("--clean", action="store_true", help="the clean source (no capture effects) instead")
+    p.add_argument("--sync-uploads", action="store_true", help="plain, waiting copies of the draws (as before)")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.realistic_render: needs CUDA (and gsplat)")
+    from datamodules import procedural
+
+    if args.sync_uploads:
+        procedural._upload = lambda x, device, dtype=torch.float32: torch.from_numpy(np.asarray(x)).to(dtype).to(
+            device)
+    render_seconds(8, args.size, args.views, not args.clean)  # warm-up: kernels, caches
+    ctx = mp.get_context("spawn")
+    for busy in args.busy:
+        stop, ready = ctx.Event(), ctx.Barrier(busy + 1)
+        procs = [ctx.Process(target=_busy, args=(stop, ready), daemon=True) for _ in range(busy)]
+        for proc in procs:
+            proc.start()
+        if busy:
+            ready.wait()
+        seconds = render_seconds(args.scenes, args.size, args.views, not args.clean)
+        stop.set()
+        for proc in procs:
+            proc.join(timeout=30)
+        print(json.dumps({"bench": "realistic_render", "date": date.today().isoformat(),
+                          "device": torch.cuda.get_device_name(0), "scenes": args.scenes, "size": args.size,
+                          "views": args.views, "source": "clean" if args.clean else "realistic", "busy": busy,
+                          "uploads": "sync" if args.sync_uploads else "non-blocking", "seconds": round(seconds, 2),
+                          "scenes_per_s": round(args.scenes / seconds, 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
