@@ -95,7 +95,7 @@ def collect(study: Study) -> dict[str, Any]:
     base = [r for r in results.get("views_phase2", []) if r.get("heldout_metrics")]
     add("views_phase2", "baseline: the photographed rig views -> Phase-2 GS-LRM", "baseline",
         {0: _by_data(base, "heldout_metrics")} if base else {}, "held-out cameras",
-        [evals["views_phase2"].command()] if "views_phase2" in evals else [])
+        [evals["views_phase2"].command()] if "views_phase2" in evals and not base else [])
     add("copy", "baseline: the photo copied to every view", "baseline", {0: copy} if copy else {},
         "held-out cameras", [])
     for row, (_, what) in ROWS.items():
