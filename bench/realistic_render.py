@@ -5,8 +5,8 @@ trainings share its GPU (bench/phases.py runs six at once). One JSON line per ru
     python -m bench.realistic_render [--scenes 500] [--size 64] [--views 6] [--busy 0 4] [--clean] [--sync-uploads]
 
 ``--busy K``: K processes keep the GPU busy meanwhile with a training-like loop (small kernels, a host sync every
-step). ``--sync-uploads``: the capture effects' small random draws copied to the GPU with a plain (waiting) copy, as
-before ``datamodules.procedural._upload``: the comparison that shows what the non-waiting upload saves. Needs CUDA
+step). ``--sync-uploads``: the capture effects' draws (one copy per chunk of scenes) and blur kernels copied to the GPU
+with a plain, waiting copy instead of ``datamodules.procedural._upload``: what the waits alone cost. Needs CUDA
 and gsplat (docs/benchmarks.md).
 """
 

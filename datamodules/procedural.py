@@ -264,19 +264,34 @@ def _upload(x: np.ndarray, device: torch.device, dtype: torch.dtype = torch.floa
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
-def _textured_backgrounds(rng: np.random.Generator, views: int, size: int, device: torch.device) -> Tensor:
-    """Cluttered, colored backgrounds [V, 3, H, W], one per view: smooth color field, floor gradient, up to 8
-    random ellipses and boxes, fine texture."""
-    gen = _generator(rng, device)
-    base = _upload(rng.uniform(0.15, 0.85, (views, 3, 1, 1)), device)
-    coarse = base + 0.12 * torch.randn(views, 3, 4, 4, generator=gen, device=device)
-    bg = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+def _draw_capture(rng: np.random.Generator, views: int, size: int, device: torch.device) -> dict[str, Any]:
+    """One scene's capture effects drawn from its stream, in the stream's order: the background's generator and
+    colours, floor, shapes (cx cy rx ry kind rgb) and their count; blur and noise strength, the noise's and the
+    segmentation wobble's generators, the segmentation levels. Numbers are numpy; pixel fields come from the
+    generators, on ``device``."""
+    d: dict[str, Any] = {"background": _generator(rng, device)}
+    d["base"] = rng.uniform(0.15, 0.85, (views, 3))
+    d["floor"] = rng.uniform(0.0, 0.35, views)
+    d["shapes"] = rng.uniform(0, 1, (views, 8, 8))
+    d["count"] = rng.integers(3, 9, views)
+    d["sigma"], d["noise"] = float(rng.uniform(0.4, 1.1)) * size / 128, float(rng.uniform(0.01, 0.035))
+    d["noise_gen"], d["wobble_gen"] = _generator(rng, device), _generator(rng, device)
+    d["level"] = rng.uniform(0.3, 0.7, views)
+    return d
+
+
+def _textured_backgrounds(draws: list[dict[str, Any]], params: Tensor, size: int) -> Tensor:
+    """Cluttered, colored backgrounds [B, 3, H, W], one per view of every scene: smooth color field, floor gradient,
+    up to 8 random ellipses and boxes, fine texture. ``params``: [B, 71] the views' packed draws (_capture)."""
+    device = params.device
+    coarse = torch.cat([torch.randn(len(d["base"]), 3, 4, 4, generator=d["background"], device=device)
+                        for d in draws])
+    bg = torch.nn.functional.interpolate(params[:, 0:3, None, None] + 0.12 * coarse, size=(size, size),
+                                         mode="bicubic", align_corners=False)
     ys = torch.linspace(0, 1, size, device=device)[:, None].expand(size, size)
     xs = torch.linspace(0, 1, size, device=device)[None, :].expand(size, size)
-    floor = _upload(rng.uniform(0.0, 0.35, (views, 1, 1, 1)), device)
-    bg = bg * (1.0 - floor * ys)  # darker towards one edge (floor / vignetting)
-    shapes = _upload(rng.uniform(0, 1, (views, 8, 8)), device)  # cx cy rx ry kind rgb
-    count = _upload(rng.integers(3, 9, views), device, torch.int64)
+    bg = bg * (1.0 - params[:, 3, None, None, None] * ys)  # darker towards one edge (floor / vignetting)
+    shapes, count = params[:, 4:68].view(-1, 8, 8), params[:, 68]
     for j in range(8):
         cx, cy, rx, ry, kind = (shapes[:, j, i, None, None] for i in range(5))
         rx, ry = 0.03 + 0.22 * rx, 0.03 + 0.22 * ry
@@ -285,32 +300,38 @@ def _textured_backgrounds(rng: np.random.Generator, views: int, size: int, devic
         mask = torch.where(kind < 0.5, ellipse, box) & (j < count)[:, None, None]
         color = shapes[:, j, 5:8, None, None]
         bg = torch.where(mask[:, None], 0.6 * color + 0.4 * bg, bg)
-    bg = bg + 0.04 * torch.randn(bg.shape, generator=gen, device=device)  # fine texture
-    return bg.clamp(0, 1)
+    texture = torch.cat([torch.randn(len(d["base"]), 3, size, size, generator=d["background"], device=device)
+                         for d in draws])
+    return (bg + 0.04 * texture).clamp(0, 1)  # fine texture
 
 
-def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of [V, C, H, W] with reflect padding."""
-    r = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    w = torch.exp(-0.5 * (x / sigma) ** 2)
-    w = w / w.sum()
-    c = img.shape[1]
-    img = torch.nn.functional.pad(img, (r, r, r, r), mode="reflect")
-    img = torch.nn.functional.conv2d(img, w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return torch.nn.functional.conv2d(img, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+def _gaussian_blur(img: Tensor, sigma: float | list[float]) -> Tensor:
+    """Separable Gaussian blur of [B, C, H, W] with reflect padding; ``sigma``: one for every image or one per image
+    (an image's kernel reaches ceil(3 sigma) px, at least 1). All images in one grouped convolution."""
+    b, c, h, w = img.shape
+    sigmas = [float(sigma)] * b if isinstance(sigma, (int, float)) else [float(x) for x in sigma]
+    radii = [max(1, math.ceil(3 * x)) for x in sigmas]
+    r = max(radii)
+    taps = np.arange(-r, r + 1, dtype=np.float32)
+    kernels = np.zeros((b, 2 * r + 1), np.float32)
+    for i, (x, ri) in enumerate(zip(sigmas, radii)):
+        k = np.exp(-0.5 * (taps / np.float32(x)) ** 2) * (np.abs(taps) <= ri)
+        kernels[i] = k / k.sum()
+    k = _upload(kernels, img.device, img.dtype).repeat_interleave(c, 0)  # [B * C, taps]
+    img = torch.nn.functional.pad(img, (r, r, r, r), mode="reflect").reshape(1, b * c, h + 2 * r, w + 2 * r)
+    img = torch.nn.functional.conv2d(img, k.view(b * c, 1, 1, -1), groups=b * c)
+    return torch.nn.functional.conv2d(img, k.view(b * c, 1, -1, 1), groups=b * c).view(b, c, h, w)
 
 
-def _segmentation(alpha: Tensor, rng: np.random.Generator) -> Tensor:
-    """An imperfect binary segmentation [V, 1, H, W] of the object alpha, as a real segmenter gives: the silhouette
+def _segmentation(alpha: Tensor, draws: list[dict[str, Any]], level: Tensor) -> Tensor:
+    """An imperfect binary segmentation [B, 1, H, W] of the object alphas, as a real segmenter gives: the silhouette
     moved in or out by up to ~1.5 % of the frame, with a wobbly, low-frequency boundary error per view."""
-    v, _, size, _ = alpha.shape
-    gen = _generator(rng, alpha.device)
-    wobble = torch.nn.functional.interpolate(torch.randn(v, 1, 6, 6, generator=gen, device=alpha.device),
-                                             size=(size, size), mode="bicubic", align_corners=False)
+    size = alpha.shape[-1]
+    wobble = torch.cat([torch.randn(len(d["level"]), 1, 6, 6, generator=d["wobble_gen"], device=alpha.device)
+                        for d in draws])
+    wobble = torch.nn.functional.interpolate(wobble, size=(size, size), mode="bicubic", align_corners=False)
     soft = _gaussian_blur(alpha, max(0.5, size / 128))  # a band around the edge to move the threshold in
-    level = _upload(rng.uniform(0.3, 0.7, (v, 1, 1, 1)), alpha.device)
-    return (soft + 0.12 * wobble > level).to(alpha.dtype)
+    return (soft + 0.12 * wobble > level[:, None, None, None]).to(alpha.dtype)
 
 
 def _pose_error(c2w: Tensor, rng: np.random.Generator, rot_deg: float = 1.0, trans: float = 0.02) -> Tensor:
@@ -394,13 +415,20 @@ def render_plans(plans: list[ScenePlan], size: int, device: torch.device | str =
     k = torch.stack([p.fxfycxcy for p in plans]).to(device)
     backend = "torch" if device.type == "cpu" else "auto"
     out = rasterize(g, c2w, k, size, size, torch.zeros(3, device=device), backend=backend)
+    premult_all, alpha_all = out["rgb"].clamp(0, 1), out["alpha"].clamp(0, 1)
+    captured = [i for i, p in enumerate(plans) if p.capture_rng is not None]
+    capture: dict[int, tuple[Tensor, Tensor, dict[str, Any]]] = {}
+    if captured:  # the realistic scenes' capture effects, all at once
+        photos, masks, effects = _capture(premult_all[captured], alpha_all[captured],
+                                          [plans[i].capture_rng for i in captured])
+        capture = {i: (photos[k], masks[k], effects[k]) for k, i in enumerate(captured)}
     results = []
     for i, p in enumerate(plans):
-        premult, alpha = out["rgb"][i].clamp(0, 1), out["alpha"][i].clamp(0, 1)
+        premult, alpha = premult_all[i], alpha_all[i]
         meta = dict(p.meta)
-        if p.capture_rng is not None:
-            images, mask, effects = _capture(premult, alpha, p.capture_rng)
-            meta.update(effects)
+        if i in capture:
+            images, mask, fx = capture[i]
+            meta.update(fx)
         else:
             images = straight_colour(premult, alpha)
             mask = alpha
@@ -412,17 +440,27 @@ def render_plans(plans: list[ScenePlan], size: int, device: torch.device | str =
     return results
 
 
-def _capture(premult: Tensor, alpha: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """What a real camera and segmenter give for one scene: (photo [V, 3, H, W] with a cluttered background, blur and
-    sensor noise; segmentation mask [V, 1, H, W]; the effects' settings)."""
-    v, _, size, _ = premult.shape
-    bg = _textured_backgrounds(rng, v, size, premult.device)
-    photo = premult + (1 - alpha) * bg
-    sigma, noise = float(rng.uniform(0.4, 1.1)) * size / 128, float(rng.uniform(0.01, 0.035))
-    photo = _gaussian_blur(photo, sigma)
-    photo = photo + noise * torch.randn(photo.shape, generator=_generator(rng, photo.device), device=photo.device)
-    mask = _segmentation(alpha, rng)
-    return photo.clamp(0, 1), mask, {"blur_sigma_px": round(sigma, 4), "noise_std": round(noise, 4)}
+def _capture(premult: Tensor, alpha: Tensor, rngs: list[np.random.Generator]
+             ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+    """What a real camera and segmenter give for N scenes at once (premult, alpha [N, V, C, H, W]; each scene's
+    effects drawn from its own stream ``rngs[n]``, so a scene is the same in any batch): (photos [N, V, 3, H, W] with
+    a cluttered background, blur and sensor noise; segmentation masks [N, V, 1, H, W]; each scene's settings). The
+    scenes' numbers reach the device in one copy, and every step after it is one batched operation."""
+    n, v, _, size, _ = premult.shape
+    device = premult.device
+    draws = [_draw_capture(rng, v, size, device) for rng in rngs]
+    packed = np.concatenate([np.concatenate(
+        [d["base"], d["floor"][:, None], d["shapes"].reshape(v, 64), d["count"][:, None], d["level"][:, None],
+         np.full((v, 1), d["noise"])], axis=1) for d in draws])  # [N * V, 71]
+    params = _upload(packed, device)
+    premult, alpha = premult.flatten(0, 1), alpha.flatten(0, 1)
+    photo = premult + (1 - alpha) * _textured_backgrounds(draws, params, size)
+    photo = _gaussian_blur(photo, [d["sigma"] for d in draws for _ in range(v)])
+    noise = torch.cat([torch.randn(v, 3, size, size, generator=d["noise_gen"], device=device) for d in draws])
+    photo = photo + params[:, 70, None, None, None] * noise
+    mask = _segmentation(alpha, draws, params[:, 69])
+    effects = [{"blur_sigma_px": round(d["sigma"], 4), "noise_std": round(d["noise"], 4)} for d in draws]
+    return photo.clamp(0, 1).unflatten(0, (n, v)), mask.unflatten(0, (n, v)), effects
 
 
 def _plan_star(args: tuple) -> ScenePlan:

@@ -124,15 +124,20 @@ def test_realistic_scene_is_a_segmented_capture_a_3d_model_can_explain():
     assert 0.005 < diff.item() < 0.25
 
 
-def test_scenes_rendered_in_a_batch_equal_scenes_rendered_alone():
+@pytest.mark.parametrize("realistic", [False, True])
+def test_scenes_rendered_in_a_batch_equal_scenes_rendered_alone(realistic):
+    """Clean and realistic: a realistic batch's capture effects run at once (one blur of per-view strengths, one
+    segmentation), each scene drawn from its own stream, so a scene is the same in any batch."""
     from datamodules.procedural import make_scenes
 
-    batch = make_scenes([3, 4], "facelift_6view", 6, SIZE)
-    for i, scene in zip((3, 4), batch):
-        alone = make_scene(i, "facelift_6view", 6, SIZE)
-        assert scene["scene_id"] == alone["scene_id"]
+    batch = make_scenes([3, 4, 9], "facelift_6view", 6, SIZE, realistic=realistic)
+    for i, scene in zip((3, 4, 9), batch):
+        alone = make_scene(i, "facelift_6view", 6, SIZE, realistic=realistic)
+        assert scene["scene_id"] == alone["scene_id"] and scene["meta"] == alone["meta"]
         assert torch.allclose(scene["images"], alone["images"], atol=1e-5)
         assert torch.allclose(scene["alpha"], alone["alpha"], atol=1e-5)
+    if realistic:  # the scenes' blur differs, and the batch kept each scene's own
+        assert len({s["meta"]["blur_sigma_px"] for s in batch}) == 3
 
 
 def test_rotmat_to_quat_inverts_quat_to_rotmat():
