@@ -56,7 +56,10 @@ pack() {  # run logs (csv, images, throughput), evaluations, Phase-3 data record
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 LEFT=$((DEADLINE - (SECONDS - T0)))
 [ "$LEFT" -lt 60 ] && LEFT=60
-timeout "$LEFT" python -m bench.phases "$STEP" --profile gpu --root runs --out "$PHASES_OUT"
+# --foreground: the SIGTERM goes to bench.phases alone, which passes it to each training's main process; Lightning
+# stops at the end of the step and last.ckpt is written there (callbacks.paths), so a repeated step continues it. (A
+# signal to the whole process group would kill the loader workers first and crash the trainings instead.)
+timeout --foreground -k 30 "$LEFT" python -m bench.phases "$STEP" --profile gpu --root runs --out "$PHASES_OUT"
 rc=$?
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 pack "$STEP"

@@ -32,6 +32,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.run_exports import FinalCheckpoint, RunExports
 from callbacks.run_identity import (
@@ -271,6 +272,17 @@ class CheckpointPaths(Callback):
             self._export_pending(trainer, pl_module)
         if trainer.global_step > 0 and trainer.global_step != self.final_checkpoint.step and not trainer.fast_dev_run:
             self.save_final_checkpoint(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A run stopped by SIGTERM (a scheduler's preemption, a job's deadline: Lightning stops at the end of the
+        step it is in and raises SIGTERMException) keeps that step: ``last.ckpt`` is written there, so ``--resume
+        auto`` continues it exactly instead of from the last periodic checkpoint. Other exceptions (a crash, an
+        interrupt mid-step) leave the checkpoints as they are."""
+        if (isinstance(exception, SIGTERMException) and trainer.training and trainer.global_step > 0
+                and trainer.global_step != self.final_checkpoint.step and not trainer.fast_dev_run):
+            self.save_final_checkpoint(trainer)
+            log.warning("stopped by SIGTERM at step %d: saved it as last.ckpt (--resume auto continues from it)",
+                        trainer.global_step)
 
     def save_final_checkpoint(self, trainer: pl.Trainer) -> None:
         """``last.ckpt`` at the step where training stopped (:class:`callbacks.run_exports.FinalCheckpoint`)."""

@@ -199,6 +199,44 @@ def test_crashed_and_resumed_run_matches_uninterrupted_loss_curve_and_ema(tmp_pa
     assert resumed_ema.num_updates == full_ema.num_updates == total
 
 
+class SigtermAt(pl.Callback):
+    """Delivers SIGTERM to this process when training reaches ``step``, as a scheduler or a deadline does: Lightning's
+    own handler records it and stops at the end of that step (SIGTERMException)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_run_stopped_by_sigterm_saves_its_step_and_resumes_exactly(tmp_path):
+    """Stopped between periodic checkpoints (every 4 steps; SIGTERM during step 14), the run writes last.ckpt at step
+    15 and the resumed run continues from there: the same per-step losses, weights and EMA as without the stop."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    total = 25
+    full, _, full_ema = fit(tmp_path, "full", total)
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, "stopped", total, resume="auto", extra=[SigtermAt(14)])
+    last = tmp_path / "tiny" / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 15
+    resumed, _, resumed_ema = fit(tmp_path, "stopped", total, resume="auto")
+    assert resumed.losses[0][0] == 15, "resume must start from the step the SIGTERM stopped at"
+    full_curve = dict(full.losses)
+    for step, loss in resumed.losses:
+        assert loss == pytest.approx(full_curve[step], abs=1e-6, rel=0), f"step {step}"
+    for name, p in full.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[name], p, atol=1e-6, rtol=0)
+    for name, s in full_ema.ema_state_dict().items():
+        torch.testing.assert_close(resumed_ema.ema_state_dict()[name].cpu(), s.cpu(), atol=1e-6, rtol=0)
+    assert resumed_ema.num_updates == full_ema.num_updates == total
+
+
 # ---- MultiViewDataModule: mixing sampler + domain-gap augmentation -------------------------------------------------
 class TinyMultiView(pl.LightningModule):
     """Predicts the target views' mean colours from the (augmented) input views' mean colours; records, per training
