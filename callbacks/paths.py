@@ -276,8 +276,9 @@ class CheckpointPaths(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """A run stopped by SIGTERM (a scheduler's preemption, a job's deadline: Lightning stops at the end of the
         step it is in and raises SIGTERMException) keeps that step: ``last.ckpt`` is written there, so ``--resume
-        auto`` continues it exactly instead of from the last periodic checkpoint. Other exceptions (a crash, an
-        interrupt mid-step) leave the checkpoints as they are."""
+        auto`` continues it exactly instead of from the last periodic checkpoint. A SIGTERM during validation stops
+        the validation midway, and nothing is saved then. A crash or an interrupt mid-step leaves the checkpoints as
+        they are too."""
         if (isinstance(exception, SIGTERMException) and trainer.training and trainer.global_step > 0
                 and trainer.global_step != self.final_checkpoint.step and not trainer.fast_dev_run):
             self.save_final_checkpoint(trainer)
