@@ -3,11 +3,13 @@ training whose data mix a realistic source (configs/studies/phases/data_mixed*.y
 trainings share its GPU (bench/phases.py runs six at once). One JSON line per run.
 
     python -m bench.realistic_render [--scenes 500] [--size 64] [--views 6] [--busy 0 4] [--clean] [--sync-uploads]
+    python -m bench.realistic_render --count-ops [--scenes 128] [--size 32]     (any machine: no GPU needed)
 
 ``--busy K``: K processes keep the GPU busy meanwhile with a training-like loop (small kernels, a host sync every
 step). ``--sync-uploads``: the capture effects' draws (one copy per chunk of scenes) and blur kernels copied to the GPU
 with a plain, waiting copy instead of ``datamodules.procedural._upload``: what the waits alone cost. Needs CUDA
-and gsplat (docs/benchmarks.md).
+and gsplat (docs/benchmarks.md). ``--count-ops``: the tensor operations (each a kernel launch on a GPU) that the capture
+effects of ``--scenes`` scenes dispatch, counted on the CPU: what the GPU is asked to do, whatever the device.
 """
 
 from __future__ import annotations
@@ -46,6 +48,35 @@ def render_seconds(scenes: int, size: int, views: int, realistic: bool) -> float
     return time.perf_counter() - t0
 
 
+def count_capture_ops(scenes: int, size: int, views: int) -> int:
+    """Tensor operations dispatched inside ``datamodules.procedural._capture`` while ``scenes`` realistic scenes are
+    rendered (render_plans on the CPU; the rasterizer's own operations are not counted)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from datamodules import procedural
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    counter, capture = Count(), procedural._capture
+
+    def counted(*args: object, **kwargs: object) -> object:
+        with counter:
+            return capture(*args, **kwargs)
+
+    plans = procedural.ScenePlanner("mouse_oblique20_6view", views, size, True, 1).plans(list(range(scenes)))
+    procedural._capture = counted
+    try:
+        procedural.render_plans(plans, size)
+    finally:
+        procedural._capture = capture
+    return counter.n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.realistic_render", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=int, default=500)
@@ -54,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--busy", type=int, nargs="+", default=[0, 4], help="busy processes beside the render")
     p.add_argument("--clean", action="store_true", help="the clean source (no capture effects) instead")
     p.add_argument("--sync-uploads", action="store_true", help="plain, waiting copies of the draws (as before)")
+    p.add_argument("--count-ops", action="store_true", help="count the capture effects' tensor operations (CPU)")
     args = p.parse_args(argv)
+    if args.count_ops:
+        ops = count_capture_ops(args.scenes, args.size, args.views)
+        print(json.dumps({"bench": "realistic_capture_ops", "date": date.today().isoformat(), "scenes": args.scenes,
+                          "size": args.size, "views": args.views, "ops": ops,
+                          "ops_per_scene": round(ops / args.scenes, 1)}), flush=True)
+        return 0
     if not torch.cuda.is_available():
         raise SystemExit("bench.realistic_render: needs CUDA (and gsplat)")
     from datamodules import procedural

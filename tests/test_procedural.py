@@ -244,3 +244,13 @@ def test_capture_draws_uploaded_without_waiting_arrive_intact_on_a_busy_gpu():
     for a, b in zip(cpu, gpu):
         mean_a, mean_b = a["images"].mean((2, 3)), b["images"].cpu().mean((2, 3))  # [V, 3]
         assert (mean_a - mean_b).abs().max() < 0.1, (mean_a - mean_b).abs().max()
+
+
+def test_capture_effects_of_a_batch_are_a_few_batched_operations_not_hundreds_per_scene():
+    """On a GPU every tensor operation is a kernel launch: a batch's capture effects must stay a fixed handful of
+    batched operations: each scene more adds only its generators' draws (a few operations), not the ~500 of the
+    per-scene code they replace, which left a training sharing its GPU minutes in start-up."""
+    from bench.realistic_render import count_capture_ops
+
+    per_scene = (count_capture_ops(32, 16, 6) - count_capture_ops(16, 16, 6)) / 16
+    assert 0 < per_scene < 10, per_scene
