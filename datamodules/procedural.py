@@ -280,18 +280,19 @@ def _draw_capture(rng: np.random.Generator, views: int, size: int, device: torch
     return d
 
 
-def _textured_backgrounds(draws: list[dict[str, Any]], params: Tensor, size: int) -> Tensor:
+def _textured_backgrounds(draws: list[dict[str, Any]], base: Tensor, floor: Tensor, shapes: Tensor, count: Tensor,
+                          size: int) -> Tensor:
     """Cluttered, colored backgrounds [B, 3, H, W], one per view of every scene: smooth color field, floor gradient,
-    up to 8 random ellipses and boxes, fine texture. ``params``: [B, 71] the views' packed draws (_capture)."""
-    device = params.device
+    up to 8 random ellipses and boxes, fine texture. The views' draws on the device (_capture): base [B, 3], floor
+    [B], shapes [B, 8, 8], count [B]; ``draws`` give the scenes' generators."""
+    device = base.device
     coarse = torch.cat([torch.randn(len(d["base"]), 3, 4, 4, generator=d["background"], device=device)
                         for d in draws])
-    bg = torch.nn.functional.interpolate(params[:, 0:3, None, None] + 0.12 * coarse, size=(size, size),
+    bg = torch.nn.functional.interpolate(base[:, :, None, None] + 0.12 * coarse, size=(size, size),
                                          mode="bicubic", align_corners=False)
     ys = torch.linspace(0, 1, size, device=device)[:, None].expand(size, size)
     xs = torch.linspace(0, 1, size, device=device)[None, :].expand(size, size)
-    bg = bg * (1.0 - params[:, 3, None, None, None] * ys)  # darker towards one edge (floor / vignetting)
-    shapes, count = params[:, 4:68].view(-1, 8, 8), params[:, 68]
+    bg = bg * (1.0 - floor[:, None, None, None] * ys)  # darker towards one edge (floor / vignetting)
     for j in range(8):
         cx, cy, rx, ry, kind = (shapes[:, j, i, None, None] for i in range(5))
         rx, ry = 0.03 + 0.22 * rx, 0.03 + 0.22 * ry
@@ -451,14 +452,15 @@ def _capture(premult: Tensor, alpha: Tensor, rngs: list[np.random.Generator]
     draws = [_draw_capture(rng, v, size, device) for rng in rngs]
     packed = np.concatenate([np.concatenate(
         [d["base"], d["floor"][:, None], d["shapes"].reshape(v, 64), d["count"][:, None], d["level"][:, None],
-         np.full((v, 1), d["noise"])], axis=1) for d in draws])  # [N * V, 71]
-    params = _upload(packed, device)
+         np.full((v, 1), d["noise"])], axis=1) for d in draws])  # [N * V, 71]: one copy for every view's draws
+    base, floor, shapes, count, level, noise_std = _upload(packed, device).split([3, 1, 64, 1, 1, 1], dim=1)
     premult, alpha = premult.flatten(0, 1), alpha.flatten(0, 1)
-    photo = premult + (1 - alpha) * _textured_backgrounds(draws, params, size)
+    photo = premult + (1 - alpha) * _textured_backgrounds(draws, base, floor[:, 0], shapes.view(-1, 8, 8),
+                                                          count[:, 0], size)
     photo = _gaussian_blur(photo, [d["sigma"] for d in draws for _ in range(v)])
     noise = torch.cat([torch.randn(v, 3, size, size, generator=d["noise_gen"], device=device) for d in draws])
-    photo = photo + params[:, 70, None, None, None] * noise
-    mask = _segmentation(alpha, draws, params[:, 69])
+    photo = photo + noise_std[:, :, None, None] * noise
+    mask = _segmentation(alpha, draws, level[:, 0])
     effects = [{"blur_sigma_px": round(d["sigma"], 4), "noise_std": round(d["noise"], 4)} for d in draws]
     return photo.clamp(0, 1).unflatten(0, (n, v)), mask.unflatten(0, (n, v)), effects
 
