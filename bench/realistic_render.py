@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 
+@torch.no_grad()
 def _busy(stop: mp.Event, ready: mp.Barrier) -> None:
     """A stand-in for a training sharing the GPU: small matmuls and convolutions, a host sync every step."""
     x = torch.randn(16, 64, 64, 64, device="cuda")
