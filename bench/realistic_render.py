@@ -3,11 +3,13 @@ training whose data mix a realistic source (configs/studies/phases/data_mixed*.y
 trainings share its GPU (bench/phases.py runs six at once). One JSON line per run.
 
     python -m bench.realistic_render [--scenes 500] [--size 64] [--views 6] [--busy 0 4] [--clean] [--sync-uploads]
+                                     [--parts]
     python -m bench.realistic_render --count-ops [--scenes 128] [--size 32]     (any machine: no GPU needed)
 
 ``--busy K``: K processes keep the GPU busy meanwhile with a training-like loop (small kernels, a host sync every
 step). ``--sync-uploads``: the capture effects' draws (one copy per chunk of scenes) and blur kernels copied to the GPU
-with a plain, waiting copy instead of ``datamodules.procedural._upload``: what the waits alone cost. Needs CUDA
+with a plain, waiting copy instead of ``datamodules.procedural._upload``: what the waits alone cost. ``--parts``:
+the same pre-render again in its timed parts (``render_parts``). Needs CUDA
 and gsplat (docs/benchmarks.md). ``--count-ops``: the tensor operations (each a kernel launch on a GPU) that the capture
 effects of ``--scenes`` scenes dispatch, counted on the CPU: what the GPU is asked to do, whatever the device.
 """
@@ -49,6 +51,35 @@ def render_seconds(scenes: int, size: int, views: int, realistic: bool) -> float
     return time.perf_counter() - t0
 
 
+def render_parts(scenes: int, size: int, views: int, realistic: bool, chunk: int = 128,
+                 device: str = "cuda") -> dict[str, float]:
+    """The pre-render of ``render_seconds`` in its parts, each timed alone: starting the planner processes
+    (``ProceduralSource._render_all``'s count: one per two cores, up to 8), planning every scene in them, and
+    rendering the plans on the GPU in chunks (rasterizer and capture effects; the copy to host memory included)."""
+    import os
+
+    from datamodules import procedural
+    from geometry.rig import load_rig
+
+    workers = min(8, (os.cpu_count() or 1) // 2) if scenes >= 256 else 0
+    args = (load_rig("mouse_oblique20_6view"), views, size, realistic, 0, 0.0)
+    t0 = time.perf_counter()
+    with procedural.ScenePlanner(*args, workers=workers) as planner:
+        planner.plans([0] * max(1, workers))  # every process has imported its modules
+        t1 = time.perf_counter()
+        plans = planner.plans(list(range(scenes)))
+        t2 = time.perf_counter()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t3 = time.perf_counter()
+    for start in range(0, scenes, chunk):
+        for sc in procedural.render_plans(plans[start: start + chunk], size, device):
+            sc["images"].cpu()
+    sync()
+    return {"planners": workers, "planner_start_s": round(t1 - t0, 2), "plan_s": round(t2 - t1, 2),
+            "render_s": round(time.perf_counter() - t3, 2)}
+
+
 def count_capture_ops(scenes: int, size: int, views: int) -> int:
     """Tensor operations dispatched inside ``datamodules.procedural._capture`` while ``scenes`` realistic scenes are
     rendered (render_plans on the CPU; the rasterizer's own operations are not counted)."""
@@ -87,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clean", action="store_true", help="the clean source (no capture effects) instead")
     p.add_argument("--sync-uploads", action="store_true", help="plain, waiting copies of the draws (as before)")
     p.add_argument("--count-ops", action="store_true", help="count the capture effects' tensor operations (CPU)")
+    p.add_argument("--parts", action="store_true", help="also time the pre-render's parts (planner start, plan, render)")
     args = p.parse_args(argv)
     if args.count_ops:
         ops = count_capture_ops(args.scenes, args.size, args.views)
@@ -111,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if busy:
             ready.wait()
         seconds = render_seconds(args.scenes, args.size, args.views, not args.clean)
+        parts = render_parts(args.scenes, args.size, args.views, not args.clean) if args.parts else {}
         stop.set()
         for proc in procs:
             proc.join(timeout=30)
@@ -118,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                           "device": torch.cuda.get_device_name(0), "scenes": args.scenes, "size": args.size,
                           "views": args.views, "source": "clean" if args.clean else "realistic", "busy": busy,
                           "uploads": "sync" if args.sync_uploads else "non-blocking", "seconds": round(seconds, 2),
-                          "scenes_per_s": round(args.scenes / seconds, 1)}), flush=True)
+                          "scenes_per_s": round(args.scenes / seconds, 1), **parts}), flush=True)
     return 0
 
 
