@@ -257,9 +257,9 @@ def _generator(rng: np.random.Generator, device: torch.device) -> torch.Generato
 
 
 def _upload(x: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """A small numpy draw on ``device`` without waiting for the GPU: a plain copy waits for every kernel this process
-    queued, and on a GPU that other processes share each wait can cost a time slice (the probable, not yet measured,
-    cause of the slow start-up of trainings that pre-render a realistic source beside others: docs/benchmarks.md)."""
+    """A small numpy draw on ``device`` without waiting for the GPU (a plain copy waits for every kernel this process
+    queued). On an H100 beside four busy processes this saves nothing measurable in a pre-render (docs/benchmarks.md,
+    "A realistic source pre-rendered on a shared GPU"), but it costs nothing either."""
     t = torch.from_numpy(np.asarray(x)).to(dtype)
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 

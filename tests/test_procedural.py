@@ -249,7 +249,7 @@ def test_capture_draws_uploaded_without_waiting_arrive_intact_on_a_busy_gpu():
 def test_capture_effects_of_a_batch_are_a_few_batched_operations_not_hundreds_per_scene():
     """On a GPU every tensor operation is a kernel launch: a batch's capture effects must stay a fixed handful of
     batched operations: each scene more adds only its generators' draws (a few operations), not the ~500 of the
-    per-scene code they replace (the probable cause of the slow start-up of trainings sharing a GPU)."""
+    per-scene code they replace."""
     from bench.realistic_render import count_capture_ops
 
     per_scene = (count_capture_ops(32, 16, 6) - count_capture_ops(16, 16, 6)) / 16
