@@ -33,6 +33,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.trainer.states import TrainerFn
 
 from callbacks.run_exports import FinalCheckpoint, RunExports
 from callbacks.run_identity import (
@@ -276,10 +277,13 @@ class CheckpointPaths(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """A run stopped by SIGTERM (a scheduler's preemption, a job's deadline: Lightning stops at the end of the
         step it is in and raises SIGTERMException) keeps that step: ``last.ckpt`` is written there, so ``--resume
-        auto`` continues it exactly instead of from the last periodic checkpoint. A SIGTERM during validation stops
-        the validation midway, and nothing is saved then. A crash or an interrupt mid-step leaves the checkpoints as
-        they are too."""
-        if (isinstance(exception, SIGTERMException) and trainer.training and trainer.global_step > 0
+        auto`` continues it exactly instead of from the last periodic checkpoint. Stopped during a validation of the
+        fit (Lightning stops it after the batch it is in), ``last.ckpt`` holds the step that validation follows; the
+        resumed run trains on from there without repeating the validation, so that step has no validation metrics.
+        A crash or an interrupt mid-step leaves the checkpoints as they are."""
+        in_fit = trainer.training or (trainer.validating and trainer.state.fn == TrainerFn.FITTING
+                                      and not trainer.sanity_checking)
+        if (isinstance(exception, SIGTERMException) and in_fit and trainer.global_step > 0
                 and trainer.global_step != self.final_checkpoint.step and not trainer.fast_dev_run):
             self.save_final_checkpoint(trainer)
             log.warning("stopped by SIGTERM at step %d: saved it as last.ckpt (--resume auto continues from it)",

@@ -112,6 +112,7 @@ class TinyRegression(pl.LightningModule):
         self.rig = load_rig(rig)
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.losses: list[tuple[int, float]] = []
+        self.validated: list[tuple[int, int]] = []  # (global_step, val batch_idx) of every validation step
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -122,6 +123,7 @@ class TinyRegression(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
+        self.validated.append((self.global_step, batch_idx))
         self.log("val/loss", nn.functional.mse_loss(self.net(x), y))
 
     def configure_optimizers(self):
@@ -156,24 +158,27 @@ class CrashAt(pl.Callback):
 
 
 def make_trainer(paths_cb: CheckpointPaths, max_steps: int, extra=(), ema: EMA | None = None,
-                 every_n_train_steps: int = 4) -> pl.Trainer:
+                 every_n_train_steps: int = 4, val_every: int | None = None) -> pl.Trainer:
+    """``val_every``: validate (both val batches) every that many steps; none by default."""
     callbacks = [paths_cb, pl.callbacks.ModelCheckpoint(every_n_train_steps=every_n_train_steps, save_top_k=-1),
                  *extra]
     if ema is not None:
         callbacks.append(ema)
+    val = {"val_check_interval": val_every, "limit_val_batches": 2} if val_every else {"limit_val_batches": 0}
     return pl.Trainer(max_steps=max_steps, callbacks=callbacks, plugins=[AtomicCheckpointIO()], logger=False,
                       enable_progress_bar=False, enable_model_summary=False, deterministic=True, accelerator="cpu",
-                      devices=1, num_sanity_val_steps=0, limit_val_batches=0)
+                      devices=1, num_sanity_val_steps=0, **val)
 
 
 def fit(root: Path, run: str, max_steps: int, resume: str | None = None, extra=(), with_ema: bool = True,
-        export_every: int | None = None) -> tuple[TinyRegression, CheckpointPaths, EMA | None]:
+        export_every: int | None = None, val_every: int | None = None
+        ) -> tuple[TinyRegression, CheckpointPaths, EMA | None]:
     pl.seed_everything(0, workers=True)
     model, data = TinyRegression(), TinyData()
     paths_cb = CheckpointPaths(root=str(root), experiment="tiny", run=run, resume=resume,
                                export_every_n_steps=export_every)
     ema = EMA(decay=0.9) if with_ema else None
-    trainer = make_trainer(paths_cb, max_steps, extra, ema)
+    trainer = make_trainer(paths_cb, max_steps, extra, ema, val_every=val_every)
     trainer.fit(model, datamodule=data, ckpt_path=paths_cb.resume_checkpoint(model, data))
     return model, paths_cb, ema
 
@@ -212,6 +217,46 @@ class SigtermAt(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermInValidationAt(pl.Callback):
+    """Delivers SIGTERM during the first batch of the validation run at ``step``: Lightning's evaluation loop stops
+    after that batch (SIGTERMException), mid-validation."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.global_step == self.step and batch_idx == 0 and not trainer.sanity_checking:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_run_stopped_by_sigterm_during_validation_saves_its_step_and_resumes_exactly(tmp_path):
+    """Validation every 5 steps, checkpoints every 4: a SIGTERM in the validation at step 10 writes last.ckpt at step
+    10 (before, the last periodic one, step 8, was all that was kept). The resumed run continues from step 10 with the
+    same losses, weights and EMA as without the stop; it does not repeat the stopped validation (Lightning resumes a
+    checkpoint written after a training step past that step's validation), so step 10 has no validation metrics."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    total = 17
+    full, _, full_ema = fit(tmp_path, "full", total, val_every=5)
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, "stopped", total, resume="auto", extra=[SigtermInValidationAt(10)], val_every=5)
+    last = tmp_path / "tiny" / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
+    resumed, _, resumed_ema = fit(tmp_path, "stopped", total, resume="auto", val_every=5)
+    assert resumed.losses[0][0] == 10, "resume must start from the step the SIGTERM stopped at"
+    assert resumed.validated == [v for v in full.validated if v[0] > 10], resumed.validated
+    full_curve = dict(full.losses)
+    for step, loss in resumed.losses:
+        assert loss == pytest.approx(full_curve[step], abs=1e-6, rel=0), f"step {step}"
+    for name, p in full.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[name], p, atol=1e-6, rtol=0)
+    for name, s in full_ema.ema_state_dict().items():
+        torch.testing.assert_close(resumed_ema.ema_state_dict()[name].cpu(), s.cpu(), atol=1e-6, rtol=0)
 
 
 def test_a_run_stopped_by_sigterm_saves_its_step_and_resumes_exactly(tmp_path):
