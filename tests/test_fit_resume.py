@@ -146,15 +146,37 @@ class TinyRegression(pl.LightningModule):
         return out
 
 
-class CrashAt(pl.Callback):
-    """Simulates a crash when training reaches ``step`` (after the checkpoints of earlier steps were written)."""
+class StopAt(pl.Callback):
+    """Stops a fit at training step ``step`` as a crash does (``"crash"``: an exception, after the checkpoints of
+    earlier steps were written), as a scheduler or a deadline does (``"sigterm"``: the signal to this process;
+    Lightning's own handler records it and stops after the batch it is in, raising SIGTERMException), or as
+    Lightning's Timer (max_time) and early stopping do (``"should_stop"``: at the end of that step). ``during``
+    (crash, sigterm): that step's training batch, or the first batch of the validation that follows it."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, how: str = "crash", during: str = "train"):
+        self.step, self.how, self.during = step, how, during
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.how == "should_stop" and trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+    def _stop(self, trainer) -> None:
+        if trainer.global_step != self.step or self.how == "should_stop":
+            return
+        if self.how == "crash":
+            raise RuntimeError(f"simulated crash at step {self.step}")
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"simulated crash at step {self.step}")
+        if self.during == "train":
+            self._stop(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.during == "validation" and batch_idx == 0 and not trainer.sanity_checking:
+            self._stop(trainer)
 
 
 def make_trainer(paths_cb: CheckpointPaths, max_steps: int, extra=(), ema: EMA | None = None,
@@ -189,7 +211,7 @@ def test_crashed_and_resumed_run_matches_uninterrupted_loss_curve_and_ema(tmp_pa
     full, _, full_ema = fit(tmp_path, "full", total)
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path, "crashy", total, resume="auto", extra=[CrashAt(crash)])
+        fit(tmp_path, "crashy", total, resume="auto", extra=[StopAt(crash)])
     resumed, _, resumed_ema = fit(tmp_path, "crashy", total, resume="auto")
 
     assert resumed.losses[0][0] == 12, "resume must start from the newest complete checkpoint (step 12)"
@@ -204,36 +226,6 @@ def test_crashed_and_resumed_run_matches_uninterrupted_loss_curve_and_ema(tmp_pa
     assert resumed_ema.num_updates == full_ema.num_updates == total
 
 
-class SigtermAt(pl.Callback):
-    """Delivers SIGTERM to this process when training reaches ``step``, as a scheduler or a deadline does: Lightning's
-    own handler records it and stops at the end of that step (SIGTERMException)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-class SigtermInValidationAt(pl.Callback):
-    """Delivers SIGTERM during the first batch of the validation run at ``step``: Lightning's evaluation loop stops
-    after that batch (SIGTERMException), mid-validation."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        if trainer.global_step == self.step and batch_idx == 0 and not trainer.sanity_checking:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_a_run_stopped_by_sigterm_during_validation_saves_its_step_and_resumes_exactly(tmp_path):
     """Validation every 5 steps, checkpoints every 4: a SIGTERM in the validation at step 10 writes last.ckpt at step
     10 (before, the last periodic one, step 8, was all that was kept). The resumed run continues from step 10 with the
@@ -244,7 +236,7 @@ def test_a_run_stopped_by_sigterm_during_validation_saves_its_step_and_resumes_e
     total = 17
     full, _, full_ema = fit(tmp_path, "full", total, val_every=5)
     with pytest.raises(SIGTERMException):
-        fit(tmp_path, "stopped", total, resume="auto", extra=[SigtermInValidationAt(10)], val_every=5)
+        fit(tmp_path, "stopped", total, resume="auto", extra=[StopAt(10, "sigterm", during="validation")], val_every=5)
     last = tmp_path / "tiny" / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
     resumed, _, resumed_ema = fit(tmp_path, "stopped", total, resume="auto", val_every=5)
@@ -267,7 +259,7 @@ def test_a_run_stopped_by_sigterm_saves_its_step_and_resumes_exactly(tmp_path):
     total = 25
     full, _, full_ema = fit(tmp_path, "full", total)
     with pytest.raises(SIGTERMException):
-        fit(tmp_path, "stopped", total, resume="auto", extra=[SigtermAt(14)])
+        fit(tmp_path, "stopped", total, resume="auto", extra=[StopAt(14, "sigterm")])
     last = tmp_path / "tiny" / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 15
     resumed, _, resumed_ema = fit(tmp_path, "stopped", total, resume="auto")
@@ -355,7 +347,7 @@ def test_resume_with_mixed_sources_and_augmentation_matches_uninterrupted_curve(
     assert [s[0] for s in full.steps] == list(range(total))
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit_multiview(tmp_path, "crashy", total, resume="auto", extra=[CrashAt(crash)], **kw)
+        fit_multiview(tmp_path, "crashy", total, resume="auto", extra=[StopAt(crash)], **kw)
     resumed, paths_cb, resumed_ema = fit_multiview(tmp_path, "crashy", total, resume="auto", **kw)
 
     ckpt = next(p for p in paths_cb.paths.checkpoints() if f"step={resume_step}." in p.name)
@@ -413,7 +405,7 @@ def test_resume_auto_without_checkpoint_starts_fresh_and_writes_run_layout(tmp_p
 
 def test_resume_auto_without_run_name_finds_the_run_with_the_same_config(tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path, None, 10, extra=[CrashAt(9)])
+        fit(tmp_path, None, 10, extra=[StopAt(9)])
     resumed, _, _ = fit(tmp_path, None, 10, resume="auto")
     assert resumed.losses[0][0] == 8
     assert len(list((tmp_path / "tiny").iterdir())) == 1
@@ -475,7 +467,7 @@ def test_diffusion_resume_draws_the_same_timesteps_noise_and_condition_dropout(t
     assert [s for s, _ in full.losses] == list(range(total))
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit_diffusion(tmp_path, "crashy", total, resume="auto", extra=[CrashAt(8)])
+        fit_diffusion(tmp_path, "crashy", total, resume="auto", extra=[StopAt(8)])
     resumed, paths_cb = fit_diffusion(tmp_path, "crashy", total, resume="auto")
 
     assert [s for s, _ in resumed.losses] == [6, 7, 8], "resume from the newest checkpoint (step 6, mid-epoch)"
@@ -535,25 +527,14 @@ def test_training_steps_leave_the_global_torch_rng_alone():
         assert rec["color"] == [0.5, 0.5, 0.5] and rec["samples"] == 2 and not rec["varied"], stage
 
 
-class StopAt(pl.Callback):
-    """Stops training after ``step`` the way Lightning's Timer (max_time) and early stopping do."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
-
-
 def test_a_run_stopped_early_keeps_its_last_step_in_last_ckpt(tmp_path):
     """max_time stopped a 4.5-minute run at step 3600 and last.ckpt still held step 2000 (checkpoints every 2000)."""
-    _, paths_cb, _ = fit(tmp_path, "early", max_steps=50, extra=[StopAt(6)], with_ema=False)
+    _, paths_cb, _ = fit(tmp_path, "early", max_steps=50, extra=[StopAt(6, "should_stop")], with_ema=False)
     last = paths_cb.paths.checkpoint_dir / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 6  # periodic checkpoints: steps 4 and 8
+    assert torch.load(last, weights_only=True)["global_step"] == 6  # periodic checkpoints: steps 4 and 8
     # and a run that reaches max_steps is not saved twice
     _, paths_cb, _ = fit(tmp_path, "full", max_steps=6, with_ema=False)
-    assert torch.load(paths_cb.paths.checkpoint_dir / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert torch.load(paths_cb.paths.checkpoint_dir / "last.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_the_schedule_spans_the_trainers_max_steps_and_an_extension_continues_it():
