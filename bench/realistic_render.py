@@ -54,14 +54,13 @@ def render_seconds(scenes: int, size: int, views: int, realistic: bool) -> float
 def render_parts(scenes: int, size: int, views: int, realistic: bool, chunk: int = 128,
                  device: str = "cuda") -> dict[str, float]:
     """The pre-render of ``render_seconds`` in its parts, each timed alone: starting the planner processes
-    (``ProceduralSource._render_all``'s count: one per two cores, up to 8), planning every scene in them, and
+    (``datamodules.sources.planner_workers``), planning every scene in them, and
     rendering the plans on the GPU in chunks (rasterizer and capture effects; the copy to host memory included)."""
-    import os
-
     from datamodules import procedural
+    from datamodules.sources import planner_workers
     from geometry.rig import load_rig
 
-    workers = min(8, (os.cpu_count() or 1) // 2) if scenes >= 256 else 0
+    workers = planner_workers(scenes)
     args = (load_rig("mouse_oblique20_6view"), views, size, realistic, 0, 0.0)
     t0 = time.perf_counter()
     with procedural.ScenePlanner(*args, workers=workers) as planner:

@@ -148,6 +148,12 @@ class _SceneCache:
 _RENDERED_SCENES = _SceneCache()
 
 
+def planner_workers(num_scenes: int) -> int:
+    """Processes that plan a GPU pre-rendering of ``num_scenes`` scenes: one per two cores, at most 8; none for fewer
+    than 256 scenes, where starting them costs more than it saves."""
+    return min(8, (os.cpu_count() or 1) // 2) if num_scenes >= 256 else 0
+
+
 class ProceduralSource(Source):
     """Scenes from ``datamodules.procedural`` at the stage's image size, deterministic per index.
 
@@ -202,13 +208,13 @@ class ProceduralSource(Source):
         return self.rig, self.num_views, self.size, self.realistic, self.seed, self.jitter
 
     def _render_all(self, device: torch.device, chunk: int = 128) -> dict[str, Tensor]:
-        """Every scene rendered on ``device`` in batches of ``chunk``, planned by up to 8 processes (one per two
-        cores; none for fewer than 256 scenes, where starting them costs more than it saves)."""
+        """Every scene rendered on ``device`` in batches of ``chunk``, planned by :func:`planner_workers`
+        processes."""
 
         v, s = self.num_views, self.size
         out = {"rgba": torch.empty(self.num_scenes, v, 4, s, s, dtype=torch.uint8),
                "c2w": torch.empty(self.num_scenes, v, 4, 4), "fxfycxcy": torch.empty(self.num_scenes, v, 4)}
-        workers = min(8, (os.cpu_count() or 1) // 2) if self.num_scenes >= 256 else 0
+        workers = planner_workers(self.num_scenes)
         with ScenePlanner(*self._args(), workers=workers) as planner:
             for start in range(0, self.num_scenes, chunk):
                 idx = range(start, min(start + chunk, self.num_scenes))
@@ -675,6 +681,7 @@ __all__ = [
     "expand_urls",
     "index_shard",
     "parse_camera_json",
+    "planner_workers",
     "resolve_entry",
     "resolve_list_entries",
     "sample_dirs",

@@ -254,3 +254,16 @@ def test_capture_effects_of_a_batch_are_a_few_batched_operations_not_hundreds_pe
 
     per_scene = (count_capture_ops(32, 16, 6) - count_capture_ops(16, 16, 6)) / 16
     assert 0 < per_scene < 10, per_scene
+
+
+def test_the_pre_render_bench_times_its_parts_with_the_sources_planner_count(monkeypatch):
+    """bench.realistic_render --parts (a GPU bench) runs its parts on any device, with the planner processes that
+    ProceduralSource would start for that many scenes."""
+    from bench.realistic_render import render_parts
+    from datamodules import sources
+
+    monkeypatch.setattr(sources.os, "cpu_count", lambda: 4)
+    assert sources.planner_workers(255) == 0 and sources.planner_workers(256) == 2
+    parts = render_parts(12, 16, 6, True, device="cpu")
+    assert parts["planners"] == 0
+    assert all(parts[k] >= 0 for k in ("planner_start_s", "plan_s")) and parts["render_s"] > 0, parts
