@@ -227,16 +227,20 @@ class FitCLI(LightningCLI):
 
 
 def run_summary(trainer: Trainer) -> str:
-    """One line at the end of a fit: the step it stopped at, why, and where its last checkpoint and export are."""
+    """One line at the end of a fit: the step it stopped at, why, how long it took to reach its first training batch
+    (:class:`callbacks.throughput.StepTimer`, when on), and where its last checkpoint and export are."""
+    from callbacks.throughput import StepTimer
+
     paths = run_paths(trainer)
     reason = "max_steps" if trainer.max_steps and trainer.global_step >= trainer.max_steps else "stopped early"
     if trainer.interrupted:
         reason = "interrupted"
-    where = ""
+    startup = [cb.startup_s for cb in trainer.callbacks if isinstance(cb, StepTimer) and cb.startup_s is not None]
+    where = f"; first training batch after {startup[0]:.1f} s" if startup else ""
     if paths is not None:
         ckpt = paths.latest_checkpoint()
         exports = list(paths.exports().values())  # finished export folders, by step
-        where = f"; checkpoint {ckpt or 'none'}; export {exports[-1] if exports else 'none'}"
+        where += f"; checkpoint {ckpt or 'none'}; export {exports[-1] if exports else 'none'}"
     return f"tools.fit: step {trainer.global_step} ({reason}){where}"
 
 

@@ -2,8 +2,9 @@
 
 - :class:`StepTimer` times optimizer steps after a warm-up and logs ``perf/step_s`` and ``perf/samples_per_s``
   (global: batch size x world size), and the part of each step spent waiting for the next batch (from the end of
-  one step to the start of the next: loading, collation, transfer, augmentation) as ``perf/data_wait_s``; at the end
-  of fit rank 0 writes ``<run>/logs/throughput.json``. A ``data_wait_fraction`` near 0 means the loader keeps up; a
+  one step to the start of the next: loading, collation, transfer, augmentation) as ``perf/data_wait_s``; it prints
+  how long the process took to reach its first training batch (``startup_s``); at the end of fit rank 0 writes
+  ``<run>/logs/throughput.json``. A ``data_wait_fraction`` near 0 means the loader keeps up; a
   large one means the run is loader-bound (more workers, shards, smaller images).
 - :class:`SampleLedger` appends every training sample's ``(epoch, step, source, scene_id)`` to
   ``<run>/logs/samples_rank<R>.jsonl``, one file per rank: the evidence that DDP ranks trained on disjoint shares
@@ -16,16 +17,29 @@ write under ``trainer.default_root_dir/logs``.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.paths import run_log_file
 from lightning_modules.metrics import logs_this_step
+
+
+def seconds_since_process_start() -> float | None:
+    """Seconds since this process started: its start time in ``/proc/self/stat`` against the boot clock (Linux;
+    10 ms resolution); None where there is no ``/proc``."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()  # the fields after the command name
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _batch_size(batch: Any) -> int:
@@ -41,7 +55,11 @@ class StepTimer(Callback):
 
     ``sync_cuda``: synchronise at every step end, so that each ``perf/step_s`` is that step's own time. It stops
     the host from queueing the next step while the GPU works; with ``sync_cuda: false`` only the window figure is
-    a GPU time."""
+    a GPU time.
+
+    ``startup_s``: seconds from the process's start to its first training batch (imports, model, data and its
+    pre-rendering, setup; a resumed run's restore too), printed when that batch starts: what a short run on a shared
+    machine loses before it trains."""
 
     def __init__(self, warmup_steps: int = 10, sync_cuda: bool = True):
         self.warmup_steps = int(warmup_steps)
@@ -53,6 +71,7 @@ class StepTimer(Callback):
         self._batch = 1
         self._window: tuple[int, float] | None = None  # (global step, time) at the end of warm-up
         self._window_end: tuple[int, float] | None = None
+        self.startup_s: float | None = None
 
     def _now(self, pl_module: pl.LightningModule, sync: bool | None = None) -> float:
         if (self.sync_cuda if sync is None else sync) and pl_module.device.type == "cuda":
@@ -63,6 +82,11 @@ class StepTimer(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self._wait = None if self._last is None else time.perf_counter() - self._last
+        if self._last is None and self.startup_s is None:
+            self.startup_s = seconds_since_process_start()
+            if self.startup_s is not None:
+                rank_zero_info(f"StepTimer: the first training batch (step {trainer.global_step}) starts "
+                               f"{self.startup_s:.1f} s after the process started")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -100,7 +124,7 @@ class StepTimer(Callback):
                 "window_step_s": window_step_s,
                 "window_samples_per_s": global_batch / window_step_s if window_step_s else None,
                 "data_wait_s_median": wait, "data_wait_fraction": wait / med if times and waits else None,
-                "global_step": trainer.global_step}
+                "startup_s": self.startup_s, "global_step": trainer.global_step}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._window is not None and self._window_end is None:

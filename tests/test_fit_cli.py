@@ -435,3 +435,4 @@ def test_a_fit_ends_with_one_line_naming_its_step_checkpoint_and_export(tmp_path
     paths = RunPaths(tmp_path / "runs", "cli", "summary")
     assert line.startswith("tools.fit: step 3 (max_steps)")
     assert str(paths.latest_checkpoint()) in line and str(paths.export_dir(3)) in line
+    assert "; first training batch after " in line  # StepTimer is on by default

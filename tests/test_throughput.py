@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -73,3 +74,34 @@ def test_the_window_closes_at_max_steps_before_the_final_checkpoint_is_written(t
     run = timer.summary(trainer)
     assert run["window_step_s"] < 0.5 / 7, "0.5 s of saving spread over 7 steps would show"
     assert abs(run["window_step_s"] / run["step_s_median"] - 1) < 0.5
+
+
+def test_startup_is_the_time_from_the_process_start_to_the_first_training_batch(tmp_path):
+    """In a fresh process that sleeps 1.5 s before it builds anything, then fits with a data set whose first item
+    takes 0.5 s: startup_s covers both (and the interpreter's imports), and is printed."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import time; time.sleep(1.5)
+import json, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import lightning.pytorch as pl, torch
+from callbacks.throughput import StepTimer
+from test_throughput import _Slow, _Tiny
+timer = StepTimer(warmup_steps=1)
+trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                     default_root_dir={str(tmp_path)!r}, enable_progress_bar=False, enable_model_summary=False,
+                     callbacks=[timer])
+t0 = time.perf_counter()
+trainer.fit(_Tiny(), torch.utils.data.DataLoader(_Slow(0.25), batch_size=2))
+print("RESULT", json.dumps({{"startup_s": timer.summary(trainer)["startup_s"], "fit_s": time.perf_counter() - t0}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.split("RESULT", 1)[1])
+    assert res["startup_s"] >= 1.5 + 0.5, res  # the sleep before anything, and the first batch's loading
+    assert res["startup_s"] < 1.5 + res["fit_s"] + 60, res  # not counted from some earlier clock
+    assert "the first training batch (step 0) starts" in out.stdout + out.stderr
