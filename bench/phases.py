@@ -308,7 +308,11 @@ def _entry(tool: str) -> Callable[[list[str]], int]:
 
 
 def _log_name(job: Job) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", job.name)
+    return _log_name_of(job.name)
+
+
+def _log_name_of(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 class Stopped(Exception):
@@ -317,6 +321,17 @@ class Stopped(Exception):
 
 def _stop(signum: int, frame: Any) -> None:
     raise Stopped(f"signal {signum}")
+
+
+def _note_startups(records: list[dict[str, Any]], out: Path) -> None:
+    """Each training job's seconds from its start to its first training batch (its log's StepTimer line), as
+    ``startup_s``."""
+    from callbacks.throughput import startup_in_log
+
+    for rec in records:
+        log = out / "logs" / f"{_log_name_of(rec['job'])}.log"
+        if "start" in rec and log.is_file() and (startup := startup_in_log(log.read_text(errors="replace"))):
+            rec["startup_s"] = startup
 
 
 def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float) -> list[dict[str, Any]]:
@@ -380,10 +395,13 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float) -> 
             if "status" not in rec:
                 rec.update(status="stopped", reason=str(e),
                            seconds=round(time.time() - rec.get("start", time.time()), 1))
+        _note_startups(records, out)
         e.records = records  # type: ignore[attr-defined]
         raise
+    _note_startups(records, out)
     for rec in records:
         print(f"[phases] {rec['job']}: {rec['status']}" + (f" ({rec.get('seconds')} s)" if "seconds" in rec else "")
+              + (f", first training batch after {rec['startup_s']} s" if "startup_s" in rec else "")
               + (f": {rec['reason']}" if rec.get("reason") else ""), flush=True)
     return records
 

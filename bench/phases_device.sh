@@ -11,7 +11,7 @@
 # $OUT/phases_STEP.tgz: the runs' logs, the evaluations, the Phase-3 data records, the jobs' logs and status and the
 # report (runs/phases/out/); paths from the checkout root: tar xzf it there, then
 #   python -m bench.phases_report --root runs --out docs/results/phases
-# $OUT also gets phases_status.jsonl (every job: command, exit code, seconds), the report's phases.md (phase3, eval,
+# $OUT also gets phases_status.jsonl (every job: command, exit code, seconds, startup_s), the report's phases.md (phase3, eval,
 # report) and gsplat_cuda.so: 4 files (the device tool brings back at most 8).
 # Needs the wheels in .whl/ (README "GPU machines without internet"), as bench/learning_device.sh; gsplat's kernels
 # compile once (~90 s) unless .carry/gsplat_cuda.so is carried (copied to $OUT for the next call).

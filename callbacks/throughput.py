@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +31,15 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.paths import run_log_file
 from lightning_modules.metrics import logs_this_step
+
+STARTUP_LINE = "StepTimer: the first training batch (step {step}) starts {seconds:.1f} s after the process started"
+_STARTUP = re.compile(r"the first training batch \(step \d+\) starts ([0-9.]+) s after the process started")
+
+
+def startup_in_log(text: str) -> float | None:
+    """The seconds of the last :data:`STARTUP_LINE` in a fit's printed output (a resumed fit prints one more)."""
+    found = _STARTUP.findall(text)
+    return float(found[-1]) if found else None
 
 
 def seconds_since_process_start() -> float | None:
@@ -85,8 +95,7 @@ class StepTimer(Callback):
         if self._last is None and self.startup_s is None:
             self.startup_s = seconds_since_process_start()
             if self.startup_s is not None:
-                rank_zero_info(f"StepTimer: the first training batch (step {trainer.global_step}) starts "
-                               f"{self.startup_s:.1f} s after the process started")
+                rank_zero_info(STARTUP_LINE.format(step=trainer.global_step, seconds=self.startup_s))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

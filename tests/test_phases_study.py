@@ -112,3 +112,17 @@ def test_the_gpu_plan_is_the_toy_plan_at_full_size():
         assert shlex.split(job.command())[:3] == ["python", "-m", job.tool]
     evals = [j for j in plan if j.tool == "tools.evaluate"]
     assert all("--precision" in j.argv and "cuda" in j.argv for j in evals)
+
+
+def test_the_status_of_a_training_job_has_its_start_up_from_its_log(tmp_path):
+    """run_group's records carry each job's seconds to its first training batch, read from the StepTimer line of
+    its log (the last one: a job resumed in the same log prints another)."""
+    from callbacks.throughput import STARTUP_LINE
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "diffusion_ii_s0.log").write_text(
+        "Seed set to 0\n" + STARTUP_LINE.format(step=0, seconds=171.04) + "\n...\n"
+        + STARTUP_LINE.format(step=88, seconds=64.5) + "\nstopped\n")
+    records = [{"job": "diffusion_ii_s0", "start": 0.0}, {"job": "report", "start": 0.0}, {"job": "done_one"}]
+    phases._note_startups(records, tmp_path)
+    assert records[0]["startup_s"] == 64.5 and "startup_s" not in records[1] and "startup_s" not in records[2]
