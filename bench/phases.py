@@ -307,11 +307,8 @@ def _entry(tool: str) -> Callable[[list[str]], int]:
     return module.cli_main if tool == "tools.fit" else module.main
 
 
-def _log_name(job: Job) -> str:
-    return _log_name_of(job.name)
-
-
-def _log_name_of(name: str) -> str:
+def _log_name(name: str) -> str:
+    """A job's log file name (``OUT/logs/<name>.log``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -329,7 +326,7 @@ def _note_startups(records: list[dict[str, Any]], out: Path) -> None:
     from callbacks.throughput import startup_in_log
 
     for rec in records:
-        log = out / "logs" / f"{_log_name_of(rec['job'])}.log"
+        log = out / "logs" / f"{_log_name(rec['job'])}.log"
         if "start" in rec and log.is_file() and (startup := startup_in_log(log.read_text(errors="replace"))):
             rec["startup_s"] = startup
 
@@ -363,7 +360,7 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float) -> 
                     rc = int(e.code or 0) if not isinstance(e.code, str) else 2
                 rec.update(status="ok" if rc == 0 else "failed", rc=rc, seconds=round(time.time() - rec["start"], 1))
                 continue
-            log = (out / "logs" / f"{_log_name(job)}.log").open("w")
+            log = (out / "logs" / f"{_log_name(job.name)}.log").open("w")
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen([sys.executable, "-m", job.tool, *job.argv], stdout=log, stderr=subprocess.STDOUT,
                                     env=env)
