@@ -205,6 +205,19 @@ def fit(root: Path, run: str, max_steps: int, resume: str | None = None, extra=(
     return model, paths_cb, ema
 
 
+def assert_resumed_like_uninterrupted(resumed: TinyRegression, resumed_ema: EMA, full: TinyRegression,
+                                      full_ema: EMA) -> None:
+    """Every step the resumed run trained has the uninterrupted run's loss, and both end with the same weights and
+    EMA."""
+    full_curve = dict(full.losses)
+    for step, loss in resumed.losses:
+        assert loss == pytest.approx(full_curve[step], abs=1e-6, rel=0), f"step {step}"
+    for name, p in full.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[name], p, atol=1e-6, rtol=0)
+    for name, s in full_ema.ema_state_dict().items():
+        torch.testing.assert_close(resumed_ema.ema_state_dict()[name].cpu(), s.cpu(), atol=1e-6, rtol=0)
+
+
 # ---- tests ----------------------------------------------------------------------------------------------------------
 def test_crashed_and_resumed_run_matches_uninterrupted_loss_curve_and_ema(tmp_path):
     total, crash = 25, 14  # 10 batches per epoch: the crash and the resume point (step 12) are mid-epoch
@@ -215,14 +228,8 @@ def test_crashed_and_resumed_run_matches_uninterrupted_loss_curve_and_ema(tmp_pa
     resumed, _, resumed_ema = fit(tmp_path, "crashy", total, resume="auto")
 
     assert resumed.losses[0][0] == 12, "resume must start from the newest complete checkpoint (step 12)"
-    full_curve = dict(full.losses)
-    assert sorted(full_curve) == list(range(total))
-    for step, loss in resumed.losses:
-        assert loss == pytest.approx(full_curve[step], abs=1e-6, rel=0), f"step {step}"
-    for name, p in full.net.state_dict().items():
-        torch.testing.assert_close(resumed.net.state_dict()[name], p, atol=1e-6, rtol=0)
-    for name, s in full_ema.ema_state_dict().items():
-        torch.testing.assert_close(resumed_ema.ema_state_dict()[name].cpu(), s.cpu(), atol=1e-6, rtol=0)
+    assert sorted(dict(full.losses)) == list(range(total))
+    assert_resumed_like_uninterrupted(resumed, resumed_ema, full, full_ema)
     assert resumed_ema.num_updates == full_ema.num_updates == total
 
 
@@ -242,13 +249,7 @@ def test_a_run_stopped_by_sigterm_during_validation_saves_its_step_and_resumes_e
     resumed, _, resumed_ema = fit(tmp_path, "stopped", total, resume="auto", val_every=5)
     assert resumed.losses[0][0] == 10, "resume must start from the step the SIGTERM stopped at"
     assert resumed.validated == [v for v in full.validated if v[0] > 10], resumed.validated
-    full_curve = dict(full.losses)
-    for step, loss in resumed.losses:
-        assert loss == pytest.approx(full_curve[step], abs=1e-6, rel=0), f"step {step}"
-    for name, p in full.net.state_dict().items():
-        torch.testing.assert_close(resumed.net.state_dict()[name], p, atol=1e-6, rtol=0)
-    for name, s in full_ema.ema_state_dict().items():
-        torch.testing.assert_close(resumed_ema.ema_state_dict()[name].cpu(), s.cpu(), atol=1e-6, rtol=0)
+    assert_resumed_like_uninterrupted(resumed, resumed_ema, full, full_ema)
 
 
 def test_a_run_stopped_by_sigterm_saves_its_step_and_resumes_exactly(tmp_path):
@@ -264,13 +265,7 @@ def test_a_run_stopped_by_sigterm_saves_its_step_and_resumes_exactly(tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 15
     resumed, _, resumed_ema = fit(tmp_path, "stopped", total, resume="auto")
     assert resumed.losses[0][0] == 15, "resume must start from the step the SIGTERM stopped at"
-    full_curve = dict(full.losses)
-    for step, loss in resumed.losses:
-        assert loss == pytest.approx(full_curve[step], abs=1e-6, rel=0), f"step {step}"
-    for name, p in full.net.state_dict().items():
-        torch.testing.assert_close(resumed.net.state_dict()[name], p, atol=1e-6, rtol=0)
-    for name, s in full_ema.ema_state_dict().items():
-        torch.testing.assert_close(resumed_ema.ema_state_dict()[name].cpu(), s.cpu(), atol=1e-6, rtol=0)
+    assert_resumed_like_uninterrupted(resumed, resumed_ema, full, full_ema)
     assert resumed_ema.num_updates == full_ema.num_updates == total
 
 
