@@ -28,6 +28,7 @@ from callbacks.nonfinite import NonFiniteGuard
 from callbacks.paths import CheckpointPaths, run_paths
 from callbacks.rig_guard import RigMismatchError, StageMismatchError, check_data_matches_model
 from callbacks.run_layout import PathError, RunConflictError, RunPaths, check_checkpoint_filename
+from callbacks.throughput import StepTimer
 from datamodules.shared_settings import SharedSettingError, link_shared_settings
 from lightning_modules.artifacts import CorruptWeightsError, UntrustedCheckpointError, set_trust
 
@@ -90,8 +91,6 @@ def _with_default_callbacks(callbacks: Any, lr_monitor: bool = True) -> list[Any
     ...) and a :class:`callbacks.throughput.StepTimer` (throughput on by default: ``perf/step_s``,
     ``perf/samples_per_s``, ``perf/data_wait_s`` every logged step after 10 warm-up steps, ``logs/throughput.json``
     at the end; no CUDA synchronisation per step, so it costs the run nothing)."""
-    from callbacks.throughput import StepTimer
-
     callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
     if lr_monitor and not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -229,8 +228,6 @@ class FitCLI(LightningCLI):
 def run_summary(trainer: Trainer) -> str:
     """One line at the end of a fit: the step it stopped at, why, how long it took to reach its first training batch
     (:class:`callbacks.throughput.StepTimer`, when on), and where its last checkpoint and export are."""
-    from callbacks.throughput import StepTimer
-
     paths = run_paths(trainer)
     reason = "max_steps" if trainer.max_steps and trainer.global_step >= trainer.max_steps else "stopped early"
     if trainer.interrupted:
