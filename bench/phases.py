@@ -54,6 +54,8 @@ from typing import Any
 
 import yaml
 
+from datamodules import render_cache
+
 CONFIGS = Path("configs/studies/phases")
 DIFFUSION_RECIPE = "configs/recipes/diffusion_pixel_procedural64.yaml"
 GSLRM_RECIPE = "configs/recipes/gslrm_procedural_128.yaml"
@@ -168,6 +170,11 @@ class Study:
         """The run's last export folder (export/step_N with the largest N), or a placeholder naming it."""
         found = sorted(self.run(name).glob("export/step_*"), key=lambda p: int(p.name.split("_")[-1]))
         return found[-1] if found else self.run(name) / "export" / "step_LAST"
+
+    def env(self) -> dict[str, str]:
+        """The jobs' environment: every job reads the scenes another one pre-rendered on the GPU
+        (``datamodules.render_cache``; a folder already set is kept)."""
+        return {render_cache.ENV: os.environ.get(render_cache.ENV, str(self.dir / "prerender_cache"))}
 
     def has_export(self, name: str) -> bool:
         return self.export(name).is_dir()
@@ -331,8 +338,10 @@ def _note_startups(records: list[dict[str, Any]], out: Path) -> None:
             rec["startup_s"] = startup
 
 
-def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float) -> list[dict[str, Any]]:
-    """Run one group's jobs (at once as subprocesses, or one by one here); returns their status records. A SIGTERM
+def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float,
+              env_extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run one group's jobs (at once as subprocesses, with ``env_extra`` in their environment, or one by one here);
+    returns their status records. A SIGTERM
     ends the group's processes, records the unfinished ones as ``stopped`` and raises :class:`Stopped` carrying the
     records (``.records``)."""
     records: list[dict[str, Any]] = []
@@ -361,7 +370,7 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float) -> 
                 rec.update(status="ok" if rc == 0 else "failed", rc=rc, seconds=round(time.time() - rec["start"], 1))
                 continue
             log = (out / "logs" / f"{_log_name(job.name)}.log").open("w")
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen([sys.executable, "-m", job.tool, *job.argv], stdout=log, stderr=subprocess.STDOUT,
                                     env=env)
             procs.append((proc, rec, log, _seconds(job.max_time) + timeout_s))
@@ -422,7 +431,7 @@ def _run_groups(study: Study, step: str, inprocess: bool, dry_run: bool) -> int:
                 print(job.command())
             continue
         try:
-            records, stopped = run_group(jobs, study.out, inprocess, study.p.timeout_s), False
+            records, stopped = run_group(jobs, study.out, inprocess, study.p.timeout_s, study.env()), False
         except Stopped as e:
             records, stopped = e.records, True  # type: ignore[attr-defined]
         with (study.out / "phases_status.jsonl").open("a") as f:

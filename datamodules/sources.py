@@ -31,6 +31,7 @@ must be exactly one per camera frame (a SampleError naming the sample and the mi
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import glob
 import json
@@ -45,6 +46,7 @@ import torch
 from braceexpand import braceexpand
 from torch import Tensor
 
+from datamodules import render_cache
 from datamodules.augment import check_ops
 from datamodules.io import BACKGROUND_CHOICES, SampleError, load_png_views, png_header, read_bytes, validate_cameras
 from datamodules.procedural import ScenePlanner, make_scene, make_scenes, scene_id
@@ -209,27 +211,50 @@ class ProceduralSource(Source):
 
     def _render_all(self, device: torch.device, chunk: int = 128) -> dict[str, Tensor]:
         """Every scene rendered on ``device`` in batches of ``chunk``, planned by :func:`planner_workers`
-        processes."""
+        processes; with ``MVLIFT_PRERENDER_CACHE`` set, read from or written to that folder in aligned chunks of
+        ``render_cache.CHUNK`` scenes, shared with the other processes (``datamodules.render_cache``)."""
 
-        v, s = self.num_views, self.size
-        out = {"rgba": torch.empty(self.num_scenes, v, 4, s, s, dtype=torch.uint8),
-               "c2w": torch.empty(self.num_scenes, v, 4, 4), "fxfycxcy": torch.empty(self.num_scenes, v, 4)}
-        workers = planner_workers(self.num_scenes)
-        with ScenePlanner(*self._args(), workers=workers) as planner:
-            for start in range(0, self.num_scenes, chunk):
-                idx = range(start, min(start + chunk, self.num_scenes))
-                scenes = make_scenes([i + self.index_offset for i in idx], *self._args(), device=device,
-                                     planner=planner)
-                self._store(out, idx, scenes)
+        v, s, off = self.num_views, self.size, self.index_offset
+        out = render_cache.empty_like_settings(self.num_scenes, v, s)
+        with contextlib.ExitStack() as stack:
+            planner = None
+
+            def render_into(dst: dict[str, Tensor], first: int, stop: int) -> dict[str, Tensor]:
+                """Scenes first .. stop-1 (absolute numbers) into dst[0 ..]."""
+                nonlocal planner
+                if planner is None:  # (not started when every chunk is read from the cache)
+                    planner = stack.enter_context(ScenePlanner(*self._args(),
+                                                               workers=planner_workers(self.num_scenes)))
+                for a in range(first, stop, chunk):
+                    b = min(a + chunk, stop)
+                    scenes = make_scenes(list(range(a, b)), *self._args(), device=device, planner=planner)
+                    for k, t in self._pack(scenes).items():
+                        dst[k][a - first: b - first] = t
+                return dst
+
+            cache = render_cache.RenderCache.from_env(
+                {"rig": self.rig.fingerprint, "views": v, "size": s, "realistic": self.realistic, "seed": self.seed,
+                 "jitter": self.jitter},
+                {"rgba": (v, 4, s, s), "c2w": (v, 4, 4), "fxfycxcy": (v, 4)})
+            if cache is None:
+                return render_into(out, off, off + self.num_scenes)
+            starts, n = [a for a, _ in render_cache.chunk_bounds(off, self.num_scenes)], render_cache.CHUNK
+            chunks = cache.chunks(starts, lambda a: render_into(render_cache.empty_like_settings(n, v, s), a, a + n))
+            for a, got in chunks:
+                lo, hi = max(a, off), min(a + n, off + self.num_scenes)
+                for k in out:
+                    out[k][lo - off: hi - off] = got[k][lo - a: hi - a]
+            log.info("source %r: %d scenes pre-rendered through %s: %s chunks of %d", self.name, self.num_scenes,
+                     cache.folder, cache.counts, n)
         return out
 
     @staticmethod
-    def _store(out: dict[str, Tensor], idx: range, scenes: list[dict[str, Any]]) -> None:
-        """Scenes ``idx`` of ``out`` from rendered scene dicts (pixels as 8-bit RGBA in host memory)."""
+    def _pack(scenes: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Rendered scene dicts as the host tensors the source keeps (pixels as 8-bit RGBA)."""
         rgba = torch.stack([torch.cat([sc["images"], sc["alpha"]], 1) for sc in scenes])
-        out["rgba"][idx.start: idx.stop] = (rgba * 255.0 + 0.5).to(torch.uint8).cpu()
-        out["c2w"][idx.start: idx.stop] = torch.stack([sc["c2w"] for sc in scenes])
-        out["fxfycxcy"][idx.start: idx.stop] = torch.stack([sc["fxfycxcy"] for sc in scenes])
+        return {"rgba": (rgba * 255.0 + 0.5).to(torch.uint8).cpu(),
+                "c2w": torch.stack([sc["c2w"] for sc in scenes]).cpu(),
+                "fxfycxcy": torch.stack([sc["fxfycxcy"] for sc in scenes]).cpu()}
 
     def _scene(self, i: int) -> dict[str, Any]:
         if i not in self._cache:

@@ -1,0 +1,159 @@
+"""An on-disk cache of GPU pre-rendered procedural scenes, shared by the processes of one machine.
+
+Every process that pre-renders a procedural source on a GPU (``ProceduralSource(device="cuda")``: each training, each
+evaluation, each synthesis) renders all its scenes before its first batch: 4,000 scenes take 40-100 s on a shared
+H100. Trainings that run side by side, or one after the other, render the same scenes again. With
+``MVLIFT_PRERENDER_CACHE=DIR`` set, scenes are rendered in chunks of :data:`CHUNK` consecutive scene numbers, and each
+chunk is written to ``DIR`` once and read by every later process:
+
+- a chunk's file is named by a hash of everything its pixels depend on: the rig's fingerprint, views, size, realistic,
+  seed, camera jitter, the chunk's first scene, and the rendering code (the bytes of ``datamodules/procedural.py``, the
+  rasterizers of ``geometry/render/``, the rig and camera code, and gsplat's version), so a changed renderer never reads old pixels;
+- processes that start together share the work: each renders the chunks no other process is rendering (a
+  non-blocking ``flock`` on the chunk's lock file) and then reads the others' chunks, waiting for them if needed;
+- files are written atomically (a temporary file, then ``os.replace``) as safetensors (no pickle); a file that cannot be
+  read, or holds other shapes, is rendered again and replaced, with a warning.
+
+The cache holds 8-bit RGBA and cameras, as the source keeps them in memory: num_scenes x views x 4 x size^2 bytes
+(130 MB for 4,000 scenes of 8 views at 64 px). Nothing removes old files: delete the folder to reclaim it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+log = logging.getLogger("mvlift.data")
+ENV = "MVLIFT_PRERENDER_CACHE"
+CHUNK = 128  # scenes a chunk: chunk k holds scenes k*CHUNK .. (k+1)*CHUNK - 1 (absolute scene numbers)
+KEYS = ("rgba", "c2w", "fxfycxcy")
+_CODE = ("datamodules/procedural.py", "geometry/render/gaussians.py", "geometry/render/gsplat_backend.py",
+         "geometry/render/rasterizer.py", "geometry/render/torch_rasterizer.py", "geometry/rig.py",
+         "geometry/cameras.py")
+
+
+def code_version() -> str:
+    """A hash of the rendering code (the files in ``_CODE`` and gsplat's version)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for name in _CODE:
+        h.update((root / name).read_bytes())
+    try:
+        from importlib.metadata import version
+
+        h.update(version("gsplat").encode())
+    except Exception:  # noqa: BLE001  (gsplat absent: CPU renders only)
+        h.update(b"no gsplat")
+    return h.hexdigest()[:16]
+
+
+def chunk_bounds(first: int, count: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """The aligned chunks [(start, stop)] of absolute scene numbers that cover scenes ``first`` .. ``first+count-1``.
+
+    Example:
+        >>> chunk_bounds(100, 100, chunk=64)
+        [(64, 128), (128, 192), (192, 256)]
+    """
+    chunk = chunk or CHUNK
+    lo, hi = first // chunk, (first + count - 1) // chunk
+    return [(k * chunk, (k + 1) * chunk) for k in range(lo, hi + 1)]
+
+
+class RenderCache:
+    """Chunks of one source's settings in ``folder`` (module docstring). ``settings``: JSON-able values that, with the
+    chunk's start, decide its pixels; ``shapes``: a chunk's expected shape of each tensor, less its scene dimension."""
+
+    def __init__(self, folder: str | Path, settings: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.settings = {**settings, "code": code_version(), "chunk": CHUNK}
+        self.shapes = shapes
+        self.counts = {"read": 0, "rendered": 0, "waited": 0}
+
+    @classmethod
+    def from_env(cls, settings: dict, shapes: dict[str, tuple[int, ...]]) -> RenderCache | None:
+        folder = os.environ.get(ENV)
+        return cls(folder, settings, shapes) if folder else None
+
+    def path(self, start: int) -> Path:
+        key = json.dumps({**self.settings, "start": start}, sort_keys=True)
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+    def load(self, start: int) -> dict[str, Tensor] | None:
+        """Chunk ``start``'s tensors, or None when it is not written yet or cannot be used (warned)."""
+        path = self.path(start)
+        if not path.exists():
+            return None
+        try:
+            got = load_file(str(path))
+            for k in KEYS:
+                if tuple(got[k].shape) != (CHUNK, *self.shapes[k]):
+                    raise ValueError(f"{k} has shape {tuple(got[k].shape)}, expected {(CHUNK, *self.shapes[k])}")
+        except Exception as e:  # noqa: BLE001  (a truncated or foreign file: render it again)
+            log.warning("%s: pre-rendered chunk unreadable (%s); rendering it again", path, e)
+            return None
+        return got
+
+    def save(self, start: int, chunk: dict[str, Tensor]) -> None:
+        path = self.path(start)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        save_file({k: chunk[k].contiguous() for k in KEYS}, str(tmp),
+                  metadata={"settings": json.dumps({**self.settings, "start": start}, sort_keys=True)})
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def _lock(self, start: int, wait: bool) -> Iterator[bool]:
+        with open(self.path(start).with_suffix(".lock"), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def chunks(self, starts: list[int], render: Callable[[int], dict[str, Tensor]]) -> Iterator[tuple[int, dict]]:
+        """(start, tensors) of every chunk in ``starts``: read when written, else rendered by ``render(start)`` and
+        written; chunks that another process is rendering come last, once it has written them."""
+        later = []
+        for start in starts:
+            got = self.load(start)
+            if got is None:
+                with self._lock(start, wait=False) as mine:
+                    if not mine:
+                        later.append(start)
+                        continue
+                    got = self._get_or_render(start, render)
+            else:
+                self.counts["read"] += 1
+            yield start, got
+        for start in later:
+            with self._lock(start, wait=True):
+                self.counts["waited"] += 1
+                yield start, self._get_or_render(start, render)
+
+    def _get_or_render(self, start: int, render: Callable[[int], dict[str, Tensor]]) -> dict[str, Tensor]:
+        got = self.load(start)  # (written by another process since we looked)
+        if got is None:
+            got = render(start)
+            self.save(start, got)
+            self.counts["rendered"] += 1
+        return got
+
+
+def empty_like_settings(num: int, views: int, size: int) -> dict[str, Tensor]:
+    """Host tensors for ``num`` scenes, as ``ProceduralSource`` keeps them."""
+    return {"rgba": torch.empty(num, views, 4, size, size, dtype=torch.uint8),
+            "c2w": torch.empty(num, views, 4, 4), "fxfycxcy": torch.empty(num, views, 4)}
