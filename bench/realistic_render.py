@@ -3,13 +3,14 @@ training whose data mix a realistic source (configs/studies/phases/data_mixed*.y
 trainings share its GPU (bench/phases.py runs six at once). One JSON line per run.
 
     python -m bench.realistic_render [--scenes 500] [--size 64] [--views 6] [--busy 0 4] [--clean] [--sync-uploads]
-                                     [--parts]
+                                     [--parts] [--cache DIR]
     python -m bench.realistic_render --count-ops [--scenes 128] [--size 32]     (any machine: no GPU needed)
 
 ``--busy K``: K processes keep the GPU busy meanwhile with a training-like loop (small kernels, a host sync every
 step). ``--sync-uploads``: the capture effects' draws (one copy per chunk of scenes) and blur kernels copied to the GPU
 with a plain, waiting copy instead of ``datamodules.procedural._upload``: what the waits alone cost. ``--parts``:
-the same pre-render again in its timed parts (``render_parts``). Needs CUDA
+the same pre-render again in its timed parts (``render_parts``). ``--cache DIR``: instead, the pre-render through
+the on-disk cache (``datamodules.render_cache``), writing it and then reading it. Needs CUDA
 and gsplat (docs/benchmarks.md). ``--count-ops``: the tensor operations (each a kernel launch on a GPU) that the capture
 effects of ``--scenes`` scenes dispatch, counted on the CPU: what the GPU is asked to do, whatever the device.
 """
@@ -108,6 +109,25 @@ def count_capture_ops(scenes: int, size: int, views: int) -> int:
     return counter.n
 
 
+def _cache_runs(args: argparse.Namespace) -> int:
+    """The pre-render with ``MVLIFT_PRERENDER_CACHE=args.cache``: cold (renders and writes every chunk), then warm
+    (reads them): one JSON line each."""
+    import os
+    import shutil
+
+    from datamodules import render_cache
+
+    shutil.rmtree(args.cache, ignore_errors=True)
+    os.environ[render_cache.ENV] = args.cache
+    for mode in ("write", "read"):
+        seconds = render_seconds(args.scenes, args.size, args.views, not args.clean)
+        print(json.dumps({"bench": "prerender_cache", "date": date.today().isoformat(),
+                          "device": torch.cuda.get_device_name(0), "scenes": args.scenes, "size": args.size,
+                          "views": args.views, "source": "clean" if args.clean else "realistic", "cache": mode,
+                          "seconds": round(seconds, 2), "scenes_per_s": round(args.scenes / seconds, 1)}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.realistic_render", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=int, default=500)
@@ -118,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sync-uploads", action="store_true", help="plain, waiting copies of the draws (as before)")
     p.add_argument("--count-ops", action="store_true", help="count the capture effects' tensor operations (CPU)")
     p.add_argument("--parts", action="store_true", help="also time the pre-render's parts (planner start, plan, render)")
+    p.add_argument("--cache", metavar="DIR", help="through the on-disk cache in DIR (emptied first): the pre-render "
+                   "that writes it, then the one that reads it (datamodules.render_cache)")
     args = p.parse_args(argv)
     if args.count_ops:
         ops = count_capture_ops(args.scenes, args.size, args.views)
@@ -133,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         procedural._upload = lambda x, device, dtype=torch.float32: torch.from_numpy(np.asarray(x)).to(dtype).to(
             device)
     render_seconds(8, args.size, args.views, not args.clean)  # warm-up: kernels, caches
+    if args.cache:
+        return _cache_runs(args)
     ctx = mp.get_context("spawn")
     for busy in args.busy:
         stop, ready = ctx.Event(), ctx.Barrier(busy + 1)
