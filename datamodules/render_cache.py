@@ -12,7 +12,8 @@ chunk is written to ``DIR`` once and read by every later process:
 - processes that start together share the work: each renders the chunks no other process is rendering (a
   non-blocking ``flock`` on the chunk's lock file) and then reads the others' chunks, waiting for them if needed;
 - files are written atomically (a temporary file, then ``os.replace``) as safetensors (no pickle); a file that cannot be
-  read, or holds other shapes, is rendered again and replaced, with a warning.
+  read, or holds other shapes, is rendered again and replaced, with a warning; a write that fails (a full disk) is
+  warned about and the process goes on with what it rendered.
 
 The cache holds 8-bit RGBA and cameras, as the source keeps them in memory: num_scenes x views x 4 x size^2 bytes
 (130 MB for 4,000 scenes of 8 views at 64 px). Nothing removes old files: delete the folder to reclaim it.
@@ -105,11 +106,17 @@ class RenderCache:
         return got
 
     def save(self, start: int, chunk: dict[str, Tensor]) -> None:
+        """Write chunk ``start`` atomically; a failed write (a full disk) is warned about and the chunk stays in
+        memory only: the process that rendered it goes on."""
         path = self.path(start)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        save_file({k: chunk[k].contiguous() for k in KEYS}, str(tmp),
-                  metadata={"settings": json.dumps({**self.settings, "start": start}, sort_keys=True)})
-        os.replace(tmp, path)
+        try:
+            save_file({k: chunk[k].contiguous() for k in KEYS}, str(tmp),
+                      metadata={"settings": json.dumps({**self.settings, "start": start}, sort_keys=True)})
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            log.warning("%s: cannot write the pre-rendered chunk (%s); going on without it", path, e)
 
     @contextlib.contextmanager
     def _lock(self, start: int, wait: bool) -> Iterator[bool]:

@@ -113,3 +113,17 @@ def test_gpu_prerender_is_read_back_from_the_cache(tmp_path, monkeypatch):
     for k in first:
         assert torch.equal(again[k], first[k])
     assert first["rgba"].float().std() > 10  # real pictures, not an empty buffer
+
+
+def test_a_failed_write_is_warned_about_and_the_render_goes_on(cache_dir, monkeypatch, caplog):
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(render_cache, "save_file", disk_full)
+    out = _render(_source(8))
+    assert "cannot write the pre-rendered chunk" in caplog.text and "No space left" in caplog.text
+    assert not list(cache_dir.glob("*.safetensors*"))  # neither the chunk nor its partial temporary file
+    monkeypatch.delenv(render_cache.ENV)
+    assert torch.equal(out["rgba"], _render(_source(8))["rgba"])
