@@ -1,14 +1,16 @@
 """An on-disk cache of GPU pre-rendered procedural scenes, shared by the processes of one machine.
 
 Every process that pre-renders a procedural source on a GPU (``ProceduralSource(device="cuda")``: each training, each
-evaluation, each synthesis) renders all its scenes before its first batch: 4,000 scenes take 40-100 s on a shared
-H100. Trainings that run side by side, or one after the other, render the same scenes again. With
+evaluation, each synthesis) renders all its scenes before its first batch: 1,000 realistic scenes at 64 px took
+12.4 s on an H100 alone and 21.4 s beside four busy processes (docs/benchmarks.md). Trainings that run side by side,
+or one after the other, render the same scenes again. With
 ``MVLIFT_PRERENDER_CACHE=DIR`` set, scenes are rendered in chunks of :data:`CHUNK` consecutive scene numbers, and each
 chunk is written to ``DIR`` once and read by every later process:
 
 - a chunk's file is named by a hash of everything its pixels depend on: the rig's fingerprint, views, size, realistic,
-  seed, camera jitter, the chunk's first scene, and the rendering code (the bytes of ``datamodules/procedural.py``, the
-  rasterizers of ``geometry/render/``, the rig and camera code, and gsplat's version), so a changed renderer never reads old pixels;
+  seed, camera jitter, the chunk's first scene, and the rendering code (the bytes of ``datamodules/procedural.py``,
+  the rasterizers of ``geometry/render/``, the rig and camera code, and gsplat's version), so a changed renderer never
+  reads old pixels;
 - processes that start together share the work: each renders the chunks no other process is rendering (a
   non-blocking ``flock`` on the chunk's lock file) and then reads the others' chunks, waiting for them if needed;
 - files are written atomically (a temporary file, then ``os.replace``) as safetensors (no pickle); a file that cannot be
@@ -16,7 +18,7 @@ chunk is written to ``DIR`` once and read by every later process:
   warned about and the process goes on with what it rendered.
 
 The cache holds 8-bit RGBA and cameras, as the source keeps them in memory: num_scenes x views x 4 x size^2 bytes
-(130 MB for 4,000 scenes of 8 views at 64 px). Nothing removes old files: delete the folder to reclaim it.
+(390 MB for 4,000 scenes of 6 views at 64 px). Nothing removes old files: delete the folder to reclaim it.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ class RenderCache:
         return got
 
 
-def empty_like_settings(num: int, views: int, size: int) -> dict[str, Tensor]:
+def host_buffers(num: int, views: int, size: int) -> dict[str, Tensor]:
     """Host tensors for ``num`` scenes, as ``ProceduralSource`` keeps them."""
     return {"rgba": torch.empty(num, views, 4, size, size, dtype=torch.uint8),
             "c2w": torch.empty(num, views, 4, 4), "fxfycxcy": torch.empty(num, views, 4)}

@@ -215,7 +215,7 @@ class ProceduralSource(Source):
         ``render_cache.CHUNK`` scenes, shared with the other processes (``datamodules.render_cache``)."""
 
         v, s, off = self.num_views, self.size, self.index_offset
-        out = render_cache.empty_like_settings(self.num_scenes, v, s)
+        out = render_cache.host_buffers(self.num_scenes, v, s)
         with contextlib.ExitStack() as stack:
             planner = None
 
@@ -239,7 +239,7 @@ class ProceduralSource(Source):
             if cache is None:
                 return render_into(out, off, off + self.num_scenes)
             starts, n = [a for a, _ in render_cache.chunk_bounds(off, self.num_scenes)], render_cache.CHUNK
-            chunks = cache.chunks(starts, lambda a: render_into(render_cache.empty_like_settings(n, v, s), a, a + n))
+            chunks = cache.chunks(starts, lambda a: render_into(render_cache.host_buffers(n, v, s), a, a + n))
             for a, got in chunks:
                 lo, hi = max(a, off), min(a + n, off + self.num_scenes)
                 for k in out:

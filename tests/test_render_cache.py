@@ -78,7 +78,7 @@ def test_a_chunk_another_process_is_rendering_is_waited_for_and_read(cache_dir, 
         {"rgba": (2, 4, 16, 16), "c2w": (2, 4, 4), "fxfycxcy": (2, 4)})
     lock = open(cache.path(0).with_suffix(".lock"), "a")  # noqa: SIM115  (held across the thread below)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    marked = render_cache.empty_like_settings(8, 2, 16)
+    marked = render_cache.host_buffers(8, 2, 16)
     marked["rgba"].fill_(7)
     marked["c2w"].zero_()
     marked["fxfycxcy"].zero_()
