@@ -9,8 +9,8 @@
 # The steps hand each other their runs in runs/ (checkpoints stay on the machine): call them one after the other on
 # the same warm machine (it is given back 30 s after a call). The jobs share their GPU pre-renders on disk
 # (runs/phases/prerender_cache, datamodules.render_cache; not packed): a later job or step reads them. Each step
-# packs what it made, without checkpoints, into $OUT/phases_STEP.tgz: the runs' logs, the evaluations, the Phase-3 data records, the jobs' logs and status and the
-# report (runs/phases/out/); paths from the checkout root: tar xzf it there, then
+# packs what it made, without checkpoints, into $OUT/phases_STEP.tgz: the runs' logs, the evaluations, the Phase-3
+# data records, the jobs' logs and status and the report (runs/phases/out/); paths from the checkout root: tar xzf it there, then
 #   python -m bench.phases_report --root runs --out docs/results/phases
 # $OUT also gets phases_status.jsonl (every job: command, exit code, seconds, startup_s), the report's phases.md (phase3, eval,
 # report) and gsplat_cuda.so: 4 files (the device tool brings back at most 8).
