@@ -126,3 +126,21 @@ def test_the_status_of_a_training_job_has_its_start_up_from_its_log(tmp_path):
     records = [{"job": "diffusion_ii_s0", "start": 0.0}, {"job": "report", "start": 0.0}, {"job": "done_one"}]
     phases._note_startups(records, tmp_path)
     assert records[0]["startup_s"] == 64.5 and "startup_s" not in records[1] and "startup_s" not in records[2]
+
+
+def test_the_jobs_share_one_prerender_cache_under_the_study(tmp_path, monkeypatch):
+    """Every job of a group runs with MVLIFT_PRERENDER_CACHE set to the study's folder (datamodules.render_cache),
+    so one job's GPU pre-render is the next one's read; a folder the user set is kept."""
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "print_cache_env.py").write_text(
+        "import os, sys\nopen(sys.argv[1], 'w').write(os.environ.get('MVLIFT_PRERENDER_CACHE', 'unset'))\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mod"))
+    monkeypatch.delenv("MVLIFT_PRERENDER_CACHE", raising=False)
+    study = phases.Study(phases.PROFILES["toy"](), tmp_path / "runs", tmp_path / "out")
+    jobs = [phases.Job(f"job{i}", "print_cache_env", [str(tmp_path / f"seen{i}")]) for i in range(2)]
+    records = phases.run_group(jobs, study.out, False, 60, study.env())
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    expected = str(tmp_path / "runs" / "phases" / "prerender_cache")
+    assert [(tmp_path / f"seen{i}").read_text() for i in range(2)] == [expected, expected]
+    monkeypatch.setenv("MVLIFT_PRERENDER_CACHE", "/data/cache")
+    assert study.env() == {"MVLIFT_PRERENDER_CACHE": "/data/cache"}
