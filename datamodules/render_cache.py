@@ -39,7 +39,6 @@ from torch import Tensor
 log = logging.getLogger("mvlift.data")
 ENV = "MVLIFT_PRERENDER_CACHE"
 CHUNK = 128  # scenes a chunk: chunk k holds scenes k*CHUNK .. (k+1)*CHUNK - 1 (absolute scene numbers)
-KEYS = ("rgba", "c2w", "fxfycxcy")
 _CODE = ("datamodules/procedural.py", "geometry/render/gaussians.py", "geometry/render/gsplat_backend.py",
          "geometry/render/rasterizer.py", "geometry/render/torch_rasterizer.py", "geometry/rig.py",
          "geometry/cameras.py")
@@ -74,19 +73,19 @@ def chunk_bounds(first: int, count: int, chunk: int | None = None) -> list[tuple
 
 class RenderCache:
     """Chunks of one source's settings in ``folder`` (module docstring). ``settings``: JSON-able values that, with the
-    chunk's start, decide its pixels; ``shapes``: a chunk's expected shape of each tensor, less its scene dimension."""
+    chunk's start, decide its pixels; its ``views`` and ``size`` give a chunk's shapes (:func:`buffer_shapes`)."""
 
-    def __init__(self, folder: str | Path, settings: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, folder: str | Path, settings: dict) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.settings = {**settings, "code": code_version(), "chunk": CHUNK}
-        self.shapes = shapes
+        self.shapes = buffer_shapes(CHUNK, settings["views"], settings["size"])
         self.counts = {"read": 0, "rendered": 0, "waited": 0}
 
     @classmethod
-    def from_env(cls, settings: dict, shapes: dict[str, tuple[int, ...]]) -> RenderCache | None:
+    def from_env(cls, settings: dict) -> RenderCache | None:
         folder = os.environ.get(ENV)
-        return cls(folder, settings, shapes) if folder else None
+        return cls(folder, settings) if folder else None
 
     def path(self, start: int) -> Path:
         key = json.dumps({**self.settings, "start": start}, sort_keys=True)
@@ -99,9 +98,9 @@ class RenderCache:
             return None
         try:
             got = load_file(str(path))
-            for k in KEYS:
-                if tuple(got[k].shape) != (CHUNK, *self.shapes[k]):
-                    raise ValueError(f"{k} has shape {tuple(got[k].shape)}, expected {(CHUNK, *self.shapes[k])}")
+            for k, shape in self.shapes.items():
+                if tuple(got[k].shape) != shape:
+                    raise ValueError(f"{k} has shape {tuple(got[k].shape)}, expected {shape}")
         except Exception as e:  # noqa: BLE001  (a truncated or foreign file: render it again)
             log.warning("%s: pre-rendered chunk unreadable (%s); rendering it again", path, e)
             return None
@@ -113,7 +112,7 @@ class RenderCache:
         path = self.path(start)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         try:
-            save_file({k: chunk[k].contiguous() for k in KEYS}, str(tmp),
+            save_file({k: chunk[k].contiguous() for k in self.shapes}, str(tmp),
                       metadata={"settings": json.dumps({**self.settings, "start": start}, sort_keys=True)})
             os.replace(tmp, path)
         except OSError as e:
@@ -162,7 +161,12 @@ class RenderCache:
         return got
 
 
+def buffer_shapes(num: int, views: int, size: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``num`` pre-rendered scenes as ``ProceduralSource`` keeps them: 8-bit RGBA and the cameras."""
+    return {"rgba": (num, views, 4, size, size), "c2w": (num, views, 4, 4), "fxfycxcy": (num, views, 4)}
+
+
 def host_buffers(num: int, views: int, size: int) -> dict[str, Tensor]:
-    """Host tensors for ``num`` scenes, as ``ProceduralSource`` keeps them."""
-    return {"rgba": torch.empty(num, views, 4, size, size, dtype=torch.uint8),
-            "c2w": torch.empty(num, views, 4, 4), "fxfycxcy": torch.empty(num, views, 4)}
+    """Host tensors for ``num`` scenes (:func:`buffer_shapes`; pixels as uint8, cameras as float32)."""
+    return {k: torch.empty(shape, dtype=torch.uint8 if k == "rgba" else torch.float32)
+            for k, shape in buffer_shapes(num, views, size).items()}

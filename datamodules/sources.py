@@ -234,8 +234,7 @@ class ProceduralSource(Source):
 
             cache = render_cache.RenderCache.from_env(
                 {"rig": self.rig.fingerprint, "views": v, "size": s, "realistic": self.realistic, "seed": self.seed,
-                 "jitter": self.jitter},
-                {"rgba": (v, 4, s, s), "c2w": (v, 4, 4), "fxfycxcy": (v, 4)})
+                 "jitter": self.jitter})
             if cache is None:
                 return render_into(out, off, off + self.num_scenes)
             starts, n = [a for a, _ in render_cache.chunk_bounds(off, self.num_scenes)], render_cache.CHUNK

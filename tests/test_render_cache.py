@@ -74,8 +74,7 @@ def test_a_chunk_another_process_is_rendering_is_waited_for_and_read(cache_dir, 
     itself, then reads chunk 0 as written, without rendering it."""
     src = _source(12)
     cache = RenderCache.from_env(
-        {"rig": RIG.fingerprint, "views": 2, "size": 16, "realistic": False, "seed": 0, "jitter": 0.0},
-        {"rgba": (2, 4, 16, 16), "c2w": (2, 4, 4), "fxfycxcy": (2, 4)})
+        {"rig": RIG.fingerprint, "views": 2, "size": 16, "realistic": False, "seed": 0, "jitter": 0.0})
     lock = open(cache.path(0).with_suffix(".lock"), "a")  # noqa: SIM115  (held across the thread below)
     fcntl.flock(lock, fcntl.LOCK_EX)
     marked = render_cache.host_buffers(8, 2, 16)
