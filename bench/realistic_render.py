@@ -109,6 +109,14 @@ def count_capture_ops(scenes: int, size: int, views: int) -> int:
     return counter.n
 
 
+def _print_run(bench: str, args: argparse.Namespace, seconds: float, **fields: object) -> None:
+    """One pre-render's JSON line: its settings, ``fields``, its seconds and scenes a second."""
+    print(json.dumps({"bench": bench, "date": date.today().isoformat(), "device": torch.cuda.get_device_name(0),
+                      "scenes": args.scenes, "size": args.size, "views": args.views,
+                      "source": "clean" if args.clean else "realistic", **fields, "seconds": round(seconds, 2),
+                      "scenes_per_s": round(args.scenes / seconds, 1)}), flush=True)
+
+
 def _cache_runs(args: argparse.Namespace) -> int:
     """The pre-render with ``MVLIFT_PRERENDER_CACHE=args.cache``: cold (renders and writes every chunk), then warm
     (reads them): one JSON line each."""
@@ -120,11 +128,8 @@ def _cache_runs(args: argparse.Namespace) -> int:
     shutil.rmtree(args.cache, ignore_errors=True)
     os.environ[render_cache.ENV] = args.cache
     for mode in ("write", "read"):
-        seconds = render_seconds(args.scenes, args.size, args.views, not args.clean)
-        print(json.dumps({"bench": "prerender_cache", "date": date.today().isoformat(),
-                          "device": torch.cuda.get_device_name(0), "scenes": args.scenes, "size": args.size,
-                          "views": args.views, "source": "clean" if args.clean else "realistic", "cache": mode,
-                          "seconds": round(seconds, 2), "scenes_per_s": round(args.scenes / seconds, 1)}), flush=True)
+        _print_run("prerender_cache", args, render_seconds(args.scenes, args.size, args.views, not args.clean),
+                   cache=mode)
     return 0
 
 
@@ -170,11 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         for proc in procs:
             proc.join(timeout=30)
-        print(json.dumps({"bench": "realistic_render", "date": date.today().isoformat(),
-                          "device": torch.cuda.get_device_name(0), "scenes": args.scenes, "size": args.size,
-                          "views": args.views, "source": "clean" if args.clean else "realistic", "busy": busy,
-                          "uploads": "sync" if args.sync_uploads else "non-blocking", "seconds": round(seconds, 2),
-                          "scenes_per_s": round(args.scenes / seconds, 1), **parts}), flush=True)
+        _print_run("realistic_render", args, seconds, busy=busy,
+                   uploads="sync" if args.sync_uploads else "non-blocking", **parts)
     return 0
 
 
