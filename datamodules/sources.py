@@ -150,10 +150,14 @@ class _SceneCache:
 _RENDERED_SCENES = _SceneCache()
 
 
+PLANNER_MIN_SCENES = 8192
+
+
 def planner_workers(num_scenes: int) -> int:
     """Processes that plan a GPU pre-rendering of ``num_scenes`` scenes: one per two cores, at most 8; none for fewer
-    than 256 scenes, where starting them costs more than it saves."""
-    return min(8, (os.cpu_count() or 1) // 2) if num_scenes >= 256 else 0
+    than 8,192 scenes, where starting them (10-11 s for 8 spawned processes on an H100 machine) costs more than
+    planning in this process (1.2-1.5 s a 1,000 scenes; docs/benchmarks.md, "Where a pre-render's time goes")."""
+    return min(8, (os.cpu_count() or 1) // 2) if num_scenes >= PLANNER_MIN_SCENES else 0
 
 
 class ProceduralSource(Source):

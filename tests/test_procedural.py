@@ -263,7 +263,7 @@ def test_the_pre_render_bench_times_its_parts_with_the_sources_planner_count(mon
     from datamodules import sources
 
     monkeypatch.setattr(sources.os, "cpu_count", lambda: 4)
-    assert sources.planner_workers(255) == 0 and sources.planner_workers(256) == 2
+    assert sources.planner_workers(8191) == 0 and sources.planner_workers(8192) == 2
     parts = render_parts(12, 16, 6, True, device="cpu")
     assert parts["planners"] == 0
     assert all(parts[k] >= 0 for k in ("planner_start_s", "plan_s")) and parts["render_s"] > 0, parts
