@@ -213,9 +213,9 @@ class ProceduralSource(Source):
     def _args(self) -> tuple:
         return self.rig, self.num_views, self.size, self.realistic, self.seed, self.jitter
 
-    def _render_all(self, device: torch.device, chunk: int = 128) -> dict[str, Tensor]:
-        """Every scene rendered on ``device`` in batches of ``chunk``, planned by :func:`planner_workers`
-        processes; with ``MVLIFT_PRERENDER_CACHE`` set, read from or written to that folder in aligned chunks of
+    def _render_all(self, device: torch.device, chunk: int = render_cache.CHUNK) -> dict[str, Tensor]:
+        """Every scene rendered on ``device`` in batches of ``chunk`` (by default a cache chunk's scenes), planned by
+        :func:`planner_workers` processes; with ``MVLIFT_PRERENDER_CACHE`` set, read from or written to that folder in aligned chunks of
         ``render_cache.CHUNK`` scenes, shared with the other processes (``datamodules.render_cache``)."""
 
         v, s, off = self.num_views, self.size, self.index_offset
