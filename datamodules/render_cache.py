@@ -134,7 +134,9 @@ class RenderCache:
 
     def chunks(self, starts: list[int], render: Callable[[int], dict[str, Tensor]]) -> Iterator[tuple[int, dict]]:
         """(start, tensors) of every chunk in ``starts``: read when written, else rendered by ``render(start)`` and
-        written; chunks that another process is rendering come last, once it has written them."""
+        written; chunks that another process is rendering come last, once it has written them. ``counts`` tells
+        each chunk's one outcome: ``read`` (written before), ``rendered`` (here) or ``waited`` (written by another
+        process while this one waited for it)."""
         later = []
         for start in starts:
             got = self.load(start)
@@ -143,21 +145,22 @@ class RenderCache:
                     if not mine:
                         later.append(start)
                         continue
-                    got = self._get_or_render(start, render)
+                    got = self._get_or_render(start, render, found="read")
             else:
                 self.counts["read"] += 1
             yield start, got
         for start in later:
             with self._lock(start, wait=True):
-                self.counts["waited"] += 1
-                yield start, self._get_or_render(start, render)
+                yield start, self._get_or_render(start, render, found="waited")
 
-    def _get_or_render(self, start: int, render: Callable[[int], dict[str, Tensor]]) -> dict[str, Tensor]:
-        got = self.load(start)  # (written by another process since we looked)
-        if got is None:
-            got = render(start)
-            self.save(start, got)
-            self.counts["rendered"] += 1
+    def _get_or_render(self, start: int, render: Callable[[int], dict[str, Tensor]], found: str) -> dict[str, Tensor]:
+        got = self.load(start)  # (written by another process since we looked: counted as ``found``)
+        if got is not None:
+            self.counts[found] += 1
+            return got
+        got = render(start)
+        self.save(start, got)
+        self.counts["rendered"] += 1
         return got
 
 

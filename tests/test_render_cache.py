@@ -39,7 +39,7 @@ def test_chunk_bounds_cover_the_scenes_with_aligned_chunks():
     assert chunk_bounds(9, 1, chunk=8) == [(8, 16)]
 
 
-def test_cached_scenes_equal_rendered_ones_and_later_sources_read_them(cache_dir, monkeypatch):
+def test_cached_scenes_equal_rendered_ones_and_later_sources_read_them(cache_dir, monkeypatch, caplog):
     monkeypatch.delenv(render_cache.ENV)
     plain = _render(_source(10, offset=3))  # no cache: rendered as before
     monkeypatch.setenv(render_cache.ENV, str(cache_dir))
@@ -52,7 +52,9 @@ def test_cached_scenes_equal_rendered_ones_and_later_sources_read_them(cache_dir
         raise AssertionError("rendered a scene the cache holds")
 
     monkeypatch.setattr(sources, "make_scenes", no_render)
-    again = _render(_source(6, offset=6))  # scenes 6..11: from both chunks, read back
+    with caplog.at_level("INFO", logger=sources.log.name):
+        again = _render(_source(6, offset=6))  # scenes 6..11: from both chunks, read back
+    assert "{'read': 2, 'rendered': 0, 'waited': 0}" in caplog.text
     for k in plain:
         assert torch.equal(again[k], first[k][3:9])
     with pytest.raises(AssertionError, match="rendered a scene"):
@@ -69,7 +71,7 @@ def test_a_bad_chunk_file_is_rendered_again_and_replaced(cache_dir, caplog):
     assert torch.equal(_render(_source(8))["rgba"], first["rgba"])  # the replaced file reads back
 
 
-def test_a_chunk_another_process_is_rendering_is_waited_for_and_read(cache_dir, monkeypatch):
+def test_a_chunk_another_process_is_rendering_is_waited_for_and_read(cache_dir, monkeypatch, caplog):
     """Chunk 0 is locked by "another process" (this test) that writes it a second later: the source renders chunk 1
     itself, then reads chunk 0 as written, without rendering it."""
     src = _source(12)
@@ -91,10 +93,25 @@ def test_a_chunk_another_process_is_rendering_is_waited_for_and_read(cache_dir, 
     real = sources.make_scenes
     monkeypatch.setattr(sources, "make_scenes", lambda idx, *a, **kw: rendered.extend(idx) or real(idx, *a, **kw))
     threading.Timer(1.0, other_process_writes_then_unlocks).start()
-    out = _render(src)
+    with caplog.at_level("INFO", logger=sources.log.name):
+        out = _render(src)
+    assert "{'read': 0, 'rendered': 1, 'waited': 1}" in caplog.text  # each chunk counted once, by its outcome
     assert sorted(rendered) == list(range(8, 16))  # chunk 1 only (its last 4 scenes beyond the source's 12: kept)
     assert (out["rgba"][:8] == 7).all()  # chunk 0: the other process's pixels
     assert not (out["rgba"][8:] == 7).all()
+
+
+def test_a_chunk_whose_other_renderer_gave_up_is_rendered_here_and_counted_so(cache_dir, caplog):
+    """The other process unlocks chunk 0 without writing it (it died): this one renders it after waiting."""
+    cache = RenderCache.from_env(
+        {"rig": RIG.fingerprint, "views": 2, "size": 16, "realistic": False, "seed": 0, "jitter": 0.0})
+    held = open(cache.path(0).with_suffix(".lock"), "a")  # noqa: SIM115  (released by the timer below)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    threading.Timer(0.5, held.close).start()
+    with caplog.at_level("INFO", logger=sources.log.name):
+        out = _render(_source(12))
+    assert "{'read': 0, 'rendered': 2, 'waited': 0}" in caplog.text
+    assert len(list(cache_dir.glob("*.safetensors"))) == 2 and out["rgba"].float().std() > 1
 
 
 @pytest.mark.gpu
