@@ -46,6 +46,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("mvlift.curves")
 
@@ -252,17 +253,19 @@ def _time_unit(span_s: float) -> tuple[str, float]:
     return "h", 3600.0
 
 
-def plot_curves(runs: Sequence[RunCurves], out: str | Path, panels: Sequence[Panel] | None = None, x: str = "step",
-                title: str | None = None) -> Path:
-    """Draw ``panels`` (default: ``default_panels``) for ``runs`` into the PNG ``out``: one colour per run and one
-    line style per column within a panel (a single run: one colour per column); labels are the run's label
-    (``label: column`` in panels of several columns). Non-finite values are gaps. Returns ``out``."""
+# a panel's columns by line style when several runs share it (colour = run); beyond eight, styles repeat
+COLUMN_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1, 1, 1)), (0, (8, 3, 2, 3)))
+
+
+def curves_figure(runs: Sequence[RunCurves], panels: Sequence[Panel] | None = None, x: str = "step",
+                  title: str | None = None) -> Any:
+    """The matplotlib Figure of ``plot_curves``. Several runs: one colour per run, named once in a legend below the
+    panels, and one line style per column, named in its panel's legend (columns only, so a panel's legend stays as
+    short as its column list). A single run: one colour per column, named in the panel's legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise CurveError(f"--out {out}: the figure is a PNG; name it *.png")
     if x not in ("step", "time"):
         raise CurveError(f"x must be 'step' or 'time', got {x!r}")
     panels = list(panels) if panels is not None else default_panels(runs)
@@ -274,38 +277,61 @@ def plot_curves(runs: Sequence[RunCurves], out: str | Path, panels: Sequence[Pan
                                  f"{_names(r.files)}")
         spans = [max(r.time.values()) - min(r.time.values()) for r in runs if r.time]
         unit, scale = _time_unit(max(spans, default=0.0))
+    many = len(runs) > 1
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(5.6 * ncols, 3.9 * nrows), layout="constrained")
+    fig = Figure(figsize=(5.6 * ncols, 3.9 * nrows + (0.35 * math.ceil(len(runs) / 4) if many else 0)),
+                 layout="constrained")
     FigureCanvasAgg(fig)
     colours = [f"C{i % 10}" for i in range(len(runs))]
-    styles = ("-", "--", ":", "-.")
+    drawn: set[int] = set()  # runs with a line somewhere: the figure legend names these
     for k, panel in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        for colour, run in zip(colours, runs):
+        styled: dict[str, Any] = {}
+        for i, (colour, run) in enumerate(zip(colours, runs)):
             for j, column in enumerate(panel.columns):
                 if column not in run.series:
                     continue
-                colour_j, style = (colour, styles[j % len(styles)]) if len(runs) > 1 else (f"C{j % 10}", "-")
+                style = COLUMN_STYLES[j % len(COLUMN_STYLES)] if many else "-"
                 xs, ys = run.xy(column, x)
                 xs = [v / scale for v in xs]
                 ys = [v if math.isfinite(v) else math.nan for v in ys]
-                label = run.label if len(panel.columns) == 1 else (
-                    column if len(runs) == 1 else f"{run.label}: {column}")
-                ax.plot(xs, ys, color=colour_j, linestyle=style, linewidth=1.4,
-                        marker="." if len(xs) < 30 else None, label=label)
+                ax.plot(xs, ys, color=colour if many else f"C{j % 10}", linestyle=style, linewidth=1.4,
+                        marker="." if len(xs) < 30 else None, label=None if many else (
+                            column if len(panel.columns) > 1 else run.label))
+                styled.setdefault(column, style)
+                drawn.add(i)
         ax.set_title(panel.title)
         ax.set_xlabel("step" if x == "step" else f"wall time ({unit})")
         ax.grid(True, alpha=0.3)
-        if ax.lines:
+        if many and len(styled) > 1:
+            ax.legend([Line2D([], [], color="0.25", linestyle=st) for st in styled.values()], list(styled),
+                      fontsize="small" if len(styled) <= 4 else "x-small")
+        elif not many and ax.lines:
             ax.legend(fontsize="small" if len(ax.lines) <= 4 else "x-small")
+    if many and drawn:
+        shown = sorted(drawn)
+        fig.legend([Line2D([], [], color=colours[i], linewidth=2) for i in shown], [runs[i].label for i in shown],
+                   loc="outside lower center", ncols=min(4, len(shown)), fontsize="small", title="run")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_curves(runs: Sequence[RunCurves], out: str | Path, panels: Sequence[Panel] | None = None, x: str = "step",
+                title: str | None = None) -> Path:
+    """Draw ``panels`` (default: ``default_panels``) for ``runs`` into the PNG ``out`` (``curves_figure``: several
+    runs are colours named below the panels, a panel's columns are line styles named in it). Non-finite values are
+    gaps. Returns ``out``."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise CurveError(f"--out {out}: the figure is a PNG; name it *.png")
+    fig = curves_figure(runs, panels, x, title)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=100)
     return out
 
 
-__all__ = ["GEN_PANEL", "NOT_METRICS", "PSNR_PANEL", "TIME_COLUMNS", "CurveError", "Panel", "RunCurves",
-           "default_label", "default_panels", "load_curves", "metric_files", "plot_curves", "read_part",
-           "select_panels"]
+__all__ = ["COLUMN_STYLES", "GEN_PANEL", "NOT_METRICS", "PSNR_PANEL", "TIME_COLUMNS", "CurveError", "Panel",
+           "RunCurves", "curves_figure", "default_label", "default_panels", "load_curves", "metric_files",
+           "plot_curves", "read_part", "select_panels"]

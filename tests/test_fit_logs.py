@@ -56,3 +56,27 @@ def test_tensorboard_has_the_hyperparameters_without_a_placeholder_metric(run):
     experiment = next(p.experiment for p in plugins if p.HasField("experiment"))
     assert {m.name.tag for m in experiment.metric_infos} == {"train/loss", "val/loss"}
     assert "hp_metric" not in tags
+
+
+def test_the_command_line_shows_mvlifts_own_info_lines_once(tmp_path):
+    """``python -m tools.fit`` configured no logging, so every INFO line of mvlift's (the data sources, the epoch's
+    skip counts, the pre-render cache's chunk counts, exports, ``--resume auto``) was dropped in training runs: the
+    phases study's fine-tune logs had none. Lightning's own lines must not be doubled by it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = _config(tmp_path, run="cmd")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "tools.fit", "-c", str(cfg), "--trainer.max_steps", "2",
+                           "--resume", "auto"], check=False, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    err = done.stderr
+    assert "INFO mvlift.fit: resume auto: no checkpoint yet, starting fresh" in err, err[-3000:]
+    assert "INFO mvlift.data: data source " in err
+    assert "exported step 2 to " in err
+    lightning = [line for line in (err + done.stdout).splitlines() if "GPU available:" in line]
+    assert len(lightning) == 1, lightning

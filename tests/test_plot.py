@@ -176,3 +176,32 @@ def test_learning_rates_and_the_gradient_norm_get_default_panels(tmp_path):
     panels = default_panels([load_curves(run)])
     assert [p.title for p in panels] == ["train/loss", "learning rate", "train/grad_norm"]
     assert panels[1].columns == ["lr-AdamW/base", "lr-AdamW/base/no_decay"]  # one line per parameter group
+
+
+def test_several_runs_are_named_once_below_the_panels_and_a_panel_names_only_its_columns(tmp_path):
+    """Seven runs on one figure (the phases study's diffusion curves): a per-panel legend of run x column entries
+    (28 in the PSNR panel) covered the panels. Now the runs are one figure legend outside every panel, and a panel's
+    legend lists its columns once each, as line styles."""
+    from callbacks.run_curves import curves_figure
+
+    runs = [load_curves(_resumed_run(tmp_path, f"run{k}", offset=0.01 * k)) for k in range(7)]
+    fig = curves_figure(runs, title="seven runs")
+    axes = fig.get_axes()
+    titles = [ax.get_title() for ax in axes]
+    assert titles == ["train/loss", "val/loss", "PSNR (dB)"]
+    psnr = axes[2]
+    entries = [t.get_text() for t in psnr.get_legend().get_texts()]
+    assert entries == ["train/psnr", "val/psnr/all", "val/psnr/real", "val/psnr_fg/all"]
+    styles = {line.get_linestyle() for line in psnr.get_legend().get_lines()}
+    assert len(styles) == 4, "each column its own line style"
+    assert axes[0].get_legend() is None and axes[1].get_legend() is None  # one column: the colours say it all
+    assert len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"run{k}" for k in range(7)]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.legends[0].get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in axes)
+    # a single run keeps its panel legends of columns and no figure legend
+    single = curves_figure(runs[:1])
+    assert not single.legends
+    assert [t.get_text() for t in single.get_axes()[2].get_legend().get_texts()] == entries

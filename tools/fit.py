@@ -56,7 +56,7 @@ from callbacks.fit_config import check_resume_hparams
 from callbacks.paths import CheckpointPaths
 from datamodules.shared_settings import check_not_on_model
 from lightning_modules.artifacts import CorruptWeightsError, allowed_globals, check_loadable, trusting
-from tools import find_configs
+from tools import find_configs, log_to_stderr
 
 log = logging.getLogger("mvlift.fit")
 
@@ -126,6 +126,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     folder of another config, a bad run root, an untrusted checkpoint) as an error without a traceback (its first
     line names the problem, details follow indented) and exit code 2."""
     args = sys.argv[1:] if argv is None else list(argv)
+    log_to_stderr()  # mvlift's own INFO lines (data sources, skip counts, pre-render cache, exports, resume)
     if args and args[0] in SUBCOMMANDS:
         print(f"tools.fit: error: {args[0]!r}: {SUBCOMMANDS[args[0]]}", file=sys.stderr)
         return 2
