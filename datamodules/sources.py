@@ -247,8 +247,8 @@ class ProceduralSource(Source):
                 lo, hi = max(a, off), min(a + n, off + self.num_scenes)
                 for k in out:
                     out[k][lo - off: hi - off] = got[k][lo - a: hi - a]
-            log.info("source %r: %d scenes pre-rendered through %s: %s chunks of %d", self.name, self.num_scenes,
-                     cache.folder, cache.counts, n)
+            log.info("source %r (%s): %d scenes pre-rendered through %s: %s chunks of %d", self.name,
+                     "captures" if self.realistic else "clean renders", self.num_scenes, cache.folder, cache.counts, n)
         return out
 
     @staticmethod

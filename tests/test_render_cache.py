@@ -54,6 +54,7 @@ def test_cached_scenes_equal_rendered_ones_and_later_sources_read_them(cache_dir
     monkeypatch.setattr(sources, "make_scenes", no_render)
     with caplog.at_level("INFO", logger=sources.log.name):
         again = _render(_source(6, offset=6))  # scenes 6..11: from both chunks, read back
+    assert "(clean renders): 6 scenes pre-rendered" in caplog.text  # a realistic source's clean twin is told apart
     assert "{'read': 2, 'rendered': 0, 'waited': 0}" in caplog.text
     for k in plain:
         assert torch.equal(again[k], first[k][3:9])
