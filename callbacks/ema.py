@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.ema")
 
 
 def ema_target(pl_module: pl.LightningModule) -> nn.Module:

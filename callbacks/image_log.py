@@ -26,7 +26,7 @@ from PIL import Image
 from callbacks.paths import run_log_file
 from geometry.images import labelled_grid
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.images")
 
 class ImageLogger(Callback):
     """Log labelled validation image grids (first validation batch) every ``every_n_steps`` optimizer steps.

@@ -46,7 +46,7 @@ from callbacks.run_identity import (
 from callbacks.run_layout import RunPaths, check_checkpoint_filename, check_name, check_root, new_run_name
 from geometry.files import remove_stale_temporaries
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.checkpoints")
 
 RUN_ENV = "MVLIFT_RUN"
 

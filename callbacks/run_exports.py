@@ -21,7 +21,7 @@ from callbacks.ema import EMA
 from callbacks.run_layout import RunPaths
 from geometry.files import atomic_directory
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.checkpoints")
 
 
 class RunExports:

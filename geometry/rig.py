@@ -37,7 +37,7 @@ from geometry.cameras import (
     spherical_from_c2w,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.rig")
 RIGS_DIR = Path(__file__).resolve().parent / "rigs"  # package data; configs/rigs links here
 
 

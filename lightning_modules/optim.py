@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.optim")
 
 OPTIMIZERS = ("adamw", "adamw8bit", "auto")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")

@@ -133,3 +133,21 @@ def test_chart_has_units_and_its_legend_outside_the_bars():
     assert len(fig.legends) == 1
     box = fig.legends[0].get_window_extent(renderer)
     assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in axes)
+
+
+def test_every_logger_of_mvlift_is_named_under_mvlift():
+    """One convention: ``logging.getLogger("mvlift.<area>")``, so that ``logging.getLogger("mvlift")`` reaches every
+    line mvlift logs (``__name__`` loggers such as ``callbacks.paths`` escaped it)."""
+    import re
+
+    calls = re.compile(r"logging\.getLogger\(([^)]*)\)")
+    found, wrong = 0, []
+    for package in ("callbacks", "datamodules", "geometry", "lightning_modules", "tools", "bench"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for arg in calls.findall(path.read_text()):
+                if path.name == "__init__.py" and package == "tools":
+                    continue  # log_to_stderr configures the root logger
+                found += 1
+                if not re.fullmatch(r'"mvlift\.[a-z_]+"', arg.strip()):
+                    wrong.append(f"{path.relative_to(ROOT)}: getLogger({arg})")
+    assert found >= 20 and not wrong, wrong

@@ -24,7 +24,7 @@ def test_resume_auto_names_each_corrupt_checkpoint_it_skips(tmp_path, caplog):
         data = (ckpts / name).read_bytes()
         (ckpts / name).write_bytes(data[: len(data) // 2] if name == "last.ckpt" else b"not a checkpoint")
     cb = CheckpointPaths(root=str(tmp_path), experiment="tiny", run="r", resume="auto")
-    with caplog.at_level(logging.WARNING, logger="callbacks.paths"):
+    with caplog.at_level(logging.WARNING, logger="mvlift.checkpoints"):
         chosen = cb.resume_checkpoint(TinyRegression(), TinyData())
     assert chosen.endswith("epoch=0-step=4.ckpt")
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]

@@ -64,7 +64,7 @@ def test_matching_rigs_pass_from_ckpt_and_export(modules, tmp_path):
 
 
 def test_allow_mismatch_logs_a_warning_instead(caplog):
-    with caplog.at_level(logging.WARNING, logger="geometry.rig"):
+    with caplog.at_level(logging.WARNING, logger="mvlift.rig"):
         diff = check_rigs("facelift_6view", "mouse_oblique20_6view", allow_mismatch=True)
     assert not diff.ok
     assert "rig mismatch" in caplog.text and "mouse_oblique20_6view" in caplog.text and "allowed" in caplog.text

@@ -158,7 +158,7 @@ def test_rig_guard_refuses_a_reconstruction_checkpoint_of_another_rig_before_wri
     assert not refused.exists()
 
     allowed = tmp_path / "allowed"
-    with caplog.at_level(logging.WARNING, logger="geometry.rig"):
+    with caplog.at_level(logging.WARNING, logger="mvlift.rig"):
         assert run("facelift_ckpt", allowed, *recon, "--allow-rig-mismatch") == 0, capsys.readouterr().err
     assert "rig mismatch" in caplog.text
     check = json.loads((allowed / "dataset.json").read_text())["rig_check"]

@@ -103,7 +103,7 @@ from lightning_modules.reconstruction.losses import load_lpips
 from lightning_modules.sdpa import check_attention_backend
 from lightning_modules.stage import StageModule
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.diffusion")
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts: noise, velocity, clean latents
 FROZEN_PREFIXES = ("vae.", "image_encoder.", "image_normalizer.", "lpips.")

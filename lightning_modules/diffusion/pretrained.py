@@ -53,7 +53,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 from geometry.files import make_tree_readable
 from lightning_modules.artifacts import pickled_weights
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.diffusion")
 
 COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 OPTIONAL_COMPONENTS = ("image_normalizer", "image_noising_scheduler")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lightning_modules.artifacts import load_checkpoint
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.reconstruction")
 _WARNED: set[str] = set()
 
 

@@ -58,7 +58,7 @@ from lightning_modules.reconstruction.losses import (
 from lightning_modules.sdpa import attention_backend, check_attention_backend
 from lightning_modules.stage import StageModule
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mvlift.reconstruction")
 # Lightning warns whenever a module's batch hook runs beside a DataModule; ours is meant to (the DataModule leaves
 # on_before_batch_transfer to the module: the checks below are the model's contract with any data)
 warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
