@@ -119,6 +119,20 @@ def best_chain(table: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(chains, key=lambda t: t["mean"]["realistic"][GAP]) if chains else None
 
 
+def tied_with(table: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
+    """The other chain rows whose realistic-photo PSNR fg lies within the larger seed spread of theirs and the best's
+    (both with several seeds): the best row is not measurably better than these."""
+    top, top_spread = realistic_fg(best)
+    out = []
+    for t in table:
+        if t is best or t["group"] != "chain" or t["not_run"]:
+            continue
+        value, spread = realistic_fg(t)
+        if not (math.isnan(spread) or math.isnan(top_spread)) and top - value <= max(spread, top_spread):
+            out.append(t)
+    return out
+
+
 def markdown(study: Study, data: dict[str, Any]) -> str:
     table = data["rows"]
     lines = ["# The user's experiment plan (Phases 1-3): results", "",
@@ -155,6 +169,10 @@ def markdown(study: Study, data: dict[str, Any]) -> str:
                      f"{fmt(gain, sign=True)} dB over copying the photo (target +{TARGET_DB:g}): "
                      f"**{'met' if gain >= TARGET_DB else 'not met'}**; silhouette IoU {fmt(iou, 3)} (target "
                      f"{TARGET_IOU:g}): **{'met' if iou >= TARGET_IOU else 'not met'}**.")
+        tied = tied_with(table, best)
+        if tied:
+            lines.append(f"- not measurably below the best chain (within the larger seed spread of the two): "
+                         f"{'; '.join(t['row'] for t in tied)}.")
     else:
         lines.append("- not measured (no chain row or no copy baseline was evaluated).")
     lines += ["", "## Findings (measured differences, realistic-photo PSNR fg at the held-out cameras)", ""]
@@ -167,33 +185,50 @@ def markdown(study: Study, data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def realistic_fg(t: dict[str, Any]) -> tuple[float, float]:
+    """A row's realistic-photo PSNR fg: the seeds' mean and spread (max - min; NaN with one seed)."""
+    vals = [v.get("realistic", {}).get(GAP, math.nan) for v in t["seeds"].values()]
+    vals = [v for v in vals if not math.isnan(v)]
+    return _mean(vals), (max(vals) - min(vals) if len(vals) > 1 else math.nan)
+
+
+def verdict(diff: float, spread: float) -> str:
+    """Whether a difference between two rows is more than their seeds disagree among themselves."""
+    if math.isnan(spread):
+        return "one seed, so no spread to judge it by"
+    return "so no measured effect" if abs(diff) <= spread else "so a measured effect"
+
+
 def findings(table: list[dict[str, Any]]) -> list[str]:
-    """Differences between rows with the seeds' spread beside them (no recommendation: that is the reader's)."""
+    """Differences between rows with the seeds' spread beside them and whether the difference exceeds it (no
+    recommendation: that is the reader's)."""
     by = {t["key"]: t for t in table if not t["not_run"]}
     out = []
 
-    def value(key: str) -> tuple[float, float]:
-        t = by[key]
-        vals = [v.get("realistic", {}).get(GAP, math.nan) for v in t["seeds"].values()]
-        vals = [v for v in vals if not math.isnan(v)]
-        return _mean(vals), (max(vals) - min(vals) if len(vals) > 1 else math.nan)
+    def compare(a: str, b: str) -> tuple[float, float, str]:
+        """Difference, the larger seed spread, the verdict: judged only when both rows have several seeds (one row's
+        spread says nothing of how far the other's single seed may lie from its own mean)."""
+        (va, sa), (vb, sb) = realistic_fg(by[a]), realistic_fg(by[b])
+        spread = math.nan if math.isnan(sa) or math.isnan(sb) else max(sa, sb)
+        return va - vb, spread, verdict(va - vb, spread)
 
     for remedy in ("ii", "iii"):
         a, b = f"{remedy}_phase2", "i_phase2"
         if a in by and b in by:
-            (va, sa), (vb, sb) = value(a), value(b)
-            spread = max((x for x in (sa, sb) if not math.isnan(x)), default=math.nan)
-            out.append(f"- ({remedy}) vs (i), Phase 2: {fmt(va - vb, sign=True)} dB (seed spread up to "
-                       f"{fmt(spread)} dB); gap {fmt(by[a]['gap_mean'])} vs {fmt(by[b]['gap_mean'])} dB.")
+            diff, spread, judged = compare(a, b)
+            out.append(f"- ({remedy}) vs (i), Phase 2: {fmt(diff, sign=True)} dB (seed spread up to "
+                       f"{fmt(spread)} dB, {judged}); gap {fmt(by[a]['gap_mean'])} vs {fmt(by[b]['gap_mean'])} dB.")
     for row in ROWS:
         a, b = f"{row}_phase3", f"{row}_phase2"
         if a in by and b in by:
             n = len(by[a]["seeds"])
-            out.append(f"- ({row}) Phase 3 vs Phase 2: {fmt(value(a)[0] - value(b)[0], sign=True)} dB "
-                       f"({n} seed{'s' if n > 1 else ''} of Phase 3); gap {fmt(by[a]['gap_mean'])} vs {fmt(by[b]['gap_mean'])} dB.")
+            diff, spread, judged = compare(a, b)
+            out.append(f"- ({row}) Phase 3 vs Phase 2: {fmt(diff, sign=True)} dB ({n} seed{'s' if n > 1 else ''} of "
+                       f"Phase 3; seed spread up to {fmt(spread)} dB, {judged}); gap {fmt(by[a]['gap_mean'])} vs "
+                       f"{fmt(by[b]['gap_mean'])} dB.")
     if "views_phase2" in by and "i_phase2" in by:
         out.append(f"- the photographed rig views into the Phase-2 GS-LRM (the user's Phase-2 baseline): "
-                   f"{fmt(value('views_phase2')[0])} dB; chain (i): {fmt(value('i_phase2')[0])} dB.")
+                   f"{fmt(realistic_fg(by['views_phase2'])[0])} dB; chain (i): {fmt(realistic_fg(by['i_phase2'])[0])} dB.")
     return out
 
 

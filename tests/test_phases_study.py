@@ -144,3 +144,35 @@ def test_the_jobs_share_one_prerender_cache_under_the_study(tmp_path, monkeypatc
     assert [(tmp_path / f"seen{i}").read_text() for i in range(2)] == [expected, expected]
     monkeypatch.setenv("MVLIFT_PRERENDER_CACHE", "/data/cache")
     assert study.env() == {"MVLIFT_PRERENDER_CACHE": "/data/cache"}
+
+
+def _row(key: str, group: str, per_seed_fg: dict[int, float]) -> dict:
+    return {"key": key, "row": key, "group": group, "not_run": not per_seed_fg,
+            "seeds": {s: {"realistic": {"psnr_fg": v}, "clean": {"psnr_fg": v + 0.3}} for s, v in per_seed_fg.items()},
+            "mean": {"realistic": {"psnr_fg": sum(per_seed_fg.values()) / max(len(per_seed_fg), 1)}},
+            "gap_mean": 0.3}
+
+
+def test_findings_say_whether_a_difference_exceeds_the_seed_spread_and_which_rows_tie_with_the_best():
+    """Run D's question (does a remedy help?) answered by the report itself: a difference no larger than the seeds'
+    own disagreement is 'no measured effect', a larger one is 'a measured effect', one seed cannot be judged, and the
+    Targets name the rows the best chain does not measurably beat."""
+    from bench.phases_report import findings, tied_with, verdict
+
+    assert verdict(0.1, 0.3) == "so no measured effect"
+    assert verdict(-0.5, 0.3) == "so a measured effect"
+    assert verdict(2.0, float("nan")).startswith("one seed")
+    table = [_row("i_phase2", "chain", {0: 12.90, 1: 12.84}),
+             _row("ii_phase2", "chain", {0: 13.00, 1: 12.74}),     # +0.00: within 0.26
+             _row("iii_phase2", "chain", {0: 11.90, 1: 11.80}),    # -1.02: beyond 0.10
+             _row("i_phase3", "chain", {0: 15.19}),                # one seed of Phase 3
+             _row("ii_phase3", "chain", {})]
+    lines = findings(table)
+    assert any(line.startswith("- (ii) vs (i), Phase 2: +0.00 dB") and "0.26 dB, so no measured effect" in line
+               for line in lines), lines
+    assert any(line.startswith("- (iii) vs (i), Phase 2: -1.02 dB") and "so a measured effect" in line
+               for line in lines), lines
+    assert any(line.startswith("- (i) Phase 3 vs Phase 2: +2.32 dB") and "one seed, so no spread" in line
+               for line in lines), lines
+    best = table[0]  # (i) Phase 2 against its peers: (ii) ties, (iii) is measurably below, Phase 3 has one seed
+    assert [t["key"] for t in tied_with(table[:3], best)] == ["ii_phase2"]
