@@ -122,15 +122,8 @@ def best_chain(table: list[dict[str, Any]]) -> dict[str, Any] | None:
 def tied_with(table: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
     """The other chain rows whose realistic-photo PSNR fg lies within the larger seed spread of theirs and the best's
     (both with several seeds): the best row is not measurably better than these."""
-    top, top_spread = realistic_fg(best)
-    out = []
-    for t in table:
-        if t is best or t["group"] != "chain" or t["not_run"]:
-            continue
-        value, spread = realistic_fg(t)
-        if not (math.isnan(spread) or math.isnan(top_spread)) and top - value <= max(spread, top_spread):
-            out.append(t)
-    return out
+    return [t for t in table if t is not best and t["group"] == "chain" and not t["not_run"]
+            and compare_rows(best, t)[2] == NO_EFFECT]
 
 
 def markdown(study: Study, data: dict[str, Any]) -> str:
@@ -192,11 +185,23 @@ def realistic_fg(t: dict[str, Any]) -> tuple[float, float]:
     return _mean(vals), (max(vals) - min(vals) if len(vals) > 1 else math.nan)
 
 
+NO_EFFECT = "so no measured effect"
+
+
 def verdict(diff: float, spread: float) -> str:
     """Whether a difference between two rows is more than their seeds disagree among themselves."""
     if math.isnan(spread):
         return "one seed, so no spread to judge it by"
-    return "so no measured effect" if abs(diff) <= spread else "so a measured effect"
+    return NO_EFFECT if abs(diff) <= spread else "so a measured effect"
+
+
+def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, str]:
+    """Realistic-photo PSNR fg of row ``a`` minus row ``b``, the larger seed spread, the verdict: judged only when
+    both rows have several seeds (one row's spread says nothing of how far the other's single seed may lie from its
+    own mean)."""
+    (va, sa), (vb, sb) = realistic_fg(a), realistic_fg(b)
+    spread = math.nan if math.isnan(sa) or math.isnan(sb) else max(sa, sb)
+    return va - vb, spread, verdict(va - vb, spread)
 
 
 def findings(table: list[dict[str, Any]]) -> list[str]:
@@ -205,24 +210,17 @@ def findings(table: list[dict[str, Any]]) -> list[str]:
     by = {t["key"]: t for t in table if not t["not_run"]}
     out = []
 
-    def compare(a: str, b: str) -> tuple[float, float, str]:
-        """Difference, the larger seed spread, the verdict: judged only when both rows have several seeds (one row's
-        spread says nothing of how far the other's single seed may lie from its own mean)."""
-        (va, sa), (vb, sb) = realistic_fg(by[a]), realistic_fg(by[b])
-        spread = math.nan if math.isnan(sa) or math.isnan(sb) else max(sa, sb)
-        return va - vb, spread, verdict(va - vb, spread)
-
     for remedy in ("ii", "iii"):
         a, b = f"{remedy}_phase2", "i_phase2"
         if a in by and b in by:
-            diff, spread, judged = compare(a, b)
+            diff, spread, judged = compare_rows(by[a], by[b])
             out.append(f"- ({remedy}) vs (i), Phase 2: {fmt(diff, sign=True)} dB (seed spread up to "
                        f"{fmt(spread)} dB, {judged}); gap {fmt(by[a]['gap_mean'])} vs {fmt(by[b]['gap_mean'])} dB.")
     for row in ROWS:
         a, b = f"{row}_phase3", f"{row}_phase2"
         if a in by and b in by:
             n = len(by[a]["seeds"])
-            diff, spread, judged = compare(a, b)
+            diff, spread, judged = compare_rows(by[a], by[b])
             out.append(f"- ({row}) Phase 3 vs Phase 2: {fmt(diff, sign=True)} dB ({n} seed{'s' if n > 1 else ''} of "
                        f"Phase 3; seed spread up to {fmt(spread)} dB, {judged}); gap {fmt(by[a]['gap_mean'])} vs "
                        f"{fmt(by[b]['gap_mean'])} dB.")
