@@ -228,7 +228,8 @@ class Study:
     def synthesize(self, row: str, seed: int) -> Job:
         diff, out = self.export(self.diffusion_run(row, seed)), self.phase3_data(row, seed)
         argv = ["--from-diffusion", str(diff), "--ema", "--inputs", str(CONFIGS / "phase3_inputs.yaml"), "--kind",
-                "all", "--with-truth", "--out", str(out), "--seed", str(seed), *self.p.synthesize]
+                "all", "--with-truth", "--out", str(out), "--seed", str(seed), "--skip-existing", *self.p.synthesize]
+        # --skip-existing: a data set cut short by a step's deadline is continued by the step repeated
         return Job(f"phase3_data_{row}_s{seed}", "tools.synthesize", argv, [diff],
                    done=out / "dataset.json" if (out / "dataset.json").is_file() else None)
 

@@ -70,6 +70,31 @@ def test_a_repeated_step_skips_evaluations_that_have_results_and_step_eval_redoe
     assert all(job.done is None for group in study.steps("eval") for job in group() if job.tool == "tools.evaluate")
 
 
+def test_phase3_data_cut_short_is_continued_by_the_step_repeated(toy, tmp_path):
+    """A Phase-3 data set the deadline stopped (samples written, no dataset.json) is not refused as a non-empty
+    folder when the step is repeated: the finished samples are kept and the rest written."""
+    import shutil
+
+    out, _ = toy
+    runs = tmp_path / "runs"
+    export = Path("phases") / "diffusion_i_s0" / "export"
+    shutil.copytree(out / "runs" / export, runs / export)
+    data = runs / "phases" / "phase3_data" / "i_s0"
+    shutil.copytree(out / "runs" / "phases" / "phase3_data" / "i_s0", data)
+    (data / "dataset.json").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in data.glob("sample_*/opencv_cameras.json")}
+    assert before
+    study = phases.Study(phases.toy_profile(), runs, tmp_path / "out")
+    job = study.synthesize("i", 0)
+    assert job.done is None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        [rec] = phases.run_group([job], tmp_path / "out", inprocess=True, timeout_s=60)
+    assert rec["status"] == "ok", rec
+    assert json.loads((data / "dataset.json").read_text())["settings"]["with_truth"]
+    assert {p.name: p.stat().st_mtime_ns for p in data.glob("sample_*/opencv_cameras.json")} == before
+
+
 def test_the_report_has_every_row_the_gap_column_and_its_figures(toy):
     out, _ = toy
     report = out / "out" / "report"
