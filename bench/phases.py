@@ -84,6 +84,7 @@ class Profile:
     evaluate: tuple[str, ...]
     workers: dict[str, int]  # num_workers of the loaders: base, gslrm, finetune, phase3
     timeout_s: float  # a job's wall-clock limit beyond its max_time (startup, validation, export)
+    synthesize_timeout_s: float  # a Phase-3 data job's wall-clock limit (it has no max_time: its samples bound it)
 
 
 def _seeds(name: str, default: str) -> tuple[int, ...]:
@@ -100,11 +101,12 @@ def gpu_profile() -> Profile:
         # renders longer at start-up) are compared at equal training; their times above are only a safety bound
         {"finetune": int(env("PHASES_FINETUNE_STEPS", "500")), "phase3": int(env("PHASES_PHASE3_STEPS", "1000"))},
         diffusion=(), gslrm=(),
-        synthesize=("--steps", "25", "--guidance", "1.5", "--batch-size", "64", "--precision", "bf16", "--device",
+        synthesize=("--steps", "25", "--guidance", "1.5", "--batch-size", "32", "--precision", "bf16", "--device",
                     "cuda"),
         evaluate=("--device", "cuda", "--batches", env("PHASES_EVAL_BATCHES", "4"), "--batch-size", "16", "--steps",
                   "25", "--guidance", "1.5", "--precision", "bf16", "--num-workers", "2", "--grid-scenes", "3"),
-        workers={"base": 6, "gslrm": 4, "finetune": 2, "phase3": 3}, timeout_s=240.0)
+        # six Phase-3 data sets at once write ~4 samples/s together on an H100 (run E): 6 x 256 samples ~6.5 min
+        workers={"base": 6, "gslrm": 4, "finetune": 2, "phase3": 3}, timeout_s=240.0, synthesize_timeout_s=1500.0)
 
 
 TOY_STEPS = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
@@ -130,7 +132,7 @@ def toy_profile() -> Profile:
         synthesize=("--steps", "1", "--guidance", "1.5", "--batch-size", "4", "--limit", "1", "--device", "cpu"),
         evaluate=("--device", "cpu", "--batches", "1", "--batch-size", "1", "--steps", "1", "--guidance", "1.5",
                   "--grid-scenes", "1"),
-        workers={"base": 0, "gslrm": 0, "finetune": 0, "phase3": 0}, timeout_s=600.0)
+        workers={"base": 0, "gslrm": 0, "finetune": 0, "phase3": 0}, timeout_s=600.0, synthesize_timeout_s=600.0)
 
 
 PROFILES: dict[str, Callable[[], Profile]] = {"gpu": gpu_profile, "toy": toy_profile}
@@ -139,7 +141,8 @@ PROFILES: dict[str, Callable[[], Profile]] = {"gpu": gpu_profile, "toy": toy_pro
 @dataclasses.dataclass
 class Job:
     """One tool invocation: ``python -m TOOL ARGV``. ``needs``: paths that must exist (else skipped, said why);
-    ``done``: when it exists the job is not run again; ``prepare``: run first (e.g. write a data config)."""
+    ``done``: when it exists the job is not run again; ``makes``: the path it writes that a later job needs;
+    ``prepare``: run first (e.g. write a data config)."""
 
     name: str
     tool: str
@@ -148,6 +151,11 @@ class Job:
     done: Path | None = None
     max_time: str | None = None
     prepare: Callable[[], None] | None = None
+    limit_s: float | None = None  # wall-clock limit; None: max_time + the profile's timeout_s
+    makes: Path | None = None
+
+    def limit(self, timeout_s: float) -> float:
+        return self.limit_s if self.limit_s is not None else _seconds(self.max_time) + timeout_s
 
     def command(self) -> str:
         return shlex.join(["python", "-m", self.tool, *self.argv])
@@ -207,7 +215,7 @@ class Study:
         if max_steps:
             argv += ["--trainer.max_steps", str(max_steps)]
         return Job(name, "tools.fit", argv, needs or [], done=self.export(name) if self.has_export(name) else None,
-                   max_time=max_time)
+                   max_time=max_time, makes=self.export(name))
 
     def base(self) -> Job:
         return self._fit("diffusion_base", [DIFFUSION_RECIPE, str(CONFIGS / "diffusion_base.yaml")], [],
@@ -231,7 +239,8 @@ class Study:
                 "all", "--with-truth", "--out", str(out), "--seed", str(seed), "--skip-existing", *self.p.synthesize]
         # --skip-existing: a data set cut short by a step's deadline is continued by the step repeated
         return Job(f"phase3_data_{row}_s{seed}", "tools.synthesize", argv, [diff],
-                   done=out / "dataset.json" if (out / "dataset.json").is_file() else None)
+                   done=out / "dataset.json" if (out / "dataset.json").is_file() else None,
+                   limit_s=self.p.synthesize_timeout_s, makes=out / "dataset.json")
 
     def phase3_config(self, row: str, seed: int) -> Path:
         return self.dir / "phase3_data" / f"{row}_s{seed}.yaml"
@@ -260,7 +269,7 @@ class Study:
         out = self.eval_dir(name)
         done = out / "results.json" if (out / "results.json").is_file() and not self.redo_evaluations else None
         return Job(f"eval_{name}", "tools.evaluate", [*argv, *data, "--out", str(out), *self.p.evaluate], needs,
-                   done=done)
+                   done=done, makes=out / "results.json")
 
     def chain_eval(self, row: str, seed: int, gslrm: str) -> Job:
         """Phase 2 (``gslrm`` = "phase2") or Phase 3 of diffusion row ``row`` seed ``seed``, both held-out sets."""
@@ -296,6 +305,22 @@ class Study:
                     lambda: [self.report()]]
         return {"train": train, "finetune": finetune, "phase3": phase3, "eval": evaluate,
                 "report": [lambda: [self.report()]], "all": train + finetune + phase3}[step]
+
+    def missing_inputs(self, job: Job) -> list[Job]:
+        """The jobs, in the order they must run, that write what ``job`` needs and is not there (and what they
+        need in turn): with ``job`` itself, the commands that reproduce a row not run."""
+        makers = {str(j.makes): j for j in self.plan() if j.makes is not None}
+        order: list[Job] = []
+
+        def visit(j: Job) -> None:
+            for path in j.needs:
+                maker = makers.get(str(path))
+                if not path.exists() and maker is not None and maker.name not in {o.name for o in order}:
+                    visit(maker)
+                    order.append(maker)
+
+        visit(job)
+        return order
 
     def plan(self) -> list[Job]:
         """Every job of the study in order (``commands``; the report names the commands of rows not run)."""
@@ -374,7 +399,7 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float,
             env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen([sys.executable, "-m", job.tool, *job.argv], stdout=log, stderr=subprocess.STDOUT,
                                     env=env)
-            procs.append((proc, rec, log, _seconds(job.max_time) + timeout_s))
+            procs.append((proc, rec, log, job.limit(timeout_s)))
         for proc, rec, log, limit in procs:
             left = max(1.0, rec["start"] + limit - time.time())
             try:

@@ -1,8 +1,8 @@
 # The user's experiment plan (issue 29), Phases 1-3 on one GPU: bash bench/phases_device.sh STEP
 # (run from the checkout root on the device machine; docs/results.md, "The user's experiment plan (Phases 1-3)").
 #   train     diffusion start (5 min) beside the Phase-2 GS-LRM (5 min)                        ~8 min a call
-#   finetune  rows (i) (ii) (iii) x seeds 0 1, all at once from the start (500 steps each); Phase-3 data
-#             (the mixed rows start ~3 min late and need ~7 min: call finetune twice)          ~10 min
+#   finetune  rows (i) (ii) (iii) x seeds 0 1, all at once from the start (500 steps each, ~4.5 min); Phase-3
+#             data (~4 samples/s for all sets together: 3 x 256 ~3.5 min; call finetune twice)  ~8 min
 #   phase3    (Phase-3 data not yet written;) Phase-3 GS-LRMs (1000 steps) beside the Phase-2 evaluations;
 #             Phase-3 evaluations, the baseline, the report                                     ~5-6 min
 #   eval | report    every evaluation again / the report alone; all = train finetune phase3 (no call limit)

@@ -13,8 +13,9 @@ Reads ROOT/phases/eval/*/results.json (tools.evaluate) and the runs' CSV logs; w
     grid_realistic.png   three held-out realistic photos through the best chain: photo | generated views | renders |
                      clean truth (the evaluation's own grid of that row)
 Rows of several seeds show their mean; the seeds' values are listed after the table. A row no evaluation wrote says
-"not run" and its command is listed. The findings are measured differences only; what the user should do is written
-by whoever reads them (docs/results.md).
+"not run", with the study's command that makes it (its settings from the environment) and the jobs it would run, in
+order: what is missing of the runs, data and evaluation the row needs. The findings are measured differences only;
+what the user should do is written by whoever reads them (docs/results.md).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.phases import HELDOUT, PROFILES, ROWS, Study
+from bench.phases import HELDOUT, PROFILES, ROWS, Job, Study
 
 METRICS = ("psnr", "psnr_fg", "ssim_fg", "iou")
 TITLES = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "ssim_fg": "SSIM fg", "iou": "IoU"}
@@ -64,6 +67,18 @@ def _by_data(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]
             for r in rows if r.get(key)}
 
 
+def _reproduce(study: Study, evaluation: Job) -> str:
+    """How to make an evaluation not run: the study's step that runs it with the runs and data it needs that are
+    missing (repeated steps skip what is there), the study's settings from the environment, and those jobs' names
+    (``python -m bench.phases commands`` prints their commands)."""
+    missing = [*study.missing_inputs(evaluation), evaluation]
+    names = {step: {job.name for group in study.steps(step) for job in group()} for step in ("all", "phase3")}
+    step = "phase3" if all(job.name in names["phase3"] for job in missing) else "all"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("PHASES_"))
+    command = f"{env + ' ' if env else ''}python -m bench.phases {step} --profile {study.p.name}"
+    return f"`{command}` runs {' -> '.join(job.name for job in missing)}"
+
+
 def collect(study: Study) -> dict[str, Any]:
     """The table's rows: per model, per seed, per data {metric: value} (and the commands of what is missing)."""
     results = load_results(study)
@@ -88,14 +103,14 @@ def collect(study: Study) -> dict[str, Any]:
                 if rows:
                     per_seed[seed] = {d: v for d, v in _by_data(rows, "heldout_metrics").items()}
                     copy = copy or _by_data(rows, "heldout_copy_ref_metrics")
-                elif name in evals:  # not evaluated: its evaluation's command (and the runs it needs)
-                    commands.append(evals[name].command())
+                elif name in evals:  # not evaluated
+                    commands.append(_reproduce(study, evals[name]))
             gslrm = "Phase-2 GS-LRM (synthetic views)" if phase == "phase2" else "its Phase-3 GS-LRM"
             add(f"{row}_{phase}", f"({row}) {what} -> {gslrm}", "chain", per_seed, "held-out cameras", commands)
     base = [r for r in results.get("views_phase2", []) if r.get("heldout_metrics")]
     add("views_phase2", "baseline: the photographed rig views -> Phase-2 GS-LRM", "baseline",
         {0: _by_data(base, "heldout_metrics")} if base else {}, "held-out cameras",
-        [evals["views_phase2"].command()] if "views_phase2" in evals and not base else [])
+        [_reproduce(study, evals["views_phase2"])] if "views_phase2" in evals and not base else [])
     add("copy", "baseline: the photo copied to every view", "baseline", {0: copy} if copy else {},
         "held-out cameras", [])
     for row, (_, what) in ROWS.items():
@@ -172,7 +187,7 @@ def markdown(study: Study, data: dict[str, Any]) -> str:
     lines += findings(table) or ["- none: too few rows were evaluated."]
     if data["not_run"]:
         lines += ["", "## Not run", ""]
-        lines += [f"- {m['row']}: `{m['command']}`" for m in data["not_run"]]
+        lines += [f"- {m['row']}: {m['command']}" for m in data["not_run"]]
     lines += ["", "![the chain's panel](chain.png)", "", "![diffusion curves](curves_diffusion.png)", "",
               "![GS-LRM curves](curves_gslrm.png)", "", "![three held-out realistic photos](grid_realistic.png)", ""]
     return "\n".join(lines)
@@ -226,7 +241,8 @@ def findings(table: list[dict[str, Any]]) -> list[str]:
                        f"{fmt(by[b]['gap_mean'])} dB.")
     if "views_phase2" in by and "i_phase2" in by:
         out.append(f"- the photographed rig views into the Phase-2 GS-LRM (the user's Phase-2 baseline): "
-                   f"{fmt(realistic_fg(by['views_phase2'])[0])} dB; chain (i): {fmt(realistic_fg(by['i_phase2'])[0])} dB.")
+                   f"{fmt(realistic_fg(by['views_phase2'])[0])} dB; chain (i): "
+                   f"{fmt(realistic_fg(by['i_phase2'])[0])} dB.")
     return out
 
 

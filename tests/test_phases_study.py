@@ -171,6 +171,45 @@ def test_the_jobs_share_one_prerender_cache_under_the_study(tmp_path, monkeypatc
     assert study.env() == {"MVLIFT_PRERENDER_CACHE": "/data/cache"}
 
 
+def test_a_job_is_killed_at_its_own_limit_and_phase3_data_jobs_get_the_synthesis_limit(tmp_path, monkeypatch):
+    """A job without max_time is bounded by the profile's timeout_s, unless it has its own limit: the Phase-3 data
+    jobs, which six at once need far longer than a training's margin (run E: killed at 240 s, a third written)."""
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "sleep_then_write.py").write_text(
+        "import sys, time\ntime.sleep(float(sys.argv[1]))\nopen(sys.argv[2], 'w').write('done')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mod"))
+    jobs = [phases.Job("bounded", "sleep_then_write", ["30", str(tmp_path / "bounded")], limit_s=1.0),
+            phases.Job("margin", "sleep_then_write", ["0", str(tmp_path / "margin")])]
+    records = phases.run_group(jobs, tmp_path / "out", False, 60)
+    assert [r["status"] for r in records] == ["failed", "ok"] and records[0]["reason"] == "killed after 1 s"
+    assert not (tmp_path / "bounded").exists() and (tmp_path / "margin").read_text() == "done"
+    study = phases.Study(phases.gpu_profile())
+    synth = [j for j in study.plan() if j.tool == "tools.synthesize"]
+    assert synth and all(j.limit(study.p.timeout_s) == study.p.synthesize_timeout_s >= 900 for j in synth)
+    assert all("--skip-existing" in j.argv for j in synth)
+
+
+def test_a_row_not_run_names_the_step_that_makes_it_and_the_missing_jobs_in_order(tmp_path, monkeypatch):
+    """The report's "Not run": a Phase-3 row needs its diffusion fine-tune, the Phase-2 GS-LRM, its data and its
+    GS-LRM; what is missing is named in the order it must run, with the study's step (and settings) that runs it."""
+    from bench.phases_report import _reproduce
+
+    monkeypatch.setenv("PHASES_PHASE3_SEEDS", "0 1")
+    monkeypatch.delenv("PHASES_SEEDS", raising=False)
+    study = phases.Study(phases.gpu_profile(), tmp_path / "runs")
+    evaluation = next(j for j in study.plan() if j.name == "eval_ii_s1_phase3")
+    assert [j.name for j in study.missing_inputs(evaluation)] == [
+        "diffusion_base", "diffusion_ii_s1", "gslrm_phase2", "phase3_data_ii_s1", "gslrm_phase3_ii_s1"]
+    command = "`PHASES_PHASE3_SEEDS='0 1' python -m bench.phases {} --profile gpu`"
+    assert _reproduce(study, evaluation).startswith(command.format("all"))
+    for run in ("diffusion_base", "diffusion_ii_s1", "gslrm_phase2"):  # trained: only Phase 3 is left
+        (tmp_path / "runs" / "phases" / run / "export" / "step_250").mkdir(parents=True)
+    study = phases.Study(phases.gpu_profile(), tmp_path / "runs")
+    evaluation = next(j for j in study.plan() if j.name == "eval_ii_s1_phase3")
+    assert _reproduce(study, evaluation) == (command.format("phase3")
+                                             + " runs phase3_data_ii_s1 -> gslrm_phase3_ii_s1 -> eval_ii_s1_phase3")
+
+
 def _row(key: str, group: str, per_seed_fg: dict[int, float]) -> dict:
     return {"key": key, "row": key, "group": group, "not_run": not per_seed_fg,
             "seeds": {s: {"realistic": {"psnr_fg": v}, "clean": {"psnr_fg": v + 0.3}} for s, v in per_seed_fg.items()},
