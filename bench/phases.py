@@ -141,18 +141,23 @@ PROFILES: dict[str, Callable[[], Profile]] = {"gpu": gpu_profile, "toy": toy_pro
 @dataclasses.dataclass
 class Job:
     """One tool invocation: ``python -m TOOL ARGV``. ``needs``: paths that must exist (else skipped, said why);
-    ``done``: when it exists the job is not run again; ``makes``: the path it writes that a later job needs;
+    ``makes``: the path it writes (a later job's need; when it exists the job is not run again, unless ``redo``);
     ``prepare``: run first (e.g. write a data config)."""
 
     name: str
     tool: str
     argv: list[str]
     needs: list[Path] = dataclasses.field(default_factory=list)
-    done: Path | None = None
     max_time: str | None = None
     prepare: Callable[[], None] | None = None
     limit_s: float | None = None  # wall-clock limit; None: max_time + the profile's timeout_s
     makes: Path | None = None
+    redo: bool = False
+
+    @property
+    def done(self) -> Path | None:
+        """What it made before (so it is not run again), or None."""
+        return self.makes if self.makes is not None and self.makes.exists() and not self.redo else None
 
     def limit(self, timeout_s: float) -> float:
         return self.limit_s if self.limit_s is not None else _seconds(self.max_time) + timeout_s
@@ -184,9 +189,6 @@ class Study:
         (``datamodules.render_cache``; a folder already set is kept)."""
         return {render_cache.ENV: os.environ.get(render_cache.ENV, str(self.dir / "prerender_cache"))}
 
-    def has_export(self, name: str) -> bool:
-        return self.export(name).is_dir()
-
     @staticmethod
     def diffusion_run(row: str, seed: int) -> str:
         return f"diffusion_{row}_s{seed}"
@@ -214,8 +216,7 @@ class Study:
             argv += ["--trainer.max_time", max_time]
         if max_steps:
             argv += ["--trainer.max_steps", str(max_steps)]
-        return Job(name, "tools.fit", argv, needs or [], done=self.export(name) if self.has_export(name) else None,
-                   max_time=max_time, makes=self.export(name))
+        return Job(name, "tools.fit", argv, needs or [], max_time=max_time, makes=self.export(name))
 
     def base(self) -> Job:
         return self._fit("diffusion_base", [DIFFUSION_RECIPE, str(CONFIGS / "diffusion_base.yaml")], [],
@@ -239,7 +240,6 @@ class Study:
                 "all", "--with-truth", "--out", str(out), "--seed", str(seed), "--skip-existing", *self.p.synthesize]
         # --skip-existing: a data set cut short by a step's deadline is continued by the step repeated
         return Job(f"phase3_data_{row}_s{seed}", "tools.synthesize", argv, [diff],
-                   done=out / "dataset.json" if (out / "dataset.json").is_file() else None,
                    limit_s=self.p.synthesize_timeout_s, makes=out / "dataset.json")
 
     def phase3_config(self, row: str, seed: int) -> Path:
@@ -267,9 +267,8 @@ class Study:
     def _evaluate(self, name: str, argv: list[str], needs: list[Path]) -> Job:
         data = [a for label, path in HELDOUT.items() for a in ("--data", f"{label}={path}")]
         out = self.eval_dir(name)
-        done = out / "results.json" if (out / "results.json").is_file() and not self.redo_evaluations else None
         return Job(f"eval_{name}", "tools.evaluate", [*argv, *data, "--out", str(out), *self.p.evaluate], needs,
-                   done=done, makes=out / "results.json")
+                   makes=out / "results.json", redo=self.redo_evaluations)
 
     def chain_eval(self, row: str, seed: int, gslrm: str) -> Job:
         """Phase 2 (``gslrm`` = "phase2") or Phase 3 of diffusion row ``row`` seed ``seed``, both held-out sets."""
