@@ -26,8 +26,8 @@ Profiles: ``gpu`` (one H100 / H200: the configs as they are; the shared training
 GS-LRM) bounded by ``--trainer.max_time``, the rows' (fine-tunes, Phase-3 GS-LRMs) by ``--trainer.max_steps`` so that
 rows sharing the GPU unevenly are compared at equal training, with a time as a safety bound; overridable by the
 environment: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss),
-PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, PHASES_EVAL_BATCHES (of 16 held-out scenes, 4), and PHASES_SEEDS /
-PHASES_PHASE3_SEEDS, e.g. "0 1"); ``toy`` (the same commands on a CPU with
+PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, PHASES_EVAL_BATCHES (of 16 held-out scenes, 4), PHASES_SEEDS /
+PHASES_PHASE3_SEEDS, e.g. "0 1", and PHASES_ROWS, the rows trained, e.g. "i" (default all three)); ``toy`` (the same commands on a CPU with
 tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs in OUT/logs/) or, with
 ``--inprocess``, one after the other in this process (the toy test). A training whose run already has an export is
 not run again (a step can be repeated after a failure); a job whose inputs are missing is skipped and said so.
@@ -74,6 +74,7 @@ class Profile:
     """How big and where: the trainings' time limits, seeds and the overrides every job of a kind gets."""
 
     name: str
+    rows: tuple[str, ...]  # the Phase-1 rows trained and scored (keys of ROWS; the report lists the others not run)
     seeds: tuple[int, ...]
     phase3_seeds: tuple[int, ...]
     times: dict[str, str | None]  # base, gslrm, finetune, phase3: --trainer.max_time (None: the steps decide)
@@ -91,10 +92,18 @@ def _seeds(name: str, default: str) -> tuple[int, ...]:
     return tuple(int(s) for s in os.environ.get(name, default).split())
 
 
+def _rows() -> tuple[str, ...]:
+    rows = tuple(os.environ.get("PHASES_ROWS", " ".join(ROWS)).split())
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        raise SystemExit(f"PHASES_ROWS={os.environ.get('PHASES_ROWS')!r}: rows are some of {' '.join(ROWS)}")
+    return rows
+
+
 def gpu_profile() -> Profile:
     env = os.environ.get
     return Profile(
-        "gpu", _seeds("PHASES_SEEDS", "0 1"), _seeds("PHASES_PHASE3_SEEDS", "0"),
+        "gpu", _rows(), _seeds("PHASES_SEEDS", "0 1"), _seeds("PHASES_PHASE3_SEEDS", "0"),
         {"base": env("PHASES_BASE_TIME", "00:00:05:00"), "gslrm": env("PHASES_GSLRM_TIME", "00:00:05:00"),
          "finetune": env("PHASES_FINETUNE_TIME", "00:00:06:00"), "phase3": env("PHASES_PHASE3_TIME", "00:00:04:00")},
         # the rows' trainings stop at a number of steps, so rows and seeds sharing one GPU unevenly (a mixed source
@@ -119,7 +128,7 @@ TOY_STEPS = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "-
 
 def toy_profile() -> Profile:
     return Profile(
-        "toy", (0,), (0,), {"base": None, "gslrm": None, "finetune": None, "phase3": None}, {},
+        "toy", _rows(), (0,), (0,), {"base": None, "gslrm": None, "finetune": None, "phase3": None}, {},
         diffusion=(*TOY_STEPS, "--model.init_args.max_steps", "2", "--model.init_args.unet_channels", "[8, 16]",
                    "--model.init_args.unet_attention_levels", "[false, true]",
                    "--model.init_args.unet_layers_per_block", "1", "--model.init_args.unet_head_dim", "8",
@@ -289,9 +298,11 @@ class Study:
                                                      "--profile", self.p.name])
 
     # steps: lists of groups, built when they are reached (a group's paths come from the runs before it)
-    def steps(self, step: str) -> list[Callable[[], list[Job]]]:
-        rows_seeds = [(r, s) for r in ROWS for s in self.p.seeds]
-        p3 = [(r, s) for r in ROWS for s in self.p.phase3_seeds]
+    def steps(self, step: str, rows: tuple[str, ...] | None = None) -> list[Callable[[], list[Job]]]:
+        """``step``'s groups for ``rows`` (the profile's unless given: PHASES_ROWS)."""
+        rows = self.p.rows if rows is None else rows
+        rows_seeds = [(r, s) for r in rows for s in self.p.seeds]
+        p3 = [(r, s) for r in rows for s in self.p.phase3_seeds]
         train = [lambda: [self.base(), self.phase2_gslrm()]]
         finetune = [lambda: [self.finetune(r, s) for r, s in rows_seeds],
                     lambda: [self.synthesize(r, s) for r, s in p3]]
@@ -322,8 +333,10 @@ class Study:
         return order
 
     def plan(self) -> list[Job]:
-        """Every job of the study in order (``commands``; the report names the commands of rows not run)."""
-        return [job for step in ("train", "finetune", "phase3") for group in self.steps(step) for job in group()]
+        """Every job of the study in order, every row's (PHASES_ROWS aside): the report names the commands of the
+        rows not run from it."""
+        return [job for step in ("train", "finetune", "phase3") for group in self.steps(step, tuple(ROWS))
+                for job in group()]
 
 
 # ---- running ---------------------------------------------------------------------------------------------------------

@@ -72,9 +72,11 @@ def _reproduce(study: Study, evaluation: Job) -> str:
     missing (repeated steps skip what is there), the study's settings from the environment, and those jobs' names
     (``python -m bench.phases commands`` prints their commands)."""
     missing = [*study.missing_inputs(evaluation), evaluation]
-    names = {step: {job.name for group in study.steps(step) for job in group()} for step in ("all", "phase3")}
+    names = {step: {job.name for group in study.steps(step, tuple(ROWS)) for job in group()}
+             for step in ("all", "phase3")}
     step = "phase3" if all(job.name in names["phase3"] for job in missing) else "all"
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("PHASES_"))
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+                   if k.startswith("PHASES_") and k != "PHASES_ROWS")  # every row's jobs: what is there is skipped
     command = f"{env + ' ' if env else ''}python -m bench.phases {step} --profile {study.p.name}"
     return f"`{command}` runs {' -> '.join(job.name for job in missing)}"
 

@@ -210,6 +210,26 @@ def test_a_row_not_run_names_the_step_that_makes_it_and_the_missing_jobs_in_orde
                                              + " runs phase3_data_ii_s1 -> gslrm_phase3_ii_s1 -> eval_ii_s1_phase3")
 
 
+def test_phases_rows_limits_the_steps_to_those_rows_and_a_row_left_out_is_reproduced_with_every_row(
+        tmp_path, monkeypatch):
+    """PHASES_ROWS="i" trains and scores row (i) alone; the plan (and so the report's "Not run") keeps every row, and
+    the command that reproduces a row left out does not carry the setting that left it out."""
+    from bench.phases_report import _reproduce
+
+    monkeypatch.setenv("PHASES_ROWS", "i")
+    monkeypatch.setenv("PHASES_PHASE3_SEEDS", "0 1")
+    study = phases.Study(phases.gpu_profile(), tmp_path / "runs")
+    names = [j.name for group in study.steps("all") for j in group()]
+    assert "diffusion_i_s1" in names and "gslrm_phase3_i_s1" in names and "eval_i_s1_phase3" in names
+    assert not [n for n in names if "_ii_" in n or "_iii_" in n]
+    assert "eval_iii_s1_phase3" in {j.name for j in study.plan()}
+    evaluation = next(j for j in study.plan() if j.name == "eval_iii_s0_phase2")
+    assert _reproduce(study, evaluation).startswith("`PHASES_PHASE3_SEEDS='0 1' python -m bench.phases all")
+    monkeypatch.setenv("PHASES_ROWS", "i iv")
+    with pytest.raises(SystemExit, match="PHASES_ROWS"):
+        phases.gpu_profile()
+
+
 def _row(key: str, group: str, per_seed_fg: dict[int, float]) -> dict:
     return {"key": key, "row": key, "group": group, "not_run": not per_seed_fg,
             "seeds": {s: {"realistic": {"psnr_fg": v}, "clean": {"psnr_fg": v + 0.3}} for s, v in per_seed_fg.items()},
