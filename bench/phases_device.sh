@@ -19,9 +19,8 @@
 # Times, steps and seeds: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss;
 # the rows' times only bound their steps), PHASES_FINETUNE_STEPS (500), PHASES_PHASE3_STEPS (1000), PHASES_SEEDS
 # ("0 1"), PHASES_PHASE3_SEEDS ("0"), PHASES_EVAL_BATCHES (4 x 16 held-out scenes), PHASES_ROWS (the rows trained:
-# "i ii iii") (bench/phases.py). A step
-# repeated skips trainings with an export and evaluations with results: e.g. PHASES_PHASE3_SEEDS=1 ... phase3 adds
-# Phase 3's second seed.
+# "i ii iii") (bench/phases.py). A step repeated skips trainings with an export and evaluations with results: e.g.
+# PHASES_PHASE3_SEEDS=1 ... phase3 adds Phase 3's second seed.
 set -u
 T0=$SECONDS
 STEP=${1:-}
