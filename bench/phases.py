@@ -29,10 +29,10 @@ environment: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_P
 PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, PHASES_EVAL_BATCHES (of 16 held-out scenes, 4), PHASES_SEEDS /
 PHASES_PHASE3_SEEDS, e.g. "0 1", and PHASES_ROWS, the rows trained, e.g. "i" (default all three)); ``toy`` (the same
 commands on a CPU with tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs
-in OUT/logs/) or, with ``--inprocess``, one after the other in this process (the toy test). A training whose run already has an export is
-not run again (a step can be repeated after a failure); a job whose inputs are missing is skipped and said so.
-Every job's outcome: OUT/phases_status.jsonl. Device calls: bench/phases_device.sh. Trainings run with
-``--resume auto``: repeated after a failure, one that left a checkpoint continues for the time it had left.
+in OUT/logs/) or, with ``--inprocess``, one after the other in this process (the toy test). A training whose run
+already has an export is not run again (a step can be repeated after a failure); a job whose inputs are missing is
+skipped and said so. Every job's outcome: OUT/phases_status.jsonl. Device calls: bench/phases_device.sh. Trainings
+run with ``--resume auto``: repeated after a failure, one that left a checkpoint continues for the time it had left.
 """
 
 from __future__ import annotations

@@ -72,9 +72,8 @@ def _reproduce(study: Study, evaluation: Job) -> str:
     missing (repeated steps skip what is there), the study's settings from the environment, and those jobs' names
     (``python -m bench.phases commands`` prints their commands)."""
     missing = [*study.missing_inputs(evaluation), evaluation]
-    names = {step: {job.name for group in study.steps(step, tuple(ROWS)) for job in group()}
-             for step in ("all", "phase3")}
-    step = "phase3" if all(job.name in names["phase3"] for job in missing) else "all"
+    phase3 = {job.name for group in study.steps("phase3", tuple(ROWS)) for job in group()}
+    step = "phase3" if all(job.name in phase3 for job in missing) else "all"
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
                    if k.startswith("PHASES_") and k != "PHASES_ROWS")  # every row's jobs: what is there is skipped
     command = f"{env + ' ' if env else ''}python -m bench.phases {step} --profile {study.p.name}"
