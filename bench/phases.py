@@ -27,7 +27,10 @@ GS-LRM) bounded by ``--trainer.max_time``, the rows' (fine-tunes, Phase-3 GS-LRM
 rows sharing the GPU unevenly are compared at equal training, with a time as a safety bound; overridable by the
 environment: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss),
 PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, PHASES_EVAL_BATCHES (of 16 held-out scenes, 4), PHASES_SEEDS /
-PHASES_PHASE3_SEEDS, e.g. "0 1", and PHASES_ROWS, the rows trained, e.g. "i" (default all three)); ``toy`` (the same
+PHASES_PHASE3_SEEDS, e.g. "0 1", PHASES_ROWS, the rows trained, e.g. "i" (default all three), and PHASES_MIN_IOU
+(0.5): the Phase-2 GS-LRM's last validation silhouette IoU (``val/iou/all``) below it stops the study, since every
+later row stands on that model ("did not learn" in the status, for the train step and again before phase3 or eval));
+``toy`` (the same
 commands on a CPU with tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs
 in OUT/logs/) or, with ``--inprocess``, one after the other in this process (the toy test). A training whose run
 already has an export is not run again (a step can be repeated after a failure); a job whose inputs are missing is
@@ -86,6 +89,7 @@ class Profile:
     workers: dict[str, int]  # num_workers of the loaders: base, gslrm, finetune, phase3
     timeout_s: float  # a job's wall-clock limit beyond its max_time (startup, validation, export)
     synthesize_timeout_s: float  # a Phase-3 data job's wall-clock limit (it has no max_time: its samples bound it)
+    min_iou: float | None = None  # the Phase-2 GS-LRM's last val/iou/all must reach it, else the study stops
 
 
 def _seeds(name: str, default: str) -> tuple[int, ...]:
@@ -115,7 +119,9 @@ def gpu_profile() -> Profile:
         evaluate=("--device", "cuda", "--batches", env("PHASES_EVAL_BATCHES", "4"), "--batch-size", "16", "--steps",
                   "25", "--guidance", "1.5", "--precision", "bf16", "--num-workers", "2", "--grid-scenes", "3"),
         # six Phase-3 data sets at once write ~4 samples/s together on an H100 (run E): 6 x 256 samples ~6.5 min
-        workers={"base": 6, "gslrm": 4, "finetune": 2, "phase3": 3}, timeout_s=240.0, synthesize_timeout_s=1500.0)
+        workers={"base": 6, "gslrm": 4, "finetune": 2, "phase3": 3}, timeout_s=240.0, synthesize_timeout_s=1500.0,
+        # a GS-LRM that paints every view opaque white scores ~0.1 (run F); one that learned, ~0.9
+        min_iou=float(env("PHASES_MIN_IOU", "0.5")))
 
 
 TOY_STEPS = ("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
@@ -162,6 +168,8 @@ class Job:
     limit_s: float | None = None  # wall-clock limit; None: max_time + the profile's timeout_s
     makes: Path | None = None
     redo: bool = False
+    check: Callable[[], str | None] | None = None  # after it ran (or was done before): why its result is unusable
+
 
     @property
     def done(self) -> Path | None:
@@ -173,6 +181,23 @@ class Job:
 
     def command(self) -> str:
         return shlex.join(["python", "-m", self.tool, *self.argv])
+
+
+def gslrm_learned(run_dir: Path, min_iou: float) -> str | None:
+    """None when the GS-LRM run's last validation has ``val/iou/all`` >= ``min_iou`` (or logged none: nothing to
+    judge); else why not. The white-background collapse (opaque white Gaussians over every pixel, ~14 dB) keeps
+    PSNR near a plausible value but its silhouette IoU at the subject's share of the view."""
+    from callbacks.run_layout import RunPaths
+
+    paths = RunPaths(run_dir.parent.parent, run_dir.parent.name, run_dir.name)
+    rows = [r for r in paths.metric_rows() if r.get("val/iou/all")]
+    if not rows:
+        return None
+    iou, step = float(rows[-1]["val/iou/all"]), rows[-1].get("step", "?")
+    if iou >= min_iou:
+        return None
+    return (f"did not learn: val/iou/all {iou:.3f} at step {step} (< {min_iou}; its renders cover the view "
+            f"instead of the subject, see {run_dir / 'logs' / 'images'})")
 
 
 # ---- the plan --------------------------------------------------------------------------------------------------------
@@ -232,7 +257,10 @@ class Study:
                          "diffusion", "base")
 
     def phase2_gslrm(self) -> Job:
-        return self._fit("gslrm_phase2", [GSLRM_RECIPE, str(CONFIGS / "gslrm_phase2.yaml")], [], "gslrm", "gslrm")
+        job = self._fit("gslrm_phase2", [GSLRM_RECIPE, str(CONFIGS / "gslrm_phase2.yaml")], [], "gslrm", "gslrm")
+        if self.p.min_iou is not None:  # every later job stands on it: a dead one stops the study
+            job.check = lambda: gslrm_learned(self.run("gslrm_phase2"), self.p.min_iou)
+        return job
 
     def finetune(self, row: str, seed: int) -> Job:
         base = self.export("diffusion_base")
@@ -376,6 +404,12 @@ def _note_startups(records: list[dict[str, Any]], out: Path) -> None:
             rec["startup_s"] = startup
 
 
+def _apply_check(job: Job, rec: dict[str, Any]) -> None:
+    """A job that ended well (or was done before) but whose ``check`` objects is recorded as ``did not learn``."""
+    if job.check is not None and rec["status"] in ("ok", "done before") and (why := job.check()):
+        rec.update(status="did not learn", reason=why)
+
+
 def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float,
               env_extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Run one group's jobs (at once as subprocesses, with ``env_extra`` in their environment, or one by one here);
@@ -383,7 +417,7 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float,
     ends the group's processes, records the unfinished ones as ``stopped`` and raises :class:`Stopped` carrying the
     records (``.records``)."""
     records: list[dict[str, Any]] = []
-    procs: list[tuple[subprocess.Popen, dict[str, Any], Any, float]] = []
+    procs: list[tuple[subprocess.Popen, dict[str, Any], Any, float, Job]] = []
     (out / "logs").mkdir(parents=True, exist_ok=True)
     try:
         for job in jobs:
@@ -392,6 +426,7 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float,
             missing = [str(p) for p in job.needs if not p.exists()]
             if job.done is not None:
                 rec.update(status="done before", output=str(job.done))
+                _apply_check(job, rec)
                 continue
             if missing:
                 rec.update(status="skipped", reason=f"missing {', '.join(missing)}")
@@ -406,13 +441,14 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float,
                 except SystemExit as e:  # argparse errors
                     rc = int(e.code or 0) if not isinstance(e.code, str) else 2
                 rec.update(status="ok" if rc == 0 else "failed", rc=rc, seconds=round(time.time() - rec["start"], 1))
+                _apply_check(job, rec)
                 continue
             log = (out / "logs" / f"{_log_name(job.name)}.log").open("w")
             env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen([sys.executable, "-m", job.tool, *job.argv], stdout=log, stderr=subprocess.STDOUT,
                                     env=env)
-            procs.append((proc, rec, log, job.limit(timeout_s)))
-        for proc, rec, log, limit in procs:
+            procs.append((proc, rec, log, job.limit(timeout_s), job))
+        for proc, rec, log, limit, job in procs:
             left = max(1.0, rec["start"] + limit - time.time())
             try:
                 rc = proc.wait(timeout=left)
@@ -422,14 +458,15 @@ def run_group(jobs: list[Job], out: Path, inprocess: bool, timeout_s: float,
                 rec["reason"] = f"killed after {limit:.0f} s"
             log.close()
             rec.update(status="ok" if rc == 0 else "failed", rc=rc, seconds=round(time.time() - rec["start"], 1))
+            _apply_check(job, rec)
     except Stopped as e:
-        for proc, rec, _, _ in procs:
+        for proc, rec, _, _, _ in procs:
             if proc.poll() is None:
                 proc.terminate()
             elif "status" not in rec:  # it had finished
                 rec.update(status="ok" if proc.returncode == 0 else "failed", rc=proc.returncode,
                            seconds=round(time.time() - rec["start"], 1))
-        for proc, _, log, _ in procs:
+        for proc, _, log, _, _ in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -462,6 +499,14 @@ def run_step(study: Study, step: str, inprocess: bool = False, dry_run: bool = F
 
 def _run_groups(study: Study, step: str, inprocess: bool, dry_run: bool) -> int:
     failed = 0
+    gslrm = study.phase2_gslrm()
+    if step in ("phase3", "eval") and not dry_run and gslrm.done is not None and gslrm.check is not None \
+            and (why := gslrm.check()):  # the steps that use the Phase-2 GS-LRM refuse one that did not learn
+        with (study.out / "phases_status.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "profile": study.p.name, "job": gslrm.name, "status": "did not learn",
+                                "reason": why}) + "\n")
+        print(f"[phases] {step}: {gslrm.name} {why}; nothing was started", flush=True)
+        return 1
     for make in study.steps(step):
         jobs = make()
         if dry_run:
@@ -475,9 +520,13 @@ def _run_groups(study: Study, step: str, inprocess: bool, dry_run: bool) -> int:
         with (study.out / "phases_status.jsonl").open("a") as f:
             for rec in records:
                 f.write(json.dumps({"step": step, "profile": study.p.name, **rec}) + "\n")
-        failed += sum(r["status"] in ("failed", "stopped") for r in records)
+        failed += sum(r["status"] in ("failed", "stopped", "did not learn") for r in records)
         if stopped:
             print(f"[phases] {step}: stopped (SIGTERM); the later groups were not started", flush=True)
+            break
+        if dead := [r["job"] for r in records if r["status"] == "did not learn"]:
+            print(f"[phases] {step}: {', '.join(dead)} did not learn; the later groups were not started (its "
+                  "export stays for a look; remove its run folder to train it again)", flush=True)
             break
     return 1 if failed else 0
 

@@ -13,7 +13,7 @@
 # data records, the jobs' logs and status and the report (runs/phases/out/); paths from the checkout root: tar xzf it there, then
 #   python -m bench.phases_report --root runs --out docs/results/phases
 # $OUT also gets phases_status.jsonl (every job: command, exit code, seconds, startup_s), the report's phases.md (phase3, eval,
-# report) and gsplat_cuda.so: 4 files (the device tool brings back at most 8).
+# report), gsplat_cuda.so and preflight.log (the gpu tests run first: a failure stops the call before any training).
 # Needs the wheels in .whl/ (README "GPU machines without internet"), as bench/learning_device.sh; gsplat's kernels
 # compile once (~90 s) unless .carry/gsplat_cuda.so is carried (copied to $OUT for the next call).
 # Times, steps and seeds: PHASES_BASE_TIME, PHASES_GSLRM_TIME, PHASES_FINETUNE_TIME, PHASES_PHASE3_TIME (dd:hh:mm:ss;
@@ -43,6 +43,17 @@ print("gsplat ready", torch.cuda.device_count(), "GPU:", torch.cuda.get_device_n
 PY
 so=$TORCH_EXTENSIONS_DIR/gsplat_cuda/gsplat_cuda.so
 [ -f "$so" ] && cp "$so" "$OUT/" && ls -la "$OUT/gsplat_cuda.so"   # carry it as .carry/gsplat_cuda.so next time
+# preflight (~30 s; PHASES_PREFLIGHT=0 skips it): gsplat renders as the torch reference, forward and gradients, and a
+# tiny GS-LRM learns one scene on gsplat under bf16 (run F's Phase-2 GS-LRM painted every view white on this path)
+if [ "${PHASES_PREFLIGHT:-1}" != 0 ] && [ "$STEP" != report ]; then
+  if ! timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/test_gaussians_gpu.py \
+      tests/test_reconstruction_overfit.py > "$OUT/preflight.log" 2>&1; then
+    tail -n 30 "$OUT/preflight.log"
+    echo "phases_device.sh $STEP: the GPU preflight failed ($OUT/preflight.log); nothing was trained" >&2
+    exit 3
+  fi
+  tail -n 1 "$OUT/preflight.log"
+fi
 PHASES_OUT=runs/phases/out   # the jobs' logs, status and the report (kept on the machine between the steps)
 pack() {  # run logs (csv, images, throughput), evaluations, Phase-3 data records, PHASES_OUT; no checkpoints
   tar czf "$OUT/phases_$1.tgz" $(find runs/phases -path '*/logs/*' \( -name 'metrics.csv' -o -name '*.png' -o \

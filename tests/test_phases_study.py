@@ -260,3 +260,47 @@ def test_findings_say_whether_a_difference_exceeds_the_seed_spread_and_which_row
                for line in lines), lines
     best = table[0]  # (i) Phase 2 against its peers: (ii) ties, (iii) is measurably below, Phase 3 has one seed
     assert [t["key"] for t in tied_with(table[:3], best)] == ["ii_phase2"]
+
+
+def _metrics(run_dir: Path, rows: list[dict[str, str]]) -> None:
+    import csv
+
+    path = run_dir / "logs" / "csv" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_a_gslrm_that_paints_the_whole_view_is_judged_not_learned_from_its_last_validation(tmp_path):
+    """Run F's Phase-2 GS-LRM (2026-12-07) collapsed to opaque white Gaussians over every pixel: 14.2 dB, silhouette
+    IoU 0.11. gslrm_learned reads the run's last val/iou/all and names it with its step; a run that logged none is
+    not judged."""
+    dead, alive, silent = (tmp_path / "runs" / "phases" / n for n in ("dead", "alive", "silent"))
+    _metrics(dead, [{"step": "499", "val/iou/all": "0.62"}, {"step": "999", "train/loss": "0.13"},
+                    {"step": "1288", "val/iou/all": "0.109"}])
+    _metrics(alive, [{"step": "499", "val/iou/all": "0.2"}, {"step": "999", "val/iou/all": "0.91"}])
+    _metrics(silent, [{"step": "499", "val/psnr/all": "14.2"}])
+    why = phases.gslrm_learned(dead, 0.5)
+    assert why is not None and "0.109" in why and "step 1288" in why and "< 0.5" in why
+    assert phases.gslrm_learned(alive, 0.5) is None and phases.gslrm_learned(silent, 0.5) is None
+
+
+def test_a_phase2_gslrm_below_the_iou_floor_stops_the_study_and_is_refused_by_the_later_steps(toy, tmp_path):
+    """With a floor the toy's Phase-2 GS-LRM cannot reach (IoU <= 1), the train step records it as 'did not learn'
+    (exit 1) and the phase3 and eval steps start nothing; with a floor of 0 it passes."""
+    from callbacks.run_layout import RunPaths
+
+    out, _ = toy
+    assert any(r.get("val/iou/all") for r in RunPaths(out / "runs", "phases", "gslrm_phase2").metric_rows())
+    profile = phases.PROFILES["toy"]()
+    for step in ("train", "phase3", "eval"):
+        study = phases.Study(phases.dataclasses.replace(profile, min_iou=1.01), out / "runs", tmp_path / step)
+        assert phases.run_step(study, step, inprocess=True) == 1
+        status = [json.loads(line) for line in (tmp_path / step / "phases_status.jsonl").read_text().splitlines()]
+        before = [("diffusion_base", "done before")] if step == "train" else []
+        assert [(r["job"], r["status"]) for r in status] == [*before, ("gslrm_phase2", "did not learn")], step
+        assert "val/iou/all" in status[-1]["reason"]
+    study = phases.Study(phases.dataclasses.replace(profile, min_iou=0.0), out / "runs", tmp_path / "pass")
+    assert phases.run_step(study, "train", inprocess=True) == 0

@@ -35,6 +35,7 @@ from lightning_modules.metrics import (
     KINDS,
     KindMetrics,
     batch_kinds,
+    per_view_iou,
     per_view_psnr,
     view_metrics,
 )
@@ -257,7 +258,7 @@ class ReconstructionModule(StageModule):
                 block.compile()
         self.perceptual = load_perceptual(vgg_weights) if perceptual_weight > 0 else None
         self.lpips = load_lpips(vgg_weights, lpips_weights) if (lpips_weight > 0 or lpips_weights) else None
-        self.val_metrics = KindMetrics()
+        self.val_metrics = KindMetrics(("psnr", "ssim", "lpips", "psnr_fg", "iou"))
 
     # ---- configuration ------------------------------------------------------------------------------------------
     def resolve_activations(self, init_from: str | None) -> None:
@@ -465,6 +466,8 @@ class ReconstructionModule(StageModule):
         b = out["pred"].shape[0]
         self.log("val/loss", terms["loss"], batch_size=b, sync_dist=True)
         metrics = view_metrics(out["pred"], out["target"], self.lpips, alpha=out["target_alpha"])
+        if out["target_alpha"] is not None:  # a model that paints the whole view opaque scores ~ the subject's area
+            metrics["iou"] = per_view_iou(out["pred_alpha"], out["target_alpha"])
         self.val_metrics.update(metrics, batch_kinds(batch, b))
 
     def on_validation_epoch_end(self) -> None:
