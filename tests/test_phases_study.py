@@ -304,3 +304,31 @@ def test_a_phase2_gslrm_below_the_iou_floor_stops_the_study_and_is_refused_by_th
         assert "val/iou/all" in status[-1]["reason"]
     study = phases.Study(phases.dataclasses.replace(profile, min_iou=0.0), out / "runs", tmp_path / "pass")
     assert phases.run_step(study, "train", inprocess=True) == 0
+
+
+def test_phases_gslrm_background_random_trains_the_phase2_gslrm_over_random_colours(monkeypatch):
+    """PHASES_GSLRM_BACKGROUND=random adds gslrm_phase2_random_bg.yaml to the Phase-2 GS-LRM's fit; its data module
+    then composites each scene over its own colour and the batch carries it (the render's background)."""
+    import yaml
+
+    from datamodules import MultiViewDataModule
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PHASES_GSLRM_BACKGROUND", "random")
+    job = phases.Study(phases.gpu_profile()).phase2_gslrm()
+    configs = [job.argv[i + 1] for i, a in enumerate(job.argv) if a == "-c"]
+    assert configs[-1] == str(phases.CONFIGS / "gslrm_phase2_random_bg.yaml")
+    init: dict = {}
+    for c in configs:  # later files replace the keys they name, as tools.fit's -c
+        init.update((yaml.safe_load(Path(c).read_text()).get("data") or {}).get("init_args") or {})
+    init.update(num_workers=0, image_size=16, batch_size=4, persistent_workers=False, pin_memory=False)
+    dm = MultiViewDataModule(**init)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    bg = batch["background"]
+    assert bg.shape == (4, 3) and len({tuple(c.tolist()) for c in bg}) == 4
+    corner = batch["images"][:, :, :, 0, 0]  # [B, V, 3]: an image corner is background
+    assert torch.allclose(corner, bg[:, None, :].expand_as(corner), atol=1e-3)
+    monkeypatch.setenv("PHASES_GSLRM_BACKGROUND", "green")
+    with pytest.raises(SystemExit, match="white or random"):
+        phases.gpu_profile()
