@@ -31,12 +31,12 @@ PHASES_PHASE3_SEEDS, e.g. "0 1", PHASES_ROWS, the rows trained, e.g. "i" (defaul
 (0.5): the Phase-2 GS-LRM's last validation silhouette IoU (``val/iou/all``) below it stops the study, since every
 later row stands on that model ("did not learn" in the status, for the train step and again before phase3 or eval),
 and PHASES_GSLRM_BACKGROUND=random, the Phase-2 GS-LRM trained over random backgrounds (gslrm_phase2_random_bg.yaml));
-``toy`` (the same
-commands on a CPU with tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as subprocesses (logs
-in OUT/logs/) or, with ``--inprocess``, one after the other in this process (the toy test). A training whose run
-already has an export is not run again (a step can be repeated after a failure); a job whose inputs are missing is
-skipped and said so. Every job's outcome: OUT/phases_status.jsonl. Device calls: bench/phases_device.sh. Trainings
-run with ``--resume auto``: repeated after a failure, one that left a checkpoint continues for the time it had left.
+``toy`` (the same commands on a CPU with tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as
+subprocesses (logs in OUT/logs/) or, with ``--inprocess``, one after the other in this process (the toy test). A
+training whose run already has an export is not run again (a step can be repeated after a failure); a job whose inputs
+are missing is skipped and said so. Every job's outcome: OUT/phases_status.jsonl. Device calls:
+bench/phases_device.sh. Trainings run with ``--resume auto``: repeated after a failure, one that left a checkpoint
+continues for the time it had left.
 """
 
 from __future__ import annotations
@@ -179,7 +179,6 @@ class Job:
     redo: bool = False
     check: Callable[[], str | None] | None = None  # after it ran (or was done before): why its result is unusable
 
-
     @property
     def done(self) -> Path | None:
         """What it made before (so it is not run again), or None."""
@@ -205,8 +204,8 @@ def gslrm_learned(run_dir: Path, min_iou: float) -> str | None:
     iou, step = float(rows[-1]["val/iou/all"]), rows[-1].get("step", "?")
     if iou >= min_iou:
         return None
-    return (f"did not learn: val/iou/all {iou:.3f} at step {step} (< {min_iou}; its renders cover the view "
-            f"instead of the subject, see {run_dir / 'logs' / 'images'})")
+    return (f"val/iou/all {iou:.3f} at step {step} (< {min_iou}): its renders cover the view instead of the subject "
+            f"(see {run_dir / 'logs' / 'images'})")
 
 
 # ---- the plan --------------------------------------------------------------------------------------------------------
@@ -517,7 +516,7 @@ def _run_groups(study: Study, step: str, inprocess: bool, dry_run: bool) -> int:
         with (study.out / "phases_status.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, "profile": study.p.name, "job": gslrm.name, "status": "did not learn",
                                 "reason": why}) + "\n")
-        print(f"[phases] {step}: {gslrm.name} {why}; nothing was started", flush=True)
+        print(f"[phases] {step}: {gslrm.name} did not learn ({why}); nothing was started", flush=True)
         return 1
     for make in study.steps(step):
         jobs = make()

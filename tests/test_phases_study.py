@@ -283,7 +283,7 @@ def test_a_gslrm_that_paints_the_whole_view_is_judged_not_learned_from_its_last_
     _metrics(alive, [{"step": "499", "val/iou/all": "0.2"}, {"step": "999", "val/iou/all": "0.91"}])
     _metrics(silent, [{"step": "499", "val/psnr/all": "14.2"}])
     why = phases.gslrm_learned(dead, 0.5)
-    assert why is not None and "0.109" in why and "step 1288" in why and "< 0.5" in why
+    assert why is not None and "0.109" in why and "step 1288" in why and "(< 0.5)" in why
     assert phases.gslrm_learned(alive, 0.5) is None and phases.gslrm_learned(silent, 0.5) is None
 
 
