@@ -40,6 +40,9 @@ import torch
 from datamodules.procedural import make_scenes
 make_scenes([0], "mouse_oblique20_6view", 8, 64, device="cuda")
 print("gsplat ready", torch.cuda.device_count(), "GPU:", torch.cuda.get_device_name(0))
+from importlib.metadata import version  # the versions a run's numbers come from (docs/benchmarks.md)
+print("versions: torch", torch.__version__, "cuda", torch.version.cuda,
+      *(f"{p} {version(p)}" for p in ("lightning", "diffusers", "kornia", "gsplat", "jsonargparse")))
 PY
 so=$TORCH_EXTENSIONS_DIR/gsplat_cuda/gsplat_cuda.so
 [ -f "$so" ] && cp "$so" "$OUT/" && ls -la "$OUT/gsplat_cuda.so"   # carry it as .carry/gsplat_cuda.so next time
