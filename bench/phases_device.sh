@@ -40,7 +40,12 @@ import torch
 from datamodules.procedural import make_scenes
 make_scenes([0], "mouse_oblique20_6view", 8, 64, device="cuda")
 print("gsplat ready", torch.cuda.device_count(), "GPU:", torch.cuda.get_device_name(0))
-from importlib.metadata import version  # the versions a run's numbers come from (docs/benchmarks.md)
+from importlib import metadata  # the versions a run's numbers come from (docs/benchmarks.md)
+def version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"
 print("versions: torch", torch.__version__, "cuda", torch.version.cuda,
       *(f"{p} {version(p)}" for p in ("lightning", "diffusers", "kornia", "gsplat", "jsonargparse")))
 PY
