@@ -508,16 +508,23 @@ def run_step(study: Study, step: str, inprocess: bool = False, dry_run: bool = F
         signal.signal(signal.SIGTERM, previous)
 
 
+def _write_status(study: Study, step: str, records: list[dict[str, Any]]) -> None:
+    with (study.out / "phases_status.jsonl").open("a") as f:
+        for rec in records:
+            f.write(json.dumps({"step": step, "profile": study.p.name, **rec}) + "\n")
+
+
 def _run_groups(study: Study, step: str, inprocess: bool, dry_run: bool) -> int:
     failed = 0
-    gslrm = study.phase2_gslrm()
-    if step in ("phase3", "eval") and not dry_run and gslrm.done is not None and gslrm.check is not None \
-            and (why := gslrm.check()):  # the steps that use the Phase-2 GS-LRM refuse one that did not learn
-        with (study.out / "phases_status.jsonl").open("a") as f:
-            f.write(json.dumps({"step": step, "profile": study.p.name, "job": gslrm.name, "status": "did not learn",
-                                "reason": why}) + "\n")
-        print(f"[phases] {step}: {gslrm.name} did not learn ({why}); nothing was started", flush=True)
-        return 1
+    if step in ("phase3", "eval") and not dry_run:  # the steps using the Phase-2 GS-LRM refuse one that did not learn
+        gslrm = study.phase2_gslrm()
+        rec: dict[str, Any] = {"job": gslrm.name, "status": "done before"}
+        if gslrm.done is not None:
+            _apply_check(gslrm, rec)
+        if rec["status"] == "did not learn":
+            _write_status(study, step, [rec])
+            print(f"[phases] {step}: {gslrm.name} did not learn ({rec['reason']}); nothing was started", flush=True)
+            return 1
     for make in study.steps(step):
         jobs = make()
         if dry_run:
@@ -528,9 +535,7 @@ def _run_groups(study: Study, step: str, inprocess: bool, dry_run: bool) -> int:
             records, stopped = run_group(jobs, study.out, inprocess, study.p.timeout_s, study.env()), False
         except Stopped as e:
             records, stopped = e.records, True  # type: ignore[attr-defined]
-        with (study.out / "phases_status.jsonl").open("a") as f:
-            for rec in records:
-                f.write(json.dumps({"step": step, "profile": study.p.name, **rec}) + "\n")
+        _write_status(study, step, records)
         failed += sum(r["status"] in ("failed", "stopped", "did not learn") for r in records)
         if stopped:
             print(f"[phases] {step}: stopped (SIGTERM); the later groups were not started", flush=True)
