@@ -30,7 +30,8 @@ PHASES_FINETUNE_STEPS, PHASES_PHASE3_STEPS, PHASES_EVAL_BATCHES (of 16 held-out 
 PHASES_PHASE3_SEEDS, e.g. "0 1", PHASES_ROWS, the rows trained, e.g. "i" (default all three), and PHASES_MIN_IOU
 (0.5): the Phase-2 GS-LRM's last validation silhouette IoU (``val/iou/all``) below it stops the study, since every
 later row stands on that model ("did not learn" in the status, for the train step and again before phase3 or eval),
-and PHASES_GSLRM_BACKGROUND=random, the Phase-2 GS-LRM trained over random backgrounds (gslrm_phase2_random_bg.yaml));
+and PHASES_GSLRM_BACKGROUND, the Phase-2 GS-LRM's training background: random (the default since run G,
+gslrm_phase2_random_bg.yaml) or white (runs A-F));
 ``toy`` (the same commands on a CPU with tiny models, 16 px and two steps: tests/test_phases_study.py). Jobs run as
 subprocesses (logs in OUT/logs/) or, with ``--inprocess``, one after the other in this process (the toy test). A
 training whose run already has an export is not run again (a step can be repeated after a failure); a job whose inputs
@@ -91,7 +92,7 @@ class Profile:
     timeout_s: float  # a job's wall-clock limit beyond its max_time (startup, validation, export)
     synthesize_timeout_s: float  # a Phase-3 data job's wall-clock limit (it has no max_time: its samples bound it)
     min_iou: float | None = None  # the Phase-2 GS-LRM's last val/iou/all must reach it, else the study stops
-    gslrm_background: str = "white"  # the Phase-2 GS-LRM's training background: white, or random (an overlay)
+    gslrm_background: str = "random"  # the Phase-2 GS-LRM's training background: random (an overlay) or white
 
 
 def _seeds(name: str, default: str) -> tuple[int, ...]:
@@ -107,9 +108,9 @@ def _rows() -> tuple[str, ...]:
 
 
 def _background() -> str:
-    background = os.environ.get("PHASES_GSLRM_BACKGROUND", "white")
+    background = os.environ.get("PHASES_GSLRM_BACKGROUND", "random")
     if background not in ("white", "random"):
-        raise SystemExit(f"PHASES_GSLRM_BACKGROUND={background!r}: white or random")
+        raise SystemExit(f"PHASES_GSLRM_BACKGROUND={background!r}: random or white")
     return background
 
 
@@ -266,7 +267,7 @@ class Study:
 
     def phase2_gslrm(self) -> Job:
         configs = [GSLRM_RECIPE, str(CONFIGS / "gslrm_phase2.yaml")]
-        if self.p.gslrm_background == "random":  # the remedy for run F's white collapse, not yet measured
+        if self.p.gslrm_background == "random":  # white Gaussians over white get no gradient (run F; run G learned)
             configs.append(str(CONFIGS / "gslrm_phase2_random_bg.yaml"))
         job = self._fit("gslrm_phase2", configs, [], "gslrm", "gslrm")
         if self.p.min_iou is not None:  # every later job stands on it: a dead one stops the study

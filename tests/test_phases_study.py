@@ -307,14 +307,15 @@ def test_a_phase2_gslrm_below_the_iou_floor_stops_the_study_and_is_refused_by_th
 
 
 def test_phases_gslrm_background_random_trains_the_phase2_gslrm_over_random_colours(monkeypatch):
-    """PHASES_GSLRM_BACKGROUND=random adds gslrm_phase2_random_bg.yaml to the Phase-2 GS-LRM's fit; its data module
-    then composites each scene over its own colour and the batch carries it (the render's background)."""
+    """By default (PHASES_GSLRM_BACKGROUND=random) gslrm_phase2_random_bg.yaml is added to the Phase-2 GS-LRM's fit;
+    its data module then composites each scene over its own colour and the batch carries it (the render's background).
+    PHASES_GSLRM_BACKGROUND=white leaves it out."""
     import yaml
 
     from datamodules import MultiViewDataModule
 
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("PHASES_GSLRM_BACKGROUND", "random")
+    monkeypatch.delenv("PHASES_GSLRM_BACKGROUND", raising=False)
     job = phases.Study(phases.gpu_profile()).phase2_gslrm()
     configs = [job.argv[i + 1] for i, a in enumerate(job.argv) if a == "-c"]
     assert configs[-1] == str(phases.CONFIGS / "gslrm_phase2_random_bg.yaml")
@@ -329,6 +330,9 @@ def test_phases_gslrm_background_random_trains_the_phase2_gslrm_over_random_colo
     assert bg.shape == (4, 3) and len({tuple(c.tolist()) for c in bg}) == 4
     corner = batch["images"][:, :, :, 0, 0]  # [B, V, 3]: an image corner is background
     assert torch.allclose(corner, bg[:, None, :].expand_as(corner), atol=1e-3)
+    monkeypatch.setenv("PHASES_GSLRM_BACKGROUND", "white")
+    white = phases.Study(phases.gpu_profile()).phase2_gslrm()
+    assert str(phases.CONFIGS / "gslrm_phase2_random_bg.yaml") not in white.argv
     monkeypatch.setenv("PHASES_GSLRM_BACKGROUND", "green")
-    with pytest.raises(SystemExit, match="white or random"):
+    with pytest.raises(SystemExit, match="random or white"):
         phases.gpu_profile()
