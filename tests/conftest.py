@@ -1,13 +1,15 @@
-"""Shared pytest setup: one intra-op thread (tiny models are far slower with two on 2 cores) and GPU skipping."""
+"""Shared pytest setup: one intra-op thread (tiny models are far slower with two on 2 cores) unless a test is marked
+``all_threads`` (a 64 px training is twice as fast with both), and GPU skipping."""
 
 import pytest
 import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(request):
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if request.node.get_closest_marker("all_threads") is None:
+        torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 

@@ -64,6 +64,7 @@ def overfit_held_out_psnr(scene: tuple) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.all_threads  # two 64 px overfits with the torch rasterizer: ~95 s on 2 threads, ~190 s on one
 def test_an_imported_mm_recording_overfits_like_the_native_scene(tmp_path):
     """Native: the same mouse rendered directly through the same cameras (``render_truth``) with a binary mask as
     the recording's, so the two overfits differ only by what the import did (the similarity, the crop, resampling)."""
