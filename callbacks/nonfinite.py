@@ -15,11 +15,16 @@ module records one) and the L2 norm of all gradients are finite:
   learning-rate schedule still advances), count it, log the count as ``train/nonfinite_skipped`` and a warning with
   the same details. The count is saved in checkpoints.
 
+A gradient that stays exactly zero cannot train either: after ``zero_grad_steps`` consecutive optimizer steps whose
+gradients are all 0 (default 100; 0 turns it off) the run stops with the same error, naming the step the gradient
+died at and the last checkpoint. A GS-LRM that paints white Gaussians over a white background reaches such a state
+and never leaves it (docs/results.md, run F: 1,000 steps of exactly zero gradient before its time ran out).
+
 Under fp16 mixed precision the GradScaler already skips steps whose gradients overflow (and lowers its scale), so
-there only a non-finite loss is acted on. Under DDP the ranks agree (the flag is reduced over them), so all stop or
+there only a non-finite loss is acted on (and the zero-gradient check is off). Under DDP the ranks agree (the flag is reduced over them), so all stop or
 skip together. The check costs one host read of a boolean per optimizer step (the value must be known before the
 update); ``enabled=False`` removes it. ``tools.fit`` adds the guard to every run: ``--nonfinite.skip true``,
-``--nonfinite.enabled false``.
+``--nonfinite.zero_grad_steps N``, ``--nonfinite.enabled false``.
 """
 
 from __future__ import annotations
@@ -39,17 +44,22 @@ MAX_SCENES_NAMED = 16
 
 
 class NonFiniteError(RuntimeError):
-    """A training step cannot be applied: its loss or gradients are not finite, or its loss has no gradient (the
-    message names the step, the batch's scenes and the last checkpoint)."""
+    """A training step cannot be applied: its loss or gradients are not finite, its loss has no gradient, or its
+    gradients have been exactly zero for ``zero_grad_steps`` steps (the message names the step and the last
+    checkpoint)."""
 
 
 class NonFiniteGuard(pl.Callback):
     """Stop or skip non-finite training steps (module docstring)."""
 
-    def __init__(self, skip: bool = False, enabled: bool = True) -> None:
+    def __init__(self, skip: bool = False, enabled: bool = True, zero_grad_steps: int = 100) -> None:
+        if zero_grad_steps < 0:
+            raise ValueError(f"zero_grad_steps={zero_grad_steps}: a number of steps, or 0 to turn the check off")
         self.skip = skip
         self.enabled = enabled
+        self.zero_grad_steps = zero_grad_steps
         self.skipped = 0
+        self.zero_run = 0  # consecutive optimizer steps, up to the last one, whose gradients were all exactly 0
         self._scenes: list[str] = []
 
     # ---- what the step trained on -----------------------------------------------------------------------------------
@@ -84,12 +94,20 @@ class NonFiniteGuard(pl.Callback):
             flags.append(~torch.isfinite(loss.detach().float()).all())
         if norm is not None:
             flags.append(~torch.isfinite(norm))
+        watch_zero = norm is not None and self.zero_grad_steps > 0
+        if watch_zero:
+            flags.append(norm == 0)
         if not flags:
             return
-        bad = torch.stack(flags).to(torch.float32)  # [loss bad, grads bad] (either may be absent)
+        bad = torch.stack(flags).to(torch.float32)  # [loss bad, grads bad, grads zero] (any may be absent)
         if trainer.world_size > 1:
             bad = trainer.strategy.reduce(bad, reduce_op="sum")
         bad = bad.cpu().tolist()  # the one host read per step: the decision is needed before the update
+        if watch_zero:
+            zero = bad.pop() > 0  # DDP: the gradients are all-reduced, so every rank sees the same norm
+            self.zero_run = self.zero_run + 1 if zero else 0
+            if self.zero_run >= self.zero_grad_steps:
+                raise NonFiniteError(self._zero_message(trainer))
         if not any(bad):
             return
         what = " and ".join(name for name, b in zip(self._names(loss, norm), bad) if b)
@@ -117,6 +135,14 @@ class NonFiniteGuard(pl.Callback):
                 + ("; or skip such steps (NonFiniteGuard(skip=True); tools.fit: --nonfinite.skip true)." if skippable
                    else "."))
 
+    def _zero_message(self, trainer: pl.Trainer) -> str:
+        step = trainer.global_step + 1
+        return (f"the gradient has been exactly 0 for {self.zero_run} steps (training steps {step - self.zero_run + 1}"
+                f"-{step}, epoch {trainer.current_epoch}): the model cannot learn from here. A GS-LRM rendering white "
+                "Gaussians over a white background gets no gradient at all (docs/results.md, run F): train it over "
+                "random backgrounds (a source's background: random) or with a lower peak learning rate; "
+                f"{self._last_checkpoint(trainer)}. To train on regardless: --nonfinite.zero_grad_steps 0.")
+
     @staticmethod
     def _last_checkpoint(trainer: pl.Trainer) -> str:
 
@@ -130,10 +156,11 @@ class NonFiniteGuard(pl.Callback):
 
     # ---- the count travels with checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped}
+        return {"skipped": self.skipped, "zero_run": self.zero_run}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+        self.zero_run = int(state_dict.get("zero_run", 0))
 
 
 __all__ = ["NonFiniteError", "NonFiniteGuard"]

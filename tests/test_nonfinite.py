@@ -32,6 +32,44 @@ def nan_at_step(monkeypatch):
     return steps
 
 
+@pytest.fixture()
+def zero_at_steps(monkeypatch):
+    """Make the gradient of the given training steps exactly zero (the loss times 0 keeps its graph)."""
+    original = ReconstructionModule.training_step
+    steps: set[int] = set()
+
+    def training_step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * 0.0 if self.trainer.global_step in steps else loss
+
+    monkeypatch.setattr(ReconstructionModule, "training_step", training_step)
+    return steps
+
+
+def test_a_gradient_that_stays_exactly_zero_stops_the_run_naming_when_it_died(tmp_path, zero_at_steps):
+    zero_at_steps.update({1, 2, 3, 4, 5})  # dead from the second step on
+    with pytest.raises(NonFiniteError) as e:
+        main(["-c", str(_config(tmp_path, run="dead")), "--trainer.max_steps", "8",
+              "--nonfinite.zero_grad_steps", "3", "--checkpoint.every_n_train_steps", "1"])
+    msg = str(e.value)
+    assert "the gradient has been exactly 0 for 3 steps (training steps 2-4, epoch 0)" in msg, msg
+    assert "random backgrounds" in msg and "last finite checkpoint:" in msg, msg
+
+
+def test_zero_gradients_that_are_not_consecutive_or_not_watched_train_on(tmp_path, zero_at_steps):
+    zero_at_steps.update({0, 1, 3, 4})  # never three in a row
+    cli = main(["-c", str(_config(tmp_path, run="gaps")), "--trainer.max_steps", "6",
+                "--nonfinite.zero_grad_steps", "3"])
+    guard = next(cb for cb in cli.trainer.callbacks if isinstance(cb, NonFiniteGuard))
+    assert cli.trainer.global_step == 6 and guard.zero_run == 0
+    zero_at_steps.update({2, 5})  # every step zero, the check off
+    cli = main(["-c", str(_config(tmp_path, run="off")), "--trainer.max_steps", "6",
+                "--nonfinite.zero_grad_steps", "0"])
+    assert cli.trainer.global_step == 6
+    with pytest.raises(ValueError, match="zero_grad_steps=-1"):
+        NonFiniteGuard(zero_grad_steps=-1)
+
+
 def _finite(module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
 
