@@ -62,6 +62,9 @@ def test_zero_gradients_that_are_not_consecutive_or_not_watched_train_on(tmp_pat
                 "--nonfinite.zero_grad_steps", "3"])
     guard = next(cb for cb in cli.trainer.callbacks if isinstance(cb, NonFiniteGuard))
     assert cli.trainer.global_step == 6 and guard.zero_run == 0
+    resumed = NonFiniteGuard()
+    resumed.load_state_dict({**guard.state_dict(), "zero_run": 2})  # a run stopped two dead steps in keeps counting
+    assert resumed.zero_run == 2 and resumed.state_dict()["zero_run"] == 2
     zero_at_steps.update({2, 5})  # every step zero, the check off
     cli = main(["-c", str(_config(tmp_path, run="off")), "--trainer.max_steps", "6",
                 "--nonfinite.zero_grad_steps", "0"])
