@@ -198,8 +198,7 @@ def gslrm_learned(run_dir: Path, min_iou: float) -> str | None:
     PSNR near a plausible value but its silhouette IoU at the subject's share of the view."""
     from callbacks.run_layout import RunPaths
 
-    paths = RunPaths(run_dir.parent.parent, run_dir.parent.name, run_dir.name)
-    rows = [r for r in paths.metric_rows() if r.get("val/iou/all")]
+    rows = [r for r in RunPaths.from_run_dir(run_dir).metric_rows() if r.get("val/iou/all")]
     if not rows:
         return None
     iou, step = float(rows[-1]["val/iou/all"]), rows[-1].get("step", "?")

@@ -21,10 +21,10 @@ died at and the last checkpoint. A GS-LRM that paints white Gaussians over a whi
 and never leaves it (docs/results.md, run F: 1,000 steps of exactly zero gradient before its time ran out).
 
 Under fp16 mixed precision the GradScaler already skips steps whose gradients overflow (and lowers its scale), so
-there only a non-finite loss is acted on (and the zero-gradient check is off). Under DDP the ranks agree (the flag
-is reduced over them), so all stop or skip together. The check costs one host read of a boolean per optimizer step (the value must be known before the
-update); ``enabled=False`` removes it. ``tools.fit`` adds the guard to every run: ``--nonfinite.skip true``,
-``--nonfinite.zero_grad_steps N``, ``--nonfinite.enabled false``.
+there only a non-finite loss is acted on (and the zero-gradient check is off). Under DDP the ranks agree (the flag is
+reduced over them), so all stop or skip together. The check costs one host read of a boolean per optimizer step (the
+value must be known before the update); ``enabled=False`` removes it. ``tools.fit`` adds the guard to every run:
+``--nonfinite.skip true``, ``--nonfinite.zero_grad_steps N``, ``--nonfinite.enabled false``.
 """
 
 from __future__ import annotations

@@ -15,16 +15,16 @@ from lightning_modules.reconstruction.module import ReconstructionModule
 from tools.fit import main
 
 
-@pytest.fixture()
-def nan_at_step(monkeypatch):
-    """Make the loss of the given training steps (0-based global_step before the update) NaN."""
+def _scale_loss_at(monkeypatch, factor: float) -> set[int]:
+    """Multiply the loss of the given training steps (0-based global_step before the update) by ``factor``, which
+    the guard sees as the step's loss too; returns the set of steps to fill."""
     original = ReconstructionModule.training_step
     steps: set[int] = set()
 
     def training_step(self, batch, batch_idx):
         loss = original(self, batch, batch_idx)
         if self.trainer.global_step in steps:
-            loss = loss * float("nan")
+            loss = loss * factor
             self.step_loss = loss.detach()
         return loss
 
@@ -33,17 +33,15 @@ def nan_at_step(monkeypatch):
 
 
 @pytest.fixture()
+def nan_at_step(monkeypatch):
+    """Make the loss of the given training steps NaN."""
+    return _scale_loss_at(monkeypatch, float("nan"))
+
+
+@pytest.fixture()
 def zero_at_steps(monkeypatch):
     """Make the gradient of the given training steps exactly zero (the loss times 0 keeps its graph)."""
-    original = ReconstructionModule.training_step
-    steps: set[int] = set()
-
-    def training_step(self, batch, batch_idx):
-        loss = original(self, batch, batch_idx)
-        return loss * 0.0 if self.trainer.global_step in steps else loss
-
-    monkeypatch.setattr(ReconstructionModule, "training_step", training_step)
-    return steps
+    return _scale_loss_at(monkeypatch, 0.0)
 
 
 def test_a_gradient_that_stays_exactly_zero_stops_the_run_naming_when_it_died(tmp_path, zero_at_steps):
